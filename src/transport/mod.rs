@@ -1,1 +1,37 @@
-//! (being written)
+//! Transport: everything that crosses the MQTT broker.
+//!
+//! Owns: topic names ([`topics`]), the signed CBOR envelope and replay
+//! protection ([`envelope`]), ed25519 keys on disk ([`keys`]), the message
+//! bodies every role exchanges ([`messages`]), the embedded rumqttd broker
+//! ([`broker`]) and the rumqttc client wrapper ([`client`]).
+//!
+//! Must not touch: the store, the runtime, the network. The broker is untrusted:
+//! nothing here treats a message as authentic until [`envelope::Verifier`] says
+//! so, and nothing relies on the broker keeping retained messages or sessions.
+
+pub mod broker;
+pub mod client;
+pub mod envelope;
+pub mod keys;
+pub mod messages;
+pub mod topics;
+
+pub use client::{Mqtt, MqttEvent, MqttOptions};
+pub use envelope::{Envelope, EnvelopeError, Sealer, Verifier};
+pub use keys::{KeyError, KeyPair, PublicKey};
+pub use topics::Topics;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("broker URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("embedded broker: {0}")]
+    Broker(String),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("no connection to the broker at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(std::time::Duration, &'static str),
+}

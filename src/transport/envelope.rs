@@ -1,0 +1,413 @@
+//! The signed CBOR envelope every Bramble message travels in, and the checks a
+//! receiver makes before believing one.
+//!
+//! The signature covers the protocol version, sender, recipient, the topic the
+//! message was published on, sequence number, timestamp and body, so a message
+//! cannot be moved to another topic, redirected to another recipient or
+//! replayed. Replays are caught by a timestamp window plus the set of
+//! `(sender, seq)` pairs seen within it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{KeyPair, PublicKey};
+
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Recipient that every receiver accepts (tables broadcast to all workers).
+pub const TO_ANYONE: &str = "*";
+
+/// Sender id of the master (signs with the cluster key).
+pub const MASTER_ID: &str = "master";
+
+/// Sender/recipient id of a node agent.
+pub fn node_id(node: &str) -> String {
+    format!("node:{node}")
+}
+
+/// Sender id of an admin key (the CLI).
+pub fn admin_id(key: &PublicKey) -> String {
+    format!("admin:{}", key.fingerprint())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u8,
+    pub from: String,
+    pub to: String,
+    pub seq: u64,
+    /// Unix time in milliseconds, by the sender's clock.
+    pub ts: i64,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct Signed<'a> {
+    domain: &'static str,
+    v: u8,
+    from: &'a str,
+    to: &'a str,
+    topic: &'a str,
+    seq: u64,
+    ts: i64,
+    #[serde(with = "serde_bytes")]
+    body: &'a [u8],
+}
+
+fn signed_bytes(e: &Envelope, topic: &str) -> Vec<u8> {
+    let s = Signed {
+        domain: "bramble-envelope",
+        v: e.v,
+        from: &e.from,
+        to: &e.to,
+        topic,
+        seq: e.seq,
+        ts: e.ts,
+        body: &e.body,
+    };
+    let mut out = Vec::with_capacity(e.body.len() + 128);
+    ciborium::into_writer(&s, &mut out).expect("CBOR into a Vec cannot fail");
+    out
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    #[error("not a Bramble envelope: {0}")]
+    Malformed(String),
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    #[error("sender {0:?} is not trusted here")]
+    UnknownSender(String),
+    #[error("bad signature from {0:?}")]
+    BadSignature(String),
+    #[error("addressed to {to:?}, not to us")]
+    WrongRecipient { to: String },
+    #[error("replayed message {seq} from {from:?}")]
+    Replay { from: String, seq: u64 },
+    #[error("timestamp {skew_ms} ms away from our clock (more than the allowed window; check the clocks)")]
+    Stale { skew_ms: i64 },
+    #[error("body from {from:?} does not decode: {reason}")]
+    Body { from: String, reason: String },
+}
+
+/// Seals bodies for one sender.
+pub struct Sealer {
+    key: KeyPair,
+    id: String,
+    seq: AtomicU64,
+}
+
+impl Sealer {
+    pub fn new(key: KeyPair, id: impl Into<String>) -> Sealer {
+        // Starting from the clock in microseconds keeps seq increasing across
+        // short-lived processes (each CLI run) that share one key.
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Sealer {
+            key,
+            id: id.into(),
+            seq: AtomicU64::new(start),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn public(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// Signs `body` for publication on `topic` to recipient `to`.
+    pub fn seal<T: Serialize>(&self, topic: &str, to: &str, body: &T) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(body, &mut bytes).expect("CBOR into a Vec cannot fail");
+        self.seal_bytes(topic, to, bytes)
+    }
+
+    pub fn seal_bytes(&self, topic: &str, to: &str, body: Vec<u8>) -> Vec<u8> {
+        let mut env = Envelope {
+            v: PROTOCOL_VERSION,
+            from: self.id.clone(),
+            to: to.to_string(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            ts: now_ms(),
+            body,
+            sig: Vec::new(),
+        };
+        env.sig = self.key.sign(&signed_bytes(&env, topic)).to_vec();
+        let mut out = Vec::with_capacity(env.body.len() + 160);
+        ciborium::into_writer(&env, &mut out).expect("CBOR into a Vec cannot fail");
+        out
+    }
+}
+
+/// An authentic, fresh message.
+#[derive(Debug)]
+pub struct Opened<T> {
+    pub from: String,
+    pub body: T,
+}
+
+/// Checks envelopes for one receiver.
+pub struct Verifier {
+    me: HashSet<String>,
+    keys: HashMap<String, PublicKey>,
+    window_ms: i64,
+    seen: HashSet<(String, u64)>,
+    order: VecDeque<(i64, String, u64)>,
+}
+
+impl Verifier {
+    /// `me`: the recipient ids this receiver answers to. `window`: how far a
+    /// timestamp may be from our clock (Pis without a real-time clock drift
+    /// until NTP syncs, so this is minutes, not seconds).
+    pub fn new(me: &[&str], window: Duration) -> Verifier {
+        Verifier {
+            me: me.iter().map(|s| s.to_string()).collect(),
+            keys: HashMap::new(),
+            window_ms: window.as_millis() as i64,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn trust(&mut self, id: impl Into<String>, key: PublicKey) {
+        self.keys.insert(id.into(), key);
+    }
+
+    pub fn untrust(&mut self, id: &str) {
+        self.keys.remove(id);
+    }
+
+    pub fn trusted(&self, id: &str) -> Option<&PublicKey> {
+        self.keys.get(id)
+    }
+
+    pub fn answer_to(&mut self, id: impl Into<String>) {
+        self.me.insert(id.into());
+    }
+
+    /// Verifies and decodes one message received on `topic`.
+    pub fn open<T: DeserializeOwned>(
+        &mut self,
+        topic: &str,
+        bytes: &[u8],
+    ) -> Result<Opened<T>, EnvelopeError> {
+        let env = self.check(topic, bytes)?;
+        let body = ciborium::from_reader(env.body.as_slice()).map_err(|e| EnvelopeError::Body {
+            from: env.from.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Opened {
+            from: env.from,
+            body,
+        })
+    }
+
+    fn check(&mut self, topic: &str, bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let env: Envelope =
+            ciborium::from_reader(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if env.v != PROTOCOL_VERSION {
+            return Err(EnvelopeError::Version(env.v));
+        }
+        let key = self
+            .keys
+            .get(&env.from)
+            .ok_or_else(|| EnvelopeError::UnknownSender(env.from.clone()))?;
+        let sig: [u8; 64] = env
+            .sig
+            .as_slice()
+            .try_into()
+            .map_err(|_| EnvelopeError::BadSignature(env.from.clone()))?;
+        if !key.verify(&signed_bytes(&env, topic), &sig) {
+            return Err(EnvelopeError::BadSignature(env.from.clone()));
+        }
+        if env.to != TO_ANYONE && !self.me.contains(&env.to) {
+            return Err(EnvelopeError::WrongRecipient { to: env.to });
+        }
+        let now = now_ms();
+        let skew = env.ts - now;
+        if skew.abs() > self.window_ms {
+            return Err(EnvelopeError::Stale { skew_ms: skew });
+        }
+        // Forget what fell out of the window: a replay that old fails the
+        // timestamp check above.
+        while let Some((ts, _, _)) = self.order.front() {
+            if *ts >= now - 2 * self.window_ms {
+                break;
+            }
+            let (_, from, seq) = self.order.pop_front().expect("front exists");
+            self.seen.remove(&(from, seq));
+        }
+        if !self.seen.insert((env.from.clone(), env.seq)) {
+            return Err(EnvelopeError::Replay {
+                from: env.from,
+                seq: env.seq,
+            });
+        }
+        self.order.push_back((now, env.from.clone(), env.seq));
+        Ok(env)
+    }
+}
+
+/// Logs dropped messages without letting a flood of forgeries flood the log:
+/// at most `burst` lines per minute, then one line counting what was suppressed.
+pub struct DropLog {
+    burst: u32,
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl DropLog {
+    pub fn new(burst: u32) -> DropLog {
+        DropLog {
+            burst,
+            window_start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    pub fn dropped(&mut self, topic: &str, reason: &dyn std::fmt::Display) {
+        if self.window_start.elapsed() >= Duration::from_secs(60) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = self.suppressed,
+                    "more messages dropped in the last minute"
+                );
+            }
+            self.window_start = Instant::now();
+            self.logged = 0;
+            self.suppressed = 0;
+        }
+        if self.logged < self.burst {
+            self.logged += 1;
+            tracing::warn!(%topic, %reason, "dropped message");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Sealer, Verifier) {
+        let key = KeyPair::generate();
+        let mut v = Verifier::new(&["master"], Duration::from_secs(300));
+        v.trust("admin:x", key.public());
+        (Sealer::new(key, "admin:x"), v)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (s, mut v) = pair();
+        let msg = s.seal("t/cmd/get", "master", &("hello", 3u32));
+        let got: Opened<(String, u32)> = v.open("t/cmd/get", &msg).unwrap();
+        assert_eq!(got.body, ("hello".to_string(), 3));
+        assert_eq!(got.from, "admin:x");
+    }
+
+    #[test]
+    fn replay_is_refused() {
+        let (s, mut v) = pair();
+        let msg = s.seal("t", "master", &1u8);
+        v.open::<u8>("t", &msg).unwrap();
+        assert!(matches!(
+            v.open::<u8>("t", &msg),
+            Err(EnvelopeError::Replay { .. })
+        ));
+    }
+
+    #[test]
+    fn other_topic_or_recipient_or_key_is_refused() {
+        let (s, mut v) = pair();
+        let msg = s.seal("t/a", "master", &1u8);
+        assert!(matches!(
+            v.open::<u8>("t/b", &msg),
+            Err(EnvelopeError::BadSignature(_))
+        ));
+        let msg = s.seal("t/a", "node:pi1", &1u8);
+        assert!(matches!(
+            v.open::<u8>("t/a", &msg),
+            Err(EnvelopeError::WrongRecipient { .. })
+        ));
+        let stranger = Sealer::new(KeyPair::generate(), "admin:x");
+        let msg = stranger.seal("t/a", "master", &1u8);
+        assert!(matches!(
+            v.open::<u8>("t/a", &msg),
+            Err(EnvelopeError::BadSignature(_))
+        ));
+        let unknown = Sealer::new(KeyPair::generate(), "admin:y");
+        let msg = unknown.seal("t/a", "master", &1u8);
+        assert!(matches!(
+            v.open::<u8>("t/a", &msg),
+            Err(EnvelopeError::UnknownSender(_))
+        ));
+        assert!(matches!(
+            v.open::<u8>("t/a", b"\xff\x00garbage"),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn tampered_body_is_refused() {
+        let (s, mut v) = pair();
+        let msg = s.seal("t", "master", &"run me");
+        let mut env: Envelope = ciborium::from_reader(msg.as_slice()).unwrap();
+        env.body = {
+            let mut b = Vec::new();
+            ciborium::into_writer(&"rm -rf", &mut b).unwrap();
+            b
+        };
+        let mut forged = Vec::new();
+        ciborium::into_writer(&env, &mut forged).unwrap();
+        assert!(matches!(
+            v.open::<String>("t", &forged),
+            Err(EnvelopeError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn stale_timestamp_is_refused() {
+        let key = KeyPair::generate();
+        let mut v = Verifier::new(&["master"], Duration::from_secs(60));
+        v.trust("a", key.public());
+        let mut env = Envelope {
+            v: PROTOCOL_VERSION,
+            from: "a".into(),
+            to: "master".into(),
+            seq: 1,
+            ts: now_ms() - 3_600_000,
+            body: vec![0x01],
+            sig: vec![],
+        };
+        env.sig = key.sign(&signed_bytes(&env, "t")).to_vec();
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&env, &mut bytes).unwrap();
+        assert!(matches!(
+            v.open::<u8>("t", &bytes),
+            Err(EnvelopeError::Stale { .. })
+        ));
+    }
+}

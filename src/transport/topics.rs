@@ -1,0 +1,131 @@
+//! Topic names under the configurable prefix (default `bramble/v1`).
+
+/// Topic builder for one cluster's prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+pub const DEFAULT_PREFIX: &str = "bramble/v1";
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Topics {
+        Topics {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Client → master: a signed command.
+    pub fn cmd(&self, verb: &str) -> String {
+        format!("{}/cmd/{verb}", self.prefix)
+    }
+
+    pub fn cmd_filter(&self) -> String {
+        format!("{}/cmd/+", self.prefix)
+    }
+
+    /// Master → client: the signed reply.
+    pub fn reply(&self, client_id: &str) -> String {
+        format!("{}/reply/{client_id}", self.prefix)
+    }
+
+    /// Master → worker: the node's full desired pod set (retained).
+    pub fn assign(&self, node: &str) -> String {
+        format!("{}/node/{node}/assign", self.prefix)
+    }
+
+    /// Worker → master: heartbeat and pod statuses.
+    pub fn status(&self, node: &str) -> String {
+        format!("{}/node/{node}/status", self.prefix)
+    }
+
+    pub fn status_filter(&self) -> String {
+        format!("{}/node/+/status", self.prefix)
+    }
+
+    /// Retained `true` while the worker is connected; its Last Will sets `false`.
+    pub fn online(&self, node: &str) -> String {
+        format!("{}/node/{node}/online", self.prefix)
+    }
+
+    pub fn online_filter(&self) -> String {
+        format!("{}/node/+/online", self.prefix)
+    }
+
+    /// To the worker: stream control (open from the master; acks and close from
+    /// the client that asked for the stream).
+    pub fn stream_in(&self, node: &str, id: &str) -> String {
+        format!("{}/node/{node}/stream/{id}/in", self.prefix)
+    }
+
+    pub fn stream_in_filter(&self, node: &str) -> String {
+        format!("{}/node/{node}/stream/+/in", self.prefix)
+    }
+
+    /// From the worker: stream data.
+    pub fn stream_out(&self, node: &str, id: &str) -> String {
+        format!("{}/node/{node}/stream/{id}/out", self.prefix)
+    }
+
+    /// What a client subscribes to before it knows which node will answer.
+    pub fn stream_out_any_node(&self, id: &str) -> String {
+        format!("{}/node/+/stream/{id}/out", self.prefix)
+    }
+
+    /// Master → every worker: the Service routing table (retained).
+    pub fn services(&self) -> String {
+        format!("{}/services", self.prefix)
+    }
+
+    /// The node name in `…/node/<node>/…`, if `topic` is one of ours.
+    pub fn node_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/node/")?;
+        rest.split('/').next().filter(|n| !n.is_empty())
+    }
+
+    /// The verb in `…/cmd/<verb>`.
+    pub fn verb_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic.strip_prefix(&self.prefix)?.strip_prefix("/cmd/")
+    }
+
+    /// The stream id in `…/node/<node>/stream/<id>/{in,out}`.
+    pub fn stream_id_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/node/")?;
+        let mut parts = rest.split('/');
+        let (_node, stream, id) = (parts.next()?, parts.next()?, parts.next()?);
+        (stream == "stream").then_some(id)
+    }
+}
+
+/// Whether a name can be one topic level: no wildcards, separators or NUL.
+pub fn valid_level(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '+', '#', '\0'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_parts() {
+        let t = Topics::new("bramble/v1/");
+        assert_eq!(t.status("pi1"), "bramble/v1/node/pi1/status");
+        assert_eq!(t.node_of("bramble/v1/node/pi1/status"), Some("pi1"));
+        assert_eq!(t.node_of("other/node/pi1/status"), None);
+        assert_eq!(t.verb_of("bramble/v1/cmd/apply"), Some("apply"));
+        assert_eq!(t.stream_id_of(&t.stream_out("pi1", "abc")), Some("abc"));
+        assert!(valid_level("pi-1"));
+        assert!(!valid_level("a/b"));
+        assert!(!valid_level("#"));
+    }
+}
