@@ -1,1 +1,487 @@
-//! (being written)
+//! The master: command handler, controllers, scheduler and the publisher of
+//! node assignments and the Service table.
+//!
+//! Owns: the reconcile loop over the store, the verification of every command
+//! and status report it receives, and what it tells the workers.
+//!
+//! Must not touch: containers, network namespaces or the proxy (the workers'
+//! business). Heartbeats stay in memory; only changes reach the store.
+
+pub mod allocate;
+pub mod commands;
+pub mod controllers;
+pub mod publish;
+pub mod scheduler;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeSpec, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
+use crate::api::routing::ServiceRoute;
+use crate::store::{Mode, Op, Store, StoreError};
+use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
+use crate::transport::messages::{
+    Assignment, Command, NodeReport, Reply, ServiceTable, StreamMsg,
+};
+use crate::transport::{KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier};
+use commands::{Caller, Ctx, Effect, Settings};
+use controllers::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MasterError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no free pod CIDR left in {0}")]
+    NoPodCidr(Ipv4Net),
+}
+
+pub struct MasterConfig {
+    pub store: Store,
+    pub cluster_key: KeyPair,
+    pub admin_keys: Vec<PublicKey>,
+    pub topics: Topics,
+    pub settings: Settings,
+    /// How long a silent node stays Ready.
+    pub node_grace: Duration,
+    /// Period of the full reconcile pass that runs even when nothing changed.
+    pub resync: Duration,
+    /// How far a message's timestamp may be from our clock.
+    pub clock_window: Duration,
+}
+
+/// Creates what a fresh cluster needs (the `default` namespace).
+pub fn bootstrap(store: &Store) -> Result<(), StoreError> {
+    let key = ObjectKey::new(Kind::Namespace, "", crate::api::DEFAULT_NAMESPACE);
+    if store.get(&key).is_none() {
+        let mut ns = Object::Namespace(Namespace {
+            metadata: ObjectMeta {
+                name: Some(crate::api::DEFAULT_NAMESPACE.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        crate::api::defaults::apply(&mut ns);
+        if let Object::Namespace(n) = &mut ns {
+            n.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
+                phase: Some("Active".into()),
+                ..Default::default()
+            });
+        }
+        store.commit(vec![Op::Create(ns)], Mode::Commit)?;
+    }
+    Ok(())
+}
+
+/// Registers (or re-keys) a node and gives it a pod CIDR; returns the CIDR.
+pub fn register_node(
+    store: &Store,
+    name: &str,
+    key: &PublicKey,
+    cluster_cidr: Ipv4Net,
+    labels: BTreeMap<String, String>,
+) -> Result<Ipv4Net, MasterError> {
+    let existing = store.get(&ObjectKey::new(Kind::Node, "", name));
+    let mut node = match existing.as_deref() {
+        Some(Object::Node(n)) => n.clone(),
+        _ => Node {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    };
+    node.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(NODE_KEY_ANNOTATION.into(), key.to_hex());
+    node.metadata.labels.get_or_insert_with(Default::default).extend(labels);
+    let spec = node.spec.get_or_insert_with(NodeSpec::default);
+    let cidr = match spec.pod_cidr.as_deref().and_then(|c| c.parse::<Ipv4Net>().ok()) {
+        Some(c) => c,
+        None => {
+            let used: HashSet<Ipv4Net> = store
+                .list(Kind::Node, None)
+                .iter()
+                .filter_map(|n| match &**n {
+                    Object::Node(n) => n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok(),
+                    _ => None,
+                })
+                .collect();
+            allocate::pod_cidr(cluster_cidr, &used).ok_or(MasterError::NoPodCidr(cluster_cidr))?
+        }
+    };
+    spec.pod_cidr = Some(cidr.to_string());
+    spec.pod_cidrs = Some(vec![cidr.to_string()]);
+    store.commit(vec![Op::Put(Object::Node(node))], Mode::Commit)?;
+    Ok(cidr)
+}
+
+/// What the master last published, to publish only changes.
+#[derive(Default)]
+struct Published {
+    assignments: HashMap<String, (u64, Vec<Pod>)>,
+    services: Option<(u64, Vec<ServiceRoute>)>,
+    /// Last time a lagging worker got a republish, to not answer every heartbeat.
+    republished: HashMap<String, Instant>,
+}
+
+struct Master {
+    cfg: MasterConfig,
+    mqtt: Mqtt,
+    sealer: Sealer,
+    verifier: Verifier,
+    drops: DropLog,
+    last_seen: HashMap<String, jiff::Timestamp>,
+    terminated: HashMap<String, HashSet<String>>,
+    published: Published,
+    dirty: bool,
+}
+
+pub async fn run(cfg: MasterConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), MasterError> {
+    bootstrap(&cfg.store)?;
+    let client_id = format!("bramble-master-{:08x}", rand::random::<u32>());
+    let (mqtt, mut events) = Mqtt::connect(MqttOptions::new(&cfg.settings.broker_url, &client_id), None).await?;
+    mqtt.subscribe(&cfg.topics.cmd_filter()).await?;
+    mqtt.subscribe(&cfg.topics.status_filter()).await?;
+    let mut verifier = Verifier::new(&[MASTER_ID], cfg.clock_window);
+    for key in &cfg.admin_keys {
+        verifier.trust(envelope::admin_id(key), *key);
+    }
+    let sealer = Sealer::new(cfg.cluster_key.clone(), MASTER_ID);
+    let mut watch_rx = cfg.store.watch();
+    let mut m = Master {
+        cfg,
+        mqtt,
+        sealer,
+        verifier,
+        drops: DropLog::new(10),
+        last_seen: HashMap::new(),
+        terminated: HashMap::new(),
+        published: Published::default(),
+        dirty: true,
+    };
+    let mut resync = tokio::time::interval(m.cfg.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(broker = %m.cfg.settings.broker_url, "master running");
+    loop {
+        if m.dirty {
+            m.dirty = false;
+            m.pass().await;
+        }
+        tokio::select! {
+            // Shutdown: stop taking commands; everything acknowledged is already durable.
+            _ = shutdown.changed() => break,
+            // A message from the broker: a command, a status report, or our own reconnect.
+            ev = events.recv() => match ev {
+                Some(MqttEvent::Message { topic, payload }) => m.on_message(&topic, &payload).await,
+                Some(MqttEvent::Connected) => {
+                    // The broker may have restarted and lost our retained
+                    // messages: publish everything again.
+                    m.published = Published::default();
+                    m.dirty = true;
+                }
+                Some(MqttEvent::Subscribed) => {}
+                None => break,
+            },
+            // The store changed (a command or our own actions): reconcile.
+            ev = watch_rx.recv() => match ev {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Coalesce a burst of changes into one pass.
+                    while watch_rx.try_recv().is_ok() {}
+                    m.dirty = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            // Level-triggered safety net, and what notices silent nodes.
+            _ = resync.tick() => m.dirty = true,
+        }
+    }
+    m.mqtt.disconnect().await;
+    tracing::info!("master stopped");
+    Ok(())
+}
+
+impl Master {
+    fn snapshot(&self) -> Snapshot {
+        let mut objects = BTreeMap::new();
+        for kind in Kind::ALL {
+            objects.insert(kind, self.cfg.store.list(kind, None));
+        }
+        Snapshot {
+            now: jiff::Timestamp::now(),
+            objects,
+            last_seen: self.last_seen.clone(),
+            terminated: self.terminated.values().flatten().cloned().collect(),
+            node_grace: self.cfg.node_grace,
+        }
+    }
+
+    async fn pass(&mut self) {
+        let snap = self.snapshot();
+        let actions = controllers::reconcile_all(&snap, &mut controllers::replicaset::random_suffix);
+        if !actions.is_empty() {
+            self.commit_actions(actions);
+            // The watch will bring us back with the new state; publish from that.
+            return;
+        }
+        self.sync_node_keys(&snap);
+        self.publish(&snap).await;
+    }
+
+    fn commit_actions(&self, actions: Vec<controllers::Action>) {
+        let descriptions: Vec<String> = actions.iter().map(|a| a.describe()).collect();
+        let ops: Vec<Op> = actions.iter().cloned().map(commands::to_op).collect();
+        match self.cfg.store.commit(ops, Mode::Commit) {
+            Ok(_) => tracing::debug!(actions = ?descriptions, "reconciled"),
+            Err(_) => {
+                // One stale action must not hold back the others.
+                for a in actions {
+                    let what = a.describe();
+                    if let Err(e) = self.cfg.store.commit(vec![commands::to_op(a)], Mode::Commit) {
+                        tracing::debug!(%what, error = %e, "action failed; retried next pass");
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_node_keys(&mut self, snap: &Snapshot) {
+        for node in snap.nodes() {
+            let (Some(name), Some(key)) = (
+                node.metadata.name.as_deref(),
+                node.metadata.annotations.as_ref().and_then(|a| a.get(NODE_KEY_ANNOTATION)),
+            ) else {
+                continue;
+            };
+            if let Ok(key) = key.parse::<PublicKey>() {
+                self.verifier.trust(envelope::node_id(name), key);
+            }
+        }
+    }
+
+    async fn publish(&mut self, snap: &Snapshot) {
+        let rv = self.cfg.store.resource_version();
+        for node in snap.nodes() {
+            let Some(name) = node.metadata.name.clone() else { continue };
+            let pods = publish::assignment_pods(snap, &name);
+            if self.published.assignments.get(&name).is_some_and(|(_, p)| *p == pods) {
+                continue;
+            }
+            let assignment = Assignment {
+                node: name.clone(),
+                generation: rv,
+                pod_cidr: node.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_default(),
+                pods: pods.clone(),
+            };
+            if self.send_assignment(&assignment).await {
+                self.published.assignments.insert(name, (rv, pods));
+            }
+        }
+        let routes = publish::service_routes(snap);
+        if self.published.services.as_ref().is_none_or(|(_, r)| *r != routes) {
+            let table = ServiceTable {
+                generation: rv,
+                routes: routes.clone(),
+            };
+            if self.send_services(&table).await {
+                self.published.services = Some((rv, routes));
+            }
+        }
+    }
+
+    async fn send_assignment(&self, a: &Assignment) -> bool {
+        let topic = self.cfg.topics.assign(&a.node);
+        let bytes = self.sealer.seal(&topic, &envelope::node_id(&a.node), a);
+        match self.mqtt.publish(&topic, bytes, true).await {
+            Ok(()) => {
+                tracing::debug!(node = %a.node, generation = a.generation, pods = a.pods.len(), "assignment published");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(node = %a.node, error = %e, "could not publish assignment");
+                false
+            }
+        }
+    }
+
+    async fn send_services(&self, t: &ServiceTable) -> bool {
+        let topic = self.cfg.topics.services();
+        let bytes = self.sealer.seal(&topic, TO_ANYONE, t);
+        match self.mqtt.publish(&topic, bytes, true).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not publish the service table");
+                false
+            }
+        }
+    }
+
+    async fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        if self.cfg.topics.verb_of(topic).is_some() {
+            self.on_command(topic, payload).await;
+        } else if let Some(node) = self.cfg.topics.node_of(topic).map(str::to_string) {
+            self.on_status(&node, topic, payload).await;
+        }
+    }
+
+    async fn on_command(&mut self, topic: &str, payload: &[u8]) {
+        let opened = match self.verifier.open::<Command>(topic, payload) {
+            Ok(o) => o,
+            Err(e) => return self.drops.dropped(topic, &e),
+        };
+        let Some(caller_key) = opened
+            .from
+            .starts_with("admin:")
+            .then(|| self.verifier.trusted(&opened.from).copied())
+            .flatten()
+        else {
+            return self.drops.dropped(topic, &format!("{} may not issue commands", opened.from));
+        };
+        let cmd = opened.body;
+        let reply_prefix = format!("{}/reply/", self.cfg.topics.prefix());
+        if cmd.request.verb() != self.cfg.topics.verb_of(topic).unwrap_or("")
+            || !cmd.reply_to.starts_with(&reply_prefix)
+            || !crate::transport::topics::valid_level(&cmd.reply_to[reply_prefix.len()..])
+        {
+            return self.drops.dropped(topic, &"command does not match its topic or reply topic");
+        }
+        let caller = Caller {
+            id: opened.from.clone(),
+            key: caller_key.to_hex(),
+        };
+        let verb = cmd.request.verb();
+        let ctx = Ctx {
+            store: &self.cfg.store,
+            settings: &self.cfg.settings,
+            caller: &caller,
+            now: jiff::Timestamp::now(),
+        };
+        let (result, effects) = commands::handle(&ctx, cmd.request);
+        if let Err(e) = &result {
+            tracing::info!(%verb, from = %caller.id, error = %e, "command refused");
+        } else {
+            tracing::debug!(%verb, from = %caller.id, "command done");
+        }
+        for effect in effects {
+            match effect {
+                Effect::OpenStream { node, open } => {
+                    let t = self.cfg.topics.stream_in(&node, &open.id);
+                    let bytes = self.sealer.seal(&t, &envelope::node_id(&node), &StreamMsg::Open(open));
+                    if let Err(e) = self.mqtt.publish(&t, bytes, false).await {
+                        tracing::warn!(%node, error = %e, "could not open stream");
+                    }
+                }
+            }
+        }
+        let reply = Reply { id: cmd.id, result };
+        let bytes = self.sealer.seal(&cmd.reply_to, &cmd.reply_as, &reply);
+        if let Err(e) = self.mqtt.publish(&cmd.reply_to, bytes, false).await {
+            tracing::warn!(error = %e, "could not send reply");
+        }
+    }
+
+    async fn on_status(&mut self, node: &str, topic: &str, payload: &[u8]) {
+        let opened = match self.verifier.open::<NodeReport>(topic, payload) {
+            Ok(o) => o,
+            Err(e) => return self.drops.dropped(topic, &e),
+        };
+        // A node's key speaks only for that node.
+        if opened.from != envelope::node_id(node) || opened.body.node != node {
+            return self.drops.dropped(topic, &format!("{} reporting for node {node}", opened.from));
+        }
+        let report = opened.body;
+        let now = jiff::Timestamp::now();
+        let was_fresh = self.last_seen.get(node).is_some_and(|t| {
+            now.duration_since(*t).unsigned_abs() <= self.cfg.node_grace
+        });
+        self.last_seen.insert(node.to_string(), now);
+        if !was_fresh {
+            self.dirty = true;
+        }
+
+        let mut ops = Vec::new();
+        if let Some(Object::Node(n)) = self.cfg.store.get(&ObjectKey::new(Kind::Node, "", node)).as_deref()
+            && let Some(updated) = status::node_with_facts(n, &report.info)
+        {
+            ops.push(Op::Update(Object::Node(updated)));
+        }
+        let mut terminated = HashSet::new();
+        for pr in &report.pods {
+            let key = ObjectKey::new(Kind::Pod, &pr.namespace, &pr.name);
+            let Some(obj) = self.cfg.store.get(&key) else { continue };
+            let Object::Pod(pod) = &*obj else { continue };
+            let bound_here = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+            if !bound_here || pod.metadata.uid.as_deref() != Some(pr.uid.as_str()) {
+                continue;
+            }
+            if pr.terminated {
+                terminated.insert(pr.uid.clone());
+            }
+            if let Some(updated) = status::pod_with_report(pod, pr) {
+                ops.push(Op::Update(Object::Pod(updated)));
+            }
+        }
+        if self.terminated.get(node) != Some(&terminated) {
+            self.terminated.insert(node.to_string(), terminated);
+            self.dirty = true;
+        }
+        if !ops.is_empty()
+            && let Err(e) = self.cfg.store.commit(ops, Mode::Commit)
+        {
+            tracing::debug!(%node, error = %e, "status not stored; the next report retries");
+        }
+
+        // A worker behind on what we published (it restarted, or the broker
+        // lost the retained message) gets it again.
+        let behind_assign = self
+            .published
+            .assignments
+            .get(node)
+            .is_some_and(|(g, _)| report.assignment_generation < *g);
+        let behind_services = self
+            .published
+            .services
+            .as_ref()
+            .is_some_and(|(g, _)| report.services_generation < *g);
+        let recently = self
+            .published
+            .republished
+            .get(node)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+        if (behind_assign || behind_services) && !recently {
+            self.published.republished.insert(node.to_string(), Instant::now());
+            if behind_assign && let Some((g, pods)) = self.published.assignments.get(node).cloned() {
+                let pod_cidr = self
+                    .cfg
+                    .store
+                    .get(&ObjectKey::new(Kind::Node, "", node))
+                    .and_then(|n| match &*n {
+                        Object::Node(n) => n.spec.as_ref()?.pod_cidr.clone(),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                self.send_assignment(&Assignment {
+                    node: node.to_string(),
+                    generation: g,
+                    pod_cidr,
+                    pods,
+                })
+                .await;
+            }
+            if behind_services && let Some((g, routes)) = self.published.services.clone() {
+                self.send_services(&ServiceTable { generation: g, routes }).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! `apply`: create or replace objects, all of a request in one transaction.
+//!
+//! The manifest owns what the user wrote; the server keeps what is its own:
+//! status, uid and creation time (the store), allocated ClusterIPs and
+//! NodePorts, a pod's node, a Deployment's revision, owner references. Every
+//! object is defaulted and validated again here: the CLI's checks are a
+//! courtesy, the master's are the rule.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::api::{self, Kind, Object, ObjectKey};
+use crate::master::allocate;
+use crate::master::controllers::deployment::REVISION_ANNOTATION;
+use crate::store::{Mode, Op, Outcome};
+use crate::transport::messages::{Applied, ApiError, ApplyRequest, ErrorCode, Response};
+
+use super::{Ctx, store_error};
+
+pub fn handle(ctx: &Ctx, req: ApplyRequest) -> Result<Response, ApiError> {
+    if req.objects.is_empty() {
+        return Err(ApiError::new(ErrorCode::BadRequest, "no objects passed to apply"));
+    }
+    let batch_namespaces: HashSet<String> = req
+        .objects
+        .iter()
+        .filter(|o| o.kind() == Kind::Namespace)
+        .map(|o| o.name().to_string())
+        .collect();
+    let mut seen = HashSet::new();
+    let mut alloc = Allocations::from_store(ctx);
+    let mut ops = Vec::new();
+    for obj in req.objects {
+        let key = obj.key();
+        if !seen.insert(key.clone()) {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                format!("{key} appears twice in one apply"),
+            ));
+        }
+        ops.push(Op::Put(prepare(ctx, obj, &mut alloc, &batch_namespaces)?));
+    }
+    let mode = if req.dry_run { Mode::DryRun } else { Mode::Commit };
+    let outcomes = ctx.store.commit(ops, mode).map_err(store_error)?;
+    Ok(Response::Applied(
+        outcomes
+            .into_iter()
+            .map(|o| {
+                let (obj, word) = match o {
+                    Outcome::Created(o) => (o, "created"),
+                    Outcome::Configured(o) => (o, "configured"),
+                    Outcome::Unchanged(o) => (o, "unchanged"),
+                    Outcome::Deleted(o) => (o, "deleted"),
+                };
+                Applied {
+                    key: obj.key(),
+                    outcome: word.to_string(),
+                    warnings: Vec::new(),
+                }
+            })
+            .collect(),
+    ))
+}
+
+fn invalid(obj: &Object, details: &[String]) -> ApiError {
+    ApiError::new(
+        ErrorCode::Invalid,
+        format!(
+            "{} \"{}\" is invalid: {}",
+            obj.kind(),
+            obj.name(),
+            details.join(", ")
+        ),
+    )
+}
+
+fn prepare(
+    ctx: &Ctx,
+    mut obj: Object,
+    alloc: &mut Allocations,
+    batch_namespaces: &HashSet<String>,
+) -> Result<Object, ApiError> {
+    api::defaults::apply(&mut obj);
+    let errors: Vec<String> = api::validate::validate(&obj).iter().map(|e| e.to_string()).collect();
+    if !errors.is_empty() {
+        return Err(invalid(&obj, &errors));
+    }
+    let kind = obj.kind();
+    if kind.namespaced() {
+        let ns = obj.namespace().to_string();
+        let exists = ctx
+            .store
+            .get(&ObjectKey::new(Kind::Namespace, "", &ns))
+            .is_some_and(|n| n.meta().deletion_timestamp.is_none());
+        if !exists && !batch_namespaces.contains(&ns) {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("namespaces \"{ns}\" not found"),
+            ));
+        }
+    }
+    let existing: Option<Arc<Object>> = ctx.store.get(&obj.key());
+    if let Some(e) = &existing
+        && e.meta().deletion_timestamp.is_some()
+    {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("{} is being deleted", e.key()),
+        ));
+    }
+    match (&mut obj, existing.as_deref()) {
+        (Object::Node(_), None) => {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "nodes register themselves when they join; apply can only relabel an existing node",
+            ));
+        }
+        (Object::Node(n), Some(Object::Node(old))) => {
+            // Only labels, annotations and schedulability are the user's.
+            let mut merged = old.clone();
+            merged.metadata.labels = n.metadata.labels.take().or(merged.metadata.labels);
+            let mut annotations = old.metadata.annotations.clone().unwrap_or_default();
+            annotations.extend(n.metadata.annotations.take().unwrap_or_default());
+            merged.metadata.annotations = Some(annotations);
+            if let Some(u) = n.spec.as_ref().and_then(|s| s.unschedulable) {
+                merged.spec.get_or_insert_with(Default::default).unschedulable = Some(u);
+            }
+            *n = merged;
+            return Ok(obj);
+        }
+        (Object::Service(svc), old) => {
+            let old = match old {
+                Some(Object::Service(s)) => Some(s),
+                _ => None,
+            };
+            alloc.prepare_service(ctx, svc, old)?;
+        }
+        (Object::Pod(pod), Some(Object::Pod(old))) => {
+            let mut wanted = pod.spec.clone().unwrap_or_default();
+            let have = old.spec.clone().unwrap_or_default();
+            if wanted.node_name.is_none() {
+                wanted.node_name = have.node_name.clone();
+            }
+            if wanted != have {
+                return Err(invalid(
+                    &obj,
+                    &["spec: Forbidden: pod updates may not change fields of a running pod; delete and re-create it, or use a Deployment".to_string()],
+                ));
+            }
+            pod.spec = Some(wanted);
+        }
+        (Object::Deployment(d), Some(Object::Deployment(old))) => {
+            if let Some(rev) = old.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION)) {
+                d.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .entry(REVISION_ANNOTATION.to_string())
+                    .or_insert_with(|| rev.clone());
+            }
+        }
+        _ => {}
+    }
+    if let Some(old) = &existing {
+        carry_server_fields(&mut obj, old);
+    } else {
+        clear_status(&mut obj);
+    }
+    Ok(obj)
+}
+
+/// Status and owner references are the server's: a manifest never sets them.
+fn carry_server_fields(obj: &mut Object, old: &Object) {
+    if obj.meta().owner_references.is_none() {
+        obj.meta_mut().owner_references = old.meta().owner_references.clone();
+    }
+    match (obj, old) {
+        (Object::Pod(n), Object::Pod(o)) => n.status = o.status.clone(),
+        (Object::Deployment(n), Object::Deployment(o)) => n.status = o.status.clone(),
+        (Object::ReplicaSet(n), Object::ReplicaSet(o)) => n.status = o.status.clone(),
+        (Object::Service(n), Object::Service(o)) => n.status = o.status.clone(),
+        (Object::Namespace(n), Object::Namespace(o)) => n.status = o.status.clone(),
+        _ => {}
+    }
+}
+
+fn clear_status(obj: &mut Object) {
+    match obj {
+        Object::Pod(p) => {
+            p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some("Pending".into()),
+                ..Default::default()
+            })
+        }
+        Object::Deployment(d) => d.status = None,
+        Object::ReplicaSet(r) => r.status = None,
+        Object::Service(s) => s.status = None,
+        Object::Namespace(n) => {
+            n.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
+                phase: Some("Active".into()),
+                ..Default::default()
+            })
+        }
+        _ => {}
+    }
+}
+
+/// ClusterIPs and NodePorts taken by stored Services and by earlier objects
+/// of the same request.
+struct Allocations {
+    ips: HashMap<Ipv4Addr, ObjectKey>,
+    ports: HashMap<u16, ObjectKey>,
+}
+
+impl Allocations {
+    fn from_store(ctx: &Ctx) -> Allocations {
+        let mut a = Allocations {
+            ips: HashMap::new(),
+            ports: HashMap::new(),
+        };
+        for obj in ctx.store.list(Kind::Service, None) {
+            if let Object::Service(s) = &*obj {
+                a.record(obj.key(), s);
+            }
+        }
+        a
+    }
+
+    fn record(&mut self, key: ObjectKey, svc: &Service) {
+        let Some(spec) = &svc.spec else { return };
+        if let Some(ip) = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()) {
+            self.ips.insert(ip, key.clone());
+        }
+        for p in spec.ports.iter().flatten() {
+            if let Some(n) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
+                self.ports.insert(n, key.clone());
+            }
+        }
+    }
+
+    fn prepare_service(
+        &mut self,
+        ctx: &Ctx,
+        svc: &mut Service,
+        old: Option<&Service>,
+    ) -> Result<(), ApiError> {
+        let key = Object::Service(svc.clone()).key();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let err = |msg: String| ApiError::new(ErrorCode::Invalid, format!("Service \"{name}\" is invalid: {msg}"));
+        // Free what this Service holds now, so an update can keep it.
+        self.ips.retain(|_, k| k != &key);
+        self.ports.retain(|_, k| k != &key);
+        let old_spec = old.and_then(|o| o.spec.clone()).unwrap_or_default();
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        let node_port_type = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
+
+        let old_ip = old_spec.cluster_ip.clone().filter(|s| !s.is_empty());
+        match (spec.cluster_ip.clone().filter(|s| !s.is_empty()), old_ip) {
+            (Some(want), Some(have)) if want != have => {
+                return Err(err(format!(
+                    "spec.clusterIP: Invalid value: \"{want}\": field is immutable"
+                )));
+            }
+            (Some(want), _) if want == "None" => {}
+            (Some(want), _) => {
+                let ip: Ipv4Addr = want
+                    .parse()
+                    .map_err(|_| err(format!("spec.clusterIP: Invalid value: \"{want}\": must be a valid IP address")))?;
+                if !ctx.settings.service_cidr.contains(&ip) {
+                    return Err(err(format!(
+                        "spec.clusterIP: Invalid value: \"{want}\": provided IP is not in the valid range. The range of valid IPs is {}",
+                        ctx.settings.service_cidr
+                    )));
+                }
+                if let Some(holder) = self.ips.get(&ip) {
+                    return Err(err(format!(
+                        "spec.clusterIP: Invalid value: \"{want}\": provided IP is already allocated (to {holder})"
+                    )));
+                }
+            }
+            (None, Some(have)) => spec.cluster_ip = Some(have),
+            (None, None) => {
+                let used: HashSet<Ipv4Addr> = self.ips.keys().copied().collect();
+                let ip = allocate::cluster_ip(ctx.settings.service_cidr, &used).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("no free ClusterIP left in {}", ctx.settings.service_cidr),
+                    )
+                })?;
+                spec.cluster_ip = Some(ip.to_string());
+            }
+        }
+        spec.cluster_ips = spec.cluster_ip.clone().map(|ip| vec![ip]);
+
+        let range = ctx.settings.node_port_range.clone();
+        for (i, port) in spec.ports.iter_mut().flatten().enumerate() {
+            if !node_port_type {
+                if port.node_port.is_some_and(|n| n != 0) {
+                    return Err(err(format!(
+                        "spec.ports[{i}].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"
+                    )));
+                }
+                continue;
+            }
+            match port.node_port.filter(|n| *n != 0) {
+                Some(n) => {
+                    let p = u16::try_from(n).ok().filter(|p| range.contains(p)).ok_or_else(|| {
+                        err(format!(
+                            "spec.ports[{i}].nodePort: Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {}-{}",
+                            range.start(),
+                            range.end()
+                        ))
+                    })?;
+                    if let Some(holder) = self.ports.get(&p) {
+                        return Err(err(format!(
+                            "spec.ports[{i}].nodePort: Invalid value: {n}: provided port is already allocated (to {holder})"
+                        )));
+                    }
+                    self.ports.insert(p, key.clone());
+                }
+                None => {
+                    let kept = old_spec.ports.iter().flatten().find(|o| {
+                        o.port == port.port && o.protocol == port.protocol && o.name == port.name
+                    });
+                    let p = match kept.and_then(|o| o.node_port).and_then(|n| u16::try_from(n).ok()) {
+                        Some(p) if !self.ports.contains_key(&p) => p,
+                        _ => {
+                            let used: HashSet<u16> = self.ports.keys().copied().collect();
+                            allocate::node_port(&range, &used).ok_or_else(|| {
+                                ApiError::new(ErrorCode::Unavailable, "no free NodePort left")
+                            })?
+                        }
+                    };
+                    port.node_port = Some(i32::from(p));
+                    self.ports.insert(p, key.clone());
+                }
+            }
+        }
+        self.record(key, svc);
+        Ok(())
+    }
+}
