@@ -203,13 +203,12 @@ impl Store {
                 for entry in table.iter().map_err(|e| storage(e.into()))? {
                     let (key, value) = entry.map_err(|e| storage(e.into()))?;
                     let key = key.value().to_string();
-                    let obj = Object::from_cbor(value.value()).map_err(|source| {
-                        StoreError::Decode {
+                    let obj =
+                        Object::from_cbor(value.value()).map_err(|source| StoreError::Decode {
                             path: path.to_path_buf(),
                             key: key.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
                     if obj.key().encode() != key {
                         return Err(StoreError::Corrupt {
                             path: path.to_path_buf(),
@@ -350,11 +349,7 @@ impl Store {
     ) -> (Vec<Arc<Object>>, u64, broadcast::Receiver<Arc<WatchEvent>>) {
         let state = self.read();
         let rx = self.inner.events.subscribe();
-        (
-            list_in(&state, kind, namespace),
-            state.resource_version,
-            rx,
-        )
+        (list_in(&state, kind, namespace), state.resource_version, rx)
     }
 
     /// The resourceVersion of the last commit that changed anything.
@@ -402,7 +397,9 @@ impl Store {
             meta.insert(RV_KEY, rv).map_err(|e| storage(e.into()))?;
         }
         txn.commit().map_err(|e| storage(e.into()))?;
-        self.inner.write_transactions.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .write_transactions
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

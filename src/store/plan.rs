@@ -243,7 +243,11 @@ mod tests {
     }
 
     /// Plans `ops` at a fixed time with uids `uid-1`, `uid-2`, …
-    fn run(stored: &BTreeMap<String, Arc<Object>>, ops: Vec<Op>, rv: u64) -> Result<Plan, StoreError> {
+    fn run(
+        stored: &BTreeMap<String, Arc<Object>>,
+        ops: Vec<Op>,
+        rv: u64,
+    ) -> Result<Plan, StoreError> {
         let mut n = 0;
         let mut new_uid = || {
             n += 1;

@@ -176,7 +176,17 @@ fn a_failing_batch_stores_nothing_and_bumps_nothing() {
         ],
     )
     .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(s.resource_version(), 1);
     assert_eq!(s.write_transactions(), writes);
     assert!(s.get(&cm_key("new")).is_none());
@@ -209,7 +219,11 @@ fn dry_run_writes_nothing() {
         .unwrap();
     assert!(matches!(
         &out[..],
-        [Outcome::Configured(_), Outcome::Created(_), Outcome::Unchanged(_)]
+        [
+            Outcome::Configured(_),
+            Outcome::Created(_),
+            Outcome::Unchanged(_)
+        ]
     ));
     // Dry runs check too.
     let err = s
@@ -230,8 +244,11 @@ fn dry_run_writes_nothing() {
 fn unchanged_put_writes_nothing() {
     let t = TempStore::new();
     let s = &t.store;
-    let created = commit(s, vec![Op::Put(deploy("web", 2)), Op::Put(cm("default", "a", "1"))])
-        .unwrap();
+    let created = commit(
+        s,
+        vec![Op::Put(deploy("web", 2)), Op::Put(cm("default", "a", "1"))],
+    )
+    .unwrap();
     let mut rx = s.watch();
     let before = std::fs::metadata(t.path()).unwrap();
 
@@ -279,14 +296,24 @@ fn generation_follows_the_spec() {
     commit(s, vec![Op::Put(deploy("web", 3))]).unwrap();
     let got = s.get(&key).unwrap();
     assert_eq!(got.meta().generation, Some(2));
-    assert_eq!(got.meta().creation_timestamp, created[0].object().meta().creation_timestamp);
-    assert!(got.labels().is_empty(), "a Put replaces the object as given");
+    assert_eq!(
+        got.meta().creation_timestamp,
+        created[0].object().meta().creation_timestamp
+    );
+    assert!(
+        got.labels().is_empty(),
+        "a Put replaces the object as given"
+    );
 }
 
 #[test]
 fn reopen_keeps_everything_and_continues_the_counter() {
     let t = TempStore::new();
-    commit(&t.store, vec![Op::Put(deploy("web", 1)), Op::Put(cm("ns1", "a", "1"))]).unwrap();
+    commit(
+        &t.store,
+        vec![Op::Put(deploy("web", 1)), Op::Put(cm("ns1", "a", "1"))],
+    )
+    .unwrap();
     commit(&t.store, vec![Op::Put(cm("ns2", "a", "2"))]).unwrap();
     let before: Vec<_> = Kind::ALL
         .iter()
@@ -298,7 +325,7 @@ fn reopen_keeps_everything_and_continues_the_counter() {
     let after: Vec<_> = Kind::ALL.iter().flat_map(|k| s.list(*k, None)).collect();
     assert_eq!(before, after);
     assert_eq!(s.resource_version(), 2);
-    let out = commit(&s, vec![Op::Put(cm("ns2", "a", "3"))]).unwrap();
+    let out = commit(s, vec![Op::Put(cm("ns2", "a", "3"))]).unwrap();
     assert_eq!(out[0].object().resource_version(), 3);
     assert_eq!(s.list(Kind::ConfigMap, Some("ns2")).len(), 1);
     assert_eq!(s.list(Kind::ConfigMap, None).len(), 2);
@@ -329,7 +356,10 @@ fn list_filters_by_kind_and_namespace_in_key_order() {
         ["a/x", "a/y", "ab/w", "b/z"]
     );
     assert_eq!(names(s.list(Kind::ConfigMap, Some("a"))), ["a/x", "a/y"]);
-    assert_eq!(names(s.list(Kind::Deployment, Some("default"))), ["default/d"]);
+    assert_eq!(
+        names(s.list(Kind::Deployment, Some("default"))),
+        ["default/d"]
+    );
     assert!(s.list(Kind::Pod, None).is_empty());
 }
 
@@ -396,10 +426,13 @@ fn watchers_hear_each_change_after_its_commit() {
     let mut rx = s.watch();
     commit(
         s,
-        vec![Op::Create(cm("default", "a", "1")), Op::Put(cm("default", "b", "1"))],
+        vec![
+            Op::Create(cm("default", "a", "1")),
+            Op::Put(cm("default", "b", "1")),
+        ],
     )
     .unwrap();
-    // A receiver subscribed now sees the first commit already in memory.
+    // Memory holds a commit by the time its event arrives.
     let mut late = s.watch();
     commit(
         s,
@@ -446,7 +479,10 @@ async fn concurrent_commits_from_tasks_get_distinct_versions() {
             let mut rvs = Vec::new();
             for j in 0..5 {
                 let out = s
-                    .commit(vec![Op::Put(cm("default", &format!("t{i}"), &j.to_string()))], Mode::Commit)
+                    .commit(
+                        vec![Op::Put(cm("default", &format!("t{i}"), &j.to_string()))],
+                        Mode::Commit,
+                    )
                     .unwrap();
                 rvs.push(out[0].object().resource_version());
             }
