@@ -668,3 +668,51 @@ fn model_key(encoded: &str) -> ObjectKey {
     let ns = parts.next().unwrap();
     ObjectKey::new(kind, ns, parts.next().unwrap())
 }
+
+#[test]
+fn undecodable_or_misfiled_objects_are_reported_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.redb");
+    let raw = |key: &str, value: &[u8]| {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(OBJECTS).unwrap().insert(key, value).unwrap();
+        txn.commit().unwrap();
+    };
+
+    raw("ConfigMap/default/x", b"\xff not cbor");
+    let err = Store::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Decode { key, .. } if key == "ConfigMap/default/x"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ConfigMap/default/x"), "{err}");
+
+    raw("ConfigMap/default/x", &cm("default", "y", "1").to_cbor());
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+}
+
+#[test]
+fn a_damaged_file_is_an_error_not_a_panic() {
+    let t = TempStore::new();
+    for i in 0..50 {
+        commit(
+            &t.store,
+            vec![Op::Put(cm("default", &format!("o{i}"), &"v".repeat(500)))],
+        )
+        .unwrap();
+    }
+    let path = t.path();
+    drop(t.store);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Past redb's header, through the pages holding the tree.
+    for b in bytes.iter_mut().skip(8192).step_by(7) {
+        *b ^= 0x55;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    match Store::open(&path) {
+        Err(StoreError::Open { .. } | StoreError::Storage { .. } | StoreError::Decode { .. }) => {}
+        other => panic!("damaged file opened as {other:?}"),
+    }
+}
