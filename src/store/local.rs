@@ -129,12 +129,30 @@ impl LocalStore {
                 LocalOp::Delete { table, key } => finals.insert((table, key), None),
             };
         }
+        let finals: Vec<_> = finals.into_iter().collect();
         let mut changes = Vec::new();
-        for ((table, key), value) in finals {
-            if self.get(&table, &key)? != value {
-                changes.push((table, key, value));
+        let txn = self.db.begin_read().map_err(|e| self.storage(e.into()))?;
+        // `finals` is sorted by table: one open per table.
+        for group in finals.chunk_by(|a, b| a.0.0 == b.0.0) {
+            let stored_table = match txn.open_table(table(&group[0].0.0)) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(self.storage(e.into())),
+            };
+            for ((table_name, key), value) in group {
+                let stored = match &stored_table {
+                    Some(t) => t
+                        .get(key.as_str())
+                        .map_err(|e| self.storage(e.into()))?
+                        .map(|v| v.value().to_vec()),
+                    None => None,
+                };
+                if stored != *value {
+                    changes.push((table_name.clone(), key.clone(), value.clone()));
+                }
             }
         }
+        drop(txn);
         if changes.is_empty() {
             return Ok(());
         }
@@ -142,17 +160,20 @@ impl LocalStore {
         let mut txn = self.db.begin_write().map_err(|e| self.storage(e.into()))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| self.storage(e.into()))?;
-        for (table_name, key, value) in &changes {
+        // `changes` is sorted by table: one open per table.
+        for group in changes.chunk_by(|a, b| a.0 == b.0) {
             let mut t = txn
-                .open_table(table(table_name))
+                .open_table(table(&group[0].0))
                 .map_err(|e| self.storage(e.into()))?;
-            match value {
-                Some(v) => {
-                    t.insert(key.as_str(), v.as_slice())
-                        .map_err(|e| self.storage(e.into()))?;
-                }
-                None => {
-                    t.remove(key.as_str()).map_err(|e| self.storage(e.into()))?;
+            for (_, key, value) in group {
+                match value {
+                    Some(v) => {
+                        t.insert(key.as_str(), v.as_slice())
+                            .map_err(|e| self.storage(e.into()))?;
+                    }
+                    None => {
+                        t.remove(key.as_str()).map_err(|e| self.storage(e.into()))?;
+                    }
                 }
             }
         }

@@ -716,3 +716,11 @@ fn a_damaged_file_is_an_error_not_a_panic() {
         other => panic!("damaged file opened as {other:?}"),
     }
 }
+
+#[test]
+fn stores_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Store>();
+    shared::<LocalStore>();
+    shared::<StoreError>();
+}
