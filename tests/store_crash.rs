@@ -1,6 +1,6 @@
 //! Acknowledged writes survive `kill -9`.
 //!
-//! Each test re-runs this test binary as a child process (the ignored `crash_child`
+//! Each test re-runs this test binary as a child process (the `crash_child`
 //! test, which does nothing unless the environment tells it what to do). The child
 //! opens a store and commits batches in a loop, printing `ACK <seq> …` only after
 //! `commit`/`write` returned. The parent reads a few hundred acks, SIGKILLs the child in
@@ -60,7 +60,6 @@ fn local_value(seq: u64) -> Vec<u8> {
 
 /// The child: commits forever, acknowledging each batch on stdout once it is durable.
 #[test]
-#[ignore = "child process of the crash tests; does nothing unless they start it"]
 fn crash_child() {
     let (Ok(mode), Ok(path), Ok(start)) = (
         std::env::var(MODE_ENV),
@@ -133,7 +132,6 @@ impl Drop for ChildGuard {
 fn run_child_and_kill(mode: &str, path: &Path, start: u64) -> Vec<(u64, u64)> {
     let child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "--ignored",
             "--exact",
             "crash_child",
             "--nocapture",
