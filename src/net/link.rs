@@ -19,7 +19,10 @@ fn errno(err: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-pub(crate) fn netlink_err(op: &'static str, target: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+pub(crate) fn netlink_err(
+    op: &'static str,
+    target: impl Into<String>,
+) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let target = target.into();
     move |source| NetError::Netlink { op, target, source }
 }
@@ -105,7 +108,11 @@ pub(crate) struct V4Addr {
     pub message: AddressMessage,
 }
 
-pub(crate) async fn ipv4_addrs(handle: &Handle, index: u32, name: &str) -> Result<Vec<V4Addr>, NetError> {
+pub(crate) async fn ipv4_addrs(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+) -> Result<Vec<V4Addr>, NetError> {
     let mut request = handle.address().get().set_link_index_filter(index);
     request.message_mut().header.family = AddressFamily::Inet;
     let messages: Vec<AddressMessage> = request
@@ -129,11 +136,25 @@ pub(crate) async fn ipv4_addrs(handle: &Handle, index: u32, name: &str) -> Resul
         .collect())
 }
 
-pub(crate) async fn add_addr(handle: &Handle, index: u32, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
-    match handle.address().add(index, ip.into(), prefix).execute().await {
+pub(crate) async fn add_addr(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), NetError> {
+    match handle
+        .address()
+        .add(index, ip.into(), prefix)
+        .execute()
+        .await
+    {
         Ok(()) => Ok(()),
         Err(err) if errno(&err) == Some(libc::EEXIST) => Ok(()),
-        Err(err) => Err(netlink_err("add address", format!("{ip}/{prefix} on {name}"))(err)),
+        Err(err) => Err(netlink_err(
+            "add address",
+            format!("{ip}/{prefix} on {name}"),
+        )(err)),
     }
 }
 

@@ -48,7 +48,9 @@ pub enum NetError {
     InvalidConfig { field: &'static str, reason: String },
     #[error("pod uid {uid:?}: {reason}")]
     InvalidPodUid { uid: String, reason: &'static str },
-    #[error("pod IP {ip} is not a pod address of {cidr} (network, gateway and broadcast are reserved)")]
+    #[error(
+        "pod IP {ip} is not a pod address of {cidr} (network, gateway and broadcast are reserved)"
+    )]
     IpNotInCidr { ip: Ipv4Addr, cidr: Ipv4Net },
     #[error("link {name} exists but is not a bridge")]
     NotABridge { name: String },
@@ -123,7 +125,9 @@ fn validate_config(config: &NetConfig) -> Result<Ipv4Addr, NetError> {
     {
         return Err(NetError::InvalidConfig {
             field: "bridge",
-            reason: format!("{bridge:?} is not a valid interface name (1-{MAX_IFNAME} characters, no '/', ':' or spaces)"),
+            reason: format!(
+                "{bridge:?} is not a valid interface name (1-{MAX_IFNAME} characters, no '/', ':' or spaces)"
+            ),
         });
     }
     gateway_ip(config.pod_cidr).ok_or_else(|| NetError::InvalidConfig {
@@ -274,7 +278,10 @@ impl PodNetwork {
             )
             .execute()
             .await
-            .map_err(netlink_err("attach to bridge and set up", host_veth.clone()))?;
+            .map_err(netlink_err(
+                "attach to bridge and set up",
+                host_veth.clone(),
+            ))?;
 
         self.configure_pod_side(&pod, ip).await?;
         info!(pod_uid, %ip, %host_veth, "pod network ready");
@@ -339,7 +346,10 @@ impl PodNetwork {
             .replace()
             .execute()
             .await
-            .map_err(netlink_err("add default route via", self.gateway.to_string()))
+            .map_err(netlink_err(
+                "add default route via",
+                self.gateway.to_string(),
+            ))
     }
 
     /// Removes pod `pod_uid`'s veth and namespace file (unmount + unlink). Absent
@@ -462,7 +472,10 @@ mod tests {
         };
         assert!(matches!(
             validate_config(&long),
-            Err(NetError::InvalidConfig { field: "bridge", .. })
+            Err(NetError::InvalidConfig {
+                field: "bridge",
+                ..
+            })
         ));
         let tiny = NetConfig {
             pod_cidr: "10.88.0.0/31".parse().unwrap(),
@@ -470,7 +483,10 @@ mod tests {
         };
         assert!(matches!(
             validate_config(&tiny),
-            Err(NetError::InvalidConfig { field: "pod_cidr", .. })
+            Err(NetError::InvalidConfig {
+                field: "pod_cidr",
+                ..
+            })
         ));
     }
 

@@ -133,8 +133,7 @@ impl NsConn {
             // The socket registers with the runtime's reactor, so it needs the
             // runtime's context even though this thread is not one of its workers.
             let _context = runtime.enter();
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(NetError::NetlinkSocket)?;
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::NetlinkSocket)?;
             Ok::<_, NetError>((conn, handle))
         })
         .await??;
