@@ -376,3 +376,53 @@ async fn bad_inputs_are_refused_with_the_reason() {
     ));
     network.teardown_all().await.unwrap();
 }
+
+/// The whole Service path on one node: pod A connects to a ClusterIP, its default
+/// route takes it to the bridge, where the ClusterIP is a local /32 and the proxy
+/// listens; the proxy connects to pod B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_reaches_pod_through_a_cluster_ip_and_the_proxy() {
+    use bramble::api::routing::{Protocol, RoutePort, ServiceRoute};
+    use bramble::proxy::{Proxy, ProxyConfig};
+
+    let fx = Fixture::new();
+    let network = PodNetwork::new(fx.config()).await.unwrap();
+    let a = network.setup_pod(&fx.uid("a"), fx.host(2)).await.unwrap();
+    let b = network.setup_pod(&fx.uid("b"), fx.host(3)).await.unwrap();
+    let b_ip = b.ip;
+    let listener = in_netns(&b.netns_path, move || TcpListener::bind((b_ip, 0)).unwrap());
+    let SocketAddr::V4(endpoint) = greeter(listener, "from b via service") else {
+        unreachable!()
+    };
+
+    let cluster_ip = Ipv4Addr::new(10, 96, fx.cidr.network().octets()[2], 20);
+    let proxy = Proxy::new(ProxyConfig {
+        node_port_addr: network.gateway().into(),
+    });
+    // The proxy goes first: it binds before the address is on the bridge.
+    let errors = proxy
+        .apply(&[ServiceRoute {
+            namespace: "default".into(),
+            name: "b".into(),
+            cluster_ip: Some(cluster_ip),
+            ports: vec![RoutePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                endpoints: vec![endpoint],
+            }],
+        }])
+        .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    network
+        .set_service_ips(&BTreeSet::from([cluster_ip]))
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch_from(&a.netns_path, SocketAddr::new(cluster_ip.into(), 80)).unwrap(),
+        "from b via service"
+    );
+    proxy.shutdown().await;
+    network.teardown_all().await.unwrap();
+}
