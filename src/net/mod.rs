@@ -3,8 +3,8 @@
 //!
 //! Owns: the bridge named in [`NetConfig`] (created if missing, deleted by
 //! [`PodNetwork::teardown_all`]), every `/32` address on it (those are ClusterIPs),
-//! the namespace files under `netns_dir`, and the veths named `bv<hash>` /
-//! `bp<hash>` after pod uids. Everything is done through rtnetlink; nothing here
+//! the namespace files under `netns_dir`, and the veths named `bv<hash>` after
+//! pod uids ([`host_veth_name`]). Everything is done through rtnetlink; nothing here
 //! spawns `ip`.
 //!
 //! Must not touch: other interfaces, routes outside pod namespaces, iptables, or
@@ -106,13 +106,13 @@ pub struct PodNetwork {
     lock: Mutex<()>,
 }
 
-/// Host and peer veth names for a pod: `bv`/`bp` + 11 hex chars of the uid's
-/// SHA-256. Stable across restarts, ≤ 15 characters, and found again from the
-/// uid alone.
-pub fn veth_names(pod_uid: &str) -> (String, String) {
+/// The host-side veth name for a pod: `bv` + 11 hex chars of the uid's SHA-256.
+/// Stable across restarts, ≤ 15 characters, and found again from the uid alone.
+/// (The pod side is `eth0` inside the pod's namespace from the moment it exists.)
+pub fn host_veth_name(pod_uid: &str) -> String {
     let digest = Sha256::digest(pod_uid.as_bytes());
     let hash = hex::encode(&digest[..6]);
-    (format!("bv{}", &hash[..11]), format!("bp{}", &hash[..11]))
+    format!("bv{}", &hash[..11])
 }
 
 fn validate_config(config: &NetConfig) -> Result<Ipv4Addr, NetError> {
@@ -247,7 +247,7 @@ impl PodNetwork {
         let netns_path = self.netns_path(pod_uid);
         netns::ensure(&netns_path).await?;
         let pod = NsConn::open(&netns_path).await?;
-        let (host_veth, peer) = veth_names(pod_uid);
+        let host_veth = host_veth_name(pod_uid);
 
         let host_link = link::by_name(&self.host.handle, &host_veth).await?;
         let pod_link = link::by_name(&pod.handle, POD_IFNAME).await?;
@@ -261,7 +261,6 @@ impl PodNetwork {
                 if pod_exists {
                     link::delete(&pod.handle, POD_IFNAME).await?;
                 }
-                link::delete(&self.host.handle, &peer).await?;
                 self.create_veth(&netns_path, &host_veth).await?;
             }
         }
@@ -361,11 +360,10 @@ impl PodNetwork {
     }
 
     async fn teardown_pod_locked(&self, pod_uid: &str) -> Result<(), NetError> {
-        let (host_veth, peer) = veth_names(pod_uid);
+        let host_veth = host_veth_name(pod_uid);
         // Deleting our end also deletes the peer, even while a container still
         // holds the namespace open.
         link::delete(&self.host.handle, &host_veth).await?;
-        link::delete(&self.host.handle, &peer).await?;
         netns::remove(&self.netns_path(pod_uid))?;
         debug!(pod_uid, %host_veth, "pod network removed");
         Ok(())
@@ -450,12 +448,12 @@ mod tests {
 
     #[test]
     fn veth_names_are_short_stable_and_distinct() {
-        let (host, peer) = veth_names("0b6c1f0e-2d9a-4d8e-9a57-1c1d5c0e7f11");
+        let host = host_veth_name("0b6c1f0e-2d9a-4d8e-9a57-1c1d5c0e7f11");
         assert_eq!(host.len(), 13);
-        assert!(host.starts_with("bv") && peer.starts_with("bp"));
-        assert_eq!(host[2..], peer[2..]);
-        assert_eq!(veth_names("0b6c1f0e-2d9a-4d8e-9a57-1c1d5c0e7f11").0, host);
-        assert_ne!(veth_names("another-pod").0, host);
+        assert!(host.starts_with("bv"));
+        assert!(host[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(host_veth_name("0b6c1f0e-2d9a-4d8e-9a57-1c1d5c0e7f11"), host);
+        assert_ne!(host_veth_name("another-pod"), host);
     }
 
     #[test]

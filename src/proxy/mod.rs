@@ -17,7 +17,7 @@ mod backend;
 mod plan;
 mod tcp;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -184,7 +184,8 @@ impl Proxy {
             backends,
             ..
         } = &mut *state;
-        backends.retain(|id, _| listeners.values().any(|l| &l.backend == id));
+        let used: BTreeSet<&BackendId> = listeners.values().map(|l| &l.backend).collect();
+        backends.retain(|id, _| used.contains(id));
         errors
     }
 
