@@ -41,6 +41,14 @@ pub(crate) fn controller_of(link: &LinkMessage) -> Option<u32> {
     })
 }
 
+/// For a veth: the index of its peer (in the peer's namespace).
+pub(crate) fn peer_index_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Link(index) => Some(*index),
+        _ => None,
+    })
+}
+
 pub(crate) fn is_bridge(link: &LinkMessage) -> bool {
     link.attributes.iter().any(|attr| match attr {
         LinkAttribute::LinkInfo(infos) => infos

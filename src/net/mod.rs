@@ -251,18 +251,23 @@ impl PodNetwork {
 
         let host_link = link::by_name(&self.host.handle, &host_veth).await?;
         let pod_link = link::by_name(&pod.handle, POD_IFNAME).await?;
-        match (host_link.is_some(), pod_link.is_some()) {
-            (true, true) => debug!(pod_uid, %host_veth, "veth pair exists"),
-            (host_exists, pod_exists) => {
-                // Half made (or the namespace was recreated): start the pair over.
-                if host_exists {
-                    link::delete(&self.host.handle, &host_veth).await?;
-                }
-                if pod_exists {
-                    link::delete(&pod.handle, POD_IFNAME).await?;
-                }
-                self.create_veth(&netns_path, &host_veth).await?;
+        // A veth's IFLA_LINK is its peer's index; a mismatch means the two are
+        // not one pair (say, a namespace recreated while the old one lingered).
+        let paired = match (&host_link, &pod_link) {
+            (Some(host), Some(pod)) => link::peer_index_of(host) == Some(pod.header.index),
+            _ => false,
+        };
+        if paired {
+            debug!(pod_uid, %host_veth, "veth pair exists");
+        } else {
+            // Half made, or not a pair: start the pair over.
+            if host_link.is_some() {
+                link::delete(&self.host.handle, &host_veth).await?;
             }
+            if pod_link.is_some() {
+                link::delete(&pod.handle, POD_IFNAME).await?;
+            }
+            self.create_veth(&netns_path, &host_veth).await?;
         }
 
         let host_index = link::index_of(&self.host.handle, &host_veth).await?;
