@@ -1,0 +1,272 @@
+//! From Service routes to the listeners the proxy should hold: pure, so the
+//! reconcile rules (what conflicts, what rebinds, what only swaps endpoints) are
+//! tested without sockets.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+
+use crate::api::routing::{Protocol, ServiceRoute};
+
+use super::ProxyError;
+
+/// One listening socket: the address and the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ListenKey {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+fn protocol_rank(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+    }
+}
+
+impl Ord for ListenKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.addr, protocol_rank(self.protocol)).cmp(&(other.addr, protocol_rank(other.protocol)))
+    }
+}
+
+impl PartialOrd for ListenKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// One Service port; its ClusterIP and NodePort listeners share its endpoints
+/// and its round-robin position.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct BackendId {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port number: unique per protocol within a Service.
+    pub port: u16,
+    pub udp: bool,
+}
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = if self.udp { "udp" } else { "tcp" };
+        write!(f, "{}/{}:{}/{proto}", self.namespace, self.name, self.port)
+    }
+}
+
+/// What the routes ask for.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub listeners: BTreeMap<ListenKey, BackendId>,
+    pub backends: BTreeMap<BackendId, Vec<SocketAddrV4>>,
+    /// Ports that cannot be served; the rest of the plan stands without them.
+    pub errors: Vec<ProxyError>,
+}
+
+pub(crate) fn plan(routes: &[ServiceRoute], node_port_addr: IpAddr) -> Plan {
+    let mut out = Plan::default();
+    for route in routes {
+        for port in &route.ports {
+            let id = BackendId {
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+                port: port.port,
+                udp: port.protocol == Protocol::Udp,
+            };
+            if port.protocol != Protocol::Tcp {
+                out.errors.push(ProxyError::UnsupportedProtocol {
+                    service: id.to_string(),
+                    protocol: port.protocol,
+                });
+                continue;
+            }
+            let mut addrs = Vec::with_capacity(2);
+            if let Some(ip) = route.cluster_ip {
+                addrs.push(SocketAddr::new(ip.into(), port.port));
+            }
+            if let Some(node_port) = port.node_port {
+                addrs.push(SocketAddr::new(node_port_addr, node_port));
+            }
+            let mut wanted = false;
+            for addr in addrs {
+                let key = ListenKey {
+                    addr,
+                    protocol: port.protocol,
+                };
+                match out.listeners.get(&key) {
+                    Some(other) => out.errors.push(ProxyError::Conflict {
+                        service: id.to_string(),
+                        addr,
+                        other: other.to_string(),
+                    }),
+                    None => {
+                        out.listeners.insert(key, id.clone());
+                        wanted = true;
+                    }
+                }
+            }
+            if wanted {
+                out.backends.insert(id, port.endpoints.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Listeners to close and to open so that `current` becomes `wanted`. A listener
+/// whose address now belongs to another Service port is closed and opened again;
+/// one that keeps its Service port stays bound (its endpoints are swapped).
+pub(crate) fn diff(
+    current: &BTreeMap<ListenKey, BackendId>,
+    wanted: &BTreeMap<ListenKey, BackendId>,
+) -> (Vec<ListenKey>, Vec<ListenKey>) {
+    let close = current
+        .iter()
+        .filter(|(key, id)| wanted.get(key) != Some(id))
+        .map(|(key, _)| *key)
+        .collect();
+    let open = wanted
+        .iter()
+        .filter(|(key, id)| current.get(key) != Some(id))
+        .map(|(key, _)| *key)
+        .collect();
+    (close, open)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::api::routing::RoutePort;
+
+    fn port(port: u16, node_port: Option<u16>, endpoints: &[&str]) -> RoutePort {
+        RoutePort {
+            name: format!("p{port}"),
+            protocol: Protocol::Tcp,
+            port,
+            node_port,
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        }
+    }
+
+    fn route(name: &str, cluster_ip: Option<[u8; 4]>, ports: Vec<RoutePort>) -> ServiceRoute {
+        ServiceRoute {
+            namespace: "default".into(),
+            name: name.into(),
+            cluster_ip: cluster_ip.map(Ipv4Addr::from),
+            ports,
+        }
+    }
+
+    fn key(addr: &str) -> ListenKey {
+        ListenKey {
+            addr: addr.parse().unwrap(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+    #[test]
+    fn cluster_ip_and_node_port_share_one_backend() {
+        let routes = [route(
+            "web",
+            Some([10, 96, 0, 10]),
+            vec![port(80, Some(30080), &["10.88.0.2:8080", "10.88.0.3:8080"])],
+        )];
+        let plan = plan(&routes, ANY);
+        assert!(plan.errors.is_empty());
+        let keys: Vec<_> = plan.listeners.keys().copied().collect();
+        assert_eq!(keys, vec![key("0.0.0.0:30080"), key("10.96.0.10:80")]);
+        let ids: Vec<_> = plan.listeners.values().collect();
+        assert_eq!(ids[0], ids[1]);
+        assert_eq!(ids[0].to_string(), "default/web:80/tcp");
+        assert_eq!(plan.backends[ids[0]].len(), 2);
+    }
+
+    #[test]
+    fn headless_without_node_port_listens_nowhere() {
+        let routes = [route(
+            "db",
+            None,
+            vec![port(5432, None, &["10.88.0.2:5432"])],
+        )];
+        let plan = plan(&routes, ANY);
+        assert!(plan.listeners.is_empty() && plan.backends.is_empty() && plan.errors.is_empty());
+    }
+
+    #[test]
+    fn second_claim_on_an_address_is_a_conflict_and_the_first_keeps_it() {
+        let routes = [
+            route("a", Some([10, 96, 0, 10]), vec![port(80, Some(30080), &[])]),
+            route("b", Some([10, 96, 0, 10]), vec![port(80, None, &[])]),
+            route("c", Some([10, 96, 0, 11]), vec![port(80, Some(30080), &[])]),
+        ];
+        let plan = plan(&routes, ANY);
+        assert_eq!(plan.errors.len(), 2);
+        assert!(
+            matches!(&plan.errors[0], ProxyError::Conflict { service, other, .. }
+                if service == "default/b:80/tcp" && other == "default/a:80/tcp")
+        );
+        assert_eq!(plan.listeners[&key("10.96.0.10:80")].name, "a");
+        assert_eq!(plan.listeners[&key("10.96.0.11:80")].name, "c");
+        assert_eq!(plan.listeners[&key("0.0.0.0:30080")].name, "a");
+        // b got no listener at all, so it has no backend either.
+        assert!(plan.backends.keys().all(|id| id.name != "b"));
+    }
+
+    #[test]
+    fn udp_ports_are_reported_not_dropped_silently() {
+        let mut udp = port(53, None, &["10.88.0.2:53"]);
+        udp.protocol = Protocol::Udp;
+        let routes = [route(
+            "dns",
+            Some([10, 96, 0, 53]),
+            vec![udp, port(53, None, &[])],
+        )];
+        let plan = plan(&routes, ANY);
+        assert!(matches!(
+            &plan.errors[..],
+            [ProxyError::UnsupportedProtocol {
+                protocol: Protocol::Udp,
+                ..
+            }]
+        ));
+        assert_eq!(plan.listeners.len(), 1);
+    }
+
+    #[test]
+    fn diff_keeps_same_backend_and_rebinds_changed_ones() {
+        let before = plan(
+            &[
+                route(
+                    "a",
+                    Some([10, 96, 0, 10]),
+                    vec![port(80, Some(30080), &["10.88.0.2:80"])],
+                ),
+                route("b", Some([10, 96, 0, 11]), vec![port(80, None, &[])]),
+            ],
+            ANY,
+        );
+        let after = plan(
+            &[
+                // Endpoints changed, ClusterIP kept, NodePort moved.
+                route(
+                    "a",
+                    Some([10, 96, 0, 10]),
+                    vec![port(80, Some(30081), &["10.88.0.3:80"])],
+                ),
+                // The address now belongs to another Service.
+                route("c", Some([10, 96, 0, 11]), vec![port(80, None, &[])]),
+            ],
+            ANY,
+        );
+        let (close, open) = diff(&before.listeners, &after.listeners);
+        assert_eq!(close, vec![key("0.0.0.0:30080"), key("10.96.0.11:80")]);
+        assert_eq!(open, vec![key("0.0.0.0:30081"), key("10.96.0.11:80")]);
+        let (close, open) = diff(&after.listeners, &after.listeners);
+        assert!(close.is_empty() && open.is_empty());
+    }
+}
