@@ -1,1 +1,731 @@
-//! (being written)
+//! The node agent: runs the pods the master assigns to this node.
+//!
+//! Owns: the node's own redb (assignment, service table, pod records: what it
+//! needs to keep its pods running without the master), the pod sync loop,
+//! status reports and heartbeats, log streams, and driving the pod network and
+//! the Service proxy.
+//!
+//! Must not touch: the master's store. Everything arrives signed over MQTT and
+//! is checked before use; stopping the agent never stops the pods (they
+//! outlive it, as the design asks).
+
+pub mod facts;
+pub mod podsync;
+pub mod status;
+pub mod streams;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::Layout;
+use crate::net::{NetConfig, PodNetwork};
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::runtime::{ContainerConfig, ContainerState, Resources, Runtime, RuntimeError};
+use crate::store::{LocalOp, LocalStore, StoreError};
+use crate::transport::envelope::{self, DropLog, MASTER_ID};
+use crate::transport::messages::{
+    Assignment, NodeFacts, NodeReport, PodReport, ServiceTable, StreamMsg,
+};
+use crate::transport::{KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier};
+use podsync::{PodRecord, Step};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("worker state: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+pub struct WorkerConfig {
+    pub node_name: String,
+    pub node_key: KeyPair,
+    pub master_key: PublicKey,
+    pub topics: Topics,
+    pub broker_url: String,
+    pub layout: Layout,
+    pub runtime: Arc<dyn Runtime>,
+    /// The pod bridge (`bramble0`); `None` runs pods without a pod network and
+    /// without the proxy (only for the fake runtime in scale tests).
+    pub bridge: Option<String>,
+    /// Where NodePorts listen.
+    pub node_port_addr: IpAddr,
+    /// The address reported to the master (else the default route's).
+    pub node_ip: Option<Ipv4Addr>,
+    pub heartbeat: Duration,
+    /// Log files are rotated (copy-truncate, one old copy kept) beyond this.
+    pub log_max_bytes: u64,
+    pub clock_window: Duration,
+}
+
+const T_ASSIGNMENT: &str = "assignment";
+const T_SERVICES: &str = "services";
+const T_PODS: &str = "pods";
+const CURRENT: &str = "current";
+
+fn now_ms() -> i64 {
+    envelope::now_ms()
+}
+
+fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).expect("CBOR into a Vec cannot fail");
+    out
+}
+
+fn uncbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    ciborium::from_reader(bytes).ok()
+}
+
+struct StreamHandle {
+    control: mpsc::Sender<StreamMsg>,
+    client_id: String,
+}
+
+struct Agent {
+    cfg: WorkerConfig,
+    db: LocalStore,
+    mqtt: Mqtt,
+    sealer: Arc<Sealer>,
+    verifier: Verifier,
+    drops: DropLog,
+    facts: NodeFacts,
+    assignment: Option<Assignment>,
+    services: ServiceTable,
+    records: BTreeMap<String, PodRecord>,
+    /// What each record looked like when last written, to write only changes.
+    persisted: HashMap<String, Vec<u8>>,
+    net: Option<PodNetwork>,
+    proxy: Option<Proxy>,
+    /// The routes the proxy runs now (applied only once the network is up).
+    applied_routes: Option<u64>,
+    last_report: Option<Vec<PodReport>>,
+    last_report_at: Option<Instant>,
+    streams: HashMap<String, StreamHandle>,
+}
+
+/// Runs the agent until `shutdown` flips. Pods keep running afterwards.
+pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    let db = LocalStore::open(&cfg.layout.worker_db())?;
+    let assignment: Option<Assignment> = db.get(T_ASSIGNMENT, CURRENT)?.and_then(|b| uncbor(&b));
+    let services: ServiceTable = db
+        .get(T_SERVICES, CURRENT)?
+        .and_then(|b| uncbor(&b))
+        .unwrap_or_default();
+    let mut records = BTreeMap::new();
+    let mut persisted = HashMap::new();
+    for (uid, bytes) in db.list(T_PODS)? {
+        if let Some(r) = uncbor::<PodRecord>(&bytes) {
+            records.insert(uid.clone(), r);
+            persisted.insert(uid, bytes);
+        }
+    }
+    let node = cfg.node_name.clone();
+    let online = cfg.topics.online(&node);
+    let mut opts = MqttOptions::new(&cfg.broker_url, &format!("bramble-node-{node}"));
+    opts.last_will = Some((online.clone(), b"false".to_vec()));
+    let (mqtt, mut events) = Mqtt::connect(opts, None).await?;
+    mqtt.subscribe(&cfg.topics.assign(&node)).await?;
+    mqtt.subscribe(&cfg.topics.services()).await?;
+    mqtt.subscribe(&cfg.topics.stream_in_filter(&node)).await?;
+    let me = envelope::node_id(&node);
+    let mut verifier = Verifier::new(&[me.as_str()], cfg.clock_window);
+    verifier.trust(MASTER_ID, cfg.master_key);
+    let sealer = Arc::new(Sealer::new(cfg.node_key.clone(), me));
+    let facts = facts::gather(cfg.node_ip);
+    let proxy = cfg.bridge.as_ref().map(|_| {
+        Proxy::new(ProxyConfig {
+            node_port_addr: cfg.node_port_addr,
+        })
+    });
+    let mut runtime_events = cfg.runtime.events();
+    let mut agent = Agent {
+        cfg,
+        db,
+        mqtt,
+        sealer,
+        verifier,
+        drops: DropLog::new(10),
+        facts,
+        assignment,
+        services,
+        records,
+        persisted,
+        net: None,
+        proxy,
+        applied_routes: None,
+        last_report: None,
+        last_report_at: None,
+        streams: HashMap::new(),
+    };
+    agent.ensure_network().await;
+    agent.apply_services().await;
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(agent.cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rotate = tokio::time::interval(Duration::from_secs(30));
+    let mut dirty = true;
+    tracing::info!(node = %node, "worker running");
+    loop {
+        if dirty {
+            dirty = false;
+            agent.sync().await;
+            agent.report(false).await;
+        }
+        tokio::select! {
+            // Stop the agent, not the pods.
+            _ = shutdown.changed() => break,
+            // From the broker: our assignment, the service table, stream control.
+            ev = events.recv() => match ev {
+                Some(MqttEvent::Message { topic, payload }) => {
+                    dirty |= agent.on_message(&topic, &payload).await;
+                }
+                Some(MqttEvent::Connected) => {
+                    // Tell the master where we are: it republishes what we lack.
+                    let _ = agent.mqtt.publish(&online, b"true".to_vec(), true).await;
+                    agent.report(true).await;
+                }
+                Some(MqttEvent::Subscribed) => {}
+                None => break,
+            },
+            // A container exited.
+            _ = runtime_events.changed() => dirty = true,
+            // Back-off timers and grace deadlines.
+            _ = tick.tick() => dirty = true,
+            // Liveness for the master, even when nothing changed.
+            _ = heartbeat.tick() => agent.report(true).await,
+            // Keep log files bounded.
+            _ = rotate.tick() => agent.rotate_logs(),
+        }
+    }
+    if let Some(p) = &agent.proxy {
+        p.shutdown().await;
+    }
+    let _ = agent.mqtt.publish(&online, b"false".to_vec(), true).await;
+    agent.mqtt.disconnect().await;
+    tracing::info!(node = %node, "worker stopped; pods keep running");
+    Ok(())
+}
+
+impl Agent {
+    fn desired(&self) -> BTreeMap<String, &Pod> {
+        self.assignment
+            .iter()
+            .flat_map(|a| a.pods.iter())
+            .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+            .collect()
+    }
+
+    fn pod_cidr(&self) -> Option<Ipv4Net> {
+        self.assignment.as_ref()?.pod_cidr.parse().ok()
+    }
+
+    fn host_ip(&self) -> String {
+        self.facts.addresses.first().cloned().unwrap_or_default()
+    }
+
+    /// Brings up the bridge once the pod CIDR is known.
+    async fn ensure_network(&mut self) {
+        if self.net.is_some() {
+            return;
+        }
+        let (Some(bridge), Some(cidr)) = (self.cfg.bridge.clone(), self.pod_cidr()) else {
+            return;
+        };
+        let config = NetConfig {
+            bridge,
+            pod_cidr: cidr,
+            netns_dir: self.cfg.layout.netns_dir(),
+        };
+        match PodNetwork::new(config).await {
+            Ok(n) => {
+                tracing::info!(%cidr, "pod network up");
+                self.net = Some(n);
+                self.applied_routes = None;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot set up the pod network; retrying"),
+        }
+    }
+
+    async fn apply_services(&mut self) {
+        let (Some(net), Some(proxy)) = (&self.net, &self.proxy) else {
+            return;
+        };
+        if self.applied_routes == Some(self.services.generation) {
+            return;
+        }
+        let ips: BTreeSet<Ipv4Addr> = self.services.routes.iter().filter_map(|r| r.cluster_ip).collect();
+        if let Err(e) = net.set_service_ips(&ips).await {
+            tracing::warn!(error = %e, "cannot bind Service addresses; retrying");
+            return;
+        }
+        for e in proxy.apply(&self.services.routes).await {
+            tracing::warn!(error = %e, "proxy");
+        }
+        self.applied_routes = Some(self.services.generation);
+    }
+
+    /// Returns whether the pods may need syncing.
+    async fn on_message(&mut self, topic: &str, payload: &[u8]) -> bool {
+        let t = &self.cfg.topics;
+        if topic == t.assign(&self.cfg.node_name) {
+            let a = match self.verifier.open::<Assignment>(topic, payload) {
+                Ok(o) if o.from == MASTER_ID => o.body,
+                Ok(o) => {
+                    self.drops.dropped(topic, &format!("assignment signed by {}", o.from));
+                    return false;
+                }
+                Err(e) => {
+                    self.drops.dropped(topic, &e);
+                    return false;
+                }
+            };
+            if a.node != self.cfg.node_name
+                || self.assignment.as_ref().is_some_and(|cur| cur.generation >= a.generation)
+            {
+                return false;
+            }
+            if let Err(e) = self.db.write(vec![LocalOp::put(T_ASSIGNMENT, CURRENT, cbor(&a))]) {
+                tracing::error!(error = %e, "cannot persist the assignment");
+            }
+            tracing::debug!(generation = a.generation, pods = a.pods.len(), "new assignment");
+            self.assignment = Some(a);
+            self.ensure_network().await;
+            self.apply_services().await;
+            return true;
+        }
+        if topic == t.services() {
+            match self.verifier.open::<ServiceTable>(topic, payload) {
+                Ok(o) if o.from == MASTER_ID => {
+                    if o.body.generation > self.services.generation {
+                        if let Err(e) = self.db.write(vec![LocalOp::put(T_SERVICES, CURRENT, cbor(&o.body))]) {
+                            tracing::error!(error = %e, "cannot persist the service table");
+                        }
+                        self.services = o.body;
+                        self.apply_services().await;
+                    }
+                }
+                Ok(o) => self.drops.dropped(topic, &format!("service table signed by {}", o.from)),
+                Err(e) => self.drops.dropped(topic, &e),
+            }
+            return false;
+        }
+        if let Some(id) = t.stream_id_of(topic).map(str::to_string) {
+            self.on_stream(&id, topic, payload).await;
+        }
+        false
+    }
+
+    async fn on_stream(&mut self, id: &str, topic: &str, payload: &[u8]) {
+        let opened = match self.verifier.open::<StreamMsg>(topic, payload) {
+            Ok(o) => o,
+            Err(e) => return self.drops.dropped(topic, &e),
+        };
+        match opened.body {
+            StreamMsg::Open(open) if opened.from == MASTER_ID && open.id == id => {
+                let Ok(key) = open.client_key.parse::<PublicKey>() else {
+                    return self.drops.dropped(topic, &"stream open with a bad client key");
+                };
+                self.verifier.trust(open.client_id.clone(), key);
+                let out = self.cfg.topics.stream_out(&self.cfg.node_name, id);
+                let path = self.log_path_current(&open.pod_uid, &open.container);
+                let (tx, rx) = mpsc::channel(16);
+                let stream = streams::LogStream {
+                    mqtt: self.mqtt.clone(),
+                    sealer: self.sealer.clone(),
+                    topic: out,
+                    to: open.client_id.clone(),
+                    path,
+                    follow: open.follow,
+                    tail: open.tail,
+                };
+                self.streams.retain(|_, h| !h.control.is_closed());
+                self.streams.insert(
+                    id.to_string(),
+                    StreamHandle {
+                        control: tx,
+                        client_id: open.client_id,
+                    },
+                );
+                tokio::spawn(stream.run(rx));
+            }
+            msg @ (StreamMsg::Ack { .. } | StreamMsg::Close) => {
+                // Only the client the stream was opened for may steer it.
+                match self.streams.get(id) {
+                    Some(h) if h.client_id == opened.from => {
+                        let _ = h.control.try_send(msg);
+                    }
+                    _ => self.drops.dropped(topic, &format!("stream control from {}", opened.from)),
+                }
+            }
+            _ => self.drops.dropped(topic, &"unexpected stream message"),
+        }
+    }
+
+    fn log_dir(&self, rec: &PodRecord) -> PathBuf {
+        self.cfg
+            .layout
+            .logs()
+            .join(format!("{}_{}_{}", rec.namespace, rec.name, rec.uid))
+    }
+
+    fn log_path(&self, rec: &PodRecord, container: &str, attempt: u32) -> PathBuf {
+        self.log_dir(rec).join(container).join(format!("{attempt}.log"))
+    }
+
+    /// The log of the container's current (or last) attempt.
+    fn log_path_current(&self, uid: &str, container: &str) -> PathBuf {
+        match self.records.get(uid) {
+            Some(rec) => {
+                let attempt = rec.containers.get(container).map_or(0, |c| c.attempt.saturating_sub(1));
+                self.log_path(rec, container, attempt)
+            }
+            None => PathBuf::from("/nonexistent"),
+        }
+    }
+
+    fn rotate_logs(&self) {
+        for rec in self.records.values() {
+            for c in rec.containers.values().filter(|c| c.attempt > 0) {
+                let path = self.log_path(rec, &c.name, c.attempt - 1);
+                if let Err(e) = crate::runtime::logs::rotate_if_needed(&path, self.cfg.log_max_bytes) {
+                    tracing::debug!(path = %path.display(), error = %e, "log rotation failed");
+                }
+            }
+        }
+    }
+
+    async fn runtime_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Runtime) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let rt = self.cfg.runtime.clone();
+        tokio::task::spawn_blocking(move || f(&*rt))
+            .await
+            .unwrap_or_else(|e| Err(RuntimeError::Operation {
+                op: "run",
+                id: String::new(),
+                reason: format!("runtime task failed: {e}"),
+            }))
+    }
+
+    /// One pass of the pod sync loop.
+    async fn sync(&mut self) {
+        let now = now_ms();
+        let listed = match self.runtime_call(|rt| rt.list_containers()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers");
+                return;
+            }
+        };
+        let actual: HashMap<String, ContainerState> =
+            listed.iter().map(|c| (c.id.clone(), c.state.clone())).collect();
+        let desired: BTreeMap<String, Pod> = self
+            .desired()
+            .into_iter()
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        for (uid, pod) in &desired {
+            self.records
+                .entry(uid.clone())
+                .or_insert_with(|| PodRecord::new(pod, now))
+                .sync_spec(pod);
+        }
+        let uids: Vec<String> = self.records.keys().cloned().collect();
+        for uid in &uids {
+            let pod = desired.get(uid);
+            let Some(rec) = self.records.get_mut(uid) else { continue };
+            rec.observe(pod, &actual, now);
+            let steps = rec.next_steps(pod, &actual, now);
+            for step in steps {
+                self.execute(uid, pod, step, now).await;
+            }
+        }
+        // Forget pods that are released and that the master has let go of.
+        self.records
+            .retain(|uid, r| !(r.released && !desired.contains_key(uid)));
+        // Containers nobody asked for (left by a crash between create and
+        // record, or by a pod forgotten while the agent was down) are removed.
+        let known: BTreeSet<&str> = self
+            .records
+            .values()
+            .flat_map(|r| r.containers.values())
+            .filter_map(|c| c.runtime_id.as_deref())
+            .collect();
+        for c in listed.iter().filter(|c| !known.contains(c.id.as_str())) {
+            let id = c.id.clone();
+            let running = matches!(c.state, ContainerState::Running { .. } | ContainerState::Created);
+            tracing::info!(%id, "removing a container no pod claims");
+            let r = self
+                .runtime_call(move |rt| {
+                    if running {
+                        rt.kill_container(&id, libc::SIGKILL)
+                    } else {
+                        rt.remove_container(&id)
+                    }
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "orphan cleanup failed; retried next pass");
+            }
+        }
+        self.persist();
+    }
+
+    fn persist(&mut self) {
+        let mut batch = Vec::new();
+        for (uid, rec) in &self.records {
+            let bytes = cbor(rec);
+            if self.persisted.get(uid) != Some(&bytes) {
+                self.persisted.insert(uid.clone(), bytes.clone());
+                batch.push(LocalOp::put(T_PODS, uid.clone(), bytes));
+            }
+        }
+        let gone: Vec<String> = self
+            .persisted
+            .keys()
+            .filter(|k| !self.records.contains_key(*k))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.persisted.remove(&uid);
+            batch.push(LocalOp::delete(T_PODS, uid));
+        }
+        if !batch.is_empty()
+            && let Err(e) = self.db.write(batch)
+        {
+            tracing::error!(error = %e, "cannot persist pod records");
+            self.persisted.clear();
+        }
+    }
+
+    async fn execute(&mut self, uid: &str, pod: Option<&Pod>, step: Step, now: i64) {
+        match step {
+            Step::SetupNetwork => self.setup_network(uid).await,
+            Step::Start { container } => {
+                if let Some(pod) = pod {
+                    self.start(uid, pod, &container, now).await;
+                }
+            }
+            Step::Remove { runtime_id } => {
+                let id = runtime_id.clone();
+                match self.runtime_call(move |rt| rt.remove_container(&id)).await {
+                    Ok(()) => {
+                        if let Some(r) = self.records.get_mut(uid) {
+                            r.on_removed(&runtime_id);
+                        }
+                    }
+                    Err(e) => tracing::warn!(id = %runtime_id, error = %e, "cannot remove container"),
+                }
+            }
+            Step::Signal { runtime_id, signal } => {
+                let grace_ms = pod
+                    .and_then(|p| {
+                        p.metadata
+                            .deletion_grace_period_seconds
+                            .or(p.spec.as_ref()?.termination_grace_period_seconds)
+                    })
+                    .unwrap_or(30)
+                    .max(0)
+                    * 1000;
+                let id = runtime_id.clone();
+                match self.runtime_call(move |rt| rt.kill_container(&id, signal)).await {
+                    Ok(()) => {
+                        if let Some(r) = self.records.get_mut(uid) {
+                            r.on_signalled(signal, grace_ms, now);
+                        }
+                    }
+                    Err(e) => tracing::warn!(id = %runtime_id, error = %e, "cannot signal container"),
+                }
+            }
+            Step::Release => {
+                if let Some(net) = &self.net
+                    && let Err(e) = net.teardown_pod(uid).await
+                {
+                    tracing::warn!(%uid, error = %e, "cannot tear down pod network; retrying");
+                    return;
+                }
+                if let Some(rec) = self.records.get(uid) {
+                    let dir = self.log_dir(rec);
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                if let Some(r) = self.records.get_mut(uid) {
+                    r.on_released();
+                }
+            }
+        }
+    }
+
+    async fn setup_network(&mut self, uid: &str) {
+        let Some(cidr) = self.pod_cidr() else { return };
+        let used: BTreeSet<Ipv4Addr> = self.records.values().filter_map(|r| r.ip).collect();
+        let Some(rec) = self.records.get(uid) else { return };
+        let ip = match rec.ip.or_else(|| crate::net::allocate_ip(cidr, &used)) {
+            Some(ip) => ip,
+            None => {
+                tracing::warn!(%cidr, "no free pod IP");
+                return;
+            }
+        };
+        if let Some(net) = &self.net {
+            if let Err(e) = net.setup_pod(uid, ip).await {
+                tracing::warn!(%uid, error = %e, "cannot set up pod network; retrying");
+                if let Some(r) = self.records.get_mut(uid) {
+                    r.ip = Some(ip);
+                    for c in r.containers.values_mut() {
+                        if let podsync::CState::Waiting { message, .. } = &mut c.state {
+                            *message = Some(format!("pod network: {e}"));
+                        }
+                    }
+                }
+                return;
+            }
+        } else if self.cfg.bridge.is_some() {
+            // The bridge is not up yet; the next pass tries again.
+            self.ensure_network().await;
+            return;
+        }
+        if let Some(r) = self.records.get_mut(uid) {
+            r.ip = Some(ip);
+            r.network_ready = true;
+        }
+    }
+
+    async fn start(&mut self, uid: &str, pod: &Pod, container: &str, now: i64) {
+        let Some(rec) = self.records.get(uid) else { return };
+        let Some(spec) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == container))
+        else {
+            return;
+        };
+        // After a reboot the netns (on tmpfs) is gone: set it up again first.
+        let netns = self.net.as_ref().map(|n| n.netns_path(uid));
+        if let Some(path) = &netns
+            && !path.exists()
+        {
+            if let Some(r) = self.records.get_mut(uid) {
+                r.network_ready = false;
+            }
+            return;
+        }
+        let attempt = rec.containers.get(container).map_or(0, |c| c.attempt);
+        let log_path = self.log_path(rec, container, attempt);
+        if let Some(dir) = log_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let config = ContainerConfig {
+            id: rec.next_runtime_id(container),
+            pod_uid: uid.to_string(),
+            pod_namespace: rec.namespace.clone(),
+            pod_name: rec.name.clone(),
+            container_name: container.to_string(),
+            image: spec.image.clone().unwrap_or_default(),
+            command: spec.command.clone().unwrap_or_default(),
+            args: spec.args.clone().unwrap_or_default(),
+            env: spec
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                .collect(),
+            working_dir: spec.working_dir.clone(),
+            hostname: rec.name.clone(),
+            netns,
+            log_path,
+            resources: Resources::default(),
+        };
+        let image = config.image.clone();
+        if let Err(e) = self.runtime_call(move |rt| rt.ensure_image(&image)).await {
+            let (reason, message) = match &e {
+                RuntimeError::ImageNotPresent(i) => (
+                    "ErrImageNeverPull",
+                    format!("image {i:?} is not present on this node; import it with `bramble image import`"),
+                ),
+                RuntimeError::InvalidImageReference { .. } => ("InvalidImageName", e.to_string()),
+                _ => ("ErrImagePull", e.to_string()),
+            };
+            if let Some(r) = self.records.get_mut(uid) {
+                r.on_start_failed(container, reason, message, now);
+            }
+            return;
+        }
+        let id = config.id.clone();
+        match self.runtime_call(move |rt| rt.run_container(&config)).await {
+            Ok(info) => {
+                let started = match info.state {
+                    ContainerState::Running { started_at, .. } => started_at,
+                    _ => now,
+                };
+                tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or("")), %container, %id, "container started");
+                if let Some(r) = self.records.get_mut(uid) {
+                    r.on_started(container, id, started);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "container failed to start");
+                // Whatever half-exists is removed before the next attempt.
+                let rid = id.clone();
+                let _ = self.runtime_call(move |rt| rt.remove_container(&rid)).await;
+                if let Some(r) = self.records.get_mut(uid) {
+                    r.on_start_failed(container, "RunContainerError", e.to_string(), now);
+                }
+            }
+        }
+    }
+
+    /// Sends a status report when something changed, or always with `force`
+    /// (the heartbeat).
+    async fn report(&mut self, force: bool) {
+        let desired = self.desired();
+        let host_ip = self.host_ip();
+        let pods: Vec<PodReport> = self
+            .records
+            .values()
+            .map(|rec| {
+                let status = match desired.get(&rec.uid) {
+                    Some(pod) => status::pod_status(pod, rec, &host_ip),
+                    None => Default::default(),
+                };
+                PodReport {
+                    uid: rec.uid.clone(),
+                    namespace: rec.namespace.clone(),
+                    name: rec.name.clone(),
+                    status,
+                    terminated: rec.released,
+                }
+            })
+            .collect();
+        if !force && self.last_report.as_ref() == Some(&pods) {
+            return;
+        }
+        let report = NodeReport {
+            node: self.cfg.node_name.clone(),
+            assignment_generation: self.assignment.as_ref().map_or(0, |a| a.generation),
+            services_generation: self.services.generation,
+            info: self.facts.clone(),
+            pods: pods.clone(),
+        };
+        let topic = self.cfg.topics.status(&self.cfg.node_name);
+        let bytes = self.sealer.seal(&topic, MASTER_ID, &report);
+        if self.mqtt.publish(&topic, bytes, false).await.is_ok() {
+            self.last_report = Some(pods);
+            self.last_report_at = Some(Instant::now());
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `bramble delete KIND NAME... | KIND/NAME... | -f FILE | KIND -l SEL | KIND --all`.
+//! Like kubectl, it waits until what it deleted is gone (`--wait=false` not to).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::api::{Kind, ObjectKey};
+use crate::transport::messages::{DeleteRequest, ErrorCode, GetRequest, Request, Response};
+
+use super::CliError;
+use super::client::Client;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    pub what: Vec<String>,
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Every object of the kind in the namespace.
+    #[arg(long)]
+    pub all: bool,
+    /// Wait until the objects are gone.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub wait: bool,
+}
+
+pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
+    let ns = args.namespace.clone().unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
+    // (kind, namespace) → names
+    let mut requests: BTreeMap<(Kind, String), Vec<String>> = BTreeMap::new();
+    let mut by_selector: Vec<Kind> = Vec::new();
+    if !args.files.is_empty() {
+        for p in super::apply::read_manifests(&args.files, args.namespace.as_deref())? {
+            let key = p.object.key();
+            requests.entry((key.kind, key.namespace)).or_default().push(key.name);
+        }
+    } else {
+        for (kind, name) in super::targets::parse(&args.what)? {
+            match name {
+                Some(n) => requests.entry((kind, ns.clone())).or_default().push(n),
+                None if args.all || args.selector.is_some() => by_selector.push(kind),
+                None => {
+                    return Err(CliError::Usage(
+                        "resource(s) were provided, but no name was specified".into(),
+                    ));
+                }
+            }
+        }
+    }
+    let cfg = super::load_config(config)?;
+    let mut client = Client::connect(&cfg).await?;
+    let mut deleted: Vec<ObjectKey> = Vec::new();
+    let mut result = Ok(());
+    let mut calls: Vec<DeleteRequest> = requests
+        .into_iter()
+        .map(|((kind, namespace), names)| DeleteRequest {
+            kind,
+            namespace,
+            names,
+            selector: None,
+            all: false,
+        })
+        .collect();
+    calls.extend(by_selector.into_iter().map(|kind| DeleteRequest {
+        kind,
+        namespace: ns.clone(),
+        names: vec![],
+        selector: args.selector.clone(),
+        all: args.all,
+    }));
+    for req in calls {
+        match client.call(Request::Delete(req)).await {
+            Ok(Response::Deleted(keys)) => {
+                for k in &keys {
+                    println!("{} \"{}\" deleted", k.kind.qualified(), k.name);
+                }
+                deleted.extend(keys);
+            }
+            Ok(other) => {
+                result = Err(CliError::Unexpected(other));
+                break;
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() && args.wait {
+        result = wait_gone(&mut client, &deleted).await;
+    }
+    client.close().await;
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn wait_gone(client: &mut Client, keys: &[ObjectKey]) -> Result<(), CliError> {
+    for key in keys {
+        loop {
+            let req = GetRequest {
+                kind: key.kind,
+                namespace: Some(key.namespace.clone()),
+                name: Some(key.name.clone()),
+                selector: None,
+            };
+            match client.call(Request::Get(req)).await {
+                Err(CliError::Api(e)) if e.code == ErrorCode::NotFound => break,
+                Err(e) => return Err(e),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok(())
+}
