@@ -53,7 +53,10 @@ pub fn apply(obj: &mut Object) {
                     .get_or_insert(DEFAULT_REVISION_HISTORY_LIMIT);
                 spec.progress_deadline_seconds
                     .get_or_insert(DEFAULT_PROGRESS_DEADLINE_SECONDS);
-                strategy(spec.strategy.get_or_insert_with(DeploymentStrategy::default));
+                strategy(
+                    spec.strategy
+                        .get_or_insert_with(DeploymentStrategy::default),
+                );
                 template(&mut spec.template);
             }
         }
@@ -223,7 +226,10 @@ mod tests {
         let policies: Vec<&str> = (0..5)
             .map(|i| c[i]["imagePullPolicy"].as_str().unwrap())
             .collect();
-        assert_eq!(policies, ["Always", "IfNotPresent", "IfNotPresent", "Always", "Never"]);
+        assert_eq!(
+            policies,
+            ["Always", "IfNotPresent", "IfNotPresent", "Always", "Never"]
+        );
         assert_eq!(c[0]["terminationMessagePath"], "/dev/termination-log");
         assert_eq!(c[0]["terminationMessagePolicy"], "File");
         assert_eq!(c[0]["ports"][0]["protocol"], "TCP");
@@ -255,8 +261,14 @@ mod tests {
         assert_eq!(spec["internalTrafficPolicy"], "Cluster");
         assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
         assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
-        assert_eq!(spec["ports"][0], json!({"port": 80, "protocol": "TCP", "targetPort": 80}));
-        assert_eq!(spec["ports"][1], json!({"port": 81, "protocol": "UDP", "targetPort": "http"}));
+        assert_eq!(
+            spec["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
+        assert_eq!(
+            spec["ports"][1],
+            json!({"port": 81, "protocol": "UDP", "targetPort": "http"})
+        );
     }
 
     #[test]
@@ -272,11 +284,26 @@ mod tests {
     #[test]
     fn defaults_are_idempotent() {
         let objects = [
-            obj(Kind::Pod, json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})),
-            obj(Kind::ReplicaSet, json!({"metadata": {"name": "r"}, "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "c"}]}}}})),
-            obj(Kind::Deployment, json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}})),
-            obj(Kind::Service, json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 1}]}})),
-            obj(Kind::Endpoints, json!({"metadata": {"name": "s"}, "subsets": [{"ports": [{"port": 1}]}]})),
+            obj(
+                Kind::Pod,
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+            ),
+            obj(
+                Kind::ReplicaSet,
+                json!({"metadata": {"name": "r"}, "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "c"}]}}}}),
+            ),
+            obj(
+                Kind::Deployment,
+                json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}}),
+            ),
+            obj(
+                Kind::Service,
+                json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 1}]}}),
+            ),
+            obj(
+                Kind::Endpoints,
+                json!({"metadata": {"name": "s"}, "subsets": [{"ports": [{"port": 1}]}]}),
+            ),
             obj(Kind::ConfigMap, json!({"metadata": {"name": "c"}})),
             obj(Kind::Namespace, json!({"metadata": {"name": "n"}})),
             obj(Kind::Node, json!({"metadata": {"name": "n"}})),

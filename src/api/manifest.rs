@@ -144,11 +144,12 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Parsed>, ManifestError> {
             }
             Err(e) => {
                 // After a syntax error libyaml yields the same error forever.
-                let (line, column, message) = yaml_error_parts(&e);
-                if last_error.as_deref() == Some(message.as_str()) {
+                let full = e.to_string();
+                if last_error.as_deref() == Some(full.as_str()) {
                     break;
                 }
-                last_error = Some(message.clone());
+                last_error = Some(full);
+                let (line, column, message) = yaml_error_parts(&e);
                 errors.push(err_at(doc, line, column, message));
             }
         }
@@ -273,7 +274,11 @@ fn yaml_error_parts(e: &serde_yaml_ng::Error) -> (usize, Option<usize>, String) 
     match e.location() {
         Some(loc) => {
             let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            (loc.line(), Some(loc.column()), text.replacen(&suffix, "", 1))
+            (
+                loc.line(),
+                Some(loc.column()),
+                text.replacen(&suffix, "", 1),
+            )
         }
         None => (1, None, text),
     }
@@ -302,7 +307,10 @@ impl Plan {
 }
 
 fn path_prefix(path: &[usize]) -> String {
-    path.iter().map(|i| format!("items[{i}]")).collect::<Vec<_>>().join(".")
+    path.iter()
+        .map(|i| format!("items[{i}]"))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn describe_value(v: &Value) -> &'static str {
@@ -333,7 +341,11 @@ fn plan(value: &Value, path: &mut Vec<usize>, errors: &mut Vec<(Vec<usize>, Stri
         Plan::Skip
     };
     let Value::Mapping(map) = value else {
-        let what = if prefix.is_empty() { "document" } else { prefix.as_str() };
+        let what = if prefix.is_empty() {
+            "document"
+        } else {
+            prefix.as_str()
+        };
         return fail(format!(
             "{what}: expected a Kubernetes object (a mapping with apiVersion and kind), found {}",
             describe_value(value)
@@ -507,9 +519,9 @@ fn render_path(path: &serde_ignored::Path<'_>) -> String {
                 format!("{parent}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            render_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => render_path(parent),
     }
 }
 
@@ -755,12 +767,16 @@ spec:
         assert_eq!(parsed[0].origin.to_string(), "demo.yaml:1");
         assert_eq!(parsed[1].origin.to_string(), "demo.yaml:25");
         assert_eq!(parsed[1].origin.document, 1);
-        let Object::Deployment(d) = &parsed[0].object else { panic!() };
+        let Object::Deployment(d) = &parsed[0].object else {
+            panic!()
+        };
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(2));
         let c = &spec.template.spec.as_ref().unwrap().containers[0];
         assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
-        let Object::Service(s) = &parsed[1].object else { panic!() };
+        let Object::Service(s) = &parsed[1].object else {
+            panic!()
+        };
         let port = &s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
         assert_eq!(port.node_port, Some(30080));
         assert_eq!(port.protocol.as_deref(), Some("TCP"));
@@ -794,9 +810,11 @@ spec:
 
     #[test]
     fn invalid_name_and_selector_mismatch_are_validation_errors() {
-        let text = DEMO
-            .replacen("name: demo", "name: Demo_1", 1)
-            .replacen("      app: demo\n  template", "      app: x\n  template", 1);
+        let text = DEMO.replacen("name: demo", "name: Demo_1", 1).replacen(
+            "      app: demo\n  template",
+            "      app: x\n  template",
+            1,
+        );
         let e = errors("demo.yaml", &text);
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(
@@ -867,7 +885,12 @@ data:
         let e = errors("x.yaml", "apiVersion: apps/v1\nkind: deployment\n");
         assert!(e[0].contains("did you mean \"Deployment\""), "{e:?}");
         let e = errors("x.yaml", "- a\n- b\n");
-        assert_eq!(e, vec!["x.yaml:1: document: expected a Kubernetes object (a mapping with apiVersion and kind), found a sequence"]);
+        assert_eq!(
+            e,
+            vec![
+                "x.yaml:1: document: expected a Kubernetes object (a mapping with apiVersion and kind), found a sequence"
+            ]
+        );
     }
 
     #[test]
@@ -875,7 +898,10 @@ data:
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad\n---\na: [\n";
         let e = errors("s.yaml", text);
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e[0].starts_with("s.yaml:1 (ConfigMap Bad): metadata.name"), "{e:?}");
+        assert!(
+            e[0].starts_with("s.yaml:1 (ConfigMap Bad): metadata.name"),
+            "{e:?}"
+        );
         assert!(e[1].starts_with("s.yaml:7:1: "), "{e:?}");
     }
 
@@ -885,7 +911,9 @@ data:
         let e = errors("svc.json", text);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
-            e[0].starts_with(r#"svc.json:6:22: spec.ports[0].port: invalid type: string "eighty", expected i32"#),
+            e[0].starts_with(
+                r#"svc.json:6:22: spec.ports[0].port: invalid type: string "eighty", expected i32"#
+            ),
             "{e:?}"
         );
         let ok = text.replace("\"eighty\"", "80");
@@ -894,7 +922,8 @@ data:
         assert_eq!(parsed[0].origin.line, 1);
         assert!(parsed[0].warnings.is_empty(), "{:?}", parsed[0].warnings);
         // Compact JSON, no spaces after colons.
-        let compact = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"k":"v"}}"#;
+        let compact =
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"k":"v"}}"#;
         assert_eq!(parse("-", compact).unwrap().len(), 1);
     }
 
@@ -934,9 +963,20 @@ items:
             .replace("name: nested", "name: nested\n      labels: 7");
         let e = errors("list.yaml", &bad);
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e[0].starts_with("list.yaml:10:9: items[0].data: invalid type: sequence"), "{e:?}");
-        assert!(e[1].starts_with("list.yaml:18:15: items[1].items[0].metadata.labels: invalid type: integer"), "{e:?}");
-        assert!(e[2].starts_with("list.yaml:19: items[2].kind: Unsupported value: \"Gizmo\""), "{e:?}");
+        assert!(
+            e[0].starts_with("list.yaml:10:9: items[0].data: invalid type: sequence"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with(
+                "list.yaml:18:15: items[1].items[0].metadata.labels: invalid type: integer"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("list.yaml:19: items[2].kind: Unsupported value: \"Gizmo\""),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -967,7 +1007,10 @@ items:
 
     #[test]
     fn duplicate_keys_are_errors() {
-        let e = errors("d.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  name: b\n");
+        let e = errors(
+            "d.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  name: b\n",
+        );
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].contains("duplicate"), "{e:?}");
     }

@@ -370,7 +370,9 @@ impl<'a> Parser<'a> {
             }
         }
         if values.is_empty() {
-            return Err(self.syntax(format!("{key:?}: for 'in', 'notin' operators, values set can't be empty")));
+            return Err(self.syntax(format!(
+                "{key:?}: for 'in', 'notin' operators, values set can't be empty"
+            )));
         }
         Ok(Requirement { key, op, values })
     }
@@ -470,7 +472,11 @@ mod tests {
         let s = Selector::parse(" app == web , example.com/role=db ").unwrap();
         assert!(s.matches(&labels(&[("app", "web"), ("example.com/role", "db")])));
         assert!(Selector::parse("").unwrap().is_empty());
-        assert!(Selector::parse("a=").unwrap().matches(&labels(&[("a", "")])));
+        assert!(
+            Selector::parse("a=")
+                .unwrap()
+                .matches(&labels(&[("a", "")]))
+        );
     }
 
     #[test]

@@ -352,7 +352,10 @@ mod tests {
             json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "nodeName": "pi1",
                 "containers": [{"name": "c", "image": "i", "command": ["sh"], "workingDir": "/"}]}}),
         );
-        assert_eq!(check(&p), vec!["spec.hostNetwork: not implemented by Bramble, ignored"]);
+        assert_eq!(
+            check(&p),
+            vec!["spec.hostNetwork: not implemented by Bramble, ignored"]
+        );
     }
 
     #[test]
@@ -362,12 +365,27 @@ mod tests {
             json!({"metadata": {"name": "pi1"}, "spec": {"podCIDR": "10.88.1.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]},
                    "status": {"capacity": {"cpu": "4"}}}),
         );
-        assert_eq!(check(&n), vec!["spec.taints: not implemented by Bramble, ignored"]);
-        let c = obj(Kind::ConfigMap, json!({"metadata": {"name": "c"}, "data": {"a": "b"}, "immutable": true}));
+        assert_eq!(
+            check(&n),
+            vec!["spec.taints: not implemented by Bramble, ignored"]
+        );
+        let c = obj(
+            Kind::ConfigMap,
+            json!({"metadata": {"name": "c"}, "data": {"a": "b"}, "immutable": true}),
+        );
         assert!(check(&c).is_empty());
-        let e = obj(Kind::Endpoints, json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "10.88.0.2"}]}]}));
+        let e = obj(
+            Kind::Endpoints,
+            json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "10.88.0.2"}]}]}),
+        );
         assert!(check(&e).is_empty());
-        let ns = obj(Kind::Namespace, json!({"metadata": {"name": "n", "generateName": "x-"}, "spec": {"finalizers": ["kubernetes"]}}));
-        assert_eq!(check(&ns), vec!["metadata.generateName: not implemented by Bramble, ignored"]);
+        let ns = obj(
+            Kind::Namespace,
+            json!({"metadata": {"name": "n", "generateName": "x-"}, "spec": {"finalizers": ["kubernetes"]}}),
+        );
+        assert_eq!(
+            check(&ns),
+            vec!["metadata.generateName: not implemented by Bramble, ignored"]
+        );
     }
 }

@@ -143,7 +143,11 @@ pub fn validate_with(obj: &Object, opts: &ValidationOptions) -> Vec<FieldError> 
             if let Some(strategy) = &spec.strategy {
                 validate_strategy(strategy, &mut errs);
             }
-            non_negative("spec.revisionHistoryLimit", spec.revision_history_limit, &mut errs);
+            non_negative(
+                "spec.revisionHistoryLimit",
+                spec.revision_history_limit,
+                &mut errs,
+            );
             if let Some(deadline) = spec.progress_deadline_seconds {
                 let min_ready = spec.min_ready_seconds.unwrap_or(0);
                 if deadline <= min_ready {
@@ -187,7 +191,9 @@ fn dns1123_label_ok(s: &str) -> bool {
 pub fn dns1123_label_errors(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > DNS1123_LABEL_MAX {
-        errs.push(format!("must be no more than {DNS1123_LABEL_MAX} characters"));
+        errs.push(format!(
+            "must be no more than {DNS1123_LABEL_MAX} characters"
+        ));
     }
     if !dns1123_label_ok(s) {
         errs.push(
@@ -204,7 +210,9 @@ pub fn dns1123_label_errors(s: &str) -> Vec<String> {
 pub fn dns1123_subdomain_errors(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > DNS1123_SUBDOMAIN_MAX {
-        errs.push(format!("must be no more than {DNS1123_SUBDOMAIN_MAX} characters"));
+        errs.push(format!(
+            "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
+        ));
     }
     if !s.split('.').all(dns1123_label_ok) {
         errs.push(
@@ -258,7 +266,9 @@ pub fn qualified_name_errors(s: &str) -> Vec<String> {
     if name.is_empty() {
         errs.push("name part must be non-empty".to_string());
     } else if name.len() > QUALIFIED_NAME_MAX {
-        errs.push(format!("name part must be no more than {QUALIFIED_NAME_MAX} characters"));
+        errs.push(format!(
+            "name part must be no more than {QUALIFIED_NAME_MAX} characters"
+        ));
     }
     if !name.is_empty() && !label_charset_ok(name) {
         errs.push(format!("name part {NAME_FMT}"));
@@ -316,7 +326,9 @@ pub fn config_map_key_errors(s: &str) -> Vec<String> {
 pub fn iana_svc_name_errors(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > IANA_SVC_NAME_MAX {
-        errs.push(format!("must be no more than {IANA_SVC_NAME_MAX} characters"));
+        errs.push(format!(
+            "must be no more than {IANA_SVC_NAME_MAX} characters"
+        ));
     }
     if !s.chars().all(|c| is_lower_alnum(c) || c == '-') {
         errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".into());
@@ -336,8 +348,7 @@ pub fn iana_svc_name_errors(s: &str) -> Vec<String> {
 /// Reasons `s` is not a valid environment variable name.
 pub fn env_var_name_errors(s: &str) -> Vec<String> {
     let ok = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
         && !s.starts_with(|c: char| c.is_ascii_digit());
     if ok {
@@ -379,9 +390,10 @@ fn protocol(path: &str, value: Option<&str>, errs: &mut Vec<FieldError>) {
         None | Some("TCP") | Some("UDP") => {}
         Some("SCTP") => errs.push(FieldError {
             path: path.to_string(),
-            message: "Unsupported value: \"SCTP\": not supported by Bramble yet; supported values: \
+            message:
+                "Unsupported value: \"SCTP\": not supported by Bramble yet; supported values: \
                       \"TCP\", \"UDP\""
-                .into(),
+                    .into(),
         }),
         Some(other) => errs.push(FieldError::unsupported(path, other, &["TCP", "UDP"])),
     }
@@ -445,7 +457,12 @@ fn validate_annotations(
 ) {
     let mut total = 0;
     for (k, v) in annotations.into_iter().flatten() {
-        push_all(errs, path, k, qualified_name_errors(&k.to_ascii_lowercase()));
+        push_all(
+            errs,
+            path,
+            k,
+            qualified_name_errors(&k.to_ascii_lowercase()),
+        );
         total += k.len() + v.len();
     }
     if total > ANNOTATIONS_MAX_BYTES {
@@ -461,7 +478,12 @@ fn validate_annotations(
 
 /// Validates a pod spec at `path` (`spec`, or `spec.template.spec` when
 /// `in_template`, where Kubernetes only allows `restartPolicy: Always`).
-pub fn validate_pod_spec(spec: &PodSpec, path: &str, in_template: bool, errs: &mut Vec<FieldError>) {
+pub fn validate_pod_spec(
+    spec: &PodSpec,
+    path: &str,
+    in_template: bool,
+    errs: &mut Vec<FieldError>,
+) {
     if spec.containers.is_empty() {
         errs.push(FieldError::required(format!("{path}.containers"), ""));
     }
@@ -496,12 +518,26 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str, in_template: bool, errs: &m
         ));
     }
     if let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
-        push_all(errs, &format!("{path}.nodeName"), node, dns1123_subdomain_errors(node));
+        push_all(
+            errs,
+            &format!("{path}.nodeName"),
+            node,
+            dns1123_subdomain_errors(node),
+        );
     }
     if let Some(h) = spec.hostname.as_deref().filter(|h| !h.is_empty()) {
-        push_all(errs, &format!("{path}.hostname"), h, dns1123_label_errors(h));
+        push_all(
+            errs,
+            &format!("{path}.hostname"),
+            h,
+            dns1123_label_errors(h),
+        );
     }
-    validate_labels(&format!("{path}.nodeSelector"), spec.node_selector.as_ref(), errs);
+    validate_labels(
+        &format!("{path}.nodeSelector"),
+        spec.node_selector.as_ref(),
+        errs,
+    );
 }
 
 fn validate_container(
@@ -514,7 +550,12 @@ fn validate_container(
     if c.name.is_empty() {
         errs.push(FieldError::required(format!("{path}.name"), ""));
     } else {
-        push_all(errs, &format!("{path}.name"), &c.name, dns1123_label_errors(&c.name));
+        push_all(
+            errs,
+            &format!("{path}.name"),
+            &c.name,
+            dns1123_label_errors(&c.name),
+        );
         if !names.insert(c.name.clone()) {
             errs.push(FieldError::duplicate(format!("{path}.name"), json!(c.name)));
         }
@@ -569,7 +610,12 @@ fn validate_container_port(
     }
     protocol(&format!("{path}.protocol"), p.protocol.as_deref(), errs);
     if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
-        push_all(errs, &format!("{path}.name"), name, iana_svc_name_errors(name));
+        push_all(
+            errs,
+            &format!("{path}.name"),
+            name,
+            iana_svc_name_errors(name),
+        );
         if !port_names.insert(name.to_string()) {
             errs.push(FieldError::duplicate(format!("{path}.name"), json!(name)));
         }
@@ -633,10 +679,19 @@ fn validate_workload(
 
 /// Syntax of a `LabelSelector`: keys, values and operators.
 pub fn validate_label_selector(sel: &LabelSelector, path: &str, errs: &mut Vec<FieldError>) {
-    validate_labels(&format!("{path}.matchLabels"), sel.match_labels.as_ref(), errs);
+    validate_labels(
+        &format!("{path}.matchLabels"),
+        sel.match_labels.as_ref(),
+        errs,
+    );
     for (i, req) in sel.match_expressions.iter().flatten().enumerate() {
         let rpath = format!("{path}.matchExpressions[{i}]");
-        push_all(errs, &format!("{rpath}.key"), &req.key, qualified_name_errors(&req.key));
+        push_all(
+            errs,
+            &format!("{rpath}.key"),
+            &req.key,
+            qualified_name_errors(&req.key),
+        );
         let has_values = req.values.as_ref().is_some_and(|v| !v.is_empty());
         match req.operator.as_str() {
             "In" | "NotIn" => {
@@ -662,7 +717,12 @@ pub fn validate_label_selector(sel: &LabelSelector, path: &str, errs: &mut Vec<F
             )),
         }
         for (j, v) in req.values.iter().flatten().enumerate() {
-            push_all(errs, &format!("{rpath}.values[{j}]"), v, label_value_errors(v));
+            push_all(
+                errs,
+                &format!("{rpath}.values[{j}]"),
+                v,
+                label_value_errors(v),
+            );
         }
     }
 }
@@ -713,7 +773,11 @@ fn int_or_percent(
             match s.strip_suffix('%').and_then(|n| n.parse::<i32>().ok()) {
                 Some(n) if n >= 0 => {
                     if max_100 && n > 100 {
-                        errs.push(FieldError::invalid(path, json!(s), "must not be greater than 100%"));
+                        errs.push(FieldError::invalid(
+                            path,
+                            json!(s),
+                            "must not be greater than 100%",
+                        ));
                     }
                     n == 0
                 }
@@ -790,7 +854,11 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
             } else {
                 "must be a valid IPv4 address (e.g. 10.96.0.10) or \"None\""
             };
-            errs.push(FieldError::invalid("spec.clusterIP", json!(cluster_ip), detail));
+            errs.push(FieldError::invalid(
+                "spec.clusterIP",
+                json!(cluster_ip),
+                detail,
+            ));
         }
     }
     if headless && type_ == "NodePort" {
@@ -892,14 +960,23 @@ fn validate_service_port(
         None if multiple => errs.push(FieldError::required(format!("{path}.name"), "")),
         None => {}
         Some(name) => {
-            push_all(errs, &format!("{path}.name"), name, dns1123_label_errors(name));
+            push_all(
+                errs,
+                &format!("{path}.name"),
+                name,
+                dns1123_label_errors(name),
+            );
             if !names.insert(name.to_string()) {
                 errs.push(FieldError::duplicate(format!("{path}.name"), json!(name)));
             }
         }
     }
     if !port_ok(p.port) {
-        errs.push(FieldError::invalid(format!("{path}.port"), json!(p.port), PORT_RANGE_MSG));
+        errs.push(FieldError::invalid(
+            format!("{path}.port"),
+            json!(p.port),
+            PORT_RANGE_MSG,
+        ));
     }
     protocol(&format!("{path}.protocol"), p.protocol.as_deref(), errs);
     match &p.target_port {
@@ -914,7 +991,12 @@ fn validate_service_port(
             }
         }
         Some(IntOrString::String(s)) => {
-            push_all(errs, &format!("{path}.targetPort"), s, iana_svc_name_errors(s));
+            push_all(
+                errs,
+                &format!("{path}.targetPort"),
+                s,
+                iana_svc_name_errors(s),
+            );
         }
     }
 }
@@ -925,27 +1007,41 @@ fn validate_service_port(
 fn validate_endpoints(ep: &Endpoints, errs: &mut Vec<FieldError>) {
     for (i, subset) in ep.subsets.iter().flatten().enumerate() {
         let spath = format!("subsets[{i}]");
-        let check = |list: Option<&Vec<EndpointAddress>>, field: &str, errs: &mut Vec<FieldError>| {
-            for (j, a) in list.into_iter().flatten().enumerate() {
-                if a.ip.parse::<Ipv4Addr>().is_err() {
-                    errs.push(FieldError::invalid(
-                        format!("{spath}.{field}[{j}].ip"),
-                        json!(a.ip),
-                        "must be a valid IPv4 address",
-                    ));
+        let check =
+            |list: Option<&Vec<EndpointAddress>>, field: &str, errs: &mut Vec<FieldError>| {
+                for (j, a) in list.into_iter().flatten().enumerate() {
+                    if a.ip.parse::<Ipv4Addr>().is_err() {
+                        errs.push(FieldError::invalid(
+                            format!("{spath}.{field}[{j}].ip"),
+                            json!(a.ip),
+                            "must be a valid IPv4 address",
+                        ));
+                    }
                 }
-            }
-        };
+            };
         check(subset.addresses.as_ref(), "addresses", errs);
-        check(subset.not_ready_addresses.as_ref(), "notReadyAddresses", errs);
+        check(
+            subset.not_ready_addresses.as_ref(),
+            "notReadyAddresses",
+            errs,
+        );
         for (k, p) in subset.ports.iter().flatten().enumerate() {
             let ppath = format!("{spath}.ports[{k}]");
             if !port_ok(p.port) {
-                errs.push(FieldError::invalid(format!("{ppath}.port"), json!(p.port), PORT_RANGE_MSG));
+                errs.push(FieldError::invalid(
+                    format!("{ppath}.port"),
+                    json!(p.port),
+                    PORT_RANGE_MSG,
+                ));
             }
             protocol(&format!("{ppath}.protocol"), p.protocol.as_deref(), errs);
             if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
-                push_all(errs, &format!("{ppath}.name"), name, dns1123_label_errors(name));
+                push_all(
+                    errs,
+                    &format!("{ppath}.name"),
+                    name,
+                    dns1123_label_errors(name),
+                );
             }
         }
     }
@@ -961,7 +1057,12 @@ fn validate_config_map(cm: &ConfigMap, errs: &mut Vec<FieldError>) {
         total += v.len();
     }
     for (k, v) in cm.binary_data.iter().flatten() {
-        push_all(errs, &format!("binaryData[{k}]"), k, config_map_key_errors(k));
+        push_all(
+            errs,
+            &format!("binaryData[{k}]"),
+            k,
+            config_map_key_errors(k),
+        );
         if data.contains(k) {
             errs.push(FieldError::invalid(
                 format!("data[{k}]"),
@@ -1044,47 +1145,72 @@ mod tests {
 
     #[test]
     fn invalid_names_per_kind() {
-        let e = messages(&obj(Kind::ConfigMap, json!({"metadata": {"name": "My_Config"}})));
+        let e = messages(&obj(
+            Kind::ConfigMap,
+            json!({"metadata": {"name": "My_Config"}}),
+        ));
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("metadata.name: Invalid value: \"My_Config\": a lowercase RFC 1123 subdomain"));
+        assert!(e[0].starts_with(
+            "metadata.name: Invalid value: \"My_Config\": a lowercase RFC 1123 subdomain"
+        ));
         // Dots are fine in subdomains, not in labels.
         assert!(messages(&obj(Kind::ConfigMap, json!({"metadata": {"name": "a.b"}}))).is_empty());
         let e = messages(&obj(Kind::Namespace, json!({"metadata": {"name": "a.b"}})));
         assert!(has(&e, "RFC 1123 label"), "{e:?}");
         let e = messages(&obj(Kind::ConfigMap, json!({"metadata": {}})));
-        assert_eq!(e, vec!["metadata.name: Required value: name or generateName is required"]);
+        assert_eq!(
+            e,
+            vec!["metadata.name: Required value: name or generateName is required"]
+        );
         let e = messages(&obj(
             Kind::ConfigMap,
             json!({"metadata": {"name": "x", "namespace": "Bad", "labels": {"a b": "c", "ok": "-v"}}}),
         ));
-        assert!(has(&e, "metadata.namespace: Invalid value: \"Bad\""), "{e:?}");
+        assert!(
+            has(&e, "metadata.namespace: Invalid value: \"Bad\""),
+            "{e:?}"
+        );
         assert!(has(&e, "metadata.labels: Invalid value: \"a b\""), "{e:?}");
         assert!(has(&e, "metadata.labels: Invalid value: \"-v\""), "{e:?}");
-        let e = messages(&obj(Kind::Node, json!({"metadata": {"name": "n", "namespace": "x"}})));
+        let e = messages(&obj(
+            Kind::Node,
+            json!({"metadata": {"name": "n", "namespace": "x"}}),
+        ));
         assert!(has(&e, "metadata.namespace: Forbidden"), "{e:?}");
     }
 
     #[test]
     fn workload_selector_must_match_template() {
-        let ok = deployment(json!({"matchLabels": {"app": "web"}}), json!({"app": "web", "x": "y"}));
+        let ok = deployment(
+            json!({"matchLabels": {"app": "web"}}),
+            json!({"app": "web", "x": "y"}),
+        );
         assert_eq!(messages(&ok), Vec::<String>::new());
         let bad = deployment(json!({"matchLabels": {"app": "x"}}), json!({"app": "web"}));
         assert_eq!(
             messages(&bad),
-            vec![r#"spec.selector: Invalid value: {"app":"x"}: selector does not match template labels"#]
+            vec![
+                r#"spec.selector: Invalid value: {"app":"x"}: selector does not match template labels"#
+            ]
         );
         let expr = deployment(
             json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}),
             json!({"app": "web"}),
         );
-        assert!(has(&messages(&expr), "selector does not match template labels"));
+        assert!(has(
+            &messages(&expr),
+            "selector does not match template labels"
+        ));
         let empty = deployment(json!({}), json!({"app": "web"}));
         assert_eq!(messages(&empty), vec!["spec.selector: Required value"]);
         let bad_op = deployment(
             json!({"matchExpressions": [{"key": "app", "operator": "Near"}]}),
             json!({"app": "web"}),
         );
-        assert!(has(&messages(&bad_op), "spec.selector.matchExpressions[0].operator: Unsupported value: \"Near\""));
+        assert!(has(
+            &messages(&bad_op),
+            "spec.selector.matchExpressions[0].operator: Unsupported value: \"Near\""
+        ));
     }
 
     #[test]
@@ -1114,31 +1240,85 @@ mod tests {
             }),
         );
         let e = messages(&o);
-        assert!(has(&e, "spec.replicas: Invalid value: -1: must be greater than or equal to 0"), "{e:?}");
-        assert!(has(&e, "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""), "{e:?}");
-        assert!(has(&e, "spec.template.spec.containers[0].ports[0].containerPort: Invalid value: 0: must be between 1 and 65535, inclusive"), "{e:?}");
-        assert!(has(&e, "containers[0].ports[1].protocol: Unsupported value: \"SCTP\": not supported by Bramble"), "{e:?}");
-        assert!(has(&e, "spec.template.spec.containers[1].name: Duplicate value: \"a\""), "{e:?}");
-        assert!(has(&e, "spec.template.spec.containers[1].image: Required value"), "{e:?}");
-        assert!(has(&e, "spec.template.spec.containers[2].name: Invalid value: \"Bad_Name\""), "{e:?}");
+        assert!(
+            has(
+                &e,
+                "spec.replicas: Invalid value: -1: must be greater than or equal to 0"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "spec.template.spec.containers[0].ports[0].containerPort: Invalid value: 0: must be between 1 and 65535, inclusive"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "containers[0].ports[1].protocol: Unsupported value: \"SCTP\": not supported by Bramble"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "spec.template.spec.containers[1].name: Duplicate value: \"a\""
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "spec.template.spec.containers[1].image: Required value"),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "spec.template.spec.containers[2].name: Invalid value: \"Bad_Name\""
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn pod_rules() {
-        let o = obj(Kind::Pod, json!({"metadata": {"name": "p"}, "spec": {"containers": [], "restartPolicy": "Sometimes"}}));
+        let o = obj(
+            Kind::Pod,
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [], "restartPolicy": "Sometimes"}}),
+        );
         let e = messages(&o);
         assert!(has(&e, "spec.containers: Required value"), "{e:?}");
-        assert!(has(&e, "spec.restartPolicy: Unsupported value: \"Sometimes\""), "{e:?}");
-        let o = obj(Kind::Pod, json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": "Never",
-            "containers": [{"name": "c", "image": "i", "env": [{"name": "1X"}]}]}}));
+        assert!(
+            has(&e, "spec.restartPolicy: Unsupported value: \"Sometimes\""),
+            "{e:?}"
+        );
+        let o = obj(
+            Kind::Pod,
+            json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "i", "env": [{"name": "1X"}]}]}}),
+        );
         let e = messages(&o);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(has(&e, "spec.containers[0].env[0].name: Invalid value: \"1X\""), "{e:?}");
+        assert!(
+            has(&e, "spec.containers[0].env[0].name: Invalid value: \"1X\""),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn deployment_strategy() {
-        let mut o = deployment(json!({"matchLabels": {"app": "web"}}), json!({"app": "web"}));
+        let mut o = deployment(
+            json!({"matchLabels": {"app": "web"}}),
+            json!({"app": "web"}),
+        );
         if let Object::Deployment(d) = &mut o {
             d.spec.as_mut().unwrap().strategy = Some(serde_json::from_value(json!({
                 "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}
@@ -1146,19 +1326,29 @@ mod tests {
         }
         assert!(has(&messages(&o), "may not be 0 when `maxSurge` is 0"));
         if let Object::Deployment(d) = &mut o {
-            d.spec.as_mut().unwrap().strategy = Some(serde_json::from_value(json!({"type": "Blue"})).unwrap());
+            d.spec.as_mut().unwrap().strategy =
+                Some(serde_json::from_value(json!({"type": "Blue"})).unwrap());
         }
-        assert!(has(&messages(&o), "spec.strategy.type: Unsupported value: \"Blue\""));
+        assert!(has(
+            &messages(&o),
+            "spec.strategy.type: Unsupported value: \"Blue\""
+        ));
         if let Object::Deployment(d) = &mut o {
-            d.spec.as_mut().unwrap().strategy = Some(serde_json::from_value(json!({
-                "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "x%"}
-            })).unwrap());
+            d.spec.as_mut().unwrap().strategy = Some(
+                serde_json::from_value(json!({
+                    "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "x%"}
+                }))
+                .unwrap(),
+            );
         }
         assert!(has(&messages(&o), "a valid percent string"));
     }
 
     fn service(spec: Value) -> Object {
-        obj(Kind::Service, json!({"metadata": {"name": "web"}, "spec": spec}))
+        obj(
+            Kind::Service,
+            json!({"metadata": {"name": "web"}, "spec": spec}),
+        )
     }
 
     #[test]
@@ -1169,48 +1359,113 @@ mod tests {
         assert!(messages(&service(json!({"clusterIP": "None"}))).is_empty());
         let e = messages(&service(json!({})));
         assert_eq!(e, vec!["spec.ports: Required value"]);
-        let e = messages(&service(json!({"type": "LoadBalancer", "ports": [{"port": 80}]})));
-        assert!(has(&e, "spec.type: Unsupported value: \"LoadBalancer\": not supported by Bramble yet"), "{e:?}");
-        let e = messages(&service(json!({"ports": [{"port": 80, "nodePort": 30080}]})));
-        assert!(has(&e, "spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"), "{e:?}");
-        let e = messages(&service(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]})));
+        let e = messages(&service(
+            json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+        ));
+        assert!(
+            has(
+                &e,
+                "spec.type: Unsupported value: \"LoadBalancer\": not supported by Bramble yet"
+            ),
+            "{e:?}"
+        );
+        let e = messages(&service(
+            json!({"ports": [{"port": 80, "nodePort": 30080}]}),
+        ));
+        assert!(
+            has(
+                &e,
+                "spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"
+            ),
+            "{e:?}"
+        );
+        let e = messages(&service(
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}),
+        ));
         assert!(has(&e, "range of valid ports is 30000-32767"), "{e:?}");
-        let custom = ValidationOptions { node_port_range: 80..=90 };
+        let custom = ValidationOptions {
+            node_port_range: 80..=90,
+        };
         let o = service(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}));
         assert!(validate_with(&o, &custom).is_empty());
         let e = messages(&service(json!({"clusterIP": "10.96.0.300", "ports": [
             {"port": 80}, {"name": "b", "port": 80, "protocol": "SCTP", "targetPort": "HTTP"},
             {"name": "b", "port": 70000}
         ]})));
-        assert!(has(&e, "spec.clusterIP: Invalid value: \"10.96.0.300\""), "{e:?}");
+        assert!(
+            has(&e, "spec.clusterIP: Invalid value: \"10.96.0.300\""),
+            "{e:?}"
+        );
         assert!(has(&e, "spec.ports[0].name: Required value"), "{e:?}");
-        assert!(has(&e, "spec.ports[1].protocol: Unsupported value: \"SCTP\""), "{e:?}");
-        assert!(has(&e, "spec.ports[1].targetPort: Invalid value: \"HTTP\""), "{e:?}");
-        assert!(has(&e, "spec.ports[2].name: Duplicate value: \"b\""), "{e:?}");
+        assert!(
+            has(&e, "spec.ports[1].protocol: Unsupported value: \"SCTP\""),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "spec.ports[1].targetPort: Invalid value: \"HTTP\""),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "spec.ports[2].name: Duplicate value: \"b\""),
+            "{e:?}"
+        );
         assert!(has(&e, "spec.ports[2].port: Invalid value: 70000"), "{e:?}");
-        let e = messages(&service(json!({"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]})));
-        assert_eq!(e, vec![r#"spec.ports[1]: Duplicate value: {"port":80,"protocol":"TCP"}"#]);
-        let e = messages(&service(json!({"clusterIP": "fd00::1", "ports": [{"port": 80}]})));
+        let e = messages(&service(
+            json!({"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]}),
+        ));
+        assert_eq!(
+            e,
+            vec![r#"spec.ports[1]: Duplicate value: {"port":80,"protocol":"TCP"}"#]
+        );
+        let e = messages(&service(
+            json!({"clusterIP": "fd00::1", "ports": [{"port": 80}]}),
+        ));
         assert!(has(&e, "IPv6 is not supported"), "{e:?}");
-        let e = messages(&service(json!({"ports": [{"port": 80}], "selector": {"app": "a b"}})));
+        let e = messages(&service(
+            json!({"ports": [{"port": 80}], "selector": {"app": "a b"}}),
+        ));
         assert!(has(&e, "spec.selector: Invalid value: \"a b\""), "{e:?}");
     }
 
     #[test]
     fn config_map_and_endpoints() {
-        let o = obj(Kind::ConfigMap, json!({"metadata": {"name": "c"},
+        let o = obj(
+            Kind::ConfigMap,
+            json!({"metadata": {"name": "c"},
             "data": {"ok.key": "1", "bad/key": "2", "both": "x"},
-            "binaryData": {"both": "eA=="}}));
+            "binaryData": {"both": "eA=="}}),
+        );
         let e = messages(&o);
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(has(&e, "data[bad/key]: Invalid value: \"bad/key\": a valid config key"), "{e:?}");
-        assert!(has(&e, "data[both]: Invalid value: \"both\": duplicate of key present in binaryData"), "{e:?}");
-        let o = obj(Kind::Endpoints, json!({"metadata": {"name": "web"}, "subsets": [
-            {"addresses": [{"ip": "10.88.0.2"}, {"ip": "nope"}], "ports": [{"port": 0}]}
-        ]}));
+        assert!(
+            has(
+                &e,
+                "data[bad/key]: Invalid value: \"bad/key\": a valid config key"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "data[both]: Invalid value: \"both\": duplicate of key present in binaryData"
+            ),
+            "{e:?}"
+        );
+        let o = obj(
+            Kind::Endpoints,
+            json!({"metadata": {"name": "web"}, "subsets": [
+                {"addresses": [{"ip": "10.88.0.2"}, {"ip": "nope"}], "ports": [{"port": 0}]}
+            ]}),
+        );
         let e = messages(&o);
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(has(&e, "subsets[0].addresses[1].ip: Invalid value: \"nope\""), "{e:?}");
-        assert!(has(&e, "subsets[0].ports[0].port: Invalid value: 0"), "{e:?}");
+        assert!(
+            has(&e, "subsets[0].addresses[1].ip: Invalid value: \"nope\""),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "subsets[0].ports[0].port: Invalid value: 0"),
+            "{e:?}"
+        );
     }
 }

@@ -1,4 +1,6 @@
 //! (being written)
+
+pub mod printers;
 pub fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
