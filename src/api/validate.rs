@@ -847,19 +847,17 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
     };
     let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
     let headless = cluster_ip == "None";
-    if !cluster_ip.is_empty() && !headless {
-        if cluster_ip.parse::<Ipv4Addr>().is_err() {
-            let detail = if cluster_ip.parse::<std::net::Ipv6Addr>().is_ok() {
-                "IPv6 is not supported by Bramble yet"
-            } else {
-                "must be a valid IPv4 address (e.g. 10.96.0.10) or \"None\""
-            };
-            errs.push(FieldError::invalid(
-                "spec.clusterIP",
-                json!(cluster_ip),
-                detail,
-            ));
-        }
+    if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<Ipv4Addr>().is_err() {
+        let detail = if cluster_ip.parse::<std::net::Ipv6Addr>().is_ok() {
+            "IPv6 is not supported by Bramble yet"
+        } else {
+            "must be a valid IPv4 address (e.g. 10.96.0.10) or \"None\""
+        };
+        errs.push(FieldError::invalid(
+            "spec.clusterIP",
+            json!(cluster_ip),
+            detail,
+        ));
     }
     if headless && type_ == "NodePort" {
         errs.push(FieldError::invalid(
@@ -981,15 +979,14 @@ fn validate_service_port(
     protocol(&format!("{path}.protocol"), p.protocol.as_deref(), errs);
     match &p.target_port {
         None => {}
-        Some(IntOrString::Int(t)) => {
-            if !port_ok(*t) {
-                errs.push(FieldError::invalid(
-                    format!("{path}.targetPort"),
-                    json!(t),
-                    PORT_RANGE_MSG,
-                ));
-            }
+        Some(IntOrString::Int(t)) if !port_ok(*t) => {
+            errs.push(FieldError::invalid(
+                format!("{path}.targetPort"),
+                json!(t),
+                PORT_RANGE_MSG,
+            ));
         }
+        Some(IntOrString::Int(_)) => {}
         Some(IntOrString::String(s)) => {
             push_all(
                 errs,

@@ -263,10 +263,8 @@ pub fn pod_summary(pod: &Pod) -> PodSummary {
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
             .and_then(|t| t.finished_at.as_ref());
-        if let Some(f) = finished {
-            if last_restart.is_none_or(|l| l < f.0) {
-                last_restart = Some(f.0);
-            }
+        if let Some(f) = finished.filter(|f| last_restart.is_none_or(|l| l < f.0)) {
+            last_restart = Some(f.0);
         }
         let state = cs.state.clone().unwrap_or_default();
         let waiting_reason = state
@@ -713,11 +711,9 @@ impl TabWriter<'_> {
         for line in &self.lines[line0..line1] {
             for (j, cell) in line.iter().enumerate() {
                 out.push_str(cell);
-                if j + 1 < line.len() {
-                    if let Some(w) = widths.get(j) {
-                        let pad = w.saturating_sub(cell.chars().count());
-                        out.extend(std::iter::repeat_n(' ', pad));
-                    }
+                if let Some(w) = widths.get(j).filter(|_| j + 1 < line.len()) {
+                    let pad = w.saturating_sub(cell.chars().count());
+                    out.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             out.push('\n');
@@ -954,12 +950,10 @@ fn describe_pod(w: &mut Describe, p: &Pod, now: Timestamp) {
     }
     w.map(0, "Labels", p.metadata.labels.as_ref(), "=");
     w.map(0, "Annotations", p.metadata.annotations.as_ref(), ": ");
-    let summary = pod_summary(p);
     let phase = status.phase.clone().unwrap_or_else(|| "Pending".into());
     match &p.metadata.deletion_timestamp {
         Some(t) => {
             let grace = p.metadata.deletion_grace_period_seconds.unwrap_or(0);
-            let _ = summary;
             w.field(
                 0,
                 "Status",
