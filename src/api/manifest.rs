@@ -257,11 +257,17 @@ fn finish(typed: Typed, origin: Origin, parsed: &mut Vec<Parsed>, errors: &mut V
 }
 
 /// Valid JSON has raw tabs only between tokens (inside strings they must be
-/// escaped), but libyaml rejects tab indentation: turn them into spaces, which
-/// keeps every line and column where it was.
+/// escaped), but libyaml rejects tab indentation: when the input is valid JSON,
+/// turn its tabs into spaces, which keeps every line and column where it was.
+/// YAML is left alone: there a tab in a block scalar is data.
 fn json_tabs_to_spaces(text: &str) -> Cow<'_, str> {
-    let looks_like_json = text.trim_start().starts_with(['{', '[']);
-    if looks_like_json && text.contains('\t') {
+    if !text.contains('\t') || !text.trim_start().starts_with(['{', '[']) {
+        return Cow::Borrowed(text);
+    }
+    let all_json = serde_json::Deserializer::from_str(text)
+        .into_iter::<IgnoredAny>()
+        .all(|v| v.is_ok());
+    if all_json {
         Cow::Owned(text.replace('\t', " "))
     } else {
         Cow::Borrowed(text)
@@ -1006,12 +1012,42 @@ items:
     }
 
     #[test]
-    fn duplicate_keys_are_errors() {
-        let e = errors(
-            "d.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  name: b\n",
+    fn duplicate_keys_are_errors_and_later_documents_still_read() {
+        let doc = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  name: b\n";
+        let text = format!(
+            "{doc}---\n{doc}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad\n"
         );
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].contains("duplicate"), "{e:?}");
+        let e = errors("d.yaml", &text);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("d.yaml:4:3: ") && e[0].contains("duplicate"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("d.yaml:10:3: ") && e[1].contains("duplicate"),
+            "{e:?}"
+        );
+        assert!(e[2].starts_with("d.yaml:13 (ConfigMap Bad)"), "{e:?}");
+    }
+
+    #[test]
+    fn tabs_in_yaml_block_scalars_are_kept() {
+        let text = "{\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\", \"metadata\": {\"name\": \"a\"}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: make\ndata:\n  Makefile: |\n    all:\n    \techo hi\n";
+        let parsed = parse("-", text).unwrap();
+        let Object::ConfigMap(cm) = &parsed[1].object else {
+            panic!()
+        };
+        assert_eq!(cm.data.as_ref().unwrap()["Makefile"], "all:\n\techo hi\n");
+    }
+
+    #[test]
+    fn unknown_fields_inside_list_items_are_relative_to_the_item() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: a\n    lables: {}\n";
+        let parsed = parse("l.yaml", text).unwrap();
+        assert_eq!(
+            parsed[0].warnings,
+            vec![r#"unknown field "metadata.lables""#]
+        );
+        assert_eq!(parsed[0].origin.to_string(), "l.yaml:4");
     }
 }
