@@ -1,1 +1,391 @@
-//! (being written)
+//! Fields Bramble accepts but does not act on.
+//!
+//! A manifest written for Kubernetes applies unchanged, but a field Bramble
+//! ignores must never vanish silently: [`check`] walks an object's JSON form
+//! against the per-kind table of field paths Bramble implements and returns one
+//! warning per set field outside it. Later work extends the tables below as
+//! features land (probes, volumes, resources, affinity, …).
+//!
+//! Owns: the tables of implemented fields. Must not touch: validation (values
+//! that would change meaning are errors there, not warnings here), defaults.
+
+use serde_json::Value;
+
+use super::{Kind, Object};
+
+/// Metadata fields Bramble implements or owns (server-set fields such as
+/// `managedFields` come back in objects exported from a real cluster and are
+/// ignored the way `status` is). `finalizers` and `generateName` are not
+/// implemented.
+const METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "ownerReferences",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+];
+
+/// Metadata of a pod template.
+const TEMPLATE_METADATA: &[&str] = &["name", "labels", "annotations"];
+
+/// Pod spec fields, relative to the spec (`spec.` of a Pod,
+/// `spec.template.spec.` of a ReplicaSet or Deployment). `[]` stands for every
+/// element of a list; a path allows everything beneath it.
+const POD_SPEC: &[&str] = &[
+    "containers[].name",
+    "containers[].image",
+    "containers[].imagePullPolicy",
+    "containers[].command",
+    "containers[].args",
+    "containers[].env[].name",
+    "containers[].env[].value",
+    "containers[].workingDir",
+    "containers[].ports[].name",
+    "containers[].ports[].containerPort",
+    "containers[].ports[].protocol",
+    "containers[].terminationMessagePath",
+    "containers[].terminationMessagePolicy",
+    "restartPolicy",
+    "terminationGracePeriodSeconds",
+    "dnsPolicy",
+    "schedulerName",
+    // securityContext: only `{}` (what defaulting sets), which never warns.
+    "nodeName",
+    "nodeSelector",
+    "hostname",
+];
+
+/// Kubernetes' default values of pod spec fields Bramble does not implement:
+/// setting one to its default changes nothing, so it does not warn.
+const POD_SPEC_DEFAULTS: &[(&str, KubeDefault)] = &[
+    ("hostNetwork", KubeDefault::Bool(false)),
+    ("hostPID", KubeDefault::Bool(false)),
+    ("hostIPC", KubeDefault::Bool(false)),
+    ("shareProcessNamespace", KubeDefault::Bool(false)),
+    ("enableServiceLinks", KubeDefault::Bool(true)),
+    ("preemptionPolicy", KubeDefault::Str("PreemptLowerPriority")),
+    ("priority", KubeDefault::Int(0)),
+    ("serviceAccountName", KubeDefault::Str("default")),
+    ("serviceAccount", KubeDefault::Str("default")),
+    ("containers[].stdin", KubeDefault::Bool(false)),
+    ("containers[].stdinOnce", KubeDefault::Bool(false)),
+    ("containers[].tty", KubeDefault::Bool(false)),
+];
+
+const REPLICASET_SPEC: &[&str] = &["replicas", "selector", "minReadySeconds"];
+
+const DEPLOYMENT_SPEC: &[&str] = &[
+    "replicas",
+    "selector",
+    "strategy",
+    "revisionHistoryLimit",
+    "progressDeadlineSeconds",
+    "minReadySeconds",
+    "paused",
+];
+
+const SERVICE_SPEC: &[&str] = &[
+    "type",
+    "selector",
+    "ports[].name",
+    "ports[].protocol",
+    "ports[].port",
+    "ports[].targetPort",
+    "ports[].nodePort",
+    "clusterIP",
+    "clusterIPs",
+    "sessionAffinity",
+    "internalTrafficPolicy",
+    "ipFamilies",
+    "ipFamilyPolicy",
+];
+
+const SERVICE_SPEC_DEFAULTS: &[(&str, KubeDefault)] = &[
+    ("externalTrafficPolicy", KubeDefault::Str("Cluster")),
+    ("allocateLoadBalancerNodePorts", KubeDefault::Bool(true)),
+    ("publishNotReadyAddresses", KubeDefault::Bool(false)),
+];
+
+const CONFIGMAP: &[&str] = &["data", "binaryData", "immutable"];
+const NAMESPACE_SPEC: &[&str] = &["finalizers"];
+const ENDPOINTS: &[&str] = &["subsets"];
+const NODE_SPEC: &[&str] = &["podCIDR", "podCIDRs", "unschedulable"];
+
+/// A Kubernetes default value, for [`POD_SPEC_DEFAULTS`] and friends.
+#[derive(Clone, Copy, Debug)]
+enum KubeDefault {
+    Bool(bool),
+    Int(i64),
+    Str(&'static str),
+}
+
+impl KubeDefault {
+    fn equals(self, v: &Value) -> bool {
+        match self {
+            KubeDefault::Bool(b) => v.as_bool() == Some(b),
+            KubeDefault::Int(i) => v.as_i64() == Some(i),
+            KubeDefault::Str(s) => v.as_str() == Some(s),
+        }
+    }
+}
+
+/// The implemented paths and known defaults of one kind, as full path patterns
+/// (`spec.template.spec.containers[].name`).
+struct Table {
+    allowed: Vec<String>,
+    defaults: Vec<(String, KubeDefault)>,
+}
+
+impl Table {
+    fn for_kind(kind: Kind) -> Table {
+        let mut t = Table {
+            allowed: vec!["apiVersion".into(), "kind".into(), "status".into()],
+            defaults: Vec::new(),
+        };
+        t.allow("metadata.", METADATA);
+        let pod_template = |t: &mut Table| {
+            t.allow("spec.template.metadata.", TEMPLATE_METADATA);
+            t.allow("spec.template.spec.", POD_SPEC);
+            t.default("spec.template.spec.", POD_SPEC_DEFAULTS);
+        };
+        match kind {
+            Kind::Pod => {
+                t.allow("spec.", POD_SPEC);
+                t.default("spec.", POD_SPEC_DEFAULTS);
+            }
+            Kind::ReplicaSet => {
+                t.allow("spec.", REPLICASET_SPEC);
+                pod_template(&mut t);
+            }
+            Kind::Deployment => {
+                t.allow("spec.", DEPLOYMENT_SPEC);
+                pod_template(&mut t);
+            }
+            Kind::Service => {
+                t.allow("spec.", SERVICE_SPEC);
+                t.default("spec.", SERVICE_SPEC_DEFAULTS);
+            }
+            Kind::ConfigMap => t.allow("", CONFIGMAP),
+            Kind::Namespace => t.allow("spec.", NAMESPACE_SPEC),
+            Kind::Endpoints => t.allow("", ENDPOINTS),
+            Kind::Node => t.allow("spec.", NODE_SPEC),
+        }
+        t
+    }
+
+    fn allow(&mut self, prefix: &str, paths: &[&str]) {
+        self.allowed
+            .extend(paths.iter().map(|p| format!("{prefix}{p}")));
+    }
+
+    fn default(&mut self, prefix: &str, defaults: &[(&str, KubeDefault)]) {
+        self.defaults
+            .extend(defaults.iter().map(|(p, d)| (format!("{prefix}{p}"), *d)));
+    }
+
+    fn allows(&self, pattern: &str) -> bool {
+        self.allowed.iter().any(|a| a == pattern)
+    }
+
+    /// Whether some implemented path lies beneath `pattern`, so the walk must
+    /// look inside it.
+    fn leads_somewhere(&self, pattern: &str) -> bool {
+        self.allowed.iter().any(|a| {
+            a.strip_prefix(pattern)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with("[]"))
+        })
+    }
+
+    fn is_default(&self, pattern: &str, v: &Value) -> bool {
+        self.defaults
+            .iter()
+            .any(|(p, d)| p == pattern && d.equals(v))
+    }
+}
+
+/// `null`, `{}`, `[]` and `""` are unset as far as Kubernetes is concerned.
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// One warning per set field of `obj` that Bramble does not implement, e.g.
+/// `spec.template.spec.containers[0].livenessProbe: not implemented by Bramble, ignored`.
+pub fn check(obj: &Object) -> Vec<String> {
+    let table = Table::for_kind(obj.kind());
+    let mut out = Vec::new();
+    walk(&obj.to_json(), "", "", &table, &mut out);
+    out
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// Walks the members of `value` (an object). `pattern` is the path with list
+/// indices written `[]` (what the table holds), `shown` the same path with the
+/// real indices (what the user reads).
+fn walk(value: &Value, pattern: &str, shown: &str, table: &Table, out: &mut Vec<String>) {
+    let Value::Object(map) = value else {
+        return;
+    };
+    for (key, v) in map {
+        let pattern = join(pattern, key);
+        let shown = join(shown, key);
+        if table.allows(&pattern) {
+            continue;
+        }
+        if table.leads_somewhere(&pattern) {
+            descend(v, &pattern, &shown, table, out);
+        } else if !is_empty(v) && !table.is_default(&pattern, v) {
+            out.push(format!("{shown}: not implemented by Bramble, ignored"));
+        }
+    }
+}
+
+fn descend(v: &Value, pattern: &str, shown: &str, table: &Table, out: &mut Vec<String>) {
+    match v {
+        Value::Object(_) => walk(v, pattern, shown, table, out),
+        Value::Array(items) => {
+            let pattern = format!("{pattern}[]");
+            for (i, item) in items.iter().enumerate() {
+                let shown = format!("{shown}[{i}]");
+                descend(item, &pattern, &shown, table, out);
+            }
+        }
+        // A scalar where the schema has a structure: the deserializer would
+        // have rejected it, nothing to report here.
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::defaults;
+    use serde_json::json;
+
+    fn obj(kind: Kind, v: Value) -> Object {
+        let mut o = Object::from_json(kind, v).unwrap();
+        defaults::apply(&mut o);
+        o
+    }
+
+    #[test]
+    fn deployment_probe_and_resources_warn() {
+        let d = obj(
+            Kind::Deployment,
+            json!({
+                "metadata": {"name": "web", "finalizers": ["x"], "managedFields": [{"manager": "kubectl"}]},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}, "creationTimestamp": null},
+                        "spec": {
+                            "hostNetwork": false,
+                            "enableServiceLinks": true,
+                            "volumes": [],
+                            "securityContext": {"runAsUser": 1000},
+                            "containers": [{
+                                "name": "web",
+                                "image": "nginx",
+                                "tty": false,
+                                "livenessProbe": {"httpGet": {"path": "/", "port": 80}},
+                                "resources": {},
+                                "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                                "ports": [{"containerPort": 80, "hostPort": 8080}]
+                            }]
+                        }
+                    }
+                },
+                "status": {"replicas": 2}
+            }),
+        );
+        assert_eq!(
+            check(&d),
+            vec![
+                "metadata.finalizers: not implemented by Bramble, ignored",
+                "spec.template.spec.containers[0].env[1].valueFrom: not implemented by Bramble, ignored",
+                "spec.template.spec.containers[0].livenessProbe: not implemented by Bramble, ignored",
+                "spec.template.spec.containers[0].ports[0].hostPort: not implemented by Bramble, ignored",
+                "spec.template.spec.securityContext: not implemented by Bramble, ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn service_and_pod() {
+        let s = obj(
+            Kind::Service,
+            json!({"metadata": {"name": "s"}, "spec": {
+                "type": "NodePort", "externalTrafficPolicy": "Cluster",
+                "externalIPs": ["1.2.3.4"], "ports": [{"port": 80, "appProtocol": "http"}]
+            }}),
+        );
+        assert_eq!(
+            check(&s),
+            vec![
+                "spec.externalIPs: not implemented by Bramble, ignored",
+                "spec.ports[0].appProtocol: not implemented by Bramble, ignored",
+            ]
+        );
+        let p = obj(
+            Kind::Pod,
+            json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "nodeName": "pi1",
+                "containers": [{"name": "c", "image": "i", "command": ["sh"], "workingDir": "/"}]}}),
+        );
+        assert_eq!(
+            check(&p),
+            vec!["spec.hostNetwork: not implemented by Bramble, ignored"]
+        );
+    }
+
+    #[test]
+    fn other_kinds() {
+        let n = obj(
+            Kind::Node,
+            json!({"metadata": {"name": "pi1"}, "spec": {"podCIDR": "10.88.1.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]},
+                   "status": {"capacity": {"cpu": "4"}}}),
+        );
+        assert_eq!(
+            check(&n),
+            vec!["spec.taints: not implemented by Bramble, ignored"]
+        );
+        let c = obj(
+            Kind::ConfigMap,
+            json!({"metadata": {"name": "c"}, "data": {"a": "b"}, "immutable": true}),
+        );
+        assert!(check(&c).is_empty());
+        let e = obj(
+            Kind::Endpoints,
+            json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "10.88.0.2"}]}]}),
+        );
+        assert!(check(&e).is_empty());
+        let ns = obj(
+            Kind::Namespace,
+            json!({"metadata": {"name": "n", "generateName": "x-"}, "spec": {"finalizers": ["kubernetes"]}}),
+        );
+        assert_eq!(
+            check(&ns),
+            vec!["metadata.generateName: not implemented by Bramble, ignored"]
+        );
+    }
+}

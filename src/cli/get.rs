@@ -109,6 +109,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
                     with_namespace: args.all_namespaces,
                     now: jiff::Timestamp::now(),
                     no_headers: args.no_headers,
+                    show_kind: targets.iter().any(|(k, _)| *k != targets[0].0),
                 };
                 print!("{}", printers::table(&objects, &opts));
             }
