@@ -11,7 +11,7 @@
 pub mod demo;
 pub mod fake;
 pub mod images;
-pub mod libcontainer;
+pub mod linux;
 pub mod logs;
 pub mod spec;
 
@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use self::images::{ImageStore, ImageSummary, Platform, ResolvedImage};
+pub use self::linux::{LibcontainerRuntime, RuntimeConfig, helper_main};
 
 
 /// What the pod sync loop asks for: one container of one pod, fully resolved
