@@ -101,7 +101,13 @@ impl Layout {
 
     /// Adds a manifest for `layers` (uncompressed tars; stored gzipped when
     /// `gz`) and returns its descriptor.
-    fn manifest(&mut self, arch: &str, variant: Option<&str>, layers: &[Vec<u8>], gz: bool) -> serde_json::Value {
+    fn manifest(
+        &mut self,
+        arch: &str,
+        variant: Option<&str>,
+        layers: &[Vec<u8>],
+        gz: bool,
+    ) -> serde_json::Value {
         let diff_ids: Vec<String> = layers.iter().map(|l| digest(l)).collect();
         let mut cfg = self.blob(config(arch, variant, &diff_ids));
         cfg["mediaType"] = json!("application/vnd.oci.image.config.v1+json");
@@ -157,7 +163,10 @@ impl Layout {
 
     fn tar(&self) -> Vec<u8> {
         let mut files: Vec<(String, Vec<u8>)> = vec![
-            ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+            (
+                "oci-layout".into(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
             (
                 "index.json".into(),
                 serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": self.index})).unwrap(),
@@ -181,9 +190,16 @@ impl Layout {
 /// A `docker save` archive (the classic layout: `<id>/layer.tar`).
 fn docker_save(tags: &[&str], layers: &[Vec<u8>]) -> Vec<u8> {
     let diff_ids: Vec<String> = layers.iter().map(|l| digest(l)).collect();
-    let cfg = config(&Platform::host().architecture, Platform::host().variant.as_deref(), &diff_ids);
+    let cfg = config(
+        &Platform::host().architecture,
+        Platform::host().variant.as_deref(),
+        &diff_ids,
+    );
     let cfg_name = format!("{}.json", hex_of(&digest(&cfg)));
-    let layer_paths: Vec<String> = diff_ids.iter().map(|d| format!("{}/layer.tar", hex_of(d))).collect();
+    let layer_paths: Vec<String> = diff_ids
+        .iter()
+        .map(|d| format!("{}/layer.tar", hex_of(d)))
+        .collect();
     let manifest = json!([{"Config": cfg_name, "RepoTags": tags, "Layers": layer_paths}]);
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |path: &str, data: &[u8]| {
@@ -207,7 +223,10 @@ struct Env {
 }
 
 fn env() -> Env {
-    let dir = tempfile::Builder::new().prefix("bramble-img-").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("bramble-img-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let store = ImageStore::open(&dir.path().join("store")).unwrap();
     Env { dir, store }
 }
@@ -220,7 +239,9 @@ impl Env {
     }
 
     fn count(&self, sub: &str) -> usize {
-        std::fs::read_dir(self.store.root().join(sub)).unwrap().count()
+        std::fs::read_dir(self.store.root().join(sub))
+            .unwrap()
+            .count()
     }
 }
 
@@ -234,14 +255,22 @@ fn docker_save_and_oci_layout_share_layers() {
     let base = busybox_layer();
     let extra = layer(&[E::Dir("etc"), E::File("etc/motd", b"hi\n", 0o644)]);
 
-    let docker = e.write("d.tar", &docker_save(&["dock:1", "reg:5000/x/dock:2"], &[base.clone()]));
+    let docker = e.write(
+        "d.tar",
+        &docker_save(&["dock:1", "reg:5000/x/dock:2"], std::slice::from_ref(&base)),
+    );
     let got = e.store.import_archive(&docker).unwrap();
     let refs: Vec<&str> = got.iter().map(|s| s.reference.as_str()).collect();
     assert_eq!(refs, ["docker.io/library/dock:1", "reg:5000/x/dock:2"]);
     assert_eq!(got[0].digest, got[1].digest);
 
     let mut oci = Layout::default();
-    let m = oci.manifest(&host_arch(), Platform::host().variant.as_deref(), &[base.clone(), extra], true);
+    let m = oci.manifest(
+        &host_arch(),
+        Platform::host().variant.as_deref(),
+        &[base.clone(), extra],
+        true,
+    );
     oci.add(m, Some("ghcr.io/me/app:v1"));
     // gzip the whole archive too.
     let oci_file = e.write("o.tar.gz", &gzip(&oci.tar()));
@@ -270,17 +299,30 @@ fn docker_save_and_oci_layout_share_layers() {
     // Removing one name keeps the image for the other; the last one collects it.
     e.store.remove("dock:1").unwrap();
     assert!(e.store.resolve("reg:5000/x/dock:2").is_ok());
-    assert!(matches!(e.store.resolve("dock:1"), Err(RuntimeError::ImageNotPresent(_))));
+    assert!(matches!(
+        e.store.resolve("dock:1"),
+        Err(RuntimeError::ImageNotPresent(_))
+    ));
     e.store.remove("ghcr.io/me/app:v1").unwrap();
-    assert_eq!(e.count("layers"), 1, "the shared layer stays, the other goes");
+    assert_eq!(
+        e.count("layers"),
+        1,
+        "the shared layer stays, the other goes"
+    );
     e.store.remove("reg:5000/x/dock:2").unwrap();
-    assert_eq!((e.count("layers"), e.count("blobs/sha256"), e.count("refs")), (0, 0, 0));
+    assert_eq!(
+        (e.count("layers"), e.count("blobs/sha256"), e.count("refs")),
+        (0, 0, 0)
+    );
 }
 
 #[test]
 fn skopeo_converted_archive_imports() {
     let e = env();
-    let docker = e.write("d.tar", &docker_save(&["skopeo/test:1"], &[busybox_layer()]));
+    let docker = e.write(
+        "d.tar",
+        &docker_save(&["skopeo/test:1"], &[busybox_layer()]),
+    );
     let oci = e.dir.path().join("o.tar");
     let status = Command::new("skopeo")
         .args(["copy", "--quiet"])
@@ -300,7 +342,12 @@ fn skopeo_converted_archive_imports() {
 fn digest_mismatch_is_refused_and_nothing_stored() {
     let e = env();
     let mut oci = Layout::default();
-    let m = oci.manifest(&host_arch(), Platform::host().variant.as_deref(), &[busybox_layer()], false);
+    let m = oci.manifest(
+        &host_arch(),
+        Platform::host().variant.as_deref(),
+        &[busybox_layer()],
+        false,
+    );
     oci.add(m, Some("bad:1"));
     // Corrupt the layer blob (the biggest), keeping its name.
     let (_, layer_bytes) = oci.blobs.iter_mut().max_by_key(|(_, b)| b.len()).unwrap();
@@ -309,11 +356,24 @@ fn digest_mismatch_is_refused_and_nothing_stored() {
     let file = e.write("bad.tar", &oci.tar());
     let err = e.store.import_archive(&file).unwrap_err();
     assert!(matches!(err, RuntimeError::DigestMismatch { .. }), "{err}");
-    assert_eq!((e.count("layers"), e.count("refs"), e.count("blobs/sha256"), e.count("tmp")), (0, 0, 0, 0));
+    assert_eq!(
+        (
+            e.count("layers"),
+            e.count("refs"),
+            e.count("blobs/sha256"),
+            e.count("tmp")
+        ),
+        (0, 0, 0, 0)
+    );
 
     // A corrupt manifest is refused the same way.
     let mut oci = Layout::default();
-    let m = oci.manifest(&host_arch(), Platform::host().variant.as_deref(), &[layer(&[E::Dir("x")])], false);
+    let m = oci.manifest(
+        &host_arch(),
+        Platform::host().variant.as_deref(),
+        &[layer(&[E::Dir("x")])],
+        false,
+    );
     let manifest_digest = m["digest"].as_str().unwrap().to_string();
     oci.add(m, Some("bad:2"));
     oci.blobs.get_mut(&manifest_digest).unwrap().push(b' ');
@@ -352,7 +412,12 @@ fn whiteouts_apply_in_the_mounted_rootfs() {
         E::File("opq/new", b"n", 0o644),
     ]);
     let mut oci = Layout::default();
-    let m = oci.manifest(&host_arch(), Platform::host().variant.as_deref(), &[l1, l2], true);
+    let m = oci.manifest(
+        &host_arch(),
+        Platform::host().variant.as_deref(),
+        &[l1, l2],
+        true,
+    );
     oci.add(m, Some("wh:1"));
     let file = e.write("wh.tar", &oci.tar());
     e.store.import_archive(&file).unwrap();
@@ -366,7 +431,12 @@ fn whiteouts_apply_in_the_mounted_rootfs() {
     for d in [&upper, &work, &root] {
         std::fs::create_dir(d).unwrap();
     }
-    let lower: Vec<String> = img.layer_dirs.iter().rev().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = img
+        .layer_dirs
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
@@ -393,10 +463,15 @@ fn multi_platform_index_picks_the_node_platform() {
     let e = env();
     let mut oci = Layout::default();
     let base = layer(&[E::Dir("x")]);
-    let per_arch = [("amd64", None), ("arm64", Some("v8")), ("arm", Some("v7")), ("arm", Some("v6"))];
+    let per_arch = [
+        ("amd64", None),
+        ("arm64", Some("v8")),
+        ("arm", Some("v7")),
+        ("arm", Some("v6")),
+    ];
     let manifests: Vec<_> = per_arch
         .iter()
-        .map(|(a, v)| oci.manifest(a, *v, &[base.clone()], true))
+        .map(|(a, v)| oci.manifest(a, *v, std::slice::from_ref(&base), true))
         .collect();
     // A nested index (as `skopeo copy --all` or buildx write) ...
     let idx = oci.index_blob(manifests.clone());
@@ -421,8 +496,16 @@ fn multi_platform_index_picks_the_node_platform() {
         assert_eq!(got.len(), 2, "{node}");
         for name in ["multi:nested", "multi:flat"] {
             let img = e.store.resolve(name).unwrap();
-            assert_eq!(img.config.architecture().to_string(), want_arch, "{node} {name}");
-            assert_eq!(img.config.variant().as_deref(), want_variant, "{node} {name}");
+            assert_eq!(
+                img.config.architecture().to_string(),
+                want_arch,
+                "{node} {name}"
+            );
+            assert_eq!(
+                img.config.variant().as_deref(),
+                want_variant,
+                "{node} {name}"
+            );
         }
     }
     let err = e
@@ -430,7 +513,9 @@ fn multi_platform_index_picks_the_node_platform() {
         .import_archive_for(&file, &Platform::parse("linux/riscv64").unwrap())
         .unwrap_err();
     match &err {
-        RuntimeError::NoMatchingPlatform { wanted, available, .. } => {
+        RuntimeError::NoMatchingPlatform {
+            wanted, available, ..
+        } => {
             assert_eq!(wanted, "linux/riscv64");
             assert!(available.contains("linux/arm/v7"), "{available}");
         }
@@ -444,7 +529,8 @@ fn multi_platform_index_picks_the_node_platform() {
     arm_only.add(m, Some("armonly:1"));
     let file = e.write("arm.tar", &arm_only.tar());
     assert!(matches!(
-        e.store.import_archive_for(&file, &Platform::parse("linux/amd64").unwrap()),
+        e.store
+            .import_archive_for(&file, &Platform::parse("linux/amd64").unwrap()),
         Err(RuntimeError::NoMatchingPlatform { .. })
     ));
 }
@@ -453,7 +539,12 @@ fn multi_platform_index_picks_the_node_platform() {
 fn unnamed_image_gets_its_digest_then_a_tag() {
     let e = env();
     let mut oci = Layout::default();
-    let m = oci.manifest(&host_arch(), Platform::host().variant.as_deref(), &[layer(&[E::Dir("y")])], false);
+    let m = oci.manifest(
+        &host_arch(),
+        Platform::host().variant.as_deref(),
+        &[layer(&[E::Dir("y")])],
+        false,
+    );
     oci.add(m, None);
     let file = e.write("anon.tar", &oci.tar());
     let got = e.store.import_archive(&file).unwrap();
@@ -462,9 +553,17 @@ fn unnamed_image_gets_its_digest_then_a_tag() {
     assert_eq!(got[0].reference, digest);
     assert!(e.store.resolve(&digest).is_ok());
     e.store.tag("local/anon:1", &digest).unwrap();
-    assert_eq!(e.store.resolve("local/anon:1").unwrap().manifest_digest, digest);
     assert_eq!(
-        e.store.list().unwrap().iter().map(|s| s.reference.clone()).collect::<Vec<_>>(),
+        e.store.resolve("local/anon:1").unwrap().manifest_digest,
+        digest
+    );
+    assert_eq!(
+        e.store
+            .list()
+            .unwrap()
+            .iter()
+            .map(|s| s.reference.clone())
+            .collect::<Vec<_>>(),
         ["docker.io/local/anon:1"]
     );
     assert!(e.store.resolve(&format!("local/anon@{digest}")).is_ok());
@@ -477,7 +576,10 @@ fn unnamed_image_gets_its_digest_then_a_tag() {
     let img = e.store.resolve(&digest).unwrap();
     e.store.acquire_lease("holder-1", &img).unwrap();
     e.store.remove(&digest).unwrap();
-    assert!(matches!(e.store.resolve(&digest), Err(RuntimeError::ImageNotPresent(_))));
+    assert!(matches!(
+        e.store.resolve(&digest),
+        Err(RuntimeError::ImageNotPresent(_))
+    ));
     assert!(img.layer_dirs[0].is_dir());
     e.store.release_lease("holder-1").unwrap();
     e.store.garbage_collect().unwrap();
@@ -487,7 +589,10 @@ fn unnamed_image_gets_its_digest_then_a_tag() {
 #[test]
 fn concurrent_imports_of_one_archive() {
     let e = env();
-    let file = e.write("d.tar", &docker_save(&["race:1"], &[busybox_layer(), layer(&[E::Dir("z")])]));
+    let file = e.write(
+        "d.tar",
+        &docker_save(&["race:1"], &[busybox_layer(), layer(&[E::Dir("z")])]),
+    );
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|_| {
@@ -514,6 +619,9 @@ fn garbage_archives_are_refused() {
     assert!(e.store.import_archive(&file).is_err());
     let file = e.write("empty.tar", &layer(&[E::File("hello", b"x", 0o644)]));
     let err = e.store.import_archive(&file).unwrap_err();
-    assert!(err.to_string().contains("neither an OCI image layout"), "{err}");
+    assert!(
+        err.to_string().contains("neither an OCI image layout"),
+        "{err}"
+    );
     assert_eq!(e.count("tmp"), 0);
 }

@@ -32,7 +32,11 @@ const HELPER_ENV: &str = "BRAMBLE_TEST_HELPER_REQUEST";
 fn container_create_helper_entry() {
     if let Ok(request) = std::env::var(HELPER_ENV) {
         let code = bramble::runtime::helper_main(&[request]);
-        std::process::exit(if code == std::process::ExitCode::SUCCESS { 0 } else { 1 });
+        std::process::exit(if code == std::process::ExitCode::SUCCESS {
+            0
+        } else {
+            1
+        });
     }
 }
 
@@ -148,10 +152,10 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            if let Err(e) = rt.cleanup_all() {
-                eprintln!("cleanup_all: {e}");
-            }
+        if let Some(rt) = self.runtime.take()
+            && let Err(e) = rt.cleanup_all()
+        {
+            eprintln!("cleanup_all: {e}");
         }
         // Anything still mounted below our directory (a failed test's rootfs).
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -194,7 +198,13 @@ impl Netns {
             .args(["netns", "del", &name])
             .stderr(std::process::Stdio::null())
             .status();
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .unwrap()
+                .success()
+        );
         let ns = Netns(name);
         assert!(
             Command::new("ip")
@@ -228,7 +238,10 @@ fn exit_code_and_logs() {
     let mut c = f.config("exit3");
     c.command = s(&["/bin/sh", "-c", "echo out-line; echo err-line >&2; exit 3"]);
     let info = f.rt().run_container(&c).unwrap();
-    assert!(matches!(info.state, ContainerState::Running { .. }), "{info:?}");
+    assert!(
+        matches!(info.state, ContainerState::Running { .. }),
+        "{info:?}"
+    );
     assert_eq!(info.pod_uid, "uid-exit3");
     match f.wait_exited("exit3") {
         ContainerState::Exited {
@@ -245,12 +258,18 @@ fn exit_code_and_logs() {
     assert!(events.has_changed().unwrap(), "an exit ticks events()");
     events.mark_unchanged();
     let log = f.log("exit3");
-    assert!(log.contains("out-line") && log.contains("err-line"), "log: {log:?}");
+    assert!(
+        log.contains("out-line") && log.contains("err-line"),
+        "log: {log:?}"
+    );
     // Killing an exited container is not an error; removing it is idempotent.
     f.rt().kill_container("exit3", libc::SIGTERM).unwrap();
     f.rt().remove_container("exit3").unwrap();
     f.rt().remove_container("exit3").unwrap();
-    assert!(matches!(f.rt().kill_container("exit3", 9), Err(RuntimeError::NotFound(_))));
+    assert!(matches!(
+        f.rt().kill_container("exit3", 9),
+        Err(RuntimeError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -262,7 +281,15 @@ fn demo_httpd_in_netns_then_sigkill_and_remove() {
     f.rt().run_container(&c).unwrap();
     let page = wait_for(Duration::from_secs(20), || {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "busybox", "wget", "-qO-", "http://127.0.0.1:8080/"])
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "busybox",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:8080/",
+            ])
             .output()
             .unwrap();
         out.status
@@ -276,7 +303,9 @@ fn demo_httpd_in_netns_then_sigkill_and_remove() {
     events.mark_unchanged();
     f.rt().kill_container("web", libc::SIGKILL).unwrap();
     match f.wait_exited("web") {
-        ContainerState::Exited { exit_code, signal, .. } => {
+        ContainerState::Exited {
+            exit_code, signal, ..
+        } => {
             assert_eq!((exit_code, signal), (137, Some(9)));
         }
         other => panic!("{other:?}"),
@@ -290,7 +319,10 @@ fn demo_httpd_in_netns_then_sigkill_and_remove() {
     assert!(!dir.exists(), "container dir left");
     assert!(!state.exists(), "libcontainer state left");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(dir.to_str().unwrap()), "rootfs still mounted");
+    assert!(
+        !mounts.contains(dir.to_str().unwrap()),
+        "rootfs still mounted"
+    );
     assert_eq!(f.cgroup_leftovers("web"), Vec::<PathBuf>::new());
     assert!(f.rt().list_containers().unwrap().is_empty());
 }
@@ -313,7 +345,10 @@ fn resources_land_in_the_cgroup_and_are_removed() {
             .map(|s| s.trim().to_string())
     };
     if Path::new("/sys/fs/cgroup/memory").is_dir() {
-        assert_eq!(read("memory", "memory.limit_in_bytes").unwrap(), (64u64 << 20).to_string());
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes").unwrap(),
+            (64u64 << 20).to_string()
+        );
         assert_eq!(read("cpu", "cpu.cfs_quota_us").unwrap(), "50000");
         assert_eq!(read("cpu", "cpu.cfs_period_us").unwrap(), "100000");
         assert_eq!(read("cpu", "cpu.shares").unwrap(), "256");
@@ -324,7 +359,10 @@ fn resources_land_in_the_cgroup_and_are_removed() {
     assert!(!f.cgroup_leftovers("limited").is_empty());
 
     let err = f.rt().remove_container("limited").unwrap_err();
-    assert!(matches!(err, RuntimeError::Operation { op: "remove", .. }), "{err}");
+    assert!(
+        matches!(err, RuntimeError::Operation { op: "remove", .. }),
+        "{err}"
+    );
     f.rt().kill_container("limited", libc::SIGKILL).unwrap();
     f.wait_exited("limited");
     f.rt().remove_container("limited").unwrap();
@@ -343,7 +381,11 @@ fn command_args_env_and_workdir() {
 
     // args alone: replaces CMD (the demo has no ENTRYPOINT); env, cwd, hostname.
     let mut c = f.config("argsenv");
-    c.args = s(&["/bin/sh", "-c", "echo \"A=$A PWD=$(pwd) HOST=$(hostname) PATH=$PATH\"; cat /etc/hosts"]);
+    c.args = s(&[
+        "/bin/sh",
+        "-c",
+        "echo \"A=$A PWD=$(pwd) HOST=$(hostname) PATH=$PATH\"; cat /etc/hosts",
+    ]);
     c.env = vec![("A".into(), "x y".into())];
     c.working_dir = Some("/tmp".into());
     c.hostname = "custom-host".into();
@@ -366,7 +408,9 @@ fn command_args_env_and_workdir() {
         Err(RuntimeError::Create { .. }) => {
             assert!(!f.dir.path().join("containers/missing").exists());
         }
-        Ok(_) => assert!(matches!(f.wait_exited("missing"), ContainerState::Exited { exit_code, .. } if exit_code != 0)),
+        Ok(_) => assert!(
+            matches!(f.wait_exited("missing"), ContainerState::Exited { exit_code, .. } if exit_code != 0)
+        ),
         Err(e) => panic!("{e}"),
     }
 }
@@ -382,7 +426,11 @@ fn state_survives_a_new_runtime_instance() {
         Err(RuntimeError::AlreadyExists(_))
     ));
     assert!(matches!(
-        f.rt().run_container(&ContainerConfig { id: "other".into(), image: "nope:1".into(), ..c.clone() }),
+        f.rt().run_container(&ContainerConfig {
+            id: "other".into(),
+            image: "nope:1".into(),
+            ..c.clone()
+        }),
         Err(RuntimeError::ImageNotPresent(_))
     ));
     drop(f.runtime.take());
@@ -408,10 +456,15 @@ fn host_network_when_no_netns() {
     c.command = s(&["/bin/sh", "-c", "ip -o link | wc -l"]);
     f.rt().run_container(&c).unwrap();
     f.wait_exited("hostnet");
-    let host_links = String::from_utf8(Command::new("ip").args(["-o", "link"]).output().unwrap().stdout)
-        .unwrap()
-        .lines()
-        .count();
+    let host_links = String::from_utf8(
+        Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .lines()
+    .count();
     assert_eq!(f.log("hostnet").trim(), host_links.to_string());
 }
-

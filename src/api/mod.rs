@@ -229,7 +229,10 @@ impl Object {
     /// The object's namespace; `""` for cluster-scoped kinds.
     pub fn namespace(&self) -> &str {
         if self.kind().namespaced() {
-            self.meta().namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+            self.meta()
+                .namespace
+                .as_deref()
+                .unwrap_or(DEFAULT_NAMESPACE)
         } else {
             ""
         }
@@ -292,7 +295,9 @@ macro_rules! object_from {
         }
     )*};
 }
-object_from!(Namespace, Node, ConfigMap, Service, Endpoints, Deployment, ReplicaSet, Pod);
+object_from!(
+    Namespace, Node, ConfigMap, Service, Endpoints, Deployment, ReplicaSet, Pod
+);
 
 #[cfg(test)]
 mod tests {

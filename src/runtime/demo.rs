@@ -133,7 +133,8 @@ fn demo_layout(busybox: &[u8]) -> Result<Vec<u8>, RuntimeError> {
 
 /// The one layer: busybox, its applet links, `/www` and a minimal `/etc`.
 fn demo_layer(busybox: &[u8]) -> Result<Vec<u8>, RuntimeError> {
-    let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+    let passwd =
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
     let group = b"root:x:0:\nnogroup:x:65534:\n";
     let mut tar = DeterministicTar::new();
     tar.dir("bin", 0o755)?;
@@ -148,7 +149,13 @@ fn demo_layer(busybox: &[u8]) -> Result<Vec<u8>, RuntimeError> {
     }
     tar.file("etc/group", 0o644, group)?;
     tar.file("etc/passwd", 0o644, passwd)?;
-    for (dir, mode) in [("proc", 0o555), ("root", 0o700), ("sys", 0o555), ("tmp", 0o1777), ("www", 0o755)] {
+    for (dir, mode) in [
+        ("proc", 0o555),
+        ("root", 0o700),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+        ("www", 0o755),
+    ] {
         tar.dir(dir, mode)?;
     }
     tar.finish()
@@ -180,7 +187,9 @@ impl DeterministicTar {
 
     fn dir(&mut self, path: &str, mode: u32) -> Result<(), RuntimeError> {
         let mut h = Self::header(tar::EntryType::Directory, mode, 0);
-        self.0.append_data(&mut h, format!("{path}/"), &[][..]).map_err(tar_err)
+        self.0
+            .append_data(&mut h, format!("{path}/"), &[][..])
+            .map_err(tar_err)
     }
 
     fn symlink(&mut self, path: &str, target: &str) -> Result<(), RuntimeError> {
@@ -211,6 +220,9 @@ mod tests {
         let a = demo_layout(b"not really busybox").unwrap();
         let b = demo_layout(b"not really busybox").unwrap();
         assert_eq!(sha256_digest(&a), sha256_digest(&b));
-        assert_ne!(sha256_digest(&a), sha256_digest(&demo_layout(b"other").unwrap()));
+        assert_ne!(
+            sha256_digest(&a),
+            sha256_digest(&demo_layout(b"other").unwrap())
+        );
     }
 }

@@ -348,26 +348,52 @@ mod tests {
         let rt = FakeRuntime::new();
         let info = rt.run_container(&config("a", "web")).unwrap();
         assert!(matches!(info.state, ContainerState::Running { .. }));
-        assert!(matches!(rt.run_container(&config("a", "web")), Err(RuntimeError::AlreadyExists(_))));
+        assert!(matches!(
+            rt.run_container(&config("a", "web")),
+            Err(RuntimeError::AlreadyExists(_))
+        ));
         assert!(rt.remove_container("a").is_err());
         let events = rt.events();
         rt.kill_container("a", 9).unwrap();
         assert!(events.has_changed().unwrap());
-        assert!(matches!(state(&rt, "a"), ContainerState::Exited { exit_code: 137, signal: Some(9), .. }));
+        assert!(matches!(
+            state(&rt, "a"),
+            ContainerState::Exited {
+                exit_code: 137,
+                signal: Some(9),
+                ..
+            }
+        ));
         rt.kill_container("a", 15).unwrap();
         rt.remove_container("a").unwrap();
         rt.remove_container("a").unwrap();
-        assert!(matches!(rt.kill_container("a", 9), Err(RuntimeError::NotFound(_))));
+        assert!(matches!(
+            rt.kill_container("a", 9),
+            Err(RuntimeError::NotFound(_))
+        ));
         let calls = rt.calls();
-        assert_eq!((calls.run_container, calls.kill_container, calls.remove_container), (2, 3, 3));
+        assert_eq!(
+            (
+                calls.run_container,
+                calls.kill_container,
+                calls.remove_container
+            ),
+            (2, 3, 3)
+        );
     }
 
     #[test]
     fn absent_images() {
         let rt = FakeRuntime::new();
         rt.set_image_absent("busybox:latest", true);
-        assert!(matches!(rt.ensure_image("docker.io/library/busybox"), Err(RuntimeError::ImageNotPresent(_))));
-        assert!(matches!(rt.run_container(&config("a", "c")), Err(RuntimeError::ImageNotPresent(_))));
+        assert!(matches!(
+            rt.ensure_image("docker.io/library/busybox"),
+            Err(RuntimeError::ImageNotPresent(_))
+        ));
+        assert!(matches!(
+            rt.run_container(&config("a", "c")),
+            Err(RuntimeError::ImageNotPresent(_))
+        ));
         rt.set_image_absent("busybox", false);
         rt.ensure_image("busybox").unwrap();
     }
@@ -379,10 +405,20 @@ mod tests {
         let events = rt.events();
         rt.run_container(&config("a", "crash")).unwrap();
         assert!(events.has_changed().unwrap());
-        assert!(matches!(state(&rt, "a"), ContainerState::Exited { exit_code: 2, signal: None, .. }));
+        assert!(matches!(
+            state(&rt, "a"),
+            ContainerState::Exited {
+                exit_code: 2,
+                signal: None,
+                ..
+            }
+        ));
         rt.run_container(&config("b", "fine")).unwrap();
         rt.exit_now("b", 1).unwrap();
-        assert!(matches!(state(&rt, "b"), ContainerState::Exited { exit_code: 1, .. }));
+        assert!(matches!(
+            state(&rt, "b"),
+            ContainerState::Exited { exit_code: 1, .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -393,7 +429,10 @@ mod tests {
         rt.run_container(&config("a", "slow")).unwrap();
         assert!(matches!(state(&rt, "a"), ContainerState::Running { .. }));
         events.changed().await.unwrap();
-        assert!(matches!(state(&rt, "a"), ContainerState::Exited { exit_code: 7, .. }));
+        assert!(matches!(
+            state(&rt, "a"),
+            ContainerState::Exited { exit_code: 7, .. }
+        ));
     }
 
     #[test]

@@ -216,7 +216,11 @@ mod tests {
     fn writer_with_o_append_keeps_writing_after_truncation() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("c.log");
-        let mut writer = fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
+        let mut writer = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap();
         writer.write_all(b"0123456789\n").unwrap();
         rotate_if_needed(&log, 5).unwrap();
         writer.write_all(b"after\n").unwrap();

@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 pub use self::images::{ImageStore, ImageSummary, Platform, ResolvedImage};
 pub use self::linux::{LibcontainerRuntime, RuntimeConfig, helper_main};
 
-
 /// What the pod sync loop asks for: one container of one pod, fully resolved
 /// (environment expanded, command and args as the manifest gave them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

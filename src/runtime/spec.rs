@@ -85,7 +85,8 @@ pub fn build_spec(inputs: &SpecInputs) -> Result<Spec, RuntimeError> {
     );
     if args.is_empty() {
         return Err(fail(
-            "no command: the image has neither ENTRYPOINT nor CMD and the pod gives no command".into(),
+            "no command: the image has neither ENTRYPOINT nor CMD and the pod gives no command"
+                .into(),
         ));
     }
     let env = merge_env(image_config.env().as_deref().unwrap_or_default(), &c.env);
@@ -116,9 +117,15 @@ pub fn build_spec(inputs: &SpecInputs) -> Result<Spec, RuntimeError> {
     ));
     let mut annotations = std::collections::HashMap::new();
     annotations.insert(ANNOTATION_POD_UID.to_string(), c.pod_uid.clone());
-    annotations.insert(ANNOTATION_POD_NAMESPACE.to_string(), c.pod_namespace.clone());
+    annotations.insert(
+        ANNOTATION_POD_NAMESPACE.to_string(),
+        c.pod_namespace.clone(),
+    );
     annotations.insert(ANNOTATION_POD_NAME.to_string(), c.pod_name.clone());
-    annotations.insert(ANNOTATION_CONTAINER_NAME.to_string(), c.container_name.clone());
+    annotations.insert(
+        ANNOTATION_CONTAINER_NAME.to_string(),
+        c.container_name.clone(),
+    );
     spec.set_annotations(Some(annotations));
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
@@ -208,7 +215,11 @@ pub fn process_args(
     command: &[String],
     args: &[String],
 ) -> Vec<String> {
-    let head = if command.is_empty() { entrypoint } else { command };
+    let head = if command.is_empty() {
+        entrypoint
+    } else {
+        command
+    };
     let tail = match (command.is_empty(), args.is_empty()) {
         (_, false) => args,
         (true, true) => cmd,
@@ -387,7 +398,10 @@ mod tests {
         assert_eq!(process_args(&ep, &cmd, &[], &[]), s(&["/ep", "c1", "c2"]));
         assert_eq!(process_args(&ep, &cmd, &s(&["/x"]), &[]), s(&["/x"]));
         assert_eq!(process_args(&ep, &cmd, &[], &s(&["a"])), s(&["/ep", "a"]));
-        assert_eq!(process_args(&ep, &cmd, &s(&["/x"]), &s(&["a"])), s(&["/x", "a"]));
+        assert_eq!(
+            process_args(&ep, &cmd, &s(&["/x"]), &s(&["a"])),
+            s(&["/x", "a"])
+        );
         assert_eq!(process_args(&[], &cmd, &[], &[]), s(&["c1", "c2"]));
         assert_eq!(process_args(&[], &cmd, &[], &s(&["a"])), s(&["a"]));
         assert!(process_args(&[], &[], &[], &[]).is_empty());
@@ -396,12 +410,15 @@ mod tests {
     #[test]
     fn env_merge() {
         let image = s(&["PATH=/bin", "A=1", "B=2"]);
-        let over = vec![("B".to_string(), "x".to_string()), ("C".to_string(), "3=3".to_string())];
-        assert_eq!(merge_env(&image, &over), s(&["PATH=/bin", "A=1", "B=x", "C=3=3"]));
+        let over = vec![
+            ("B".to_string(), "x".to_string()),
+            ("C".to_string(), "3=3".to_string()),
+        ];
         assert_eq!(
-            merge_env(&[], &[]),
-            vec![format!("PATH={DEFAULT_PATH}")]
+            merge_env(&image, &over),
+            s(&["PATH=/bin", "A=1", "B=x", "C=3=3"])
         );
+        assert_eq!(merge_env(&[], &[]), vec![format!("PATH={DEFAULT_PATH}")]);
     }
 
     #[test]
@@ -409,10 +426,31 @@ mod tests {
         let passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
         let group = "root:x:0:\napp:x:1001:\nwheel:x:10:app,other\nvideo:x:44:app\n";
         let r = |u| resolve_user(u, Some(passwd), Some(group));
-        assert_eq!(r("").unwrap(), ResolvedUser { uid: 0, gid: 0, additional_gids: vec![] });
-        assert_eq!(r("app").unwrap(), ResolvedUser { uid: 1000, gid: 1001, additional_gids: vec![10, 44] });
+        assert_eq!(
+            r("").unwrap(),
+            ResolvedUser {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(
+            r("app").unwrap(),
+            ResolvedUser {
+                uid: 1000,
+                gid: 1001,
+                additional_gids: vec![10, 44]
+            }
+        );
         assert_eq!(r("1000").unwrap().gid, 1001);
-        assert_eq!(r("4242").unwrap(), ResolvedUser { uid: 4242, gid: 0, additional_gids: vec![] });
+        assert_eq!(
+            r("4242").unwrap(),
+            ResolvedUser {
+                uid: 4242,
+                gid: 0,
+                additional_gids: vec![]
+            }
+        );
         assert_eq!(r("4242:7").unwrap().gid, 7);
         assert_eq!(r("app:wheel").unwrap().gid, 10);
         assert!(r("ghost").is_err());
@@ -481,17 +519,26 @@ mod tests {
         assert_eq!((p.user().uid(), p.user().gid()), (7, 8));
         let linux = spec.linux().as_ref().unwrap();
         let ns = linux.namespaces().as_ref().unwrap();
-        let net = ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network).unwrap();
+        let net = ns
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .unwrap();
         assert_eq!(net.path().as_deref(), Some(Path::new("/run/netns/x")));
         let r = linux.resources().as_ref().unwrap();
         assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(25_000));
         assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(102));
-        assert_eq!(spec.annotations().as_ref().unwrap()[ANNOTATION_POD_UID], "uid");
+        assert_eq!(
+            spec.annotations().as_ref().unwrap()[ANNOTATION_POD_UID],
+            "uid"
+        );
         assert_eq!(spec.hostname().as_deref(), Some("pod"));
 
         // Host network: no network namespace entry at all.
-        let host = ContainerConfig { netns: None, ..config };
+        let host = ContainerConfig {
+            netns: None,
+            ..config
+        };
         let spec = build_spec(&SpecInputs {
             config: &host,
             image: &image,

@@ -76,7 +76,10 @@ fn extract(file: &Path, dest: &Path) -> Result<(), RuntimeError> {
     let what = file.display().to_string();
     let f = fs::File::open(file).map_err(io_err(format!("opening {what}")))?;
     let mut archive = tar::Archive::new(layer::decompress(f, &what)?);
-    for entry in archive.entries().map_err(io_err(format!("reading {what}")))? {
+    for entry in archive
+        .entries()
+        .map_err(io_err(format!("reading {what}")))?
+    {
         let mut entry = entry.map_err(io_err(format!("reading {what}")))?;
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
@@ -178,7 +181,11 @@ fn entry_name(d: &Descriptor) -> Option<String> {
         .cloned()
 }
 
-fn oci_layout(dir: &Path, platform: &Platform, file: &Path) -> Result<Vec<Candidate>, RuntimeError> {
+fn oci_layout(
+    dir: &Path,
+    platform: &Platform,
+    file: &Path,
+) -> Result<Vec<Candidate>, RuntimeError> {
     let index_path = dir.join("index.json");
     let index = ImageIndex::from_file(&index_path)
         .map_err(|e| RuntimeError::Image(format!("{}: index.json: {e}", file.display())))?;
@@ -194,7 +201,11 @@ fn oci_layout(dir: &Path, platform: &Platform, file: &Path) -> Result<Vec<Candid
     }
     let mut out = Vec::new();
     for (name, descs) in groups {
-        let what = format!("{} ({})", file.display(), name.as_deref().unwrap_or("unnamed"));
+        let what = format!(
+            "{} ({})",
+            file.display(),
+            name.as_deref().unwrap_or("unnamed")
+        );
         let chosen = if descs.len() == 1 {
             descs[0]
         } else {
@@ -214,7 +225,8 @@ fn oci_layout(dir: &Path, platform: &Platform, file: &Path) -> Result<Vec<Candid
             })?;
             descs[i]
         };
-        let (manifest_digest, manifest_bytes, manifest) = resolve_manifest(dir, chosen, platform, &what, 0)?;
+        let (manifest_digest, manifest_bytes, manifest) =
+            resolve_manifest(dir, chosen, platform, &what, 0)?;
         let config_bytes = read_verified(dir, manifest.config(), &format!("{what}: config"))?;
         let config = parse_config(&config_bytes, &what)?;
         check_config_platform(&config, platform, &what)?;
@@ -249,7 +261,9 @@ fn resolve_manifest(
     depth: u32,
 ) -> Result<(String, Vec<u8>, ImageManifest), RuntimeError> {
     if depth > 4 {
-        return Err(RuntimeError::Image(format!("{what}: indexes nested too deep")));
+        return Err(RuntimeError::Image(format!(
+            "{what}: indexes nested too deep"
+        )));
     }
     let bytes = read_verified(dir, desc, &format!("{what}: manifest {}", desc.digest()))?;
     let looks_like_index = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -260,10 +274,12 @@ fn resolve_manifest(
             .map_err(|e| RuntimeError::Image(format!("{what}: index {}: {e}", desc.digest())))?;
         let descs: Vec<&Descriptor> = index.manifests().iter().collect();
         let platforms: Vec<_> = descs.iter().map(|d| descriptor_platform(d)).collect();
-        let i = select_platform(&platforms, platform).ok_or_else(|| RuntimeError::NoMatchingPlatform {
-            what: what.to_string(),
-            wanted: platform.to_string(),
-            available: available(&descs),
+        let i = select_platform(&platforms, platform).ok_or_else(|| {
+            RuntimeError::NoMatchingPlatform {
+                what: what.to_string(),
+                wanted: platform.to_string(),
+                available: available(&descs),
+            }
         })?;
         return resolve_manifest(dir, descs[i], platform, what, depth + 1);
     }
@@ -308,7 +324,11 @@ struct DockerEntry {
 
 /// `docker save`: no OCI manifest in the archive, so one is written the way
 /// containerd does, from the config and the layer tars as stored.
-fn docker_save(dir: &Path, platform: &Platform, file: &Path) -> Result<Vec<Candidate>, RuntimeError> {
+fn docker_save(
+    dir: &Path,
+    platform: &Platform,
+    file: &Path,
+) -> Result<Vec<Candidate>, RuntimeError> {
     let manifest_path = dir.join("manifest.json");
     let bytes = fs::read(&manifest_path).map_err(io_err("reading manifest.json"))?;
     let entries: Vec<DockerEntry> = serde_json::from_slice(&bytes)
@@ -331,7 +351,8 @@ fn docker_save(dir: &Path, platform: &Platform, file: &Path) -> Result<Vec<Candi
             let path = staged_file(dir, l)?;
             let mut f = fs::File::open(&path).map_err(io_err(format!("{what}: layer {l}")))?;
             let mut head = [0u8; 4];
-            let n = io::Read::read(&mut f, &mut head).map_err(io_err(format!("{what}: layer {l}")))?;
+            let n =
+                io::Read::read(&mut f, &mut head).map_err(io_err(format!("{what}: layer {l}")))?;
             let media_type = match layer::sniff(&head[..n]) {
                 layer::Compression::None => MediaType::ImageLayer,
                 layer::Compression::Gzip => MediaType::ImageLayerGzip,
@@ -365,7 +386,10 @@ fn docker_save(dir: &Path, platform: &Platform, file: &Path) -> Result<Vec<Candi
             .to_string()
             .map_err(|e| RuntimeError::Image(format!("{what}: {e}")))?
             .into_bytes();
-        let names = tags.iter().map(|t| normalize(t)).collect::<Result<_, _>>()?;
+        let names = tags
+            .iter()
+            .map(|t| normalize(t))
+            .collect::<Result<_, _>>()?;
         out.push(Candidate {
             names,
             manifest_digest: sha256_digest(&manifest_bytes),
@@ -420,7 +444,8 @@ fn commit(store: &ImageStore, c: Candidate) -> Result<Vec<ImageSummary>, Runtime
             store.write_atomic(&path, bytes)?;
         }
     }
-    let size = c.manifest.config().size() + c.manifest.layers().iter().map(|l| l.size()).sum::<u64>();
+    let size =
+        c.manifest.config().size() + c.manifest.layers().iter().map(|l| l.size()).sum::<u64>();
     let summary = |reference: String| ImageSummary {
         reference,
         digest: c.manifest_digest.clone(),

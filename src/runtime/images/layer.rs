@@ -203,7 +203,8 @@ pub(crate) fn unpack_tar(reader: impl Read, dest: &Path) -> Result<(), RuntimeEr
                 .map_err(io("reading hard link target".into()))?
                 .ok_or_else(|| RuntimeError::Image(format!("hard link {rel:?} has no target")))?;
             let source = no_symlink_path(dest, &relative_inside(&link)?)?;
-            let path = real_dir(dest, rel.parent().unwrap_or(Path::new("")))?.join(rel.file_name().unwrap_or_default());
+            let path = real_dir(dest, rel.parent().unwrap_or(Path::new("")))?
+                .join(rel.file_name().unwrap_or_default());
             remove_any(&path)?;
             fs::hard_link(&source, &path).map_err(io(format!(
                 "hard linking {} to {}",
@@ -398,7 +399,12 @@ mod tests {
         for entries in [
             vec![("../evil", tar::EntryType::Regular, &b"x"[..], None)],
             vec![("a/../../evil", tar::EntryType::Regular, &b"x"[..], None)],
-            vec![("h", tar::EntryType::Link, &b""[..], Some("../../etc/passwd"))],
+            vec![(
+                "h",
+                tar::EntryType::Link,
+                &b""[..],
+                Some("../../etc/passwd"),
+            )],
         ] {
             let dir = tempfile::tempdir().unwrap();
             let t = tar_of(&entries);
@@ -431,7 +437,10 @@ mod tests {
         fs::write(&blob, &gz).unwrap();
         let (digest, diff) = (sha256_digest(&gz), sha256_digest(&t));
         let got = unpack_blob(&blob, &dir.path().join("ok"), Some(&digest), &diff).unwrap();
-        assert_eq!((got.digest, got.diff_id, got.size), (digest.clone(), diff.clone(), gz.len() as u64));
+        assert_eq!(
+            (got.digest, got.diff_id, got.size),
+            (digest.clone(), diff.clone(), gz.len() as u64)
+        );
         assert_eq!(fs::read(dir.path().join("ok/f")).unwrap(), b"hello");
 
         let wrong = sha256_digest(b"other");

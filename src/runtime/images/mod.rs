@@ -336,7 +336,8 @@ impl ImageStore {
             .append(true)
             .open(&path)
             .map_err(io_err(format!("opening {}", path.display())))?;
-        Flock::lock(file, arg).map_err(|(_, e)| io_err(format!("locking {}", path.display()))(e.into()))
+        Flock::lock(file, arg)
+            .map_err(|(_, e)| io_err(format!("locking {}", path.display()))(e.into()))
     }
 
     pub(crate) fn blob_path(&self, digest: &str) -> Result<PathBuf, RuntimeError> {
@@ -361,10 +362,14 @@ impl ImageStore {
     fn lease_path(&self, holder: &str) -> Result<PathBuf, RuntimeError> {
         if holder.is_empty()
             || holder.len() > 200
-            || !holder.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            || !holder
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             || holder.starts_with('.')
         {
-            return Err(RuntimeError::Image(format!("invalid lease holder name {holder:?}")));
+            return Err(RuntimeError::Image(format!(
+                "invalid lease holder name {holder:?}"
+            )));
         }
         Ok(self.root.join("leases").join(holder))
     }
@@ -393,7 +398,10 @@ impl ImageStore {
     pub(crate) fn refs(&self) -> Result<Vec<(String, String)>, RuntimeError> {
         let mut out = Vec::new();
         for path in read_dir(&self.root.join("refs"))? {
-            let Some(reference) = path.file_name().and_then(|n| n.to_str()).and_then(decode_ref)
+            let Some(reference) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(decode_ref)
             else {
                 continue;
             };
@@ -425,7 +433,8 @@ impl ImageStore {
     /// the complete new one, even across a power cut.
     pub(crate) fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
         let tmp = self.tmp_path("file");
-        let mut f = fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+        let mut f =
+            fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
         let written = f.write_all(bytes).and_then(|_| f.sync_all());
         drop(f);
         let renamed = written.and_then(|_| fs::rename(&tmp, path));
@@ -466,7 +475,11 @@ fn file_name_in(path: &Path, set: &HashSet<String>) -> bool {
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(format!("listing {}", dir.display())))? {
-        out.push(entry.map_err(io_err(format!("listing {}", dir.display())))?.path());
+        out.push(
+            entry
+                .map_err(io_err(format!("listing {}", dir.display())))?
+                .path(),
+        );
     }
     Ok(out)
 }
@@ -521,7 +534,10 @@ mod tests {
 
     #[test]
     fn names_of_refs() {
-        assert_eq!(ref_name("docker.io/library/busybox:1"), "docker.io/library/busybox");
+        assert_eq!(
+            ref_name("docker.io/library/busybox:1"),
+            "docker.io/library/busybox"
+        );
         assert_eq!(ref_name("reg:5000/a/b:1"), "reg:5000/a/b");
         assert_eq!(ref_name("reg:5000/a/b"), "reg:5000/a/b");
     }

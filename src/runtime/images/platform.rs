@@ -173,9 +173,18 @@ mod tests {
 
     #[test]
     fn normalises_names() {
-        assert_eq!(Platform::new("linux", "aarch64", None), Platform::parse("linux/arm64/v8").unwrap());
-        assert_eq!(Platform::new("linux", "x86_64", Some("v1")).to_string(), "linux/amd64");
-        assert_eq!(Platform::new("linux", "armhf", None).to_string(), "linux/arm/v7");
+        assert_eq!(
+            Platform::new("linux", "aarch64", None),
+            Platform::parse("linux/arm64/v8").unwrap()
+        );
+        assert_eq!(
+            Platform::new("linux", "x86_64", Some("v1")).to_string(),
+            "linux/amd64"
+        );
+        assert_eq!(
+            Platform::new("linux", "armhf", None).to_string(),
+            "linux/arm/v7"
+        );
         assert!(Platform::parse("linux").is_none());
         let host = Platform::host();
         assert_eq!(host.rank_on(&host), Some(0));

@@ -31,7 +31,9 @@ impl ImageRef {
             return if is_sha256_hex(hex) {
                 Ok(ImageRef::Digest(reference.to_string()))
             } else {
-                Err(invalid("a bare digest must be sha256:<64 lowercase hex>".into()))
+                Err(invalid(
+                    "a bare digest must be sha256:<64 lowercase hex>".into(),
+                ))
             };
         }
         let parsed = Reference::try_from(reference).map_err(|e| invalid(e.to_string()))?;
@@ -98,7 +100,10 @@ mod tests {
             ("busybox", "docker.io/library/busybox:latest"),
             ("busybox:1.36", "docker.io/library/busybox:1.36"),
             ("library/busybox", "docker.io/library/busybox:latest"),
-            ("index.docker.io/busybox", "docker.io/library/busybox:latest"),
+            (
+                "index.docker.io/busybox",
+                "docker.io/library/busybox:latest",
+            ),
             ("me/app:v1", "docker.io/me/app:v1"),
             ("localhost:5000/x", "localhost:5000/x:latest"),
             ("localhost/x:2", "localhost/x:2"),

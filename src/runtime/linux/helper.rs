@@ -140,7 +140,9 @@ pub(crate) fn run_helper(
     if output.is_err() {
         let _ = child.kill();
     }
-    let status = child.wait().map_err(|e| format!("waiting for helper: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for helper: {e}"))?;
     let tail = || stderr_tail(stderr_log);
     let output = output.map_err(|e| format!("{e}{}", tail()))?;
     let reply = output
@@ -150,12 +152,18 @@ pub(crate) fn run_helper(
     match reply {
         Some(CreateReply::Started { pid }) => Ok(pid),
         Some(CreateReply::Failed { error }) => Err(format!("{error}{}", tail())),
-        None => Err(format!("helper exited ({status}) without a reply{}", tail())),
+        None => Err(format!(
+            "helper exited ({status}) without a reply{}",
+            tail()
+        )),
     }
 }
 
 /// Reads `r` to EOF, giving up at `deadline`.
-fn read_with_deadline(r: &mut std::process::ChildStdout, deadline: Instant) -> Result<String, String> {
+fn read_with_deadline(
+    r: &mut std::process::ChildStdout,
+    deadline: Instant,
+) -> Result<String, String> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

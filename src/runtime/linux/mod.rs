@@ -130,15 +130,21 @@ impl LibcontainerRuntime {
             return Err(RuntimeError::Operation {
                 op: "configure",
                 id: String::new(),
-                reason: format!("cgroup prefix {:?} must be a relative path like bramble/<run-id>", config.cgroup_prefix),
+                reason: format!(
+                    "cgroup prefix {:?} must be a relative path like bramble/<run-id>",
+                    config.cgroup_prefix
+                ),
             });
         }
         for dir in [&config.state_dir, &config.containers_dir] {
             fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
-        let canon = |p: &Path| fs::canonicalize(p).map_err(io_err(format!("resolving {}", p.display())));
+        let canon =
+            |p: &Path| fs::canonicalize(p).map_err(io_err(format!("resolving {}", p.display())));
         let containers_dir = canon(&config.containers_dir)?;
-        let lease_prefix = sha256_digest(containers_dir.to_string_lossy().as_bytes())["sha256:".len()..][..12].to_string();
+        let lease_prefix = sha256_digest(containers_dir.to_string_lossy().as_bytes())
+            ["sha256:".len()..][..12]
+            .to_string();
         let inner = Arc::new(Inner {
             state_dir: canon(&config.state_dir)?,
             containers_dir,
@@ -182,7 +188,9 @@ impl LibcontainerRuntime {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut first_err = None;
         for c in &containers {
-            while matches!(self.inner.state_of(&c.id), ContainerState::Running { .. }) && Instant::now() < deadline {
+            while matches!(self.inner.state_of(&c.id), ContainerState::Running { .. })
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if let Err(e) = self.remove_container(&c.id) {
@@ -327,14 +335,17 @@ impl LibcontainerRuntime {
         };
         let pid = {
             let _parents = inner.cgroup_parents.read().expect("cgroup lock");
-            helper::run_helper(&inner.helper_exe, &request, &dir.join("helper.log")).map_err(fail)?
+            helper::run_helper(&inner.helper_exe, &request, &dir.join("helper.log"))
+                .map_err(fail)?
         };
         let started_at = now_ms();
         // The init is our child now (or a zombie child): its stat is readable
         // and its pid cannot be reused until we reap it.
-        let start_ticks = proc_stat(pid)
-            .map(|s| s.start_ticks)
-            .ok_or_else(|| fail(format!("init pid {pid} vanished before it could be watched")))?;
+        let start_ticks = proc_stat(pid).map(|s| s.start_ticks).ok_or_else(|| {
+            fail(format!(
+                "init pid {pid} vanished before it could be watched"
+            ))
+        })?;
         write_json(
             &dir.join("run.json"),
             &RunRecord {
@@ -459,7 +470,10 @@ impl Inner {
                     .and_then(|s| s.annotations)
                     .unwrap_or_default();
                 let get = |k: &str| annotations.get(k).cloned().unwrap_or_default();
-                (get(spec::ANNOTATION_POD_UID), get(spec::ANNOTATION_CONTAINER_NAME))
+                (
+                    get(spec::ANNOTATION_POD_UID),
+                    get(spec::ANNOTATION_CONTAINER_NAME),
+                )
             }
         };
         ContainerInfo {
@@ -489,7 +503,9 @@ impl Inner {
             note(match Container::load(state.clone()) {
                 // Forced: a container left Created by a crash still has a
                 // process waiting for its start signal.
-                Ok(mut c) => c.delete(true).map_err(|e| op(format!("libcontainer delete: {e}"))),
+                Ok(mut c) => c
+                    .delete(true)
+                    .map_err(|e| op(format!("libcontainer delete: {e}"))),
                 Err(_) => fs::remove_dir_all(&state)
                     .map_err(io_err(format!("removing {}", state.display()))),
             });
@@ -499,7 +515,9 @@ impl Inner {
                 .map_err(|e| op(format!("removing cgroup: {e}"))),
         );
         let dir = self.containers_dir.join(id);
-        note(rootfs::unmount(&dir.join("rootfs")).map_err(|e| op(format!("unmounting rootfs: {e}"))));
+        note(
+            rootfs::unmount(&dir.join("rootfs")).map_err(|e| op(format!("unmounting rootfs: {e}"))),
+        );
         if dir.exists() && !rootfs::is_mount_point(&dir.join("rootfs")) {
             note(fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display()))));
         }
@@ -573,7 +591,12 @@ impl Runtime for LibcontainerRuntime {
     }
 
     fn list_containers(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        Ok(self.inner.ids()?.iter().map(|id| self.inner.info(id)).collect())
+        Ok(self
+            .inner
+            .ids()?
+            .iter()
+            .map(|id| self.inner.info(id))
+            .collect())
     }
 
     fn events(&self) -> watch::Receiver<u64> {
@@ -586,7 +609,10 @@ fn validate_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 63 {
         return Err(format!("id {id:?} must be 1 to 63 characters"));
     }
-    if !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err(format!("id {id:?} may contain only a-z, 0-9 and -"));
     }
     Ok(())

@@ -26,16 +26,28 @@ pub(crate) fn mount_overlay(
 }
 
 /// The overlay mount data; it must fit in one page.
-pub(crate) fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<String, String> {
+pub(crate) fn overlay_options(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Result<String, String> {
     let mut paths: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
     paths.extend([upper, work]);
     for p in &paths {
-        let s = p.to_str().ok_or_else(|| format!("{} is not UTF-8", p.display()))?;
+        let s = p
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", p.display()))?;
         if s.contains([',', ':', '\\']) {
-            return Err(format!("overlayfs cannot take path {s:?} (contains , : or \\)"));
+            return Err(format!(
+                "overlayfs cannot take path {s:?} (contains , : or \\)"
+            ));
         }
     }
-    let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
@@ -60,7 +72,9 @@ pub(crate) fn unmount(target: &Path) -> io::Result<()> {
     }
     match umount2(target, MntFlags::empty()) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(io::Error::from),
+        Err(nix::errno::Errno::EBUSY) => {
+            umount2(target, MntFlags::MNT_DETACH).map_err(io::Error::from)
+        }
         Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(e) => Err(io::Error::from(e)),
     }
@@ -102,8 +116,12 @@ mod tests {
             overlay_options(&layers, Path::new("/c/upper"), Path::new("/c/work")).unwrap(),
             "lowerdir=/l/top:/l/bottom,upperdir=/c/upper,workdir=/c/work"
         );
-        assert!(overlay_options(&[PathBuf::from("/a:b")], Path::new("/u"), Path::new("/w")).is_err());
-        let many: Vec<PathBuf> = (0..100).map(|i| PathBuf::from(format!("/var/lib/bramble/images/layers/{i:064}"))).collect();
+        assert!(
+            overlay_options(&[PathBuf::from("/a:b")], Path::new("/u"), Path::new("/w")).is_err()
+        );
+        let many: Vec<PathBuf> = (0..100)
+            .map(|i| PathBuf::from(format!("/var/lib/bramble/images/layers/{i:064}")))
+            .collect();
         assert!(overlay_options(&many, Path::new("/u"), Path::new("/w")).is_err());
     }
 }

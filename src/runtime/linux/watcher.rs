@@ -95,7 +95,10 @@ fn run(shared: Arc<Shared>, wake_read: OwnedFd, on_exit: impl Fn(&str)) {
         }
         let ids: Vec<String> = watched.keys().cloned().collect();
         let mut fds = vec![PollFd::new(wake_read.as_fd(), PollFlags::POLLIN)];
-        fds.extend(ids.iter().map(|id| PollFd::new(watched[id].as_fd(), PollFlags::POLLIN)));
+        fds.extend(
+            ids.iter()
+                .map(|id| PollFd::new(watched[id].as_fd(), PollFlags::POLLIN)),
+        );
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
