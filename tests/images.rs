@@ -257,7 +257,10 @@ fn docker_save_and_oci_layout_share_layers() {
 
     let docker = e.write(
         "d.tar",
-        &docker_save(&["dock:1", "reg:5000/x/dock:2"], std::slice::from_ref(&base)),
+        &docker_save(
+            &["dock:1", "reg:5000/x/dock:2"],
+            std::slice::from_ref(&base),
+        ),
     );
     let got = e.store.import_archive(&docker).unwrap();
     let refs: Vec<&str> = got.iter().map(|s| s.reference.as_str()).collect();

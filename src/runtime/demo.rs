@@ -47,6 +47,8 @@ pub fn build_demo_image(store: &ImageStore, busybox: &Path) -> Result<String, Ru
         source,
     })?;
     let archive = demo_layout(&binary)?;
+    // Garbage collection clears tmp/; hold it off until the import is done.
+    let _hold = store.lock_shared()?;
     let file = store.tmp_path("demo");
     let result = fs::write(&file, &archive)
         .map_err(|source| RuntimeError::Io {

@@ -7,6 +7,13 @@
 //! Must not touch: MQTT, the store, pod networking (the worker hands in the
 //! network namespace path), or pod-level policy such as restarts and back-off
 //! (the worker's sync loop decides; the runtime only does what it is told).
+//!
+//! - [`linux`]: [`LibcontainerRuntime`], its create helper and exit watcher.
+//! - [`spec`]: the OCI runtime spec of a container (pure).
+//! - [`images`]: the content-addressed [`ImageStore`], references, platforms.
+//! - [`demo`]: the busybox demo image, built locally.
+//! - [`logs`]: container log rotation, tail and follow.
+//! - [`fake`]: the in-memory [`fake::FakeRuntime`].
 
 pub mod demo;
 pub mod fake;
@@ -20,7 +27,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use self::images::{ImageStore, ImageSummary, Platform, ResolvedImage};
-pub use self::linux::{LibcontainerRuntime, RuntimeConfig, helper_main};
+pub use self::linux::{HELPER_SUBCOMMAND, LibcontainerRuntime, RuntimeConfig, helper_main};
 
 /// What the pod sync loop asks for: one container of one pod, fully resolved
 /// (environment expanded, command and args as the manifest gave them).

@@ -68,6 +68,9 @@ pub struct SpecInputs<'a> {
     /// Contents of the rootfs's `/etc/passwd` and `/etc/group`, if present.
     pub passwd: Option<&'a str>,
     pub group: Option<&'a str>,
+    /// The kernel accounts swap per cgroup: a memory limit then also bars
+    /// swap (as the kubelet does), or a Pi's swap file would stretch it.
+    pub limit_swap: bool,
 }
 
 pub fn build_spec(inputs: &SpecInputs) -> Result<Spec, RuntimeError> {
@@ -162,7 +165,9 @@ pub fn build_spec(inputs: &SpecInputs) -> Result<Spec, RuntimeError> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     linux.set_namespaces(Some(namespaces(c.netns.as_deref())?));
     linux.set_cgroups_path(Some(inputs.cgroups_path.clone()));
-    linux.set_resources(Some(resources(&c.resources).map_err(fail)?));
+    linux.set_resources(Some(
+        resources(&c.resources, inputs.limit_swap).map_err(fail)?,
+    ));
     spec.set_linux(Some(linux));
     Ok(spec)
 }
@@ -330,7 +335,7 @@ pub fn resolve_user(
 
 /// cgroup limits; libcontainer writes them as v1 files or translates to v2
 /// (`cpu.max`, `cpu.weight` from shares, `memory.max`).
-fn resources(r: &Resources) -> Result<oci_spec::runtime::LinuxResources, String> {
+fn resources(r: &Resources, limit_swap: bool) -> Result<oci_spec::runtime::LinuxResources, String> {
     let deny_all = LinuxDeviceCgroupBuilder::default()
         .allow(false)
         .access("rwm")
@@ -338,12 +343,13 @@ fn resources(r: &Resources) -> Result<oci_spec::runtime::LinuxResources, String>
         .map_err(|e| e.to_string())?;
     let mut b = LinuxResourcesBuilder::default().devices(vec![deny_all]);
     if let Some(limit) = r.memory_limit_bytes {
-        b = b.memory(
-            LinuxMemoryBuilder::default()
-                .limit(limit)
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
+        let mut memory = LinuxMemoryBuilder::default().limit(limit);
+        if limit_swap {
+            // OCI's swap is memory+swap (v1 semantics); libcontainer writes
+            // swap - limit = 0 to memory.swap.max on v2.
+            memory = memory.swap(limit);
+        }
+        b = b.memory(memory.build().map_err(|e| e.to_string())?);
     }
     let mut cpu = LinuxCpuBuilder::default();
     let mut any_cpu = false;
@@ -510,6 +516,7 @@ mod tests {
             etc: &etc,
             passwd: None,
             group: None,
+            limit_swap: true,
         })
         .unwrap();
         let p = spec.process().as_ref().unwrap();
@@ -526,6 +533,7 @@ mod tests {
         assert_eq!(net.path().as_deref(), Some(Path::new("/run/netns/x")));
         let r = linux.resources().as_ref().unwrap();
         assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(r.memory().as_ref().unwrap().swap(), Some(64 << 20));
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(25_000));
         assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(102));
         assert_eq!(
@@ -547,6 +555,7 @@ mod tests {
             etc: &etc,
             passwd: None,
             group: None,
+            limit_swap: false,
         })
         .unwrap();
         let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();

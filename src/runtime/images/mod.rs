@@ -329,6 +329,11 @@ impl ImageStore {
 
     // ---- paths and small files -------------------------------------------------
 
+    /// A shared hold on the store: garbage collection waits until it is dropped.
+    pub(crate) fn lock_shared(&self) -> Result<Flock<fs::File>, RuntimeError> {
+        self.lock(FlockArg::LockShared)
+    }
+
     fn lock(&self, arg: FlockArg) -> Result<Flock<fs::File>, RuntimeError> {
         let path = self.root.join("lock");
         let file = fs::OpenOptions::new()

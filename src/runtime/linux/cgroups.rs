@@ -53,6 +53,21 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether the kernel accounts swap per cgroup: v1 has `memory.memsw.*`
+/// (needs `swapaccount=1` on older kernels); v2 has `memory.swap.max` in
+/// non-root cgroups, so look at our own.
+pub(crate) fn swap_accounting() -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("memory").is_dir() {
+        return root.join("memory/memory.memsw.limit_in_bytes").exists();
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    own.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| root.join(p.trim_start_matches('/')).join("memory.swap.max"))
+        .is_some_and(|p| p.exists())
+}
+
 /// Removes `rel` (a cgroup path like `bramble/run/id`) on every hierarchy.
 /// A cgroup with processes cannot be removed; the error says which.
 pub(crate) fn remove_everywhere(rel: &Path) -> io::Result<()> {

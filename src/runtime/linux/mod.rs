@@ -77,6 +77,8 @@ struct Inner {
     helper_exe: PathBuf,
     /// Lease names are `<this>-<id>`, unique per containers_dir.
     lease_prefix: String,
+    /// Whether memory limits also bar swap (the kernel accounts it).
+    limit_swap: bool,
     events: watch::Sender<u64>,
     /// Held while reaping or signalling, so a pid is never signalled after
     /// it has been reaped (and could be reused).
@@ -152,6 +154,7 @@ impl LibcontainerRuntime {
             cgroup_prefix: prefix,
             helper_exe: config.helper_exe,
             lease_prefix,
+            limit_swap: cgroups::swap_accounting(),
             events: watch::Sender::new(0),
             reap: Mutex::new(()),
             cgroup_parents: RwLock::new(()),
@@ -320,6 +323,7 @@ impl LibcontainerRuntime {
             etc: &etc,
             passwd: passwd.as_deref(),
             group: group.as_deref(),
+            limit_swap: inner.limit_swap,
         })?;
         spec.save(dir.join("config.json"))
             .map_err(|e| fail(format!("writing config.json: {e}")))?;
@@ -674,6 +678,69 @@ mod tests {
         for bad in ["", "A", "a_b", "a.b", "../x", &"a".repeat(64)] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn inner(dir: &Path) -> Inner {
+        let sub = |s: &str| {
+            let p = dir.join(s);
+            fs::create_dir_all(&p).unwrap();
+            p
+        };
+        Inner {
+            state_dir: sub("state"),
+            containers_dir: sub("containers"),
+            images: ImageStore::open(&sub("images")).unwrap(),
+            cgroup_prefix: "bramble-unit".into(),
+            helper_exe: "/nonexistent".into(),
+            lease_prefix: "x".into(),
+            limit_swap: false,
+            events: watch::Sender::new(0),
+            reap: Mutex::new(()),
+            cgroup_parents: RwLock::new(()),
+        }
+    }
+
+    fn fake_run(inner: &Inner, id: &str, pid: i32, start_ticks: u64) {
+        let dir = inner.containers_dir.join(id);
+        fs::create_dir_all(&dir).unwrap();
+        write_json(
+            &dir.join("run.json"),
+            &RunRecord {
+                pid,
+                started_at: 1,
+                start_ticks,
+            },
+        )
+        .unwrap();
+    }
+
+    /// Containers that are not our children (started by an earlier agent):
+    /// alive reads as Running, gone or replaced by a reused pid as Unknown,
+    /// and a reused pid is never signalled.
+    #[test]
+    fn states_of_containers_that_are_not_our_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = inner(dir.path());
+        let init = proc_stat(1).unwrap();
+        fake_run(&inner, "alive", 1, init.start_ticks);
+        assert_eq!(
+            inner.state_of("alive"),
+            ContainerState::Running {
+                pid: 1,
+                started_at: 1
+            }
+        );
+        fake_run(&inner, "reused", 1, init.start_ticks + 1);
+        assert_eq!(inner.state_of("reused"), ContainerState::Unknown);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let ticks = proc_stat(pid).map_or(0, |s| s.start_ticks);
+        child.wait().unwrap();
+        fake_run(&inner, "gone", pid, ticks);
+        assert_eq!(inner.state_of("gone"), ContainerState::Unknown);
+        fs::create_dir_all(inner.containers_dir.join("fresh")).unwrap();
+        assert_eq!(inner.state_of("fresh"), ContainerState::Created);
+        assert_eq!(inner.ids().unwrap(), ["alive", "fresh", "gone", "reused"]);
     }
 
     #[test]
