@@ -628,3 +628,23 @@ fn garbage_archives_are_refused() {
     );
     assert_eq!(e.count("tmp"), 0);
 }
+
+#[test]
+fn demo_image_is_deterministic_and_runnable_config() {
+    use bramble::runtime::demo::{DEMO_IMAGE, build_demo_image};
+    let e = env();
+    let a = build_demo_image(&e.store, Path::new("/bin/busybox")).unwrap();
+    let b = build_demo_image(&e.store, Path::new("/bin/busybox")).unwrap();
+    assert_eq!(a, b);
+    let img = e.store.resolve(DEMO_IMAGE).unwrap();
+    assert_eq!(img.manifest_digest, a);
+    assert_eq!(img.layer_dirs.len(), 1);
+    for applet in ["sh", "httpd", "wget", "nc", "hostname"] {
+        assert!(
+            img.layer_dirs[0].join("bin").join(applet).exists(),
+            "{applet}"
+        );
+    }
+    let cmd = img.config.config().as_ref().unwrap().cmd().clone().unwrap();
+    assert!(cmd.last().unwrap().contains("httpd -f -p 8080 -h /www"));
+}

@@ -325,6 +325,14 @@ fn demo_httpd_in_netns_then_sigkill_and_remove() {
     );
     assert_eq!(f.cgroup_leftovers("web"), Vec::<PathBuf>::new());
     assert!(f.rt().list_containers().unwrap().is_empty());
+    // The last container gone, the prefix's empty cgroups go too.
+    for m in cgroup_mounts() {
+        assert!(
+            !m.join(&f.prefix).exists(),
+            "{} left",
+            m.join(&f.prefix).display()
+        );
+    }
 }
 
 #[test]
