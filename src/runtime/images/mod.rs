@@ -19,7 +19,7 @@
 //! Must not touch: containers (the runtime holds leases on the layers it mounts).
 
 mod import;
-pub mod layer;
+pub(crate) mod layer;
 pub mod platform;
 pub mod reference;
 
