@@ -7,10 +7,27 @@
 //! Must not touch: MQTT, the store, pod networking (the worker hands in the
 //! network namespace path), or pod-level policy such as restarts and back-off
 //! (the worker's sync loop decides; the runtime only does what it is told).
+//!
+//! - [`linux`]: [`LibcontainerRuntime`], its create helper and exit watcher.
+//! - [`spec`]: the OCI runtime spec of a container (pure).
+//! - [`images`]: the content-addressed [`ImageStore`], references, platforms.
+//! - [`demo`]: the busybox demo image, built locally.
+//! - [`logs`]: container log rotation, tail and follow.
+//! - [`fake`]: the in-memory [`fake::FakeRuntime`].
+
+pub mod demo;
+pub mod fake;
+pub mod images;
+pub mod linux;
+pub mod logs;
+pub mod spec;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use self::images::{ImageStore, ImageSummary, Platform, ResolvedImage};
+pub use self::linux::{HELPER_SUBCOMMAND, LibcontainerRuntime, RuntimeConfig, helper_main};
 
 /// What the pod sync loop asks for: one container of one pod, fully resolved
 /// (environment expanded, command and args as the manifest gave them).
@@ -103,6 +120,20 @@ pub enum RuntimeError {
     },
     #[error("image store: {0}")]
     Image(String),
+    /// A blob's content does not hash to the digest that names it; nothing was stored.
+    #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// No manifest of an image (index) is for this node's platform.
+    #[error("no manifest for platform {wanted} in {what} (available: {available})")]
+    NoMatchingPlatform {
+        what: String,
+        wanted: String,
+        available: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
