@@ -56,9 +56,17 @@ pub enum UpError {
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
-    let (a, b) = s.split_once('-').ok_or("expected FROM-TO, like 30000-32767")?;
-    let a: u16 = a.trim().parse().map_err(|_| format!("{a:?} is not a port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("{b:?} is not a port"))?;
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected FROM-TO, like 30000-32767")?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a port"))?;
     if a > b || a == 0 {
         return Err(format!("{s} is not a range of ports"));
     }
@@ -135,9 +143,14 @@ fn settings_path(layout: &Layout) -> PathBuf {
 }
 
 fn running_agent(layout: &Layout) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(layout.pid_file()).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(layout.pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    (pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains("bramble")).then_some(pid)
+    (pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains("bramble"))
+        .then_some(pid)
 }
 
 fn hostname() -> String {
@@ -169,10 +182,14 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
     };
     std::fs::create_dir_all(&layout.run_dir).map_err(io(&layout.run_dir))?;
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
-    if !crate::transport::topics::valid_level(&node_name) || crate::api::validate::dns1123_label_errors(&node_name).len() > 0 {
+    if !crate::transport::topics::valid_level(&node_name)
+        || !crate::api::validate::dns1123_label_errors(&node_name).is_empty()
+    {
         return Err(UpError::Flag {
             flag: "node-name",
-            reason: format!("{node_name:?} must be a DNS label (lower case letters, digits and '-')"),
+            reason: format!(
+                "{node_name:?} must be a DNS label (lower case letters, digits and '-')"
+            ),
         });
     }
     let (cluster_key, created) = KeyPair::load_or_create(&layout.cluster_key())?;
@@ -195,10 +212,22 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
     let store = Store::open(&layout.master_db())?;
     master::bootstrap(&store)?;
     let labels = BTreeMap::from([
-        ("node-role.kubernetes.io/control-plane".to_string(), "true".to_string()),
-        ("node-role.kubernetes.io/master".to_string(), "true".to_string()),
+        (
+            "node-role.kubernetes.io/control-plane".to_string(),
+            "true".to_string(),
+        ),
+        (
+            "node-role.kubernetes.io/master".to_string(),
+            "true".to_string(),
+        ),
     ]);
-    let pod_cidr = master::register_node(&store, &node_name, &node_key.public(), args.cluster_cidr, labels)?;
+    let pod_cidr = master::register_node(
+        &store,
+        &node_name,
+        &node_key.public(),
+        args.cluster_cidr,
+        labels,
+    )?;
     tracing::info!(node = %node_name, %pod_cidr, broker = %broker_url, "node registered");
     let settings = NodeSettings {
         bridge: args.bridge.clone(),
@@ -267,7 +296,10 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
     };
     let config_path = client_config_path(config)?;
     client_config.save(&config_path)?;
-    write_atomic(&layout.pid_file(), std::process::id().to_string().as_bytes())?;
+    write_atomic(
+        &layout.pid_file(),
+        std::process::id().to_string().as_bytes(),
+    )?;
     println!("Bramble is up: node {node_name}, broker {broker_url}");
     println!("CLI config written to {}", config_path.display());
 
@@ -300,18 +332,25 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
     Ok(ExitCode::SUCCESS)
 }
 
-async fn deploy_demo(args: &UpArgs, images: &ImageStore, cfg: &ClientConfig) -> Result<(), UpError> {
+async fn deploy_demo(
+    args: &UpArgs,
+    images: &ImageStore,
+    cfg: &ClientConfig,
+) -> Result<(), UpError> {
     let busybox = args.busybox.clone();
     let store = images.clone();
-    let image = tokio::task::spawn_blocking(move || crate::runtime::demo::build_demo_image(&store, &busybox))
-        .await
-        .map_err(|e| UpError::Demo(e.to_string()))??;
+    let image = tokio::task::spawn_blocking(move || {
+        crate::runtime::demo::build_demo_image(&store, &busybox)
+    })
+    .await
+    .map_err(|e| UpError::Demo(e.to_string()))??;
     tracing::info!(%image, "demo image ready");
     let manifest = include_str!("../examples/demo.yaml").replace(
         "nodePort: 30080",
         &format!("nodePort: {}", args.demo_node_port),
     );
-    let parsed = crate::api::manifest::parse("demo.yaml", &manifest).map_err(|e| UpError::Demo(e.to_string()))?;
+    let parsed = crate::api::manifest::parse("demo.yaml", &manifest)
+        .map_err(|e| UpError::Demo(e.to_string()))?;
     let objects = parsed.into_iter().map(|p| p.object).collect();
     let mut client = crate::cli::client::Client::connect(cfg)
         .await
@@ -332,7 +371,10 @@ pub async fn down(args: DownArgs) -> Result<ExitCode, UpError> {
     let layout = Layout::new(&args.data_dir)?;
     if let Some(pid) = running_agent(&layout) {
         tracing::info!(pid, "stopping the running agent");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while running_agent(&layout).is_some() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bramble::api::{ConfigMap, Object};
 use bramble::transport::envelope::{self, MASTER_ID};
-use bramble::transport::messages::{ApplyRequest, Command, NodeReport, NodeFacts, Request};
+use bramble::transport::messages::{ApplyRequest, Command, NodeFacts, NodeReport, Request};
 use bramble::transport::{KeyPair, Mqtt, MqttEvent, MqttOptions, Sealer, Topics};
 use common::{Cluster, ClusterOptions};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -20,7 +20,10 @@ fn apply_file(c: &Cluster, name: &str, text: &str) -> (bool, String) {
     let path = c.dir.join(name);
     std::fs::write(&path, text).unwrap();
     let out = c.bramble(&["apply", "-f", path.to_str().unwrap()]);
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn configmaps(c: &Cluster) -> Vec<String> {
@@ -36,10 +39,15 @@ const GOOD_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fine\
 
 #[test]
 fn bad_manifests_are_refused_whole_with_file_and_line() {
-    let c = Cluster::start(ClusterOptions { demo: false, broker: None });
+    let c = Cluster::start(ClusterOptions {
+        demo: false,
+        broker: None,
+    });
 
     // A YAML error in the third document: nothing of the first two is stored.
-    let text = format!("{GOOD_CM}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fine2\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [broken\n");
+    let text = format!(
+        "{GOOD_CM}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fine2\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [broken\n"
+    );
     let (ok, err) = apply_file(&c, "syntax.yaml", &text);
     assert!(!ok);
     assert!(err.contains("syntax.yaml:"), "{err}");
@@ -49,20 +57,30 @@ fn bad_manifests_are_refused_whole_with_file_and_line() {
     let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: three\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: busybox\n";
     let (ok, err) = apply_file(&c, "type.yaml", text);
     assert!(!ok);
-    assert!(err.contains("type.yaml:6") && err.contains("replicas"), "{err}");
+    assert!(
+        err.contains("type.yaml:6") && err.contains("replicas"),
+        "{err}"
+    );
 
     // An invalid name in document 2 of 2: document 1 is not stored either.
-    let text = format!("{GOOD_CM}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_A_Name\n");
+    let text =
+        format!("{GOOD_CM}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_A_Name\n");
     let (ok, err) = apply_file(&c, "name.yaml", &text);
     assert!(!ok);
-    assert!(err.contains("name.yaml:") && err.contains("metadata.name"), "{err}");
+    assert!(
+        err.contains("name.yaml:") && err.contains("metadata.name"),
+        "{err}"
+    );
     assert!(configmaps(&c).is_empty(), "nothing stored");
 
     // A selector that does not match the template.
     let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: other}\n    spec:\n      containers:\n      - name: web\n        image: busybox\n";
     let (ok, err) = apply_file(&c, "selector.yaml", text);
     assert!(!ok);
-    assert!(err.contains("selector.yaml:") && err.contains("selector"), "{err}");
+    assert!(
+        err.contains("selector.yaml:") && err.contains("selector"),
+        "{err}"
+    );
     assert!(c.ok(&["get", "deployments"]).is_empty());
 
     // Unknown and unimplemented fields warn, naming the field; the rest applies.
@@ -75,7 +93,10 @@ fn bad_manifests_are_refused_whole_with_file_and_line() {
     let path = c.dir.join("dry.yaml");
     std::fs::write(&path, GOOD_CM).unwrap();
     let out = c.ok(&["apply", "--dry-run=server", "-f", path.to_str().unwrap()]);
-    assert!(out.contains("configmap/fine created (server dry run)"), "{out}");
+    assert!(
+        out.contains("configmap/fine created (server dry run)"),
+        "{out}"
+    );
     assert_eq!(configmaps(&c), vec!["warned".to_string()]);
 }
 
@@ -117,32 +138,49 @@ fn apply_command(reply_to: &str, name: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_replayed_messages_are_dropped() {
-    let c = Cluster::start(ClusterOptions { demo: false, broker: None });
+    let c = Cluster::start(ClusterOptions {
+        demo: false,
+        broker: None,
+    });
     let topics = Topics::default();
     let (mqtt, mut events) = raw_client(&c).await;
     let cmd_topic = topics.cmd("apply");
     let reply_to = topics.reply("forger");
 
     // Garbage, and an envelope from a key the master does not know.
-    mqtt.publish(&cmd_topic, b"\xff\xfe not cbor".to_vec(), false).await.unwrap();
-    let stranger = Sealer::new(KeyPair::generate(), "admin:stranger");
-    mqtt.publish(&cmd_topic, stranger.seal(&cmd_topic, MASTER_ID, &apply_command(&reply_to, "forged")), false)
+    mqtt.publish(&cmd_topic, b"\xff\xfe not cbor".to_vec(), false)
         .await
         .unwrap();
+    let stranger = Sealer::new(KeyPair::generate(), "admin:stranger");
+    mqtt.publish(
+        &cmd_topic,
+        stranger.seal(&cmd_topic, MASTER_ID, &apply_command(&reply_to, "forged")),
+        false,
+    )
+    .await
+    .unwrap();
     // The admin's id with another key: a bad signature.
     let admin = admin_key(&c);
     let impostor = Sealer::new(KeyPair::generate(), envelope::admin_id(&admin.public()));
-    mqtt.publish(&cmd_topic, impostor.seal(&cmd_topic, MASTER_ID, &apply_command(&reply_to, "impostor")), false)
-        .await
-        .unwrap();
+    mqtt.publish(
+        &cmd_topic,
+        impostor.seal(&cmd_topic, MASTER_ID, &apply_command(&reply_to, "impostor")),
+        false,
+    )
+    .await
+    .unwrap();
     // A genuine command moved to another topic breaks its signature.
     let genuine = Sealer::new(admin.clone(), envelope::admin_id(&admin.public()));
     let moved = genuine.seal(&cmd_topic, MASTER_ID, &apply_command(&reply_to, "moved"));
-    mqtt.publish(&topics.cmd("get"), moved, false).await.unwrap();
+    mqtt.publish(&topics.cmd("get"), moved, false)
+        .await
+        .unwrap();
 
     // A genuine command, captured and replayed after its effect was undone.
     let captured = genuine.seal(&cmd_topic, MASTER_ID, &apply_command(&reply_to, "replayed"));
-    mqtt.publish(&cmd_topic, captured.clone(), false).await.unwrap();
+    mqtt.publish(&cmd_topic, captured.clone(), false)
+        .await
+        .unwrap();
     c.wait_for("the genuine command", Duration::from_secs(10), || {
         c.bramble(&["get", "cm", "replayed"]).status.success()
     });
@@ -160,8 +198,20 @@ async fn forged_and_replayed_messages_are_dropped() {
         pods: vec![],
     };
     let as_node = Sealer::new(KeyPair::generate(), envelope::node_id(&c.node));
-    mqtt.publish(&status_topic, as_node.seal(&status_topic, MASTER_ID, &report), false).await.unwrap();
-    mqtt.publish(&status_topic, genuine.seal(&status_topic, MASTER_ID, &report), false).await.unwrap();
+    mqtt.publish(
+        &status_topic,
+        as_node.seal(&status_topic, MASTER_ID, &report),
+        false,
+    )
+    .await
+    .unwrap();
+    mqtt.publish(
+        &status_topic,
+        genuine.seal(&status_topic, MASTER_ID, &report),
+        false,
+    )
+    .await
+    .unwrap();
 
     // An assignment to the worker from someone who is not the master.
     let assign_topic = topics.assign(&c.node);
@@ -172,20 +222,34 @@ async fn forged_and_replayed_messages_are_dropped() {
         pod_cidr: "10.1.0.0/24".into(),
         pods: vec![],
     };
-    mqtt.publish(&assign_topic, fake_master.seal(&assign_topic, &envelope::node_id(&c.node), &assignment), false)
-        .await
-        .unwrap();
+    mqtt.publish(
+        &assign_topic,
+        fake_master.seal(&assign_topic, &envelope::node_id(&c.node), &assignment),
+        false,
+    )
+    .await
+    .unwrap();
 
     // Give them time to arrive, then check that none had an effect and that
     // everything still works.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for name in ["forged", "impostor", "moved", "replayed"] {
-        assert!(!c.bramble(&["get", "cm", name]).status.success(), "{name} must not exist");
+        assert!(
+            !c.bramble(&["get", "cm", name]).status.success(),
+            "{name} must not exist"
+        );
     }
     let nodes = c.ok(&["get", "nodes"]);
-    assert!(nodes.contains(&c.node) && nodes.contains("Ready"), "{nodes}");
+    assert!(
+        nodes.contains(&c.node) && nodes.contains("Ready"),
+        "{nodes}"
+    );
     let log = std::fs::read_to_string(&c.log).unwrap();
     assert!(log.contains("dropped message"), "drops are logged");
-    assert!(log.matches("dropped message").count() >= 6, "{}", c.log_tail());
+    assert!(
+        log.matches("dropped message").count() >= 6,
+        "{}",
+        c.log_tail()
+    );
     drop(events);
 }

@@ -23,8 +23,13 @@ fn names(pods: &[serde_json::Value]) -> Vec<String> {
 
 /// The pid of a container's init process, from libcontainer's state file.
 fn container_pid(c: &Cluster, container_id: &str) -> i32 {
-    let state = c.layout().container_state().join(container_id).join("state.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let state = c
+        .layout()
+        .container_state()
+        .join(container_id)
+        .join("state.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     v["pid"].as_i64().unwrap() as i32
 }
 
@@ -39,7 +44,10 @@ fn cgroup_children(c: &Cluster) -> Vec<std::path::PathBuf> {
 }
 
 fn bridge_ports(bridge: &str) -> String {
-    let out = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -48,40 +56,62 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|m| m.starts_with(&*canon.to_string_lossy())))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|m| m.starts_with(&*canon.to_string_lossy()))
+        })
         .map(String::from)
         .collect()
 }
 
 fn the_slice(c: &Cluster) {
-    c.wait_for("two demo pods Running and Ready", Duration::from_secs(90), || {
-        c.running_ready(DEMO).len() == 2
-    });
+    c.wait_for(
+        "two demo pods Running and Ready",
+        Duration::from_secs(90),
+        || c.running_ready(DEMO).len() == 2,
+    );
     let pods = c.running_ready(DEMO);
     let pod_names = names(&pods);
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
     for p in &pods {
         let ip = p["status"]["podIP"].as_str().unwrap();
-        assert!(wide.contains(ip), "wide output shows the pod IP {ip}:\n{wide}");
+        assert!(
+            wide.contains(ip),
+            "wide output shows the pod IP {ip}:\n{wide}"
+        );
     }
-    assert!(wide.contains(&c.node), "wide output names the node:\n{wide}");
+    assert!(
+        wide.contains(&c.node),
+        "wide output names the node:\n{wide}"
+    );
 
     // Through the NodePort, both pods answer.
     let node_port = format!("127.0.0.1:{}", c.node_port);
-    c.wait_for("both pods through the NodePort", Duration::from_secs(30), || {
-        who_answers(&node_port, &pod_names, 10).len() == 2
-    });
+    c.wait_for(
+        "both pods through the NodePort",
+        Duration::from_secs(30),
+        || who_answers(&node_port, &pod_names, 10).len() == 2,
+    );
     // Through the ClusterIP too.
     let svc = c.json(&["get", "svc", "demo"]);
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
-    assert!(cluster_ip.starts_with(&format!("10.{}.128.", c.net.octet)), "{cluster_ip}");
+    assert!(
+        cluster_ip.starts_with(&format!("10.{}.128.", c.net.octet)),
+        "{cluster_ip}"
+    );
     let via_cluster_ip = format!("{cluster_ip}:80");
-    c.wait_for("both pods through the ClusterIP", Duration::from_secs(30), || {
-        who_answers(&via_cluster_ip, &pod_names, 10).len() == 2
-    });
+    c.wait_for(
+        "both pods through the ClusterIP",
+        Duration::from_secs(30),
+        || who_answers(&via_cluster_ip, &pod_names, 10).len() == 2,
+    );
     let eps = c.ok(&["get", "endpoints", "demo"]);
     for p in &pods {
-        assert!(eps.contains(p["status"]["podIP"].as_str().unwrap()), "{eps}");
+        assert!(
+            eps.contains(p["status"]["podIP"].as_str().unwrap()),
+            "{eps}"
+        );
     }
 
     // kill -9 one container's process: it comes back and serves again.
@@ -93,49 +123,87 @@ fn the_slice(c: &Cluster) {
         .trim_start_matches("bramble://")
         .to_string();
     let pid = container_pid(c, &cid);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    c.wait_for("the killed container restarted", Duration::from_secs(60), || {
-        let p = c.json(&["get", "pod", &victim_name]);
-        p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0) >= 1
-            && p["status"]["containerStatuses"][0]["ready"] == true
-    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_for(
+        "the killed container restarted",
+        Duration::from_secs(60),
+        || {
+            let p = c.json(&["get", "pod", &victim_name]);
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 1
+                && p["status"]["containerStatuses"][0]["ready"] == true
+        },
+    );
     let p = c.json(&["get", "pod", &victim_name]);
-    assert_eq!(p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 137);
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        137
+    );
     c.wait_for("the restarted pod serving", Duration::from_secs(30), || {
         who_answers(&node_port, std::slice::from_ref(&victim_name), 10).len() == 1
     });
     // The restarted container's log, through the node's signed stream.
     let logs = c.ok(&["logs", &victim_name]);
-    assert!(logs.contains(&format!("demo: serving {victim_name}")), "logs: {logs:?}");
-    let logs = c.ok(&["logs", &format!("deploy/demo"), "--tail", "1"]);
+    assert!(
+        logs.contains(&format!("demo: serving {victim_name}")),
+        "logs: {logs:?}"
+    );
+    let logs = c.ok(&["logs", "deploy/demo", "--tail", "1"]);
     assert_eq!(logs.lines().count(), 1, "--tail 1: {logs:?}");
 
     // Scale to 3, then to 0.
     c.ok(&["scale", "deployment/demo", "--replicas=3"]);
-    c.wait_for("three pods", Duration::from_secs(60), || c.running_ready(DEMO).len() == 3);
+    c.wait_for("three pods", Duration::from_secs(60), || {
+        c.running_ready(DEMO).len() == 3
+    });
     let three = names(&c.running_ready(DEMO));
     c.wait_for("all three answering", Duration::from_secs(30), || {
         who_answers(&node_port, &three, 20).len() == 3
     });
     c.ok(&["scale", "deployment/demo", "--replicas=0"]);
-    c.wait_for("no pods", Duration::from_secs(60), || c.pods(DEMO).is_empty());
-    assert!(common::http_get(&node_port).is_none(), "no endpoint, no answer");
+    c.wait_for("no pods", Duration::from_secs(60), || {
+        c.pods(DEMO).is_empty()
+    });
+    assert!(
+        common::http_get(&node_port).is_none(),
+        "no endpoint, no answer"
+    );
 
     // Back to 2 and delete the Deployment: everything it held goes.
     c.ok(&["scale", "deployment/demo", "--replicas=2"]);
-    c.wait_for("two pods again", Duration::from_secs(60), || c.running_ready(DEMO).len() == 2);
-    assert!(!cgroup_children(c).is_empty(), "pods have cgroups while they run");
-    assert!(!bridge_ports(&c.bridge).is_empty(), "pods have veths while they run");
+    c.wait_for("two pods again", Duration::from_secs(60), || {
+        c.running_ready(DEMO).len() == 2
+    });
+    assert!(
+        !cgroup_children(c).is_empty(),
+        "pods have cgroups while they run"
+    );
+    assert!(
+        !bridge_ports(&c.bridge).is_empty(),
+        "pods have veths while they run"
+    );
     let out = c.ok(&["delete", "deployment", "demo"]);
     assert!(out.contains("deployment.apps \"demo\" deleted"), "{out}");
-    c.wait_for("every pod gone", Duration::from_secs(60), || c.pods(DEMO).is_empty());
-    c.wait_for("containers, veths, netns, mounts and cgroups gone", Duration::from_secs(30), || {
-        entries(&c.layout().container_state()).is_empty()
-            && bridge_ports(&c.bridge).is_empty()
-            && entries(&c.layout().netns_dir()).is_empty()
-            && mounts_under(&c.layout().containers()).is_empty()
-            && cgroup_children(c).is_empty()
+    c.wait_for("every pod gone", Duration::from_secs(60), || {
+        c.pods(DEMO).is_empty()
     });
+    c.wait_for(
+        "containers, veths, netns, mounts and cgroups gone",
+        Duration::from_secs(30),
+        || {
+            entries(&c.layout().container_state()).is_empty()
+                && bridge_ports(&c.bridge).is_empty()
+                && entries(&c.layout().netns_dir()).is_empty()
+                && mounts_under(&c.layout().containers()).is_empty()
+                && cgroup_children(c).is_empty()
+        },
+    );
     assert!(c.ok(&["get", "rs"]).is_empty(), "ReplicaSet collected");
 }
 
@@ -177,7 +245,10 @@ fn demo_slice_on_mosquitto() {
     let _mosquitto = Mosquitto(child, conf);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "mosquitto did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let c = Cluster::start(ClusterOptions {

@@ -22,7 +22,10 @@ fn acknowledged_applies_survive_kill_9_of_the_master() {
         )
         .unwrap();
         let out = c.ok(&["apply", "-f", file.to_str().unwrap()]);
-        assert!(out.contains(&format!("configmap/acked-{i} created")), "{out}");
+        assert!(
+            out.contains(&format!("configmap/acked-{i} created")),
+            "{out}"
+        );
         acked.push(i);
     }
     c.kill9();

@@ -131,12 +131,7 @@ impl Drop for ChildGuard {
 /// `ACKS_PER_ROUND` acks, and returns every ack it printed: `(seq, rv)`.
 fn run_child_and_kill(mode: &str, path: &Path, start: u64) -> Vec<(u64, u64)> {
     let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(MODE_ENV, mode)
         .env(PATH_ENV, path)
         .env(START_ENV, start.to_string())

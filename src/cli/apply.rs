@@ -33,12 +33,18 @@ pub fn read_manifests(files: &[String], namespace: Option<&str>) -> Result<Vec<P
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
-                .map_err(|source| CliError::Io { path: "-".into(), source })?;
+                .map_err(|source| CliError::Io {
+                    path: "-".into(),
+                    source,
+                })?;
             sources.push(("-".into(), text));
             continue;
         }
         let path = PathBuf::from(f);
-        let io = |source| CliError::Io { path: path.clone(), source };
+        let io = |source| CliError::Io {
+            path: path.clone(),
+            source,
+        };
         if path.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
                 .map_err(io)?
@@ -53,7 +59,10 @@ pub fn read_manifests(files: &[String], namespace: Option<&str>) -> Result<Vec<P
                 .collect();
             entries.sort();
             for p in entries {
-                let text = std::fs::read_to_string(&p).map_err(|source| CliError::Io { path: p.clone(), source })?;
+                let text = std::fs::read_to_string(&p).map_err(|source| CliError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
                 sources.push((display(&p), text));
             }
         } else {
@@ -149,6 +158,6 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
             }
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(CliError::Unexpected(other)),
+        other => Err(CliError::Unexpected(Box::new(other))),
     }
 }

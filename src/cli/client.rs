@@ -8,7 +8,9 @@ use tokio::sync::mpsc;
 use crate::config::ClientConfig;
 use crate::transport::envelope::{self, MASTER_ID};
 use crate::transport::messages::{Command, Reply, Request, Response};
-use crate::transport::{KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, Verifier};
+use crate::transport::{
+    KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, Verifier,
+};
 
 use super::CliError;
 
@@ -33,8 +35,11 @@ impl Client {
         let master: PublicKey = cfg.master_key.parse()?;
         let topics = Topics::new(&cfg.topic_prefix);
         let client_id = format!("cli-{:016x}", rand::random::<u64>());
-        let (mqtt, events) =
-            Mqtt::connect(MqttOptions::new(&cfg.broker, &client_id), Some(CONNECT_TIMEOUT)).await?;
+        let (mqtt, events) = Mqtt::connect(
+            MqttOptions::new(&cfg.broker, &client_id),
+            Some(CONNECT_TIMEOUT),
+        )
+        .await?;
         let reply_topic = topics.reply(&client_id);
         let me = format!("client:{client_id}");
         let mut verifier = Verifier::new(&[me.as_str()], Duration::from_secs(600));

@@ -18,13 +18,19 @@ pub async fn run(_args: Args, config: Option<&Path>) -> Result<ExitCode, CliErro
     client.close().await;
     match result? {
         Response::ClusterInfo(info) => {
-            println!("Bramble master is running, reached through the broker at {}", info.broker);
+            println!(
+                "Bramble master is running, reached through the broker at {}",
+                info.broker
+            );
             println!("Master key: {}", info.master_key);
             println!("Nodes: {}", info.nodes.join(", "));
-            println!("Cluster CIDR: {}   Service CIDR: {}", info.cluster_cidr, info.service_cidr);
+            println!(
+                "Cluster CIDR: {}   Service CIDR: {}",
+                info.cluster_cidr, info.service_cidr
+            );
             println!("Version: {}", info.version);
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(CliError::Unexpected(other)),
+        other => Err(CliError::Unexpected(Box::new(other))),
     }
 }

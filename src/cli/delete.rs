@@ -30,14 +30,20 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
-    let ns = args.namespace.clone().unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
+    let ns = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
     // (kind, namespace) → names
     let mut requests: BTreeMap<(Kind, String), Vec<String>> = BTreeMap::new();
     let mut by_selector: Vec<Kind> = Vec::new();
     if !args.files.is_empty() {
         for p in super::apply::read_manifests(&args.files, args.namespace.as_deref())? {
             let key = p.object.key();
-            requests.entry((key.kind, key.namespace)).or_default().push(key.name);
+            requests
+                .entry((key.kind, key.namespace))
+                .or_default()
+                .push(key.name);
         }
     } else {
         for (kind, name) in super::targets::parse(&args.what)? {
@@ -82,7 +88,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
                 deleted.extend(keys);
             }
             Ok(other) => {
-                result = Err(CliError::Unexpected(other));
+                result = Err(CliError::Unexpected(Box::new(other)));
                 break;
             }
             Err(e) => {

@@ -19,10 +19,13 @@ pub struct Args {
 
 pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
     let targets = super::targets::parse(&args.what)?;
-    let ns = args.namespace.unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
+    let ns = args
+        .namespace
+        .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
     let cfg = super::load_config(config)?;
     let mut client = Client::connect(&cfg).await?;
-    let result = super::get::fetch(&mut client, &targets, Some(&ns), args.selector.as_deref()).await;
+    let result =
+        super::get::fetch(&mut client, &targets, Some(&ns), args.selector.as_deref()).await;
     client.close().await;
     let now = jiff::Timestamp::now();
     let objects = result?;

@@ -47,7 +47,7 @@ pub async fn fetch(
         };
         match client.call(Request::Get(req)).await? {
             Response::Objects(objs) => out.extend(objs),
-            other => return Err(CliError::Unexpected(other)),
+            other => return Err(CliError::Unexpected(Box::new(other))),
         }
     }
     Ok(out)
@@ -64,11 +64,21 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
     let namespace = if args.all_namespaces {
         None
     } else {
-        Some(args.namespace.clone().unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string()))
+        Some(
+            args.namespace
+                .clone()
+                .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string()),
+        )
     };
     let cfg = super::load_config(config)?;
     let mut client = Client::connect(&cfg).await?;
-    let result = fetch(&mut client, &targets, namespace.as_deref(), args.selector.as_deref()).await;
+    let result = fetch(
+        &mut client,
+        &targets,
+        namespace.as_deref(),
+        args.selector.as_deref(),
+    )
+    .await;
     client.close().await;
     let objects = result?;
     let single = targets.len() == 1 && targets[0].1.is_some();
@@ -85,7 +95,10 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
                 })
             };
             if output == "json" {
-                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
             } else {
                 print!("{}", serde_yaml_ng::to_string(&value).unwrap_or_default());
             }

@@ -61,11 +61,24 @@ pub async fn run(cmd: Cmd, config: Option<&Path>) -> Result<ExitCode, CliError> 
             let images = store(data_dir, config)?;
             println!("{:<50} {:<20} {:>10}", "IMAGE", "DIGEST", "SIZE");
             for img in images.list()? {
-                let short = img.digest.trim_start_matches("sha256:").chars().take(12).collect::<String>();
-                println!("{:<50} {:<20} {:>10}", img.reference, short, human_size(img.size));
+                let short = img
+                    .digest
+                    .trim_start_matches("sha256:")
+                    .chars()
+                    .take(12)
+                    .collect::<String>();
+                println!(
+                    "{:<50} {:<20} {:>10}",
+                    img.reference,
+                    short,
+                    human_size(img.size)
+                );
             }
         }
-        Cmd::Rm { reference, data_dir } => {
+        Cmd::Rm {
+            reference,
+            data_dir,
+        } => {
             store(data_dir, config)?.remove(&reference)?;
             println!("removed {reference}");
         }

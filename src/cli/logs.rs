@@ -50,7 +50,11 @@ async fn resolve(client: &mut Client, what: &str, ns: &str) -> Result<String, Cl
         _ => None,
     }
     .and_then(|s| s.match_labels)
-    .ok_or_else(|| CliError::Usage(format!("cannot get logs of {what}: not a pod, deployment or replicaset")))?;
+    .ok_or_else(|| {
+        CliError::Usage(format!(
+            "cannot get logs of {what}: not a pod, deployment or replicaset"
+        ))
+    })?;
     let sel = selector
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -64,7 +68,10 @@ async fn resolve(client: &mut Client, what: &str, ns: &str) -> Result<String, Cl
 }
 
 pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
-    let ns = args.namespace.clone().unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
+    let ns = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
     let cfg = super::load_config(config)?;
     let mut client = Client::connect(&cfg).await?;
     let result = stream(&mut client, &args, &ns).await;
@@ -87,7 +94,7 @@ async fn stream(client: &mut Client, args: &Args, ns: &str) -> Result<ExitCode, 
     };
     let (node, node_key) = match client.call(Request::Logs(req)).await? {
         Response::LogStream { node, node_key } => (node, node_key),
-        other => return Err(CliError::Unexpected(other)),
+        other => return Err(CliError::Unexpected(Box::new(other))),
     };
     let key: PublicKey = node_key.parse()?;
     let node_sender = envelope::node_id(&node);

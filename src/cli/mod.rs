@@ -51,15 +51,25 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error("unexpected answer from the master: {0:?}")]
-    Unexpected(crate::transport::messages::Response),
+    Unexpected(Box<crate::transport::messages::Response>),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
-    Up(#[from] crate::up::UpError),
+    Up(Box<crate::up::UpError>),
+}
+
+impl From<crate::up::UpError> for CliError {
+    fn from(e: crate::up::UpError) -> CliError {
+        CliError::Up(Box::new(e))
+    }
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "bramble", version, about = "A small Kubernetes for Raspberry Pi clusters")]
+#[command(
+    name = "bramble",
+    version,
+    about = "A small Kubernetes for Raspberry Pi clusters"
+)]
 pub struct Cli {
     /// Client config file (default: $BRAMBLE_CONFIG or ~/.config/bramble/config.toml).
     #[arg(long, global = true, env = "BRAMBLE_CONFIG")]

@@ -20,13 +20,17 @@ pub struct Args {
 
 pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
     let targets = super::targets::parse(&args.what)?;
-    let ns = args.namespace.unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
+    let ns = args
+        .namespace
+        .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
     let cfg = super::load_config(config)?;
     let mut client = Client::connect(&cfg).await?;
     let mut result = Ok(ExitCode::SUCCESS);
     for (kind, name) in targets {
         let Some(name) = name else {
-            result = Err(CliError::Usage("scale needs a name: scale deployment/NAME --replicas=N".into()));
+            result = Err(CliError::Usage(
+                "scale needs a name: scale deployment/NAME --replicas=N".into(),
+            ));
             break;
         };
         let req = ScaleRequest {
@@ -38,7 +42,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
         match client.call(Request::Scale(req)).await {
             Ok(Response::Scaled(key)) => println!("{key} scaled"),
             Ok(other) => {
-                result = Err(CliError::Unexpected(other));
+                result = Err(CliError::Unexpected(Box::new(other)));
                 break;
             }
             Err(e) => {

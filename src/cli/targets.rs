@@ -21,7 +21,8 @@ pub fn kind(word: &str) -> Result<Kind, CliError> {
 pub fn parse(args: &[String]) -> Result<Vec<(Kind, Option<String>)>, CliError> {
     let Some(first) = args.first() else {
         return Err(CliError::Usage(
-            "you must specify the type of resource (e.g. pods, deployments, services, nodes)".into(),
+            "you must specify the type of resource (e.g. pods, deployments, services, nodes)"
+                .into(),
         ));
     };
     if first.contains('/') {
@@ -45,7 +46,9 @@ pub fn parse(args: &[String]) -> Result<Vec<(Kind, Option<String>)>, CliError> {
         return Ok(kinds.into_iter().map(|k| (k, None)).collect());
     }
     if kinds.len() > 1 {
-        return Err(CliError::Usage("names can only be given for one resource type".into()));
+        return Err(CliError::Usage(
+            "names can only be given for one resource type".into(),
+        ));
     }
     Ok(names.iter().map(|n| (kinds[0], Some(n.clone()))).collect())
 }
@@ -63,7 +66,10 @@ mod tests {
         assert_eq!(parse(&s(&["pods"])).unwrap(), vec![(Kind::Pod, None)]);
         assert_eq!(
             parse(&s(&["deploy/web", "svc/web"])).unwrap(),
-            vec![(Kind::Deployment, Some("web".into())), (Kind::Service, Some("web".into()))]
+            vec![
+                (Kind::Deployment, Some("web".into())),
+                (Kind::Service, Some("web".into()))
+            ]
         );
         assert_eq!(
             parse(&s(&["po", "a", "b"])).unwrap(),

@@ -65,6 +65,9 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(node_port(&range, &used), Some(30001));
         }
-        assert_eq!(node_port(&range, &HashSet::from([30000, 30001, 30002])), None);
+        assert_eq!(
+            node_port(&range, &HashSet::from([30000, 30001, 30002])),
+            None
+        );
     }
 }

@@ -23,14 +23,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::api::routing::ServiceRoute;
+use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::store::{Mode, Op, Store, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
-use crate::transport::messages::{
-    Assignment, Command, NodeReport, Reply, ServiceTable, StreamMsg,
+use crate::transport::messages::{Assignment, Command, NodeReport, Reply, ServiceTable, StreamMsg};
+use crate::transport::{
+    KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
 };
-use crate::transport::{KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier};
 use commands::{Caller, Ctx, Effect, Settings};
 use controllers::Snapshot;
 
@@ -105,9 +105,16 @@ pub fn register_node(
         .annotations
         .get_or_insert_with(Default::default)
         .insert(NODE_KEY_ANNOTATION.into(), key.to_hex());
-    node.metadata.labels.get_or_insert_with(Default::default).extend(labels);
+    node.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .extend(labels);
     let spec = node.spec.get_or_insert_with(NodeSpec::default);
-    let cidr = match spec.pod_cidr.as_deref().and_then(|c| c.parse::<Ipv4Net>().ok()) {
+    let cidr = match spec
+        .pod_cidr
+        .as_deref()
+        .and_then(|c| c.parse::<Ipv4Net>().ok())
+    {
         Some(c) => c,
         None => {
             let used: HashSet<Ipv4Net> = store
@@ -148,10 +155,14 @@ struct Master {
     dirty: bool,
 }
 
-pub async fn run(cfg: MasterConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), MasterError> {
+pub async fn run(
+    cfg: MasterConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), MasterError> {
     bootstrap(&cfg.store)?;
     let client_id = format!("bramble-master-{:08x}", rand::random::<u32>());
-    let (mqtt, mut events) = Mqtt::connect(MqttOptions::new(&cfg.settings.broker_url, &client_id), None).await?;
+    let (mqtt, mut events) =
+        Mqtt::connect(MqttOptions::new(&cfg.settings.broker_url, &client_id), None).await?;
     mqtt.subscribe(&cfg.topics.cmd_filter()).await?;
     mqtt.subscribe(&cfg.topics.status_filter()).await?;
     let mut verifier = Verifier::new(&[MASTER_ID], cfg.clock_window);
@@ -229,7 +240,8 @@ impl Master {
 
     async fn pass(&mut self) {
         let snap = self.snapshot();
-        let actions = controllers::reconcile_all(&snap, &mut controllers::replicaset::random_suffix);
+        let actions =
+            controllers::reconcile_all(&snap, &mut controllers::replicaset::random_suffix);
         if !actions.is_empty() {
             self.commit_actions(actions);
             // The watch will bring us back with the new state; publish from that.
@@ -248,7 +260,11 @@ impl Master {
                 // One stale action must not hold back the others.
                 for a in actions {
                     let what = a.describe();
-                    if let Err(e) = self.cfg.store.commit(vec![commands::to_op(a)], Mode::Commit) {
+                    if let Err(e) = self
+                        .cfg
+                        .store
+                        .commit(vec![commands::to_op(a)], Mode::Commit)
+                    {
                         tracing::debug!(%what, error = %e, "action failed; retried next pass");
                     }
                 }
@@ -260,7 +276,10 @@ impl Master {
         for node in snap.nodes() {
             let (Some(name), Some(key)) = (
                 node.metadata.name.as_deref(),
-                node.metadata.annotations.as_ref().and_then(|a| a.get(NODE_KEY_ANNOTATION)),
+                node.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(NODE_KEY_ANNOTATION)),
             ) else {
                 continue;
             };
@@ -273,15 +292,26 @@ impl Master {
     async fn publish(&mut self, snap: &Snapshot) {
         let rv = self.cfg.store.resource_version();
         for node in snap.nodes() {
-            let Some(name) = node.metadata.name.clone() else { continue };
+            let Some(name) = node.metadata.name.clone() else {
+                continue;
+            };
             let pods = publish::assignment_pods(snap, &name);
-            if self.published.assignments.get(&name).is_some_and(|(_, p)| *p == pods) {
+            if self
+                .published
+                .assignments
+                .get(&name)
+                .is_some_and(|(_, p)| *p == pods)
+            {
                 continue;
             }
             let assignment = Assignment {
                 node: name.clone(),
                 generation: rv,
-                pod_cidr: node.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_default(),
+                pod_cidr: node
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.pod_cidr.clone())
+                    .unwrap_or_default(),
                 pods: pods.clone(),
             };
             if self.send_assignment(&assignment).await {
@@ -289,7 +319,12 @@ impl Master {
             }
         }
         let routes = publish::service_routes(snap);
-        if self.published.services.as_ref().is_none_or(|(_, r)| *r != routes) {
+        if self
+            .published
+            .services
+            .as_ref()
+            .is_none_or(|(_, r)| *r != routes)
+        {
             let table = ServiceTable {
                 generation: rv,
                 routes: routes.clone(),
@@ -346,7 +381,9 @@ impl Master {
             .then(|| self.verifier.trusted(&opened.from).copied())
             .flatten()
         else {
-            return self.drops.dropped(topic, &format!("{} may not issue commands", opened.from));
+            return self
+                .drops
+                .dropped(topic, &format!("{} may not issue commands", opened.from));
         };
         let cmd = opened.body;
         let reply_prefix = format!("{}/reply/", self.cfg.topics.prefix());
@@ -354,7 +391,9 @@ impl Master {
             || !cmd.reply_to.starts_with(&reply_prefix)
             || !crate::transport::topics::valid_level(&cmd.reply_to[reply_prefix.len()..])
         {
-            return self.drops.dropped(topic, &"command does not match its topic or reply topic");
+            return self
+                .drops
+                .dropped(topic, &"command does not match its topic or reply topic");
         }
         let caller = Caller {
             id: opened.from.clone(),
@@ -377,7 +416,9 @@ impl Master {
             match effect {
                 Effect::OpenStream { node, open } => {
                     let t = self.cfg.topics.stream_in(&node, &open.id);
-                    let bytes = self.sealer.seal(&t, &envelope::node_id(&node), &StreamMsg::Open(open));
+                    let bytes =
+                        self.sealer
+                            .seal(&t, &envelope::node_id(&node), &StreamMsg::Open(open));
                     if let Err(e) = self.mqtt.publish(&t, bytes, false).await {
                         tracing::warn!(%node, error = %e, "could not open stream");
                     }
@@ -398,20 +439,27 @@ impl Master {
         };
         // A node's key speaks only for that node.
         if opened.from != envelope::node_id(node) || opened.body.node != node {
-            return self.drops.dropped(topic, &format!("{} reporting for node {node}", opened.from));
+            return self
+                .drops
+                .dropped(topic, &format!("{} reporting for node {node}", opened.from));
         }
         let report = opened.body;
         let now = jiff::Timestamp::now();
-        let was_fresh = self.last_seen.get(node).is_some_and(|t| {
-            now.duration_since(*t).unsigned_abs() <= self.cfg.node_grace
-        });
+        let was_fresh = self
+            .last_seen
+            .get(node)
+            .is_some_and(|t| now.duration_since(*t).unsigned_abs() <= self.cfg.node_grace);
         self.last_seen.insert(node.to_string(), now);
         if !was_fresh {
             self.dirty = true;
         }
 
         let mut ops = Vec::new();
-        if let Some(Object::Node(n)) = self.cfg.store.get(&ObjectKey::new(Kind::Node, "", node)).as_deref()
+        if let Some(Object::Node(n)) = self
+            .cfg
+            .store
+            .get(&ObjectKey::new(Kind::Node, "", node))
+            .as_deref()
             && let Some(updated) = status::node_with_facts(n, &report.info)
         {
             ops.push(Op::Update(Object::Node(updated)));
@@ -419,7 +467,9 @@ impl Master {
         let mut terminated = HashSet::new();
         for pr in &report.pods {
             let key = ObjectKey::new(Kind::Pod, &pr.namespace, &pr.name);
-            let Some(obj) = self.cfg.store.get(&key) else { continue };
+            let Some(obj) = self.cfg.store.get(&key) else {
+                continue;
+            };
             let Object::Pod(pod) = &*obj else { continue };
             let bound_here = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
             if !bound_here || pod.metadata.uid.as_deref() != Some(pr.uid.as_str()) {
@@ -460,8 +510,11 @@ impl Master {
             .get(node)
             .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
         if (behind_assign || behind_services) && !recently {
-            self.published.republished.insert(node.to_string(), Instant::now());
-            if behind_assign && let Some((g, pods)) = self.published.assignments.get(node).cloned() {
+            self.published
+                .republished
+                .insert(node.to_string(), Instant::now());
+            if behind_assign && let Some((g, pods)) = self.published.assignments.get(node).cloned()
+            {
                 let pod_cidr = self
                     .cfg
                     .store
@@ -480,7 +533,11 @@ impl Master {
                 .await;
             }
             if behind_services && let Some((g, routes)) = self.published.services.clone() {
-                self.send_services(&ServiceTable { generation: g, routes }).await;
+                self.send_services(&ServiceTable {
+                    generation: g,
+                    routes,
+                })
+                .await;
             }
         }
     }

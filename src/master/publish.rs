@@ -51,7 +51,8 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
         .as_deref()
         .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
     let eps: Option<&Endpoints> = snap.endpoints().find(|e| {
-        e.metadata.namespace.as_deref() == Some(ns.as_str()) && e.metadata.name.as_deref() == Some(name.as_str())
+        e.metadata.namespace.as_deref() == Some(ns.as_str())
+            && e.metadata.name.as_deref() == Some(name.as_str())
     });
     let ports = spec
         .ports
@@ -70,7 +71,9 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
                     continue;
                 };
                 for addr in subset.addresses.iter().flatten() {
-                    if let (Ok(ip), Ok(port)) = (addr.ip.parse::<Ipv4Addr>(), u16::try_from(ep_port.port)) {
+                    if let (Ok(ip), Ok(port)) =
+                        (addr.ip.parse::<Ipv4Addr>(), u16::try_from(ep_port.port))
+                    {
                         endpoints.push(SocketAddrV4::new(ip, port));
                     }
                 }
@@ -81,7 +84,10 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
                 name: port_name,
                 protocol: proto,
                 port: u16::try_from(p.port).unwrap_or(0),
-                node_port: p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0),
+                node_port: p
+                    .node_port
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| *n != 0),
                 endpoints,
             }
         })
@@ -110,9 +116,19 @@ mod tests {
         let ep = Endpoints {
             metadata: meta("web", "default"),
             subsets: Some(vec![EndpointSubset {
-                addresses: Some(vec![EndpointAddress { ip: "10.88.0.3".into(), ..Default::default() }]),
-                not_ready_addresses: Some(vec![EndpointAddress { ip: "10.88.0.4".into(), ..Default::default() }]),
-                ports: Some(vec![EndpointPort { port: 8080, protocol: Some("TCP".into()), ..Default::default() }]),
+                addresses: Some(vec![EndpointAddress {
+                    ip: "10.88.0.3".into(),
+                    ..Default::default()
+                }]),
+                not_ready_addresses: Some(vec![EndpointAddress {
+                    ip: "10.88.0.4".into(),
+                    ..Default::default()
+                }]),
+                ports: Some(vec![EndpointPort {
+                    port: 8080,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
             }]),
         };
         let snap = snapshot(vec![Object::Service(svc), Object::Endpoints(ep)]);
@@ -120,7 +136,10 @@ mod tests {
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].cluster_ip, Some(Ipv4Addr::new(10, 96, 0, 5)));
         assert_eq!(routes[0].ports[0].node_port, Some(30080));
-        assert_eq!(routes[0].ports[0].endpoints, vec!["10.88.0.3:8080".parse().unwrap()]);
+        assert_eq!(
+            routes[0].ports[0].endpoints,
+            vec!["10.88.0.3:8080".parse().unwrap()]
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub fn pick<'a>(
         .as_ref()
         .and_then(|s| s.node_selector.clone())
         .unwrap_or_default();
-    let owner = controller_of(&pod.metadata).map(|r| r.uid.clone()).unwrap_or_default();
+    let owner = controller_of(&pod.metadata)
+        .map(|r| r.uid.clone())
+        .unwrap_or_default();
     let (mut not_ready, mut unschedulable, mut mismatched) = (0, 0, 0);
     let mut best: Option<(usize, usize, &str)> = None;
     for node in nodes {
@@ -46,7 +48,10 @@ pub fn pick<'a>(
             continue;
         }
         let score = (
-            spread.get(&(name.to_string(), owner.clone())).copied().unwrap_or(0),
+            spread
+                .get(&(name.to_string(), owner.clone()))
+                .copied()
+                .unwrap_or(0),
             load.get(name).copied().unwrap_or(0),
             name,
         );
@@ -65,7 +70,9 @@ pub fn pick<'a>(
         reasons.push(format!("{unschedulable} node(s) were unschedulable"));
     }
     if mismatched > 0 {
-        reasons.push(format!("{mismatched} node(s) didn't match Pod's node affinity/selector"));
+        reasons.push(format!(
+            "{mismatched} node(s) didn't match Pod's node affinity/selector"
+        ));
     }
     let mut msg = format!("0/{} nodes are available", nodes.len());
     if !reasons.is_empty() {
@@ -204,11 +211,24 @@ mod tests {
             Object::Pod(pod.clone()),
         ]));
         assert_eq!(bindings(&actions), vec![]);
-        let Some(Action::Update(Object::Pod(p))) = actions.first() else { panic!("{actions:?}") };
-        let cond = p.status.as_ref().unwrap().conditions.as_ref().unwrap().iter().find(|c| c.type_ == "PodScheduled").unwrap();
+        let Some(Action::Update(Object::Pod(p))) = actions.first() else {
+            panic!("{actions:?}")
+        };
+        let cond = p
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "PodScheduled")
+            .unwrap();
         assert_eq!(
             cond.message.as_deref(),
-            Some("0/2 nodes are available: 1 node(s) were not ready, 1 node(s) didn't match Pod's node affinity/selector.")
+            Some(
+                "0/2 nodes are available: 1 node(s) were not ready, 1 node(s) didn't match Pod's node affinity/selector."
+            )
         );
         // Same situation again: nothing to write.
         let actions = reconcile(&snapshot(vec![
@@ -219,8 +239,20 @@ mod tests {
         assert_eq!(actions, vec![]);
 
         let mut armv7 = node("pi", true);
-        armv7.metadata.labels.as_mut().unwrap().insert("kubernetes.io/arch".into(), "arm".into());
-        let actions = reconcile(&snapshot(vec![Object::Node(node("a", true)), Object::Node(armv7), Object::Pod(pod)]));
-        assert_eq!(bindings(&actions), vec![("p".to_string(), "pi".to_string())]);
+        armv7
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("kubernetes.io/arch".into(), "arm".into());
+        let actions = reconcile(&snapshot(vec![
+            Object::Node(node("a", true)),
+            Object::Node(armv7),
+            Object::Pod(pod),
+        ]));
+        assert_eq!(
+            bindings(&actions),
+            vec![("p".to_string(), "pi".to_string())]
+        );
     }
 }

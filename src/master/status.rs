@@ -36,8 +36,14 @@ pub fn node_with_facts(node: &Node, facts: &NodeFacts) -> Option<Node> {
     });
     st.addresses = Some(addresses);
     let resources = BTreeMap::from([
-        ("cpu".to_string(), Quantity(format!("{}m", facts.cpu_millis))),
-        ("memory".to_string(), Quantity(format!("{}Ki", facts.memory_bytes / 1024))),
+        (
+            "cpu".to_string(),
+            Quantity(format!("{}m", facts.cpu_millis)),
+        ),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Ki", facts.memory_bytes / 1024)),
+        ),
         ("pods".to_string(), Quantity(facts.max_pods.to_string())),
     ]);
     st.capacity = Some(resources.clone());
@@ -102,8 +108,12 @@ mod tests {
             max_pods: 110,
             ..Default::default()
         };
-        let n1 = node_with_facts(&node("pi1", true), &facts).expect("first report changes the node");
-        assert_eq!(n1.metadata.labels.as_ref().unwrap()["kubernetes.io/arch"], "arm64");
+        let n1 =
+            node_with_facts(&node("pi1", true), &facts).expect("first report changes the node");
+        assert_eq!(
+            n1.metadata.labels.as_ref().unwrap()["kubernetes.io/arch"],
+            "arm64"
+        );
         assert_eq!(node_with_facts(&n1, &facts), None);
     }
 
@@ -133,7 +143,16 @@ mod tests {
             terminated: false,
         };
         let updated = pod_with_report(&pod, &report).unwrap();
-        let types: Vec<_> = updated.status.as_ref().unwrap().conditions.as_ref().unwrap().iter().map(|c| c.type_.as_str()).collect();
+        let types: Vec<_> = updated
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
         assert_eq!(types, vec!["PodScheduled", "Ready"]);
         assert_eq!(pod_with_report(&updated, &report), None);
     }

@@ -25,9 +25,10 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, TransportError> {
     // rumqttd only logs a failed bind from its own thread; find out here, so a
     // port held by another program is an error rather than a broker we'd think
     // we had.
-    drop(std::net::TcpListener::bind(listen).map_err(|e| {
-        TransportError::Broker(format!("cannot listen on {listen}: {e}"))
-    })?);
+    drop(
+        std::net::TcpListener::bind(listen)
+            .map_err(|e| TransportError::Broker(format!("cannot listen on {listen}: {e}")))?,
+    );
     let connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PACKET,
@@ -129,17 +130,29 @@ mod tests {
         let mut will = MqttOptions::new(&url, "dying");
         will.last_will = Some(("t/online".into(), b"false".to_vec()));
         will.keep_alive = Duration::from_secs(5);
-        let (dying, _drx) = Mqtt::connect(will, Some(Duration::from_secs(5))).await.unwrap();
-        dying.publish("t/retained", b"kept".to_vec(), true).await.unwrap();
-
-        let (sub, mut rx) = Mqtt::connect(MqttOptions::new(&url, "sub"), Some(Duration::from_secs(5)))
+        let (dying, _drx) = Mqtt::connect(will, Some(Duration::from_secs(5)))
             .await
             .unwrap();
+        dying
+            .publish("t/retained", b"kept".to_vec(), true)
+            .await
+            .unwrap();
+
+        let (sub, mut rx) =
+            Mqtt::connect(MqttOptions::new(&url, "sub"), Some(Duration::from_secs(5)))
+                .await
+                .unwrap();
         sub.subscribe("t/#").await.unwrap();
         subscribed(&mut rx).await;
-        assert_eq!(next_message(&mut rx).await, ("t/retained".into(), b"kept".to_vec()));
+        assert_eq!(
+            next_message(&mut rx).await,
+            ("t/retained".into(), b"kept".to_vec())
+        );
         dying.publish("t/x", vec![7; 100_000], false).await.unwrap();
-        assert_eq!(next_message(&mut rx).await, ("t/x".into(), vec![7; 100_000]));
+        assert_eq!(
+            next_message(&mut rx).await,
+            ("t/x".into(), vec![7; 100_000])
+        );
     }
 
     #[tokio::test]
@@ -152,6 +165,9 @@ mod tests {
         .await
         .err()
         .expect("no broker there");
-        assert!(err.to_string().contains("no connection to the broker"), "{err}");
+        assert!(
+            err.to_string().contains("no connection to the broker"),
+            "{err}"
+        );
     }
 }

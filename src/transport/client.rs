@@ -45,7 +45,10 @@ pub enum MqttEvent {
     Connected,
     /// The broker acknowledged a subscription.
     Subscribed,
-    Message { topic: String, payload: Bytes },
+    Message {
+        topic: String,
+        payload: Bytes,
+    },
 }
 
 /// A parsed broker URL.
@@ -84,9 +87,10 @@ pub fn parse_url(url: &str) -> Result<BrokerUrl, TransportError> {
         None => (None, None),
     };
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h, p.parse::<u16>().map_err(|_| bad("port is not a number"))?)
-        }
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h,
+            p.parse::<u16>().map_err(|_| bad("port is not a number"))?,
+        ),
         _ => (hostport, 1883),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -99,7 +99,9 @@ pub enum EnvelopeError {
     WrongRecipient { to: String },
     #[error("replayed message {seq} from {from:?}")]
     Replay { from: String, seq: u64 },
-    #[error("timestamp {skew_ms} ms away from our clock (more than the allowed window; check the clocks)")]
+    #[error(
+        "timestamp {skew_ms} ms away from our clock (more than the allowed window; check the clocks)"
+    )]
     Stale { skew_ms: i64 },
     #[error("body from {from:?} does not decode: {reason}")]
     Body { from: String, reason: String },

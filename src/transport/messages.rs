@@ -105,7 +105,10 @@ pub enum Response {
     Deleted(Vec<ObjectKey>),
     Scaled(ObjectKey),
     /// The stream is opened on `node`; its chunks are signed with `node_key`.
-    LogStream { node: String, node_key: String },
+    LogStream {
+        node: String,
+        node_key: String,
+    },
     ClusterInfo(ClusterInfo),
 }
 

@@ -20,12 +20,14 @@ pub fn goarch() -> &'static str {
 /// The IPv4 address of the interface holding the default route, else the first
 /// non-loopback IPv4 address.
 pub fn primary_ipv4() -> Option<Ipv4Addr> {
-    let default_iface = std::fs::read_to_string("/proc/net/route").ok().and_then(|t| {
-        t.lines().skip(1).find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
-        })
-    });
+    let default_iface = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| {
+            t.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+            })
+        });
     let addrs: Vec<(String, Ipv4Addr)> = nix::ifaddrs::getifaddrs()
         .ok()?
         .filter_map(|a| {

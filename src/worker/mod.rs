@@ -34,7 +34,9 @@ use crate::transport::envelope::{self, DropLog, MASTER_ID};
 use crate::transport::messages::{
     Assignment, NodeFacts, NodeReport, PodReport, ServiceTable, StreamMsg,
 };
-use crate::transport::{KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier};
+use crate::transport::{
+    KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
+};
 use podsync::{PodRecord, Step};
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +118,10 @@ struct Agent {
 }
 
 /// Runs the agent until `shutdown` flips. Pods keep running afterwards.
-pub async fn run(cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+pub async fn run(
+    cfg: WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let db = LocalStore::open(&cfg.layout.worker_db())?;
     let assignment: Option<Assignment> = db.get(T_ASSIGNMENT, CURRENT)?.and_then(|b| uncbor(&b));
     let services: ServiceTable = db
@@ -267,7 +272,12 @@ impl Agent {
         if self.applied_routes == Some(self.services.generation) {
             return;
         }
-        let ips: BTreeSet<Ipv4Addr> = self.services.routes.iter().filter_map(|r| r.cluster_ip).collect();
+        let ips: BTreeSet<Ipv4Addr> = self
+            .services
+            .routes
+            .iter()
+            .filter_map(|r| r.cluster_ip)
+            .collect();
         if let Err(e) = net.set_service_ips(&ips).await {
             tracing::warn!(error = %e, "cannot bind Service addresses; retrying");
             return;
@@ -285,7 +295,8 @@ impl Agent {
             let a = match self.verifier.open::<Assignment>(topic, payload) {
                 Ok(o) if o.from == MASTER_ID => o.body,
                 Ok(o) => {
-                    self.drops.dropped(topic, &format!("assignment signed by {}", o.from));
+                    self.drops
+                        .dropped(topic, &format!("assignment signed by {}", o.from));
                     return false;
                 }
                 Err(e) => {
@@ -294,14 +305,24 @@ impl Agent {
                 }
             };
             if a.node != self.cfg.node_name
-                || self.assignment.as_ref().is_some_and(|cur| cur.generation >= a.generation)
+                || self
+                    .assignment
+                    .as_ref()
+                    .is_some_and(|cur| cur.generation >= a.generation)
             {
                 return false;
             }
-            if let Err(e) = self.db.write(vec![LocalOp::put(T_ASSIGNMENT, CURRENT, cbor(&a))]) {
+            if let Err(e) = self
+                .db
+                .write(vec![LocalOp::put(T_ASSIGNMENT, CURRENT, cbor(&a))])
+            {
                 tracing::error!(error = %e, "cannot persist the assignment");
             }
-            tracing::debug!(generation = a.generation, pods = a.pods.len(), "new assignment");
+            tracing::debug!(
+                generation = a.generation,
+                pods = a.pods.len(),
+                "new assignment"
+            );
             self.assignment = Some(a);
             self.ensure_network().await;
             self.apply_services().await;
@@ -311,14 +332,19 @@ impl Agent {
             match self.verifier.open::<ServiceTable>(topic, payload) {
                 Ok(o) if o.from == MASTER_ID => {
                     if o.body.generation > self.services.generation {
-                        if let Err(e) = self.db.write(vec![LocalOp::put(T_SERVICES, CURRENT, cbor(&o.body))]) {
+                        if let Err(e) =
+                            self.db
+                                .write(vec![LocalOp::put(T_SERVICES, CURRENT, cbor(&o.body))])
+                        {
                             tracing::error!(error = %e, "cannot persist the service table");
                         }
                         self.services = o.body;
                         self.apply_services().await;
                     }
                 }
-                Ok(o) => self.drops.dropped(topic, &format!("service table signed by {}", o.from)),
+                Ok(o) => self
+                    .drops
+                    .dropped(topic, &format!("service table signed by {}", o.from)),
                 Err(e) => self.drops.dropped(topic, &e),
             }
             return false;
@@ -337,7 +363,9 @@ impl Agent {
         match opened.body {
             StreamMsg::Open(open) if opened.from == MASTER_ID && open.id == id => {
                 let Ok(key) = open.client_key.parse::<PublicKey>() else {
-                    return self.drops.dropped(topic, &"stream open with a bad client key");
+                    return self
+                        .drops
+                        .dropped(topic, &"stream open with a bad client key");
                 };
                 self.verifier.trust(open.client_id.clone(), key);
                 let out = self.cfg.topics.stream_out(&self.cfg.node_name, id);
@@ -368,7 +396,9 @@ impl Agent {
                     Some(h) if h.client_id == opened.from => {
                         let _ = h.control.try_send(msg);
                     }
-                    _ => self.drops.dropped(topic, &format!("stream control from {}", opened.from)),
+                    _ => self
+                        .drops
+                        .dropped(topic, &format!("stream control from {}", opened.from)),
                 }
             }
             _ => self.drops.dropped(topic, &"unexpected stream message"),
@@ -383,14 +413,19 @@ impl Agent {
     }
 
     fn log_path(&self, rec: &PodRecord, container: &str, attempt: u32) -> PathBuf {
-        self.log_dir(rec).join(container).join(format!("{attempt}.log"))
+        self.log_dir(rec)
+            .join(container)
+            .join(format!("{attempt}.log"))
     }
 
     /// The log of the container's current (or last) attempt.
     fn log_path_current(&self, uid: &str, container: &str) -> PathBuf {
         match self.records.get(uid) {
             Some(rec) => {
-                let attempt = rec.containers.get(container).map_or(0, |c| c.attempt.saturating_sub(1));
+                let attempt = rec
+                    .containers
+                    .get(container)
+                    .map_or(0, |c| c.attempt.saturating_sub(1));
                 self.log_path(rec, container, attempt)
             }
             None => PathBuf::from("/nonexistent"),
@@ -401,7 +436,9 @@ impl Agent {
         for rec in self.records.values() {
             for c in rec.containers.values().filter(|c| c.attempt > 0) {
                 let path = self.log_path(rec, &c.name, c.attempt - 1);
-                if let Err(e) = crate::runtime::logs::rotate_if_needed(&path, self.cfg.log_max_bytes) {
+                if let Err(e) =
+                    crate::runtime::logs::rotate_if_needed(&path, self.cfg.log_max_bytes)
+                {
                     tracing::debug!(path = %path.display(), error = %e, "log rotation failed");
                 }
             }
@@ -415,11 +452,13 @@ impl Agent {
         let rt = self.cfg.runtime.clone();
         tokio::task::spawn_blocking(move || f(&*rt))
             .await
-            .unwrap_or_else(|e| Err(RuntimeError::Operation {
-                op: "run",
-                id: String::new(),
-                reason: format!("runtime task failed: {e}"),
-            }))
+            .unwrap_or_else(|e| {
+                Err(RuntimeError::Operation {
+                    op: "run",
+                    id: String::new(),
+                    reason: format!("runtime task failed: {e}"),
+                })
+            })
     }
 
     /// One pass of the pod sync loop.
@@ -432,8 +471,10 @@ impl Agent {
                 return;
             }
         };
-        let actual: HashMap<String, ContainerState> =
-            listed.iter().map(|c| (c.id.clone(), c.state.clone())).collect();
+        let actual: HashMap<String, ContainerState> = listed
+            .iter()
+            .map(|c| (c.id.clone(), c.state.clone()))
+            .collect();
         let desired: BTreeMap<String, Pod> = self
             .desired()
             .into_iter()
@@ -448,7 +489,9 @@ impl Agent {
         let uids: Vec<String> = self.records.keys().cloned().collect();
         for uid in &uids {
             let pod = desired.get(uid);
-            let Some(rec) = self.records.get_mut(uid) else { continue };
+            let Some(rec) = self.records.get_mut(uid) else {
+                continue;
+            };
             rec.observe(pod, &actual, now);
             let steps = rec.next_steps(pod, &actual, now);
             for step in steps {
@@ -457,7 +500,7 @@ impl Agent {
         }
         // Forget pods that are released and that the master has let go of.
         self.records
-            .retain(|uid, r| !(r.released && !desired.contains_key(uid)));
+            .retain(|uid, r| !r.released || desired.contains_key(uid));
         // Containers nobody asked for (left by a crash between create and
         // record, or by a pod forgotten while the agent was down) are removed.
         let known: BTreeSet<&str> = self
@@ -468,7 +511,10 @@ impl Agent {
             .collect();
         for c in listed.iter().filter(|c| !known.contains(c.id.as_str())) {
             let id = c.id.clone();
-            let running = matches!(c.state, ContainerState::Running { .. } | ContainerState::Created);
+            let running = matches!(
+                c.state,
+                ContainerState::Running { .. } | ContainerState::Created
+            );
             tracing::info!(%id, "removing a container no pod claims");
             let r = self
                 .runtime_call(move |rt| {
@@ -529,7 +575,9 @@ impl Agent {
                             r.on_removed(&runtime_id);
                         }
                     }
-                    Err(e) => tracing::warn!(id = %runtime_id, error = %e, "cannot remove container"),
+                    Err(e) => {
+                        tracing::warn!(id = %runtime_id, error = %e, "cannot remove container")
+                    }
                 }
             }
             Step::Signal { runtime_id, signal } => {
@@ -543,13 +591,18 @@ impl Agent {
                     .max(0)
                     * 1000;
                 let id = runtime_id.clone();
-                match self.runtime_call(move |rt| rt.kill_container(&id, signal)).await {
+                match self
+                    .runtime_call(move |rt| rt.kill_container(&id, signal))
+                    .await
+                {
                     Ok(()) => {
                         if let Some(r) = self.records.get_mut(uid) {
                             r.on_signalled(signal, grace_ms, now);
                         }
                     }
-                    Err(e) => tracing::warn!(id = %runtime_id, error = %e, "cannot signal container"),
+                    Err(e) => {
+                        tracing::warn!(id = %runtime_id, error = %e, "cannot signal container")
+                    }
                 }
             }
             Step::Release => {
@@ -573,7 +626,9 @@ impl Agent {
     async fn setup_network(&mut self, uid: &str) {
         let Some(cidr) = self.pod_cidr() else { return };
         let used: BTreeSet<Ipv4Addr> = self.records.values().filter_map(|r| r.ip).collect();
-        let Some(rec) = self.records.get(uid) else { return };
+        let Some(rec) = self.records.get(uid) else {
+            return;
+        };
         let ip = match rec.ip.or_else(|| crate::net::allocate_ip(cidr, &used)) {
             Some(ip) => ip,
             None => {
@@ -606,7 +661,9 @@ impl Agent {
     }
 
     async fn start(&mut self, uid: &str, pod: &Pod, container: &str, now: i64) {
-        let Some(rec) = self.records.get(uid) else { return };
+        let Some(rec) = self.records.get(uid) else {
+            return;
+        };
         let Some(spec) = pod
             .spec
             .as_ref()
@@ -655,7 +712,9 @@ impl Agent {
             let (reason, message) = match &e {
                 RuntimeError::ImageNotPresent(i) => (
                     "ErrImageNeverPull",
-                    format!("image {i:?} is not present on this node; import it with `bramble image import`"),
+                    format!(
+                        "image {i:?} is not present on this node; import it with `bramble image import`"
+                    ),
                 ),
                 RuntimeError::InvalidImageReference { .. } => ("InvalidImageName", e.to_string()),
                 _ => ("ErrImagePull", e.to_string()),

@@ -45,8 +45,13 @@ pub struct Terminated {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CState {
-    Waiting { reason: String, message: Option<String> },
-    Running { started_at: i64 },
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: i64,
+    },
     Terminated(Terminated),
 }
 
@@ -96,10 +101,17 @@ pub struct PodRecord {
 pub enum Step {
     SetupNetwork,
     /// Start `container` (its next attempt).
-    Start { container: String },
+    Start {
+        container: String,
+    },
     /// Remove the runtime container of a finished attempt.
-    Remove { runtime_id: String },
-    Signal { runtime_id: String, signal: i32 },
+    Remove {
+        runtime_id: String,
+    },
+    Signal {
+        runtime_id: String,
+        signal: i32,
+    },
     /// Containers are all gone: tear down the network, delete the logs.
     Release,
 }
@@ -162,7 +174,12 @@ impl PodRecord {
     /// Folds what the runtime reports into the records: a running container
     /// that exited (or vanished) becomes Terminated, and its back-off is set.
     /// `pod` is `None` when the pod is no longer wanted.
-    pub fn observe(&mut self, pod: Option<&Pod>, actual: &HashMap<String, ContainerState>, now: i64) {
+    pub fn observe(
+        &mut self,
+        pod: Option<&Pod>,
+        actual: &HashMap<String, ContainerState>,
+        now: i64,
+    ) {
         let policy = pod.map(restart_policy).unwrap_or("Never").to_string();
         for c in self.containers.values_mut() {
             let CState::Running { started_at } = c.state else {
@@ -179,7 +196,12 @@ impl PodRecord {
                 }) => Terminated {
                     exit_code: *exit_code,
                     signal: *signal,
-                    reason: if *exit_code == 0 { "Completed" } else { "Error" }.into(),
+                    reason: if *exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    }
+                    .into(),
                     started_at,
                     finished_at: *finished_at,
                 },
@@ -241,7 +263,12 @@ impl PodRecord {
 
     /// What to do now. `pod` is the desired pod, or `None` when it is no
     /// longer wanted; `actual` is what the runtime holds.
-    pub fn next_steps(&self, pod: Option<&Pod>, actual: &HashMap<String, ContainerState>, now: i64) -> Vec<Step> {
+    pub fn next_steps(
+        &self,
+        pod: Option<&Pod>,
+        actual: &HashMap<String, ContainerState>,
+        now: i64,
+    ) -> Vec<Step> {
         let stopping = pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
         let mut steps = Vec::new();
         if stopping {
@@ -256,12 +283,20 @@ impl PodRecord {
                         alive = true;
                         let st = self.stopping.as_ref();
                         if st.is_none_or(|s| !s.term_sent) {
-                            steps.push(Step::Signal { runtime_id: id.clone(), signal: libc::SIGTERM });
+                            steps.push(Step::Signal {
+                                runtime_id: id.clone(),
+                                signal: libc::SIGTERM,
+                            });
                         } else if st.is_some_and(|s| now >= s.deadline && !s.kill_sent) {
-                            steps.push(Step::Signal { runtime_id: id.clone(), signal: libc::SIGKILL });
+                            steps.push(Step::Signal {
+                                runtime_id: id.clone(),
+                                signal: libc::SIGKILL,
+                            });
                         }
                     }
-                    Some(_) => steps.push(Step::Remove { runtime_id: id.clone() }),
+                    Some(_) => steps.push(Step::Remove {
+                        runtime_id: id.clone(),
+                    }),
                     None => {}
                 }
             }
@@ -284,9 +319,13 @@ impl PodRecord {
             if let Some(id) = &c.runtime_id
                 && actual.contains_key(id)
             {
-                steps.push(Step::Remove { runtime_id: id.clone() });
+                steps.push(Step::Remove {
+                    runtime_id: id.clone(),
+                });
             }
-            steps.push(Step::Start { container: c.name.clone() });
+            steps.push(Step::Start {
+                container: c.name.clone(),
+            });
         }
         steps
     }
@@ -294,10 +333,21 @@ impl PodRecord {
     /// The runtime id the next attempt of `container` gets.
     pub fn next_runtime_id(&self, container: &str) -> String {
         let attempt = self.containers.get(container).map_or(0, |c| c.attempt);
-        let uid: String = self.uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let uid: String = self
+            .uid
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
         let name: String = container
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .take(40)
             .collect();
         format!("{}-{}-{}", uid.to_ascii_lowercase(), name, attempt)
@@ -334,7 +384,9 @@ impl PodRecord {
 
     pub fn on_removed(&mut self, runtime_id: &str) {
         for c in self.containers.values_mut() {
-            if c.runtime_id.as_deref() == Some(runtime_id) && !matches!(c.state, CState::Running { .. }) {
+            if c.runtime_id.as_deref() == Some(runtime_id)
+                && !matches!(c.state, CState::Running { .. })
+            {
                 // Keep the id only while its container exists.
                 c.runtime_id = None;
             }
@@ -404,11 +456,22 @@ mod tests {
         let none = HashMap::new();
         assert_eq!(r.next_steps(Some(&p), &none, 0), vec![Step::SetupNetwork]);
         r.network_ready = true;
-        assert_eq!(r.next_steps(Some(&p), &none, 0), vec![Step::Start { container: "main".into() }]);
+        assert_eq!(
+            r.next_steps(Some(&p), &none, 0),
+            vec![Step::Start {
+                container: "main".into()
+            }]
+        );
         let id = r.next_runtime_id("main");
         assert_eq!(id, "0123456789ab-main-0");
         r.on_started("main", id.clone(), 5);
-        let actual = HashMap::from([(id, ContainerState::Running { pid: 1, started_at: 5 })]);
+        let actual = HashMap::from([(
+            id,
+            ContainerState::Running {
+                pid: 1,
+                started_at: 5,
+            },
+        )]);
         assert_eq!(r.next_steps(Some(&p), &actual, 10), vec![]);
     }
 
@@ -430,17 +493,29 @@ mod tests {
             // Before the back-off is over nothing starts; after it, the old
             // container is removed and a new one started.
             if c.next_start_at > now {
-                assert!(matches!(&c.state, CState::Waiting { reason, .. } if reason == "CrashLoopBackOff"));
+                assert!(
+                    matches!(&c.state, CState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+                );
                 assert_eq!(r.next_steps(Some(&p), &actual, now), vec![]);
             }
             now = c.next_start_at;
             assert_eq!(
                 r.next_steps(Some(&p), &actual, now),
-                vec![Step::Remove { runtime_id: id.clone() }, Step::Start { container: "main".into() }]
+                vec![
+                    Step::Remove {
+                        runtime_id: id.clone()
+                    },
+                    Step::Start {
+                        container: "main".into()
+                    }
+                ]
             );
             r.on_removed(&id);
         }
-        assert_eq!(delays, vec![0, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000]);
+        assert_eq!(
+            delays,
+            vec![0, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000]
+        );
         assert_eq!(r.containers["main"].restart_count, 7);
     }
 
@@ -458,14 +533,21 @@ mod tests {
 
     #[test]
     fn restart_policies() {
-        for (policy, code, restarts) in [("Never", 1, false), ("OnFailure", 0, false), ("OnFailure", 2, true), ("Always", 0, true)] {
+        for (policy, code, restarts) in [
+            ("Never", 1, false),
+            ("OnFailure", 0, false),
+            ("OnFailure", 2, true),
+            ("Always", 0, true),
+        ] {
             let p = pod(policy);
             let mut r = PodRecord::new(&p, 0);
             r.network_ready = true;
             r.on_started("main", "x".into(), 0);
             let actual = HashMap::from([("x".to_string(), exited(code, 0, 1))]);
             r.observe(Some(&p), &actual, 1);
-            let wants = r.next_steps(Some(&p), &actual, 1).contains(&Step::Start { container: "main".into() });
+            let wants = r.next_steps(Some(&p), &actual, 1).contains(&Step::Start {
+                container: "main".into(),
+            });
             assert_eq!(wants, restarts, "{policy} exit {code}");
         }
     }
@@ -476,16 +558,42 @@ mod tests {
         let mut r = PodRecord::new(&p, 0);
         r.network_ready = true;
         r.on_started("main", "x".into(), 0);
-        let running = HashMap::from([("x".to_string(), ContainerState::Running { pid: 1, started_at: 0 })]);
-        assert_eq!(r.next_steps(None, &running, 100), vec![Step::Signal { runtime_id: "x".into(), signal: libc::SIGTERM }]);
+        let running = HashMap::from([(
+            "x".to_string(),
+            ContainerState::Running {
+                pid: 1,
+                started_at: 0,
+            },
+        )]);
+        assert_eq!(
+            r.next_steps(None, &running, 100),
+            vec![Step::Signal {
+                runtime_id: "x".into(),
+                signal: libc::SIGTERM
+            }]
+        );
         r.on_signalled(libc::SIGTERM, 30_000, 100);
         assert_eq!(r.next_steps(None, &running, 200), vec![]);
-        assert_eq!(r.next_steps(None, &running, 30_100), vec![Step::Signal { runtime_id: "x".into(), signal: libc::SIGKILL }]);
+        assert_eq!(
+            r.next_steps(None, &running, 30_100),
+            vec![Step::Signal {
+                runtime_id: "x".into(),
+                signal: libc::SIGKILL
+            }]
+        );
         r.on_signalled(libc::SIGKILL, 30_000, 30_100);
         let dead = HashMap::from([("x".to_string(), exited(137, 0, 30_200))]);
-        assert_eq!(r.next_steps(None, &dead, 30_300), vec![Step::Remove { runtime_id: "x".into() }]);
+        assert_eq!(
+            r.next_steps(None, &dead, 30_300),
+            vec![Step::Remove {
+                runtime_id: "x".into()
+            }]
+        );
         r.on_removed("x");
-        assert_eq!(r.next_steps(None, &HashMap::new(), 30_400), vec![Step::Release]);
+        assert_eq!(
+            r.next_steps(None, &HashMap::new(), 30_400),
+            vec![Step::Release]
+        );
         r.on_released();
         assert_eq!(r.next_steps(None, &HashMap::new(), 30_500), vec![]);
     }
@@ -499,6 +607,11 @@ mod tests {
         r.observe(Some(&p), &HashMap::new(), 50);
         let last = r.containers["main"].last_termination.clone().unwrap();
         assert_eq!(last.reason, "ContainerStatusUnknown");
-        assert_eq!(r.next_steps(Some(&p), &HashMap::new(), 50), vec![Step::Start { container: "main".into() }]);
+        assert_eq!(
+            r.next_steps(Some(&p), &HashMap::new(), 50),
+            vec![Step::Start {
+                container: "main".into()
+            }]
+        );
     }
 }

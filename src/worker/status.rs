@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, Pod, PodCondition, PodIP, PodStatus, HostIP,
+    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -14,7 +14,9 @@ use super::podsync::{CState, ContainerRecord, PodRecord, Terminated};
 fn ts(ms: i64) -> Option<Time> {
     // Whole seconds: what Kubernetes' Time carries, so a value read back
     // compares equal to the one written.
-    jiff::Timestamp::from_second(ms.div_euclid(1000)).ok().map(Time)
+    jiff::Timestamp::from_second(ms.div_euclid(1000))
+        .ok()
+        .map(Time)
 }
 
 fn terminated(t: &Terminated, id: &str) -> ContainerStateTerminated {
@@ -93,7 +95,10 @@ pub fn pod_status(pod: &Pod, record: &PodRecord, host_ip: &str) -> PodStatus {
         .and_then(|s| s.restart_policy.as_deref())
         .unwrap_or("Always");
     let all_terminated = !record.containers.is_empty()
-        && record.containers.values().all(|c| matches!(c.state, CState::Terminated(_)));
+        && record
+            .containers
+            .values()
+            .all(|c| matches!(c.state, CState::Terminated(_)));
     let any_started = record.containers.values().any(|c| c.attempt > 0);
     let phase = if all_terminated && policy != "Always" {
         let failed = record.containers.values().any(|c| match &c.state {
@@ -114,7 +119,10 @@ pub fn pod_status(pod: &Pod, record: &PodRecord, host_ip: &str) -> PodStatus {
         .map(|c| match &c.state {
             CState::Running { started_at } => *started_at,
             CState::Terminated(t) => t.finished_at,
-            CState::Waiting { .. } => c.last_termination.as_ref().map_or(record.created_at, |t| t.finished_at),
+            CState::Waiting { .. } => c
+                .last_termination
+                .as_ref()
+                .map_or(record.created_at, |t| t.finished_at),
         })
         .max()
         .unwrap_or(record.created_at);
@@ -127,7 +135,9 @@ pub fn pod_status(pod: &Pod, record: &PodRecord, host_ip: &str) -> PodStatus {
         ]),
         container_statuses: Some(statuses),
         host_ip: Some(host_ip.to_string()),
-        host_ips: Some(vec![HostIP { ip: host_ip.to_string() }]),
+        host_ips: Some(vec![HostIP {
+            ip: host_ip.to_string(),
+        }]),
         pod_ip: record.ip.map(|i| i.to_string()),
         pod_ips: record.ip.map(|i| vec![PodIP { ip: i.to_string() }]),
         start_time: ts(record.started_at.unwrap_or(record.created_at)),
@@ -167,14 +177,25 @@ mod tests {
         let mut r = PodRecord::new(&p, 1_000);
         let s = pod_status(&p, &r, "192.168.1.2");
         assert_eq!(s.phase.as_deref(), Some("Pending"));
-        let w = s.container_statuses.unwrap()[0].state.clone().unwrap().waiting.unwrap();
+        let w = s.container_statuses.unwrap()[0]
+            .state
+            .clone()
+            .unwrap()
+            .waiting
+            .unwrap();
         assert_eq!(w.reason.as_deref(), Some("ContainerCreating"));
         r.ip = Some("10.88.0.2".parse().unwrap());
         r.on_started("c", "id".into(), 2_000);
         let s = pod_status(&p, &r, "192.168.1.2");
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(s.pod_ip.as_deref(), Some("10.88.0.2"));
-        assert!(s.conditions.as_ref().unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        assert!(
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        );
         assert_eq!(s, pod_status(&p, &r, "192.168.1.2"), "deterministic");
     }
 }

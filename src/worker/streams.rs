@@ -63,7 +63,9 @@ impl LogStream {
         loop {
             // Send what the window allows.
             while seq < acked + WINDOW {
-                let Some(bytes) = pending.pop_front() else { break };
+                let Some(bytes) = pending.pop_front() else {
+                    break;
+                };
                 seq += 1;
                 if !self.send(&StreamMsg::Data { seq, bytes }).await {
                     return;
@@ -126,7 +128,11 @@ fn initial_bytes(path: &PathBuf, tail: Option<u64>) -> std::io::Result<(u64, Vec
     let mut cut = data.len();
     let mut lines = 0;
     // A trailing newline ends the last line; it does not start another.
-    let body = if data.ends_with(b"\n") { &data[..data.len() - 1] } else { &data[..] };
+    let body = if data.ends_with(b"\n") {
+        &data[..data.len() - 1]
+    } else {
+        &data[..]
+    };
     for (i, b) in body.iter().enumerate().rev() {
         if *b == b'\n' {
             lines += 1;
@@ -169,14 +175,24 @@ mod tests {
         let p = dir.join("0.log");
         std::fs::write(&p, b"a\nb\nc\n").unwrap();
         assert_eq!(initial_bytes(&p, Some(2)).unwrap(), (2, b"b\nc\n".to_vec()));
-        assert_eq!(initial_bytes(&p, Some(10)).unwrap(), (0, b"a\nb\nc\n".to_vec()));
+        assert_eq!(
+            initial_bytes(&p, Some(10)).unwrap(),
+            (0, b"a\nb\nc\n".to_vec())
+        );
         assert_eq!(initial_bytes(&p, None).unwrap().1, b"a\nb\nc\n".to_vec());
         assert_eq!(initial_bytes(&p, Some(0)).unwrap(), (6, vec![]));
         std::fs::write(&p, b"a\nb\nc\nd\n").unwrap();
         assert_eq!(read_from(&p, 6).unwrap(), (8, b"d\n".to_vec()));
         std::fs::write(&p, b"x\n").unwrap();
-        assert_eq!(read_from(&p, 8).unwrap(), (2, b"x\n".to_vec()), "truncated: start over");
-        assert_eq!(initial_bytes(&dir.join("none"), Some(1)).unwrap(), (0, vec![]));
+        assert_eq!(
+            read_from(&p, 8).unwrap(),
+            (2, b"x\n".to_vec()),
+            "truncated: start over"
+        );
+        assert_eq!(
+            initial_bytes(&dir.join("none"), Some(1)).unwrap(),
+            (0, vec![])
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -14,7 +14,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_bramble");
 
 /// A free TCP port on loopback (released before use: a small race, accepted).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A free port in the NodePort range.
@@ -41,7 +45,12 @@ impl NetLease {
         for _ in 0..1000 {
             let octet = rand::random_range(100u8..=199);
             let token = dir.join(octet.to_string());
-            if OpenOptions::new().write(true).create_new(true).open(&token).is_ok() {
+            if OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&token)
+                .is_ok()
+            {
                 return NetLease { octet, token };
             }
         }
@@ -97,7 +106,10 @@ impl Cluster {
             log: dir.join("up.log"),
             bridge: format!("bt{tag}"),
             node: format!("n{tag}"),
-            broker: opts.broker.clone().unwrap_or_else(|| format!("mqtt://127.0.0.1:{port}")),
+            broker: opts
+                .broker
+                .clone()
+                .unwrap_or_else(|| format!("mqtt://127.0.0.1:{port}")),
             node_port: free_node_port(),
             dir,
             child: None,
@@ -140,7 +152,11 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, args: &[String]) {
-        let log = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(BIN)
             .args(args)
             .env("BRAMBLE_CONFIG", &self.config)
@@ -188,7 +204,10 @@ impl Cluster {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(60);
-        format!("--- last lines of bramble up ---\n{}", lines[from..].join("\n"))
+        format!(
+            "--- last lines of bramble up ---\n{}",
+            lines[from..].join("\n")
+        )
     }
 
     pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
@@ -214,9 +233,10 @@ impl Cluster {
             .filter(|p| {
                 p["status"]["phase"] == "Running"
                     && p["metadata"]["deletionTimestamp"].is_null()
-                    && p["status"]["conditions"]
-                        .as_array()
-                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                    && p["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
             })
             .collect()
     }
@@ -262,7 +282,10 @@ impl Drop for Cluster {
         if let Ok(o) = out
             && !o.status.success()
         {
-            eprintln!("bramble down failed: {}", String::from_utf8_lossy(&o.stderr));
+            eprintln!(
+                "bramble down failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -271,7 +294,8 @@ impl Drop for Cluster {
 /// An HTTP GET with a plain TCP client (no proxy settings, no keep-alive).
 pub fn http_get(addr: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     write!(s, "GET / HTTP/1.0\r\nHost: bramble\r\n\r\n").ok()?;
     let mut body = String::new();

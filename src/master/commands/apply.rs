@@ -16,13 +16,16 @@ use crate::api::{self, Kind, Object, ObjectKey};
 use crate::master::allocate;
 use crate::master::controllers::deployment::REVISION_ANNOTATION;
 use crate::store::{Mode, Op, Outcome};
-use crate::transport::messages::{Applied, ApiError, ApplyRequest, ErrorCode, Response};
+use crate::transport::messages::{ApiError, Applied, ApplyRequest, ErrorCode, Response};
 
 use super::{Ctx, store_error};
 
 pub fn handle(ctx: &Ctx, req: ApplyRequest) -> Result<Response, ApiError> {
     if req.objects.is_empty() {
-        return Err(ApiError::new(ErrorCode::BadRequest, "no objects passed to apply"));
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "no objects passed to apply",
+        ));
     }
     let batch_namespaces: HashSet<String> = req
         .objects
@@ -43,7 +46,11 @@ pub fn handle(ctx: &Ctx, req: ApplyRequest) -> Result<Response, ApiError> {
         }
         ops.push(Op::Put(prepare(ctx, obj, &mut alloc, &batch_namespaces)?));
     }
-    let mode = if req.dry_run { Mode::DryRun } else { Mode::Commit };
+    let mode = if req.dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Commit
+    };
     let outcomes = ctx.store.commit(ops, mode).map_err(store_error)?;
     Ok(Response::Applied(
         outcomes
@@ -84,7 +91,10 @@ fn prepare(
     batch_namespaces: &HashSet<String>,
 ) -> Result<Object, ApiError> {
     api::defaults::apply(&mut obj);
-    let errors: Vec<String> = api::validate::validate(&obj).iter().map(|e| e.to_string()).collect();
+    let errors: Vec<String> = api::validate::validate(&obj)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     if !errors.is_empty() {
         return Err(invalid(&obj, &errors));
     }
@@ -126,7 +136,10 @@ fn prepare(
             annotations.extend(n.metadata.annotations.take().unwrap_or_default());
             merged.metadata.annotations = Some(annotations);
             if let Some(u) = n.spec.as_ref().and_then(|s| s.unschedulable) {
-                merged.spec.get_or_insert_with(Default::default).unschedulable = Some(u);
+                merged
+                    .spec
+                    .get_or_insert_with(Default::default)
+                    .unschedulable = Some(u);
             }
             *n = merged;
             return Ok(obj);
@@ -153,7 +166,12 @@ fn prepare(
             pod.spec = Some(wanted);
         }
         (Object::Deployment(d), Some(Object::Deployment(old))) => {
-            if let Some(rev) = old.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION)) {
+            if let Some(rev) = old
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REVISION_ANNOTATION))
+            {
                 d.metadata
                     .annotations
                     .get_or_insert_with(Default::default)
@@ -248,13 +266,21 @@ impl Allocations {
     ) -> Result<(), ApiError> {
         let key = Object::Service(svc.clone()).key();
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let err = |msg: String| ApiError::new(ErrorCode::Invalid, format!("Service \"{name}\" is invalid: {msg}"));
+        let err = |msg: String| {
+            ApiError::new(
+                ErrorCode::Invalid,
+                format!("Service \"{name}\" is invalid: {msg}"),
+            )
+        };
         // Free what this Service holds now, so an update can keep it.
         self.ips.retain(|_, k| k != &key);
         self.ports.retain(|_, k| k != &key);
         let old_spec = old.and_then(|o| o.spec.clone()).unwrap_or_default();
         let spec = svc.spec.get_or_insert_with(Default::default);
-        let node_port_type = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
+        let node_port_type = matches!(
+            spec.type_.as_deref(),
+            Some("NodePort") | Some("LoadBalancer")
+        );
 
         let old_ip = old_spec.cluster_ip.clone().filter(|s| !s.is_empty());
         match (spec.cluster_ip.clone().filter(|s| !s.is_empty()), old_ip) {
@@ -265,9 +291,11 @@ impl Allocations {
             }
             (Some(want), _) if want == "None" => {}
             (Some(want), _) => {
-                let ip: Ipv4Addr = want
-                    .parse()
-                    .map_err(|_| err(format!("spec.clusterIP: Invalid value: \"{want}\": must be a valid IP address")))?;
+                let ip: Ipv4Addr = want.parse().map_err(|_| {
+                    err(format!(
+                        "spec.clusterIP: Invalid value: \"{want}\": must be a valid IP address"
+                    ))
+                })?;
                 if !ctx.settings.service_cidr.contains(&ip) {
                     return Err(err(format!(
                         "spec.clusterIP: Invalid value: \"{want}\": provided IP is not in the valid range. The range of valid IPs is {}",
@@ -283,12 +311,13 @@ impl Allocations {
             (None, Some(have)) => spec.cluster_ip = Some(have),
             (None, None) => {
                 let used: HashSet<Ipv4Addr> = self.ips.keys().copied().collect();
-                let ip = allocate::cluster_ip(ctx.settings.service_cidr, &used).ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::Unavailable,
-                        format!("no free ClusterIP left in {}", ctx.settings.service_cidr),
-                    )
-                })?;
+                let ip =
+                    allocate::cluster_ip(ctx.settings.service_cidr, &used).ok_or_else(|| {
+                        ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("no free ClusterIP left in {}", ctx.settings.service_cidr),
+                        )
+                    })?;
                 spec.cluster_ip = Some(ip.to_string());
             }
         }
@@ -324,7 +353,10 @@ impl Allocations {
                     let kept = old_spec.ports.iter().flatten().find(|o| {
                         o.port == port.port && o.protocol == port.protocol && o.name == port.name
                     });
-                    let p = match kept.and_then(|o| o.node_port).and_then(|n| u16::try_from(n).ok()) {
+                    let p = match kept
+                        .and_then(|o| o.node_port)
+                        .and_then(|n| u16::try_from(n).ok())
+                    {
                         Some(p) if !self.ports.contains_key(&p) => p,
                         _ => {
                             let used: HashSet<u16> = self.ports.keys().copied().collect();

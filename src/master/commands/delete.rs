@@ -61,7 +61,10 @@ fn targets(ctx: &Ctx, req: &DeleteRequest) -> Result<Vec<Arc<Object>>, ApiError>
     }
     let selector = match &req.selector {
         Some(s) => Some(Selector::parse(s).map_err(|e| {
-            ApiError::new(ErrorCode::BadRequest, format!("invalid label selector {s:?}: {e}"))
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("invalid label selector {s:?}: {e}"),
+            )
         })?),
         None if req.all => None,
         None => {

@@ -9,12 +9,18 @@ use super::{Ctx, not_found};
 pub fn handle(ctx: &Ctx, req: GetRequest) -> Result<Response, ApiError> {
     let selector = match &req.selector {
         Some(s) if !s.trim().is_empty() => Some(Selector::parse(s).map_err(|e| {
-            ApiError::new(ErrorCode::BadRequest, format!("invalid label selector {s:?}: {e}"))
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("invalid label selector {s:?}: {e}"),
+            )
         })?),
         _ => None,
     };
     if let Some(name) = &req.name {
-        let ns = req.namespace.as_deref().unwrap_or(crate::api::DEFAULT_NAMESPACE);
+        let ns = req
+            .namespace
+            .as_deref()
+            .unwrap_or(crate::api::DEFAULT_NAMESPACE);
         let key = ObjectKey::new(req.kind, ns, name);
         return match ctx.store.get(&key) {
             Some(o) => Ok(Response::Objects(vec![(*o).clone()])),

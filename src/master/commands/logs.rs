@@ -2,7 +2,7 @@
 //! client. The bytes go node → client directly (signed by the node); the master
 //! only introduces them.
 
-use crate::api::{Kind, Object, ObjectKey, NODE_KEY_ANNOTATION};
+use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::transport::messages::{ApiError, ErrorCode, LogsRequest, Response, StreamOpen};
 use crate::transport::topics::valid_level;
 
@@ -52,8 +52,19 @@ pub fn handle(ctx: &Ctx, req: LogsRequest) -> Result<(Response, Effect), ApiErro
     let node_key = ctx
         .store
         .get(&ObjectKey::new(Kind::Node, "", &node))
-        .and_then(|n| n.meta().annotations.as_ref()?.get(NODE_KEY_ANNOTATION).cloned())
-        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, format!("node {node} is not registered")))?;
+        .and_then(|n| {
+            n.meta()
+                .annotations
+                .as_ref()?
+                .get(NODE_KEY_ANNOTATION)
+                .cloned()
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("node {node} is not registered"),
+            )
+        })?;
     let open = StreamOpen {
         id: req.stream_id.clone(),
         namespace: req.namespace.clone(),

@@ -10,7 +10,10 @@ pub fn handle(ctx: &Ctx, req: ScaleRequest) -> Result<Response, ApiError> {
     if req.replicas < 0 {
         return Err(ApiError::new(
             ErrorCode::Invalid,
-            format!("--replicas={}: must be greater than or equal to 0", req.replicas),
+            format!(
+                "--replicas={}: must be greater than or equal to 0",
+                req.replicas
+            ),
         ));
     }
     let key = ObjectKey::new(req.kind, &req.namespace, &req.name);
@@ -20,12 +23,19 @@ pub fn handle(ctx: &Ctx, req: ScaleRequest) -> Result<Response, ApiError> {
         .ok_or_else(|| not_found(req.kind, &req.name))?;
     let mut obj = (*current).clone();
     match &mut obj {
-        Object::Deployment(d) => d.spec.get_or_insert_with(Default::default).replicas = Some(req.replicas),
-        Object::ReplicaSet(r) => r.spec.get_or_insert_with(Default::default).replicas = Some(req.replicas),
+        Object::Deployment(d) => {
+            d.spec.get_or_insert_with(Default::default).replicas = Some(req.replicas)
+        }
+        Object::ReplicaSet(r) => {
+            r.spec.get_or_insert_with(Default::default).replicas = Some(req.replicas)
+        }
         _ => {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
-                format!("{} cannot be scaled: only deployments and replicasets", req.kind.plural()),
+                format!(
+                    "{} cannot be scaled: only deployments and replicasets",
+                    req.kind.plural()
+                ),
             ));
         }
     }

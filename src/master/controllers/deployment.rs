@@ -54,13 +54,10 @@ fn reconcile_one(snap: &Snapshot, d: &Deployment, owned: &[&ReplicaSet]) -> Vec<
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let paused = spec.paused == Some(true);
     let hash = pod_template_hash(&spec.template);
-    let current = owned.iter().copied().find(|rs| {
-        rs.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(HASH_LABEL))
-            == Some(&hash)
-    });
+    let current = owned
+        .iter()
+        .copied()
+        .find(|rs| rs.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) == Some(&hash));
     let max_revision = owned.iter().map(|rs| revision(rs)).max().unwrap_or(0);
 
     let new_revision;
@@ -89,7 +86,10 @@ fn reconcile_one(snap: &Snapshot, d: &Deployment, owned: &[&ReplicaSet]) -> Vec<
         }
     }
     if !paused {
-        for old in owned.iter().filter(|rs| current.is_none_or(|c| c.metadata.uid != rs.metadata.uid)) {
+        for old in owned
+            .iter()
+            .filter(|rs| current.is_none_or(|c| c.metadata.uid != rs.metadata.uid))
+        {
             if old.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) != 0 {
                 let mut rs = (*old).clone();
                 if let Some(s) = rs.spec.as_mut() {
@@ -103,12 +103,23 @@ fn reconcile_one(snap: &Snapshot, d: &Deployment, owned: &[&ReplicaSet]) -> Vec<
     // Status from what the ReplicaSets report.
     let sum = |f: &dyn Fn(&ReplicaSet) -> i32| owned.iter().map(|rs| f(rs)).sum::<i32>();
     let total = sum(&|rs| rs.status.as_ref().map_or(0, |s| s.replicas));
-    let ready = sum(&|rs| rs.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0));
-    let available = sum(&|rs| rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0));
+    let ready = sum(&|rs| {
+        rs.status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    });
+    let available = sum(&|rs| {
+        rs.status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0)
+    });
     let updated = current
         .and_then(|rs| rs.status.as_ref())
         .map_or(0, |s| s.replicas);
-    let complete = current.is_some() && updated == replicas && total == replicas && available == replicas;
+    let complete =
+        current.is_some() && updated == replicas && total == replicas && available == replicas;
     let old = d.status.clone().unwrap_or_default();
     let conditions = vec![
         condition(
@@ -117,9 +128,15 @@ fn reconcile_one(snap: &Snapshot, d: &Deployment, owned: &[&ReplicaSet]) -> Vec<
             "Available",
             available >= replicas,
             if available >= replicas {
-                ("MinimumReplicasAvailable", "Deployment has minimum availability.".to_string())
+                (
+                    "MinimumReplicasAvailable",
+                    "Deployment has minimum availability.".to_string(),
+                )
             } else {
-                ("MinimumReplicasUnavailable", "Deployment does not have minimum availability.".to_string())
+                (
+                    "MinimumReplicasUnavailable",
+                    "Deployment does not have minimum availability.".to_string(),
+                )
             },
         ),
         condition(
@@ -128,9 +145,15 @@ fn reconcile_one(snap: &Snapshot, d: &Deployment, owned: &[&ReplicaSet]) -> Vec<
             "Progressing",
             true,
             if complete {
-                ("NewReplicaSetAvailable", format!("ReplicaSet \"{name}-{hash}\" has successfully progressed."))
+                (
+                    "NewReplicaSetAvailable",
+                    format!("ReplicaSet \"{name}-{hash}\" has successfully progressed."),
+                )
             } else {
-                ("ReplicaSetUpdated", format!("ReplicaSet \"{name}-{hash}\" is progressing."))
+                (
+                    "ReplicaSetUpdated",
+                    format!("ReplicaSet \"{name}-{hash}\" is progressing."),
+                )
             },
         ),
     ];
@@ -145,7 +168,12 @@ fn reconcile_one(snap: &Snapshot, d: &Deployment, owned: &[&ReplicaSet]) -> Vec<
         ..Default::default()
     };
     let want_rev = new_revision.to_string();
-    let rev_ok = d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION)) == Some(&want_rev);
+    let rev_ok = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+        == Some(&want_rev);
     if d.status.as_ref() != Some(&status) || (!rev_ok && new_revision > 0) {
         let mut d = d.clone();
         d.status = Some(status);
@@ -170,11 +198,7 @@ fn condition(
     (reason, message): (&str, String),
 ) -> DeploymentCondition {
     let status = if ok { "True" } else { "False" };
-    let prev = old
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == type_);
+    let prev = old.conditions.iter().flatten().find(|c| c.type_ == type_);
     let now = super::time(snap.now);
     let (transition, update) = match prev {
         Some(p) if p.status == status && p.reason.as_deref() == Some(reason) => {
@@ -193,7 +217,13 @@ fn condition(
     }
 }
 
-fn new_replicaset(d: &Deployment, name: &str, hash: &str, replicas: i32, revision: i64) -> ReplicaSet {
+fn new_replicaset(
+    d: &Deployment,
+    name: &str,
+    hash: &str,
+    replicas: i32,
+    revision: i64,
+) -> ReplicaSet {
     let spec = d.spec.as_ref().expect("checked by the caller");
     let mut template = spec.template.clone();
     let tmeta = template.metadata.get_or_insert_with(Default::default);
@@ -269,10 +299,20 @@ mod tests {
             })
             .expect("a ReplicaSet is created");
         let hash = pod_template_hash(&d.spec.as_ref().unwrap().template);
-        assert_eq!(rs.metadata.name.as_deref(), Some(format!("web-{hash}").as_str()));
+        assert_eq!(
+            rs.metadata.name.as_deref(),
+            Some(format!("web-{hash}").as_str())
+        );
         assert_eq!(rs.spec.as_ref().unwrap().replicas, Some(2));
         assert_eq!(
-            rs.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap().get(HASH_LABEL),
+            rs.spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .match_labels
+                .as_ref()
+                .unwrap()
+                .get(HASH_LABEL),
             Some(&hash)
         );
 
@@ -283,8 +323,10 @@ mod tests {
         d5.spec.as_mut().unwrap().replicas = Some(5);
         let snap = snapshot(vec![Object::Deployment(d5), Object::ReplicaSet(rs)]);
         let actions = reconcile(&snap);
-        assert!(actions.iter().any(|a| matches!(a,
-            Action::Update(Object::ReplicaSet(r)) if r.spec.as_ref().unwrap().replicas == Some(5))));
+        assert!(
+            actions.iter().any(|a| matches!(a,
+            Action::Update(Object::ReplicaSet(r)) if r.spec.as_ref().unwrap().replicas == Some(5)))
+        );
         assert!(!actions.iter().any(|a| matches!(a, Action::Create(_))));
     }
 
@@ -295,8 +337,12 @@ mod tests {
         old.metadata.uid = Some("old".into());
         let snap = snapshot(vec![Object::Deployment(d), Object::ReplicaSet(old)]);
         let actions = reconcile(&snap);
-        assert!(actions.iter().any(|a| matches!(a, Action::Create(Object::ReplicaSet(r))
-            if r.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION] == "2")));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Create(Object::ReplicaSet(r))
+            if r.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION] == "2"))
+        );
         assert!(actions.iter().any(|a| matches!(a, Action::Update(Object::ReplicaSet(r))
             if r.metadata.uid.as_deref() == Some("old") && r.spec.as_ref().unwrap().replicas == Some(0))));
     }

@@ -74,7 +74,11 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
         }
     }
     for ((ns, name), e) in existing {
-        let managed = e.metadata.labels.as_ref().is_some_and(|l| l.contains_key(MANAGED_LABEL));
+        let managed = e
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(MANAGED_LABEL));
         if managed && !wanted.contains(&(ns.clone(), name.clone())) {
             out.push(Action::Delete {
                 key: ObjectKey::new(Kind::Endpoints, &ns, &name),
@@ -90,8 +94,12 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
 fn named_port(pod: &Pod, name: &str) -> Option<(i32, String)> {
     pod.spec.as_ref()?.containers.iter().find_map(|c| {
         c.ports.iter().flatten().find_map(|p| {
-            (p.name.as_deref() == Some(name))
-                .then(|| (p.container_port, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
+            (p.name.as_deref() == Some(name)).then(|| {
+                (
+                    p.container_port,
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                )
+            })
         })
     })
 }
@@ -100,8 +108,9 @@ fn named_port(pod: &Pod, name: &str) -> Option<(i32, String)> {
 /// the Kubernetes endpoints controller does.
 fn subsets_for(svc: &Service, pods: &[&Pod]) -> Option<Vec<EndpointSubset>> {
     let ports = svc.spec.as_ref()?.ports.clone().unwrap_or_default();
-    let mut groups: BTreeMap<Vec<(String, i32, String)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
-        BTreeMap::new();
+    // Resolved (name, port, protocol) per Service port → (ready, not ready).
+    type Group = (Vec<EndpointAddress>, Vec<EndpointAddress>);
+    let mut groups: BTreeMap<Vec<(String, i32, String)>, Group> = BTreeMap::new();
     for pod in pods {
         let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
             continue;
@@ -144,7 +153,9 @@ fn subsets_for(svc: &Service, pods: &[&Pod]) -> Option<Vec<EndpointSubset>> {
         return None;
     }
     let by_ip = |a: &EndpointAddress| {
-        a.ip.parse::<std::net::Ipv4Addr>().map(u32::from).unwrap_or(u32::MAX)
+        a.ip.parse::<std::net::Ipv4Addr>()
+            .map(u32::from)
+            .unwrap_or(u32::MAX)
     };
     Some(
         groups
@@ -179,7 +190,13 @@ mod tests {
 
     #[test]
     fn ready_and_not_ready_pods_are_listed_apart() {
-        let svc = service("web", "default", "web", 80, IntOrString::String("http".into()));
+        let svc = service(
+            "web",
+            "default",
+            "web",
+            80,
+            IntOrString::String("http".into()),
+        );
         let rs = replicaset("web-abc", "default", 2);
         let mut a = owned_pod("web-abc-a", &rs, Some("n1"), true);
         let mut b = owned_pod("web-abc-b", &rs, Some("n1"), false);
@@ -192,8 +209,15 @@ mod tests {
         };
         let subset = &ep.subsets.as_ref().unwrap()[0];
         assert_eq!(subset.addresses.as_ref().unwrap()[0].ip, "10.88.0.3");
-        assert_eq!(subset.not_ready_addresses.as_ref().unwrap()[0].ip, "10.88.0.2");
-        assert_eq!(subset.ports.as_ref().unwrap()[0].port, 8080, "named port resolved");
+        assert_eq!(
+            subset.not_ready_addresses.as_ref().unwrap()[0].ip,
+            "10.88.0.2"
+        );
+        assert_eq!(
+            subset.ports.as_ref().unwrap()[0].port,
+            8080,
+            "named port resolved"
+        );
     }
 
     #[test]
@@ -202,7 +226,10 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("gone".into()),
                 namespace: Some("default".into()),
-                labels: Some(BTreeMap::from([(MANAGED_LABEL.to_string(), "true".to_string())])),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
                 ..Default::default()
             },
             subsets: None,

@@ -53,15 +53,16 @@ mod tests {
         let orphan_pod = owned_pod("web-abc-x", &rs, Some("n1"), true);
         let mut lost = replicaset("lost", "nowhere", 1);
         lost.metadata.owner_references = None;
-        let snap = snapshot(vec![
-            Object::Pod(orphan_pod),
-            Object::ReplicaSet(lost),
-        ]);
+        let snap = snapshot(vec![Object::Pod(orphan_pod), Object::ReplicaSet(lost)]);
         let actions = reconcile(&snap);
         assert_eq!(actions.len(), 2, "{actions:?}");
         // The bound pod is deleted gracefully, the ReplicaSet at once.
         assert!(actions.iter().any(|a| matches!(a, Action::Update(Object::Pod(p)) if p.metadata.deletion_timestamp.is_some())));
-        assert!(actions.iter().any(|a| matches!(a, Action::Delete { key, .. } if key.name == "lost")));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Delete { key, .. } if key.name == "lost"))
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ pub struct Snapshot {
 pub enum Action {
     Create(Object),
     Update(Object),
-    Delete { key: ObjectKey, resource_version: u64 },
+    Delete {
+        key: ObjectKey,
+        resource_version: u64,
+    },
 }
 
 impl Action {

@@ -16,9 +16,17 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
             age.unsigned_abs() <= snap.node_grace
         });
         let (status, reason, message) = if fresh {
-            ("True", "KubeletReady", "bramble agent is posting ready status")
+            (
+                "True",
+                "KubeletReady",
+                "bramble agent is posting ready status",
+            )
         } else {
-            ("Unknown", "NodeStatusUnknown", "Bramble agent stopped posting node status.")
+            (
+                "Unknown",
+                "NodeStatusUnknown",
+                "Bramble agent stopped posting node status.",
+            )
         };
         let current = node
             .status
@@ -58,7 +66,9 @@ mod tests {
         snap.node_grace = Duration::from_secs(15);
         snap.last_seen.insert("pi1".into(), snap.now);
         let actions = reconcile(&snap);
-        let Some(Action::Update(Object::Node(n))) = actions.first() else { panic!("{actions:?}") };
+        let Some(Action::Update(Object::Node(n))) = actions.first() else {
+            panic!("{actions:?}")
+        };
         assert!(crate::master::controllers::node_ready(n));
 
         let mut snap = snapshot(vec![Object::Node(n.clone())]);
@@ -66,9 +76,12 @@ mod tests {
         snap.last_seen.insert("pi1".into(), snap.now);
         assert_eq!(reconcile(&snap), vec![], "no write while nothing changes");
 
-        snap.last_seen.insert("pi1".into(), snap.now - jiff::SignedDuration::from_secs(60));
+        snap.last_seen
+            .insert("pi1".into(), snap.now - jiff::SignedDuration::from_secs(60));
         let actions = reconcile(&snap);
-        let Some(Action::Update(Object::Node(n))) = actions.first() else { panic!("{actions:?}") };
+        let Some(Action::Update(Object::Node(n))) = actions.first() else {
+            panic!("{actions:?}")
+        };
         assert!(!crate::master::controllers::node_ready(n));
     }
 }

@@ -21,7 +21,11 @@ pub fn delete(pod: &Pod, now: jiff::Timestamp) -> Option<Action> {
         return None;
     }
     let key = Object::Pod(pod.clone()).key();
-    let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+    let bound = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_some();
     if !bound {
         return Some(Action::Delete {
             key,
@@ -49,7 +53,8 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
         let released = snap
             .terminated
             .contains(pod.metadata.uid.as_deref().unwrap_or(""));
-        let node = node_name.and_then(|n| snap.nodes().find(|x| x.metadata.name.as_deref() == Some(n)));
+        let node =
+            node_name.and_then(|n| snap.nodes().find(|x| x.metadata.name.as_deref() == Some(n)));
         let abandoned = match node {
             None => true,
             Some(node) if !node_ready(node) => {
@@ -59,7 +64,11 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
                     .as_ref()
                     .map(|t| t.0)
                     .unwrap_or(snap.now);
-                let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64;
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .unwrap_or(30)
+                    .max(0) as u64;
                 let limit = Duration::from_secs(grace) + FORCE_AFTER;
                 let elapsed = snap.now.duration_since(since);
                 elapsed.is_positive() && elapsed.unsigned_abs() >= limit

@@ -7,7 +7,9 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{Action, Snapshot, controller_of, is_finished, is_ready, is_terminating, owner_ref, uid};
+use super::{
+    Action, Snapshot, controller_of, is_finished, is_ready, is_terminating, owner_ref, uid,
+};
 use crate::api::{Kind, Object};
 
 /// Most pods one ReplicaSet creates or deletes in one pass (Kubernetes' burst
@@ -39,7 +41,12 @@ fn reconcile_one(
     names: &mut dyn FnMut() -> String,
 ) -> Vec<Action> {
     let mut out = Vec::new();
-    let desired = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
+    let desired = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as usize;
     let mut active: Vec<&Pod> = owned
         .iter()
         .copied()
@@ -98,7 +105,11 @@ pub fn new_pod(rs: &ReplicaSet, suffix: &str) -> Option<Pod> {
             namespace: rs.metadata.namespace.clone(),
             labels: tmeta.labels,
             annotations: tmeta.annotations,
-            owner_references: Some(vec![owner_ref(Kind::ReplicaSet, rs_name, uid(&rs.metadata))]),
+            owner_references: Some(vec![owner_ref(
+                Kind::ReplicaSet,
+                rs_name,
+                uid(&rs.metadata),
+            )]),
             ..Default::default()
         },
         spec: template.spec.clone(),
@@ -143,7 +154,10 @@ mod tests {
         assert_eq!(created[0].metadata.name.as_deref(), Some("web-abc-p1"));
         let owner = controller_of(&created[0].metadata).unwrap();
         assert_eq!(owner.uid, "uid-web-abc");
-        assert_eq!(created[0].metadata.labels, rs.spec.unwrap().template.unwrap().metadata.unwrap().labels);
+        assert_eq!(
+            created[0].metadata.labels,
+            rs.spec.unwrap().template.unwrap().metadata.unwrap().labels
+        );
     }
 
     #[test]
@@ -152,10 +166,22 @@ mod tests {
         let a = owned_pod("web-abc-a", &rs, Some("n1"), true);
         let b = owned_pod("web-abc-b", &rs, None, false);
         rs.status = None;
-        let snap = snapshot(vec![Object::ReplicaSet(rs.clone()), Object::Pod(a), Object::Pod(b)]);
+        let snap = snapshot(vec![
+            Object::ReplicaSet(rs.clone()),
+            Object::Pod(a),
+            Object::Pod(b),
+        ]);
         let actions = reconcile(&snap, &mut || unreachable!("no pod to create"));
-        assert!(actions.iter().any(|a| matches!(a, Action::Delete { key, .. } if key.name == "web-abc-b")));
-        assert!(!actions.iter().any(|a| matches!(a, Action::Delete { key, .. } if key.name == "web-abc-a")));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Delete { key, .. } if key.name == "web-abc-b"))
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Delete { key, .. } if key.name == "web-abc-a"))
+        );
     }
 
     #[test]
