@@ -143,7 +143,7 @@ async fn forged_and_replayed_messages_are_dropped() {
         broker: None,
     });
     let topics = Topics::default();
-    let (mqtt, mut events) = raw_client(&c).await;
+    let (mqtt, events) = raw_client(&c).await;
     let cmd_topic = topics.cmd("apply");
     let reply_to = topics.reply("forger");
 
