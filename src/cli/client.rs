@@ -45,6 +45,8 @@ impl Client {
         let mut verifier = Verifier::new(&[me.as_str()], Duration::from_secs(600));
         verifier.trust(MASTER_ID, master);
         let admin = envelope::admin_id(&key.public());
+        // Log streams are addressed to the admin identity that asked for them.
+        verifier.answer_to(admin.clone());
         let mut client = Client {
             mqtt,
             events,

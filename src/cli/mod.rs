@@ -115,10 +115,12 @@ pub fn main() -> ExitCode {
         return crate::runtime::helper_main(&args[2..]);
     }
     let cli = Cli::parse();
+    // The broker logs every connection and libcgroups every controller it
+    // skips: useful when debugging them, noise otherwise.
     let verbose_default = if matches!(cli.command, Cmd::Up(_) | Cmd::Down(_)) {
-        "info"
+        "info,rumqttd=warn,libcgroups=error,libcontainer=warn"
     } else {
-        "warn"
+        "warn,libcgroups=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(verbose_default));

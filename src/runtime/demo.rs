@@ -30,11 +30,15 @@ const APPLETS: &[&str] = &[
 ];
 
 /// Writes the page and serves it; `hostname` is the pod name, the IP is the
-/// first global IPv4 address of the pod's network namespace.
+/// first global IPv4 address of the pod's network namespace. The shell stays
+/// PID 1 with a TERM trap: a PID 1 without a handler ignores SIGTERM, and the
+/// pod would take its whole grace period to stop.
 const SCRIPT: &str = r#"ip=$(ip -4 -o addr show scope global 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
 printf '<html><body><h1>Hello from %s</h1><p>pod IP: %s</p></body></html>\n' "$(hostname)" "${ip:-none}" > /www/index.html
 echo "demo: serving $(hostname) (${ip:-no IP}) on :8080"
-exec httpd -f -p 8080 -h /www"#;
+trap 'echo "demo: stopping"; exit 0' TERM INT
+httpd -f -p 8080 -h /www &
+wait"#;
 
 /// A fixed mtime (2024-01-01T00:00:00Z) for every entry.
 const MTIME: u64 = 1_704_067_200;
