@@ -23,7 +23,6 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 use crate::config::Layout;
 use crate::net::{NetConfig, PodNetwork};
@@ -113,7 +112,6 @@ struct Agent {
     /// The routes the proxy runs now (applied only once the network is up).
     applied_routes: Option<u64>,
     last_report: Option<Vec<PodReport>>,
-    last_report_at: Option<Instant>,
     streams: HashMap<String, StreamHandle>,
 }
 
@@ -171,7 +169,6 @@ pub async fn run(
         proxy,
         applied_routes: None,
         last_report: None,
-        last_report_at: None,
         streams: HashMap::new(),
     };
     agent.ensure_network().await;
@@ -784,7 +781,6 @@ impl Agent {
         let bytes = self.sealer.seal(&topic, MASTER_ID, &report);
         if self.mqtt.publish(&topic, bytes, false).await.is_ok() {
             self.last_report = Some(pods);
-            self.last_report_at = Some(Instant::now());
         }
     }
 }

@@ -66,7 +66,7 @@ pub fn store_error(e: StoreError) -> ApiError {
         StoreError::Conflict { .. } => ErrorCode::Conflict,
         StoreError::NotFound(_) => ErrorCode::NotFound,
         StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
-        #[allow(unreachable_patterns)]
+        StoreError::Invalid { .. } => ErrorCode::Invalid,
         _ => ErrorCode::Internal,
     };
     ApiError::new(code, e.to_string())
