@@ -87,9 +87,16 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let rounds = if full { 10 } else { 1 };
-    let idle = if full { Duration::from_secs(60) } else { Duration::from_secs(3) };
+    let idle = if full {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(3)
+    };
 
-    let c = Cluster::start(ClusterOptions { demo: true, broker: None });
+    let c = Cluster::start(ClusterOptions {
+        demo: true,
+        broker: None,
+    });
     let pid = c.child.as_ref().unwrap().id();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.yaml");
     let text = std::fs::read_to_string(&manifest)
@@ -101,16 +108,24 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cfg = ClientConfig::load(&c.config).unwrap();
     let mut client = rt.block_on(Client::connect(&cfg)).unwrap();
-    c.wait_for("the demo", Duration::from_secs(60), || rt.block_on(ready_pods(&mut client)) == 2);
+    c.wait_for("the demo", Duration::from_secs(60), || {
+        rt.block_on(ready_pods(&mut client)) == 2
+    });
 
     let mut apply_ms = Vec::new();
     for _ in 0..rounds {
         c.ok(&["delete", "deployment", "demo"]);
-        c.wait_for("no demo pods", Duration::from_secs(60), || !rt.block_on(any_pods(&mut client)));
+        c.wait_for("no demo pods", Duration::from_secs(60), || {
+            !rt.block_on(any_pods(&mut client))
+        });
         let start = Instant::now();
         c.ok(&["apply", "-f", demo.to_str().unwrap()]);
         while rt.block_on(ready_pods(&mut client)) < 2 {
-            assert!(start.elapsed() < Duration::from_secs(60), "demo pods never became ready\n{}", c.log_tail());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "demo pods never became ready\n{}",
+                c.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         apply_ms.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -125,16 +140,34 @@ fn main() {
     let rss = proc_field(pid, "smaps_rollup", "Rss");
     let pss = proc_field(pid, "smaps_rollup", "Pss");
     let anon = proc_field(pid, "smaps_rollup", "Pss_Anon");
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
     let cpu_pct = (cpu1 - cpu0) as f64 / tick / idle.as_secs_f64() * 100.0;
     let writes_per_hour = (w1 - w0) as f64 * 3600.0 / idle.as_secs_f64();
 
     let (med, min, max) = stats(&mut apply_ms);
     println!("| figure | median | min | max |");
     println!("|---|---|---|---|");
-    println!("| apply → 2 demo pods Running+Ready ({rounds} runs) | {med:.0} ms | {min:.0} ms | {max:.0} ms |");
-    println!("| `bramble up` idle RSS, demo running | {:.1} MiB | | |", rss as f64 / 1024.0);
-    println!("| `bramble up` idle PSS (anon part) | {:.1} MiB ({:.1} MiB) | | |", pss as f64 / 1024.0, anon as f64 / 1024.0);
-    println!("| idle CPU over {} s | {cpu_pct:.2} % | | |", idle.as_secs());
-    println!("| idle disk writes | {:.0} KiB/h | | |", writes_per_hour / 1024.0);
+    println!(
+        "| apply → 2 demo pods Running+Ready ({rounds} runs) | {med:.0} ms | {min:.0} ms | {max:.0} ms |"
+    );
+    println!(
+        "| `bramble up` idle RSS, demo running | {:.1} MiB | | |",
+        rss as f64 / 1024.0
+    );
+    println!(
+        "| `bramble up` idle PSS (anon part) | {:.1} MiB ({:.1} MiB) | | |",
+        pss as f64 / 1024.0,
+        anon as f64 / 1024.0
+    );
+    println!(
+        "| idle CPU over {} s | {cpu_pct:.2} % | | |",
+        idle.as_secs()
+    );
+    println!(
+        "| idle disk writes | {:.0} KiB/h | | |",
+        writes_per_hour / 1024.0
+    );
 }

@@ -239,13 +239,14 @@ impl Master {
     }
 
     async fn pass(&mut self) {
-        let snap = self.snapshot();
+        let mut snap = self.snapshot();
         let actions =
             controllers::reconcile_all(&snap, &mut controllers::replicaset::random_suffix);
         if !actions.is_empty() {
             self.commit_actions(actions);
-            // The watch will bring us back with the new state; publish from that.
-            return;
+            // Publish what was just decided (a pod bound, an endpoint added)
+            // now; the watch brings the next pass for what follows from it.
+            snap = self.snapshot();
         }
         self.sync_node_keys(&snap);
         self.publish(&snap).await;

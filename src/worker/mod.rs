@@ -184,8 +184,16 @@ pub async fn run(
     loop {
         if dirty {
             dirty = false;
-            agent.sync().await;
-            agent.report(false).await;
+            // A pass that changed a record may have unblocked the next step
+            // (network up → start the containers): run again at once rather
+            // than at the next tick, a few times at most.
+            for _ in 0..8 {
+                let progressed = agent.sync().await;
+                agent.report(false).await;
+                if !progressed || *shutdown.borrow() {
+                    break;
+                }
+            }
         }
         tokio::select! {
             // Stop the agent, not the pods.
@@ -458,14 +466,14 @@ impl Agent {
             })
     }
 
-    /// One pass of the pod sync loop.
-    async fn sync(&mut self) {
+    /// One pass of the pod sync loop; returns whether any pod record changed.
+    async fn sync(&mut self) -> bool {
         let now = now_ms();
         let listed = match self.runtime_call(|rt| rt.list_containers()).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list containers");
-                return;
+                return false;
             }
         };
         let actual: HashMap<String, ContainerState> = listed
@@ -526,10 +534,11 @@ impl Agent {
                 tracing::debug!(error = %e, "orphan cleanup failed; retried next pass");
             }
         }
-        self.persist();
+        self.persist()
     }
 
-    fn persist(&mut self) {
+    /// Writes the records that changed; returns whether any did.
+    fn persist(&mut self) -> bool {
         let mut batch = Vec::new();
         for (uid, rec) in &self.records {
             let bytes = cbor(rec);
@@ -548,12 +557,12 @@ impl Agent {
             self.persisted.remove(&uid);
             batch.push(LocalOp::delete(T_PODS, uid));
         }
-        if !batch.is_empty()
-            && let Err(e) = self.db.write(batch)
-        {
+        let changed = !batch.is_empty();
+        if changed && let Err(e) = self.db.write(batch) {
             tracing::error!(error = %e, "cannot persist pod records");
             self.persisted.clear();
         }
+        changed
     }
 
     async fn execute(&mut self, uid: &str, pod: Option<&Pod>, step: Step, now: i64) {
