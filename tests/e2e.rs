@@ -148,6 +148,24 @@ fn the_slice(c: &Cluster) {
     c.wait_for("the restarted pod serving", Duration::from_secs(30), || {
         who_answers(&node_port, std::slice::from_ref(&victim_name), 10).len() == 1
     });
+    // Events of the whole story, as describe shows them.
+    let described = c.ok(&["describe", "pod", &victim_name]);
+    for what in [
+        "Scheduled",
+        "Successfully assigned default/",
+        "Started container web",
+    ] {
+        assert!(
+            described.contains(what),
+            "describe shows {what:?}:\n{described}"
+        );
+    }
+    let events = c.ok(&["get", "events"]);
+    assert!(
+        events.contains("SuccessfulCreate") && events.contains("ScalingReplicaSet"),
+        "{events}"
+    );
+
     // The restarted container's log, through the node's signed stream.
     let logs = c.ok(&["logs", &victim_name]);
     assert!(

@@ -72,7 +72,8 @@ pub fn apply(obj: &mut Object) {
             let status = ns.status.get_or_insert_with(NamespaceStatus::default);
             status.phase.get_or_insert_with(|| "Active".to_string());
         }
-        Object::Node(_) | Object::ConfigMap(_) => {}
+        // Kinds whose defaults come with their controllers.
+        _ => {}
     }
 }
 

@@ -499,16 +499,7 @@ fn read_kind<'de, D: de::Deserializer<'de>>(
     unknown: &mut Vec<String>,
 ) -> Result<Object, D::Error> {
     let mut note = |path: serde_ignored::Path<'_>| unknown.push(render_path(&path));
-    Ok(match kind {
-        Kind::Namespace => Object::Namespace(serde_ignored::deserialize(d, &mut note)?),
-        Kind::Node => Object::Node(serde_ignored::deserialize(d, &mut note)?),
-        Kind::ConfigMap => Object::ConfigMap(serde_ignored::deserialize(d, &mut note)?),
-        Kind::Service => Object::Service(serde_ignored::deserialize(d, &mut note)?),
-        Kind::Endpoints => Object::Endpoints(serde_ignored::deserialize(d, &mut note)?),
-        Kind::Deployment => Object::Deployment(serde_ignored::deserialize(d, &mut note)?),
-        Kind::ReplicaSet => Object::ReplicaSet(serde_ignored::deserialize(d, &mut note)?),
-        Kind::Pod => Object::Pod(serde_ignored::deserialize(d, &mut note)?),
-    })
+    Object::deserialize_kind(kind, serde_ignored::Deserializer::new(d, &mut note))
 }
 
 /// `spec.containers[0].livenessProbe`, as kubectl writes field paths.
@@ -883,8 +874,8 @@ data:
                 r#"multi.yaml:17:22: spec.containers[0].ports[0].containerPort: invalid type: string "http", expected i32"#,
                 r#"multi.yaml:19: apiVersion: Unsupported value: "apps/v1": Pod is served as apiVersion "v1""#,
                 r#"multi.yaml:24: apiVersion: Unsupported value: "extensions/v1beta1": Deployment is served as apiVersion "apps/v1""#,
-                "multi.yaml:29: kind: Required value: kind not set (supported kinds: Namespace, Node, ConfigMap, Service, Endpoints, Deployment, ReplicaSet, Pod, List)",
-                "multi.yaml:33: kind: Unsupported value: \"Widget\": kind not supported by Bramble (supported kinds: Namespace, Node, ConfigMap, Service, Endpoints, Deployment, ReplicaSet, Pod, List)",
+                "multi.yaml:29: kind: Required value: kind not set (supported kinds: Namespace, Node, ConfigMap, Secret, PersistentVolumeClaim, Service, Endpoints, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, HorizontalPodAutoscaler, Pod, Event, List)",
+                "multi.yaml:33: kind: Unsupported value: \"Widget\": kind not supported by Bramble (supported kinds: Namespace, Node, ConfigMap, Secret, PersistentVolumeClaim, Service, Endpoints, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, HorizontalPodAutoscaler, Pod, Event, List)",
                 "multi.yaml:36 (ConfigMap): metadata.name: Required value: name or generateName is required",
             ]
         );

@@ -21,8 +21,12 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
-pub use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-pub use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Service};
+pub use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+pub use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+pub use k8s_openapi::api::batch::v1::{CronJob, Job};
+pub use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolumeClaim, Pod, Secret, Service,
+};
 
 /// Namespace used when a namespaced object names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -30,68 +34,129 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// Annotation on a Node object holding the node's ed25519 public key (hex).
 pub const NODE_KEY_ANNOTATION: &str = "bramble.io/public-key";
 
-/// The kinds Bramble implements, in the order `apply` creates them (namespaces
-/// before what lives in them, config before the pods that read it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Kind {
-    Namespace,
-    Node,
-    ConfigMap,
-    Service,
-    Endpoints,
-    Deployment,
-    ReplicaSet,
-    Pod,
+/// The one table of kinds: variant (also the k8s-openapi type's name),
+/// apiVersion, plural, whether namespaced, and the short names a user may
+/// type. Everything that depends only on the kind is generated from it, so a
+/// new kind is one line in the `kinds!` call below (plus its printers,
+/// defaults and validation).
+macro_rules! kinds {
+    ($( $kind:ident, $api:literal, $plural:literal, $namespaced:literal, [$($short:literal),*]; )*) => {
+        /// The kinds Bramble implements, in the order `apply` creates them
+        /// (namespaces before what lives in them, config before the pods that
+        /// read it).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum Kind { $($kind,)* }
+
+        /// One API object of a kind Bramble implements.
+        ///
+        /// On the wire and in the store it is CBOR, externally tagged by kind
+        /// (`{"Pod": {...}}`); to users it is the plain Kubernetes object
+        /// ([`Object::to_json`]).
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum Object { $($kind($kind),)* }
+
+        impl Kind {
+            pub const ALL: &'static [Kind] = &[$(Kind::$kind,)*];
+
+            /// The `kind:` string of a manifest.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Kind::$kind => stringify!($kind),)* }
+            }
+
+            /// The `apiVersion:` a manifest of this kind carries.
+            pub fn api_version(self) -> &'static str {
+                match self { $(Kind::$kind => $api,)* }
+            }
+
+            /// Lower-case plural, as the API server names the resource.
+            pub fn plural(self) -> &'static str {
+                match self { $(Kind::$kind => $plural,)* }
+            }
+
+            pub fn namespaced(self) -> bool {
+                match self { $(Kind::$kind => $namespaced,)* }
+            }
+
+            /// Parses what a user types after `get`/`delete`: singular, plural,
+            /// short name, any case, with or without the API group
+            /// (`deployments.apps`).
+            pub fn from_cli(word: &str) -> Option<Kind> {
+                let w = word.to_ascii_lowercase();
+                let w = w.split('.').next().unwrap_or("");
+                $(
+                    if w == stringify!($kind).to_ascii_lowercase() || w == $plural $(|| w == $short)* {
+                        return Some(Kind::$kind);
+                    }
+                )*
+                None
+            }
+        }
+
+        impl Object {
+            pub fn kind(&self) -> Kind {
+                match self { $(Object::$kind(_) => Kind::$kind,)* }
+            }
+
+            pub fn meta(&self) -> &ObjectMeta {
+                match self { $(Object::$kind(o) => &o.metadata,)* }
+            }
+
+            pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+                match self { $(Object::$kind(o) => &mut o.metadata,)* }
+            }
+
+            /// The plain Kubernetes JSON form (`apiVersion`, `kind`,
+            /// `metadata`, …), as `get -o json` prints it.
+            pub fn to_json(&self) -> serde_json::Value {
+                match self {
+                    $(Object::$kind(o) => serde_json::to_value(o).unwrap_or(serde_json::Value::Null),)*
+                }
+            }
+
+            /// Builds an object of `kind` from its plain Kubernetes JSON form.
+            pub fn from_json(kind: Kind, value: serde_json::Value) -> Result<Object, serde_json::Error> {
+                Ok(match kind { $(Kind::$kind => Object::$kind(serde_json::from_value(value)?),)* })
+            }
+
+            /// Deserializes an object of `kind` from any serde deserializer (the
+            /// manifest parser wraps one to collect unknown fields).
+            pub fn deserialize_kind<'de, D: serde::Deserializer<'de>>(
+                kind: Kind,
+                d: D,
+            ) -> Result<Object, D::Error> {
+                Ok(match kind { $(Kind::$kind => Object::$kind(Deserialize::deserialize(d)?),)* })
+            }
+        }
+
+        $(
+            impl From<$kind> for Object {
+                fn from(o: $kind) -> Object { Object::$kind(o) }
+            }
+        )*
+    };
+}
+
+kinds! {
+    Namespace, "v1", "namespaces", false, ["ns"];
+    Node, "v1", "nodes", false, ["no"];
+    ConfigMap, "v1", "configmaps", true, ["cm"];
+    Secret, "v1", "secrets", true, [];
+    PersistentVolumeClaim, "v1", "persistentvolumeclaims", true, ["pvc"];
+    Service, "v1", "services", true, ["svc"];
+    Endpoints, "v1", "endpoints", true, ["ep"];
+    Deployment, "apps/v1", "deployments", true, ["deploy"];
+    ReplicaSet, "apps/v1", "replicasets", true, ["rs"];
+    StatefulSet, "apps/v1", "statefulsets", true, ["sts"];
+    DaemonSet, "apps/v1", "daemonsets", true, ["ds"];
+    Job, "batch/v1", "jobs", true, [];
+    CronJob, "batch/v1", "cronjobs", true, ["cj"];
+    HorizontalPodAutoscaler, "autoscaling/v2", "horizontalpodautoscalers", true, ["hpa"];
+    Pod, "v1", "pods", true, ["po"];
+    Event, "v1", "events", true, ["ev"];
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
-        Kind::Namespace,
-        Kind::Node,
-        Kind::ConfigMap,
-        Kind::Service,
-        Kind::Endpoints,
-        Kind::Deployment,
-        Kind::ReplicaSet,
-        Kind::Pod,
-    ];
-
-    /// The `kind:` string of a manifest.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::Node => "Node",
-            Kind::ConfigMap => "ConfigMap",
-            Kind::Service => "Service",
-            Kind::Endpoints => "Endpoints",
-            Kind::Deployment => "Deployment",
-            Kind::ReplicaSet => "ReplicaSet",
-            Kind::Pod => "Pod",
-        }
-    }
-
-    /// The `apiVersion:` a manifest of this kind carries.
-    pub fn api_version(self) -> &'static str {
-        match self {
-            Kind::Deployment | Kind::ReplicaSet => "apps/v1",
-            _ => "v1",
-        }
-    }
-
-    /// Lower-case plural, as kubectl prints it in `deployment.apps/web` style names.
-    pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Namespace => "namespaces",
-            Kind::Node => "nodes",
-            Kind::ConfigMap => "configmaps",
-            Kind::Service => "services",
-            Kind::Endpoints => "endpoints",
-            Kind::Deployment => "deployments",
-            Kind::ReplicaSet => "replicasets",
-            Kind::Pod => "pods",
-        }
-    }
-
     /// `deployment.apps`, `pod`: the prefix kubectl prints before `/name`.
     pub fn qualified(self) -> String {
         let lower = self.as_str().to_ascii_lowercase();
@@ -101,31 +166,9 @@ impl Kind {
         }
     }
 
-    pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
-    }
-
-    /// Parses what a user types after `get`/`delete`: singular, plural, short name,
-    /// any case, with or without the API group (`deployments.apps`).
-    pub fn from_cli(word: &str) -> Option<Kind> {
-        let w = word.to_ascii_lowercase();
-        let w = w.split('.').next().unwrap_or("");
-        Some(match w {
-            "ns" | "namespace" | "namespaces" => Kind::Namespace,
-            "no" | "node" | "nodes" => Kind::Node,
-            "cm" | "configmap" | "configmaps" => Kind::ConfigMap,
-            "svc" | "service" | "services" => Kind::Service,
-            "ep" | "endpoints" => Kind::Endpoints,
-            "deploy" | "deployment" | "deployments" => Kind::Deployment,
-            "rs" | "replicaset" | "replicasets" => Kind::ReplicaSet,
-            "po" | "pod" | "pods" => Kind::Pod,
-            _ => return None,
-        })
-    }
-
     /// Parses a manifest's `kind:` (exact, case-sensitive, as the API server does).
     pub fn from_manifest(kind: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+        Kind::ALL.iter().copied().find(|k| k.as_str() == kind)
     }
 }
 
@@ -167,61 +210,7 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// One API object of a kind Bramble implements.
-///
-/// On the wire and in the store it is CBOR, externally tagged by kind
-/// (`{"Pod": {...}}`); to users it is the plain Kubernetes object
-/// ([`Object::to_json`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[allow(clippy::large_enum_variant)]
-pub enum Object {
-    Namespace(Namespace),
-    Node(Node),
-    ConfigMap(ConfigMap),
-    Service(Service),
-    Endpoints(Endpoints),
-    Deployment(Deployment),
-    ReplicaSet(ReplicaSet),
-    Pod(Pod),
-}
-
-macro_rules! each_kind {
-    ($obj:expr, $inner:ident => $body:expr) => {
-        match $obj {
-            Object::Namespace($inner) => $body,
-            Object::Node($inner) => $body,
-            Object::ConfigMap($inner) => $body,
-            Object::Service($inner) => $body,
-            Object::Endpoints($inner) => $body,
-            Object::Deployment($inner) => $body,
-            Object::ReplicaSet($inner) => $body,
-            Object::Pod($inner) => $body,
-        }
-    };
-}
-
 impl Object {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Object::Namespace(_) => Kind::Namespace,
-            Object::Node(_) => Kind::Node,
-            Object::ConfigMap(_) => Kind::ConfigMap,
-            Object::Service(_) => Kind::Service,
-            Object::Endpoints(_) => Kind::Endpoints,
-            Object::Deployment(_) => Kind::Deployment,
-            Object::ReplicaSet(_) => Kind::ReplicaSet,
-            Object::Pod(_) => Kind::Pod,
-        }
-    }
-
-    pub fn meta(&self) -> &ObjectMeta {
-        each_kind!(self, o => &o.metadata)
-    }
-
-    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
-        each_kind!(self, o => &mut o.metadata)
-    }
-
     pub fn name(&self) -> &str {
         self.meta().name.as_deref().unwrap_or("")
     }
@@ -256,26 +245,6 @@ impl Object {
             .unwrap_or(0)
     }
 
-    /// The plain Kubernetes JSON form (`apiVersion`, `kind`, `metadata`, …), as
-    /// `get -o json` prints it.
-    pub fn to_json(&self) -> serde_json::Value {
-        each_kind!(self, o => serde_json::to_value(o).unwrap_or(serde_json::Value::Null))
-    }
-
-    /// Builds an object of `kind` from its plain Kubernetes JSON form.
-    pub fn from_json(kind: Kind, value: serde_json::Value) -> Result<Object, serde_json::Error> {
-        Ok(match kind {
-            Kind::Namespace => Object::Namespace(serde_json::from_value(value)?),
-            Kind::Node => Object::Node(serde_json::from_value(value)?),
-            Kind::ConfigMap => Object::ConfigMap(serde_json::from_value(value)?),
-            Kind::Service => Object::Service(serde_json::from_value(value)?),
-            Kind::Endpoints => Object::Endpoints(serde_json::from_value(value)?),
-            Kind::Deployment => Object::Deployment(serde_json::from_value(value)?),
-            Kind::ReplicaSet => Object::ReplicaSet(serde_json::from_value(value)?),
-            Kind::Pod => Object::Pod(serde_json::from_value(value)?),
-        })
-    }
-
     /// CBOR bytes, as the store and the wire carry it.
     pub fn to_cbor(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -287,17 +256,6 @@ impl Object {
         ciborium::from_reader(bytes)
     }
 }
-
-macro_rules! object_from {
-    ($($ty:ident),*) => {$(
-        impl From<$ty> for Object {
-            fn from(o: $ty) -> Object { Object::$ty(o) }
-        }
-    )*};
-}
-object_from!(
-    Namespace, Node, ConfigMap, Service, Endpoints, Deployment, ReplicaSet, Pod
-);
 
 #[cfg(test)]
 mod tests {

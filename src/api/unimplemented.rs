@@ -33,6 +33,26 @@ const METADATA: &[&str] = &[
     "selfLink",
 ];
 
+/// A Secret is stored and served; pods cannot mount or read one yet.
+const SECRET: &[&str] = &["data", "stringData", "type", "immutable"];
+
+const EVENT: &[&str] = &[
+    "involvedObject",
+    "reason",
+    "message",
+    "type",
+    "source",
+    "firstTimestamp",
+    "lastTimestamp",
+    "eventTime",
+    "count",
+    "reportingComponent",
+    "reportingInstance",
+    "action",
+    "related",
+    "series",
+];
+
 /// Metadata of a pod template.
 const TEMPLATE_METADATA: &[&str] = &["name", "labels", "annotations"];
 
@@ -177,6 +197,17 @@ impl Table {
             Kind::Namespace => t.allow("spec.", NAMESPACE_SPEC),
             Kind::Endpoints => t.allow("", ENDPOINTS),
             Kind::Node => t.allow("spec.", NODE_SPEC),
+            Kind::Secret => t.allow("", SECRET),
+            // Events are written by Bramble itself; all of one is its own.
+            Kind::Event => t.allow("", EVENT),
+            // Kinds whose controllers are not written yet: every field of
+            // theirs warns, so nobody believes they act.
+            Kind::PersistentVolumeClaim
+            | Kind::StatefulSet
+            | Kind::DaemonSet
+            | Kind::Job
+            | Kind::CronJob
+            | Kind::HorizontalPodAutoscaler => {}
         }
         t
     }

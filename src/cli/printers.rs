@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerState, Endpoints, Namespace, Node, Pod, PodSpec,
-    PodTemplateSpec, Service,
+    ConfigMap, Container, ContainerState, Endpoints, Event, Namespace, Node, Pod, PodSpec,
+    PodTemplateSpec, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -108,6 +108,65 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         ),
         Kind::Endpoints => (vec!["NAME", "ENDPOINTS", "AGE"], &[]),
         Kind::ConfigMap => (vec!["NAME", "DATA", "AGE"], &[]),
+        Kind::Secret => (vec!["NAME", "TYPE", "DATA", "AGE"], &[]),
+        Kind::Event => (
+            vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+            &[],
+        ),
+        Kind::PersistentVolumeClaim => (
+            vec![
+                "NAME",
+                "STATUS",
+                "VOLUME",
+                "CAPACITY",
+                "ACCESS MODES",
+                "STORAGECLASS",
+                "AGE",
+            ],
+            &["VOLUMEMODE"],
+        ),
+        Kind::StatefulSet => (vec!["NAME", "READY", "AGE"], &["CONTAINERS", "IMAGES"]),
+        Kind::DaemonSet => (
+            vec![
+                "NAME",
+                "DESIRED",
+                "CURRENT",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "NODE SELECTOR",
+                "AGE",
+            ],
+            &["CONTAINERS", "IMAGES", "SELECTOR"],
+        ),
+        Kind::Job => (
+            vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+            &["CONTAINERS", "IMAGES", "SELECTOR"],
+        ),
+        Kind::CronJob => (
+            vec![
+                "NAME",
+                "SCHEDULE",
+                "TIMEZONE",
+                "SUSPEND",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "AGE",
+            ],
+            &["CONTAINERS", "IMAGES", "SELECTOR"],
+        ),
+        Kind::HorizontalPodAutoscaler => (
+            vec![
+                "NAME",
+                "REFERENCE",
+                "TARGETS",
+                "MINPODS",
+                "MAXPODS",
+                "REPLICAS",
+                "AGE",
+            ],
+            &[],
+        ),
         Kind::Namespace => (vec!["NAME", "STATUS", "AGE"], &[]),
         Kind::Node => (
             vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
@@ -140,7 +199,47 @@ fn row(obj: &Object, opts: &TableOptions) -> Vec<String> {
         Object::ConfigMap(c) => config_map_row(c, opts),
         Object::Namespace(n) => namespace_row(n, opts),
         Object::Node(n) => node_row(n, opts),
+        Object::Secret(s) => vec![
+            name(&s.metadata),
+            s.type_.clone().unwrap_or_else(|| "Opaque".into()),
+            (s.data.as_ref().map_or(0, |d| d.len())
+                + s.string_data.as_ref().map_or(0, |d| d.len()))
+            .to_string(),
+            age(&s.metadata, opts.now),
+        ],
+        Object::Event(e) => event_row(e, opts),
+        // Kinds whose controllers are still to come: their columns, and what
+        // can be said before a controller fills in their status.
+        other => {
+            let columns = headers(other.kind(), false).len();
+            let mut cells = vec![name(other.meta())];
+            cells.resize(columns - 1, "<unknown>".into());
+            cells.push(age(other.meta(), opts.now));
+            cells
+        }
     }
+}
+
+/// kubectl's `get events` row: LAST SEEN, TYPE, REASON, OBJECT, MESSAGE.
+fn event_row(e: &Event, opts: &TableOptions) -> Vec<String> {
+    let last = e
+        .last_timestamp
+        .as_ref()
+        .or(e.first_timestamp.as_ref())
+        .or(e.metadata.creation_timestamp.as_ref());
+    let involved = &e.involved_object;
+    let object = format!(
+        "{}/{}",
+        involved.kind.as_deref().unwrap_or("").to_ascii_lowercase(),
+        involved.name.as_deref().unwrap_or("")
+    );
+    vec![
+        since(last, opts.now),
+        e.type_.clone().unwrap_or_default(),
+        e.reason.clone().unwrap_or_default(),
+        object,
+        e.message.clone().unwrap_or_default().replace('\n', " "),
+    ]
 }
 
 fn name(meta: &ObjectMeta) -> String {
@@ -737,6 +836,10 @@ pub fn describe(obj: &Object, events: &[String], now: Timestamp) -> String {
         Object::ConfigMap(c) => describe_config_map(&mut w, c),
         Object::Namespace(n) => describe_namespace(&mut w, n),
         Object::Node(n) => describe_node(&mut w, n),
+        Object::Secret(s) => describe_secret(&mut w, s),
+        other => {
+            w.meta(other.meta(), other.kind().namespaced());
+        }
     }
     if events.is_empty() {
         w.line(0, "Events:\t<none>");
@@ -1207,6 +1310,22 @@ fn describe_config_map(w: &mut Describe, c: &ConfigMap) {
         w.line(0, &format!("{k}: {} bytes", v.0.len()));
     }
     w.line(0, "");
+}
+
+/// Like kubectl: key names and sizes, never the values.
+fn describe_secret(w: &mut Describe, s: &Secret) {
+    w.meta(&s.metadata, true);
+    w.line(0, "");
+    w.field(0, "Type", s.type_.as_deref().unwrap_or("Opaque"));
+    w.line(0, "");
+    w.line(0, "Data");
+    w.line(0, "====");
+    for (k, v) in s.data.iter().flatten() {
+        w.line(0, &format!("{k}:\t{} bytes", v.0.len()));
+    }
+    for (k, v) in s.string_data.iter().flatten() {
+        w.line(0, &format!("{k}:\t{} bytes", v.len()));
+    }
 }
 
 fn describe_namespace(w: &mut Describe, n: &Namespace) {

@@ -226,7 +226,7 @@ pub async fn run(
 impl Master {
     fn snapshot(&self) -> Snapshot {
         let mut objects = BTreeMap::new();
-        for kind in Kind::ALL {
+        for &kind in Kind::ALL {
             objects.insert(kind, self.cfg.store.list(kind, None));
         }
         Snapshot {
@@ -483,14 +483,61 @@ impl Master {
                 ops.push(Op::Update(Object::Pod(updated)));
             }
         }
+        let at = jiff::Timestamp::now();
+        for ev in &report.events {
+            let key = ObjectKey::new(Kind::Pod, &ev.namespace, &ev.pod);
+            let Some(obj) = self.cfg.store.get(&key) else {
+                continue;
+            };
+            let bound_here = match &*obj {
+                Object::Pod(p) => {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                }
+                _ => false,
+            };
+            if !bound_here || obj.meta().uid.as_deref() != Some(ev.pod_uid.as_str()) {
+                continue;
+            }
+            let involved = controllers::events::Involved::of(&obj);
+            let ekey = controllers::events::key(&involved, &ev.reason, &ev.message);
+            let existing = self.cfg.store.get(&ekey);
+            let existing = existing.as_deref().and_then(|o| match o {
+                Object::Event(e) => Some(e),
+                _ => None,
+            });
+            // Several happenings of one kind in one report fold into one op.
+            if let Some(pos) = ops
+                .iter()
+                .position(|op| matches!(op, Op::Update(o) | Op::Create(o) if o.key() == ekey))
+            {
+                if let Op::Update(Object::Event(e)) | Op::Create(Object::Event(e)) = &mut ops[pos] {
+                    e.count = Some(e.count.unwrap_or(1) + 1);
+                }
+                continue;
+            }
+            let action = controllers::events::record(
+                existing,
+                &involved,
+                &ev.type_,
+                &ev.reason,
+                &ev.message,
+                "kubelet",
+                at,
+            );
+            ops.push(commands::to_op(action));
+        }
         if self.terminated.get(node) != Some(&terminated) {
             self.terminated.insert(node.to_string(), terminated);
             self.dirty = true;
         }
-        if !ops.is_empty()
-            && let Err(e) = self.cfg.store.commit(ops, Mode::Commit)
-        {
-            tracing::debug!(%node, error = %e, "status not stored; the next report retries");
+        if !ops.is_empty() && self.cfg.store.commit(ops.clone(), Mode::Commit).is_err() {
+            // One stale op (a pod changed since we read it) must not cost the
+            // others, events above all: the worker does not send them twice.
+            for op in ops {
+                if let Err(e) = self.cfg.store.commit(vec![op], Mode::Commit) {
+                    tracing::debug!(%node, error = %e, "status not stored; the next report retries");
+                }
+            }
         }
 
         // A worker behind on what we published (it restarted, or the broker

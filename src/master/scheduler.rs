@@ -12,8 +12,11 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 
 use crate::api::Object;
 use crate::master::controllers::{
-    Action, Snapshot, controller_of, is_finished, is_terminating, node_ready, uid,
+    Action, Snapshot, controller_of, events, is_finished, is_terminating, node_ready, uid,
 };
+
+/// The component name Events from the scheduler carry.
+const SCHEDULER: &str = "default-scheduler";
 
 /// Why no node fits, in the words `kubectl describe` uses.
 pub fn pick<'a>(
@@ -117,11 +120,29 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
                 }
                 p.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
                 set_scheduled(&mut p, snap, "True", None, None);
-                out.push(Action::Update(Object::Pod(p)));
+                let msg = format!(
+                    "Successfully assigned {}/{} to {node}",
+                    p.metadata.namespace.as_deref().unwrap_or(""),
+                    p.metadata.name.as_deref().unwrap_or("")
+                );
+                let pod_obj = Object::Pod(p);
+                let event = events::emit(snap, &pod_obj, false, "Scheduled", msg, SCHEDULER);
+                out.push(Action::Update(pod_obj));
+                out.push(event);
             }
             Err(message) => {
-                if set_scheduled(&mut p, snap, "False", Some("Unschedulable"), Some(message)) {
-                    out.push(Action::Update(Object::Pod(p)));
+                if set_scheduled(
+                    &mut p,
+                    snap,
+                    "False",
+                    Some("Unschedulable"),
+                    Some(message.clone()),
+                ) {
+                    let pod_obj = Object::Pod(p);
+                    let event =
+                        events::emit(snap, &pod_obj, true, "FailedScheduling", message, SCHEDULER);
+                    out.push(Action::Update(pod_obj));
+                    out.push(event);
                 }
             }
         }

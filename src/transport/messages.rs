@@ -188,6 +188,24 @@ pub struct NodeReport {
     pub info: NodeFacts,
     /// Every pod the worker knows, including ones being torn down.
     pub pods: Vec<PodReport>,
+    /// What happened to pods since the last report (`describe` shows them).
+    #[serde(default)]
+    pub events: Vec<PodEvent>,
+}
+
+/// Something that happened to a pod on its node, for an Event object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodEvent {
+    pub pod_uid: String,
+    pub namespace: String,
+    pub pod: String,
+    /// `Normal` or `Warning`.
+    pub type_: String,
+    /// `Started`, `BackOff`, `Unhealthy`…
+    pub reason: String,
+    pub message: String,
+    /// Unix milliseconds, by the node's clock.
+    pub at: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -31,12 +31,12 @@ use crate::runtime::{ContainerConfig, ContainerState, Resources, Runtime, Runtim
 use crate::store::{LocalOp, LocalStore, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID};
 use crate::transport::messages::{
-    Assignment, NodeFacts, NodeReport, PodReport, ServiceTable, StreamMsg,
+    Assignment, NodeFacts, NodeReport, PodEvent, PodReport, ServiceTable, StreamMsg,
 };
 use crate::transport::{
     KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
 };
-use podsync::{PodRecord, Step};
+use podsync::{Happening, PodRecord, Step};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -89,6 +89,18 @@ fn uncbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     ciborium::from_reader(bytes).ok()
 }
 
+fn pod_event(rec: &PodRecord, h: podsync::Happening, now: i64) -> PodEvent {
+    PodEvent {
+        pod_uid: rec.uid.clone(),
+        namespace: rec.namespace.clone(),
+        pod: rec.name.clone(),
+        type_: if h.warning { "Warning" } else { "Normal" }.into(),
+        reason: h.reason,
+        message: h.message,
+        at: now,
+    }
+}
+
 struct StreamHandle {
     control: mpsc::Sender<StreamMsg>,
     client_id: String,
@@ -112,6 +124,8 @@ struct Agent {
     /// The routes the proxy runs now (applied only once the network is up).
     applied_routes: Option<u64>,
     last_report: Option<Vec<PodReport>>,
+    /// Events not yet sent to the master.
+    events: Vec<PodEvent>,
     streams: HashMap<String, StreamHandle>,
 }
 
@@ -169,6 +183,7 @@ pub async fn run(
         proxy,
         applied_routes: None,
         last_report: None,
+        events: Vec::new(),
         streams: HashMap::new(),
     };
     agent.ensure_network().await;
@@ -497,7 +512,15 @@ impl Agent {
             let Some(rec) = self.records.get_mut(uid) else {
                 continue;
             };
-            rec.observe(pod, &actual, now);
+            let happened = rec.observe(pod, &actual, now);
+            let events: Vec<PodEvent> = happened
+                .into_iter()
+                .map(|h| pod_event(rec, h, now))
+                .collect();
+            self.events.extend(events);
+            let Some(rec) = self.records.get_mut(uid) else {
+                continue;
+            };
             let steps = rec.next_steps(pod, &actual, now);
             for step in steps {
                 self.execute(uid, pod, step, now).await;
@@ -602,6 +625,14 @@ impl Agent {
                     .await
                 {
                     Ok(()) => {
+                        if signal == libc::SIGTERM {
+                            let name = self.container_of(uid, &runtime_id);
+                            self.emit(
+                                uid,
+                                Happening::normal("Killing", format!("Stopping container {name}")),
+                                now,
+                            );
+                        }
                         if let Some(r) = self.records.get_mut(uid) {
                             r.on_signalled(signal, grace_ms, now);
                         }
@@ -725,11 +756,23 @@ impl Agent {
                 RuntimeError::InvalidImageReference { .. } => ("InvalidImageName", e.to_string()),
                 _ => ("ErrImagePull", e.to_string()),
             };
+            self.emit(uid, Happening::warning(reason, message.clone()), now);
             if let Some(r) = self.records.get_mut(uid) {
                 r.on_start_failed(container, reason, message, now);
             }
             return;
         }
+        self.emit(
+            uid,
+            Happening::normal(
+                "Pulled",
+                format!(
+                    "Container image \"{}\" already present on machine",
+                    spec.image.clone().unwrap_or_default()
+                ),
+            ),
+            now,
+        );
         let id = config.id.clone();
         match self.runtime_call(move |rt| rt.run_container(&config)).await {
             Ok(info) => {
@@ -738,6 +781,16 @@ impl Agent {
                     _ => now,
                 };
                 tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or("")), %container, %id, "container started");
+                self.emit(
+                    uid,
+                    Happening::normal("Created", format!("Created container {container}")),
+                    now,
+                );
+                self.emit(
+                    uid,
+                    Happening::normal("Started", format!("Started container {container}")),
+                    now,
+                );
                 if let Some(r) = self.records.get_mut(uid) {
                     r.on_started(container, id, started);
                 }
@@ -747,11 +800,37 @@ impl Agent {
                 // Whatever half-exists is removed before the next attempt.
                 let rid = id.clone();
                 let _ = self.runtime_call(move |rt| rt.remove_container(&rid)).await;
+                self.emit(
+                    uid,
+                    Happening::warning("Failed", format!("Error: {e}")),
+                    now,
+                );
                 if let Some(r) = self.records.get_mut(uid) {
                     r.on_start_failed(container, "RunContainerError", e.to_string(), now);
                 }
             }
         }
+    }
+
+    /// Queues an Event about a pod for the next report.
+    fn emit(&mut self, uid: &str, h: Happening, now: i64) {
+        if let Some(rec) = self.records.get(uid) {
+            let ev = pod_event(rec, h, now);
+            self.events.push(ev);
+        }
+    }
+
+    /// The container name whose current attempt is `runtime_id`.
+    fn container_of(&self, uid: &str, runtime_id: &str) -> String {
+        self.records
+            .get(uid)
+            .and_then(|r| {
+                r.containers
+                    .values()
+                    .find(|c| c.runtime_id.as_deref() == Some(runtime_id))
+            })
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| runtime_id.to_string())
     }
 
     /// Sends a status report when something changed, or always with `force`
@@ -776,7 +855,7 @@ impl Agent {
                 }
             })
             .collect();
-        if !force && self.last_report.as_ref() == Some(&pods) {
+        if !force && self.events.is_empty() && self.last_report.as_ref() == Some(&pods) {
             return;
         }
         let report = NodeReport {
@@ -785,11 +864,13 @@ impl Agent {
             services_generation: self.services.generation,
             info: self.facts.clone(),
             pods: pods.clone(),
+            events: self.events.clone(),
         };
         let topic = self.cfg.topics.status(&self.cfg.node_name);
         let bytes = self.sealer.seal(&topic, MASTER_ID, &report);
         if self.mqtt.publish(&topic, bytes, false).await.is_ok() {
             self.last_report = Some(pods);
+            self.events.clear();
         }
     }
 }

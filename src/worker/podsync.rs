@@ -96,6 +96,32 @@ pub struct PodRecord {
     pub released: bool,
 }
 
+/// Something that happened to a pod, worth an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Happening {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Happening {
+    pub fn normal(reason: &str, message: String) -> Happening {
+        Happening {
+            warning: false,
+            reason: reason.into(),
+            message,
+        }
+    }
+
+    pub fn warning(reason: &str, message: String) -> Happening {
+        Happening {
+            warning: true,
+            reason: reason.into(),
+            message,
+        }
+    }
+}
+
 /// One piece of I/O the worker should do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -173,13 +199,15 @@ impl PodRecord {
 
     /// Folds what the runtime reports into the records: a running container
     /// that exited (or vanished) becomes Terminated, and its back-off is set.
-    /// `pod` is `None` when the pod is no longer wanted.
+    /// `pod` is `None` when the pod is no longer wanted. Returns what deserves
+    /// an Event.
     pub fn observe(
         &mut self,
         pod: Option<&Pod>,
         actual: &HashMap<String, ContainerState>,
         now: i64,
-    ) {
+    ) -> Vec<Happening> {
+        let mut happened = Vec::new();
         let policy = pod.map(restart_policy).unwrap_or("Never").to_string();
         for c in self.containers.values_mut() {
             let CState::Running { started_at } = c.state else {
@@ -227,6 +255,15 @@ impl PodRecord {
             };
             c.next_start_at = term.finished_at + delay;
             c.last_termination = Some(term.clone());
+            if restart && delay > 0 {
+                happened.push(Happening::warning(
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {}_{}({})",
+                        c.name, self.name, self.namespace, self.uid
+                    ),
+                ));
+            }
             c.state = if restart && delay > 0 {
                 CState::Waiting {
                     reason: "CrashLoopBackOff".into(),
@@ -243,6 +280,7 @@ impl PodRecord {
                 CState::Terminated(term)
             };
         }
+        happened
     }
 
     /// Whether a container in this state wants another start now.

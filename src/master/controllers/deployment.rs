@@ -10,10 +10,11 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::{Action, Snapshot, controller_of, owner_ref, uid};
+use super::{Action, Snapshot, controller_of, events, owner_ref, uid};
 use crate::api::{Kind, Object};
 
 pub const HASH_LABEL: &str = "pod-template-hash";
+const CONTROLLER: &str = "deployment-controller";
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 
 pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
@@ -71,17 +72,39 @@ fn reconcile_one(snap: &Snapshot, d: &Deployment, owned: &[&ReplicaSet]) -> Vec<
                 replicas,
                 new_revision,
             ))));
+            let msg = format!("Scaled up replica set {name}-{hash} from 0 to {replicas}");
+            out.push(events::emit(
+                snap,
+                &Object::Deployment(d.clone()),
+                false,
+                "ScalingReplicaSet",
+                msg,
+                CONTROLLER,
+            ));
         }
         None => new_revision = max_revision,
         Some(rs) => {
             new_revision = revision(rs);
             let have = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             if have != replicas && !paused {
+                let direction = if replicas > have { "up" } else { "down" };
+                let msg = format!(
+                    "Scaled {direction} replica set {} from {have} to {replicas}",
+                    rs.metadata.name.as_deref().unwrap_or("")
+                );
                 let mut rs = rs.clone();
                 if let Some(s) = rs.spec.as_mut() {
                     s.replicas = Some(replicas);
                 }
                 out.push(Action::Update(Object::ReplicaSet(rs)));
+                out.push(events::emit(
+                    snap,
+                    &Object::Deployment(d.clone()),
+                    false,
+                    "ScalingReplicaSet",
+                    msg,
+                    CONTROLLER,
+                ));
             }
         }
     }
@@ -327,7 +350,17 @@ mod tests {
             actions.iter().any(|a| matches!(a,
             Action::Update(Object::ReplicaSet(r)) if r.spec.as_ref().unwrap().replicas == Some(5)))
         );
-        assert!(!actions.iter().any(|a| matches!(a, Action::Create(_))));
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Create(Object::ReplicaSet(_))))
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Create(Object::Event(e))
+            if e.message.as_deref().is_some_and(|m| m.contains("from 2 to 5"))))
+        );
     }
 
     #[test]

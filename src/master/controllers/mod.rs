@@ -10,6 +10,7 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod events;
 pub mod gc;
 pub mod nodes;
 pub mod pods;
@@ -23,8 +24,8 @@ use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
 use crate::api::{
-    ConfigMap, Deployment, Endpoints, Kind, Namespace, Node, Object, ObjectKey, Pod, ReplicaSet,
-    Service,
+    ConfigMap, Deployment, Endpoints, Event, Kind, Namespace, Node, Object, ObjectKey, Pod,
+    ReplicaSet, Service,
 };
 
 /// Everything a reconcile pass may look at.
@@ -86,6 +87,7 @@ impl Snapshot {
     typed!(nodes, Node, Node);
     typed!(namespaces, Namespace, Namespace);
     typed!(configmaps, ConfigMap, ConfigMap);
+    typed!(events, Event, Event);
 }
 
 /// Runs every controller once.
@@ -98,6 +100,7 @@ pub fn reconcile_all(snap: &Snapshot, names: &mut dyn FnMut() -> String) -> Vec<
     actions.extend(endpoints::reconcile(snap));
     actions.extend(gc::reconcile(snap));
     actions.extend(pods::reconcile(snap));
+    actions.extend(events::reconcile(snap));
     actions
 }
 

@@ -8,9 +8,11 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    Action, Snapshot, controller_of, is_finished, is_ready, is_terminating, owner_ref, uid,
+    Action, Snapshot, controller_of, events, is_finished, is_ready, is_terminating, owner_ref, uid,
 };
 use crate::api::{Kind, Object};
+
+const CONTROLLER: &str = "replicaset-controller";
 
 /// Most pods one ReplicaSet creates or deletes in one pass (Kubernetes' burst
 /// is 500); the next pass does the rest.
@@ -55,7 +57,19 @@ fn reconcile_one(
     if active.len() < desired {
         for _ in 0..(desired - active.len()).min(BURST) {
             if let Some(pod) = new_pod(rs, &names()) {
+                let msg = format!(
+                    "Created pod: {}",
+                    pod.metadata.name.as_deref().unwrap_or("")
+                );
                 out.push(Action::Create(Object::Pod(pod)));
+                out.push(events::emit(
+                    snap,
+                    &Object::ReplicaSet(rs.clone()),
+                    false,
+                    "SuccessfulCreate",
+                    msg,
+                    CONTROLLER,
+                ));
             }
         }
     } else if active.len() > desired {
@@ -69,6 +83,18 @@ fn reconcile_one(
         });
         for pod in active.iter().take((active.len() - desired).min(BURST)) {
             out.extend(super::pods::delete(pod, snap.now));
+            let msg = format!(
+                "Deleted pod: {}",
+                pod.metadata.name.as_deref().unwrap_or("")
+            );
+            out.push(events::emit(
+                snap,
+                &Object::ReplicaSet(rs.clone()),
+                false,
+                "SuccessfulDelete",
+                msg,
+                CONTROLLER,
+            ));
         }
     }
 
