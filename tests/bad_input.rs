@@ -196,6 +196,7 @@ async fn forged_and_replayed_messages_are_dropped() {
         services_generation: 0,
         info: NodeFacts::default(),
         pods: vec![],
+        events: vec![],
     };
     let as_node = Sealer::new(KeyPair::generate(), envelope::node_id(&c.node));
     mqtt.publish(
