@@ -9,6 +9,7 @@
 //! is checked before use; stopping the agent never stops the pods (they
 //! outlive it, as the design asks).
 
+pub mod containers;
 pub mod facts;
 pub mod podsync;
 pub mod status;
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Layout;
 use crate::net::{NetConfig, PodNetwork};
 use crate::proxy::{Proxy, ProxyConfig};
-use crate::runtime::{ContainerConfig, ContainerState, Resources, Runtime, RuntimeError};
+use crate::runtime::{ContainerState, Runtime, RuntimeError};
 use crate::store::{LocalOp, LocalStore, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID};
 use crate::transport::messages::{
@@ -723,27 +724,16 @@ impl Agent {
         if let Some(dir) = log_path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let config = ContainerConfig {
-            id: rec.next_runtime_id(container),
-            pod_uid: uid.to_string(),
-            pod_namespace: rec.namespace.clone(),
-            pod_name: rec.name.clone(),
-            container_name: container.to_string(),
-            image: spec.image.clone().unwrap_or_default(),
-            command: spec.command.clone().unwrap_or_default(),
-            args: spec.args.clone().unwrap_or_default(),
-            env: spec
-                .env
-                .iter()
-                .flatten()
-                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-                .collect(),
-            working_dir: spec.working_dir.clone(),
-            hostname: rec.name.clone(),
-            netns,
-            log_path,
-            resources: Resources::default(),
-        };
+        let config = containers::container_config(
+            pod,
+            rec,
+            spec,
+            containers::Placement {
+                runtime_id: rec.next_runtime_id(container),
+                netns,
+                log_path,
+            },
+        );
         let image = config.image.clone();
         if let Err(e) = self.runtime_call(move |rt| rt.ensure_image(&image)).await {
             let (reason, message) = match &e {
