@@ -9,7 +9,7 @@
 use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Container, EndpointPort, NamespaceStatus, PodSecurityContext, PodSpec, PodStatus,
-    PodTemplateSpec, ServicePort, ServiceSpec,
+    PodTemplateSpec, Probe, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -108,8 +108,26 @@ pub fn pod_spec(spec: &mut PodSpec) {
         .get_or_insert_with(|| DEFAULT_SCHEDULER_NAME.to_string());
     spec.security_context
         .get_or_insert_with(PodSecurityContext::default);
-    for c in &mut spec.containers {
+    for c in spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+    {
         container(c);
+    }
+}
+
+/// The API server's probe defaults: 1 s timeout, every 10 s, 1 success, 3
+/// failures; HTTP on `/`.
+fn probe(p: &mut Probe) {
+    p.timeout_seconds.get_or_insert(1);
+    p.period_seconds.get_or_insert(10);
+    p.success_threshold.get_or_insert(1);
+    p.failure_threshold.get_or_insert(3);
+    if let Some(h) = p.http_get.as_mut() {
+        h.path.get_or_insert_with(|| "/".to_string());
+        h.scheme.get_or_insert_with(|| "HTTP".to_string());
     }
 }
 
@@ -124,6 +142,16 @@ fn container(c: &mut Container) {
         .get_or_insert_with(|| "File".to_string());
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".to_string());
+    }
+    for p in [
+        &mut c.liveness_probe,
+        &mut c.readiness_probe,
+        &mut c.startup_probe,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        probe(p);
     }
 }
 

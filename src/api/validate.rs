@@ -16,7 +16,7 @@ use std::ops::RangeInclusive;
 use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, EndpointAddress, Endpoints, PodSpec, PodTemplateSpec,
-    Service, ServicePort,
+    Probe, Service, ServicePort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -491,6 +491,23 @@ pub fn validate_pod_spec(
     }
     let mut names = HashSet::new();
     let mut port_names = HashSet::new();
+    // Init and app containers share one name space, as in Kubernetes.
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        let cpath = format!("{path}.initContainers[{i}]");
+        validate_container(c, &cpath, &mut names, &mut HashSet::new(), errs);
+        for (field, probe) in [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            if probe.is_some() {
+                errs.push(FieldError::forbidden(
+                    format!("{cpath}.{field}"),
+                    "may not be set for init containers",
+                ));
+            }
+        }
+    }
     for (i, c) in spec.containers.iter().enumerate() {
         let cpath = format!("{path}.containers[{i}]");
         validate_container(c, &cpath, &mut names, &mut port_names, errs);
@@ -587,6 +604,62 @@ fn validate_container(
         } else {
             push_all(errs, &epath, &e.name, env_var_name_errors(&e.name));
         }
+    }
+    for (field, probe, single_success) in [
+        ("livenessProbe", &c.liveness_probe, true),
+        ("readinessProbe", &c.readiness_probe, false),
+        ("startupProbe", &c.startup_probe, true),
+    ] {
+        if let Some(p) = probe {
+            validate_probe(p, &format!("{path}.{field}"), single_success, errs);
+        }
+    }
+}
+
+/// A probe has exactly one handler and sane thresholds; liveness and startup
+/// probes must succeed once to count (`successThreshold: 1`).
+fn validate_probe(p: &Probe, path: &str, single_success: bool, errs: &mut Vec<FieldError>) {
+    let handlers = [
+        p.exec.is_some(),
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+        p.grpc.is_some(),
+    ]
+    .iter()
+    .filter(|h| **h)
+    .count();
+    if handlers == 0 {
+        errs.push(FieldError::required(
+            path.to_string(),
+            "must specify a handler type",
+        ));
+    } else if handlers > 1 {
+        errs.push(FieldError::forbidden(
+            path.to_string(),
+            "may not specify more than 1 handler type",
+        ));
+    }
+    for (field, v, min) in [
+        ("initialDelaySeconds", p.initial_delay_seconds, 0),
+        ("timeoutSeconds", p.timeout_seconds, 1),
+        ("periodSeconds", p.period_seconds, 1),
+        ("successThreshold", p.success_threshold, 1),
+        ("failureThreshold", p.failure_threshold, 1),
+    ] {
+        if let Some(v) = v.filter(|v| *v < min) {
+            errs.push(FieldError::invalid(
+                format!("{path}.{field}"),
+                json!(v),
+                &format!("must be greater than or equal to {min}"),
+            ));
+        }
+    }
+    if single_success && p.success_threshold.is_some_and(|s| s != 1) {
+        errs.push(FieldError::invalid(
+            format!("{path}.successThreshold"),
+            json!(p.success_threshold),
+            "must be 1",
+        ));
     }
 }
 

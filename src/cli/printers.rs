@@ -354,8 +354,47 @@ pub fn pod_summary(pod: &Pod) -> PodSummary {
     let mut ready = 0;
     let mut last_restart: Option<Timestamp> = None;
     let mut has_running = false;
+    // Init containers first: while one has not completed, it is the status.
+    let init_total = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .map_or(0, Vec::len);
+    let mut initializing = false;
+    for (i, cs) in status.init_container_statuses.iter().flatten().enumerate() {
+        restarts += cs.restart_count;
+        let state = cs.state.clone().unwrap_or_default();
+        if let Some(t) = &state.terminated {
+            if t.exit_code == 0 {
+                continue;
+            }
+            reason = match t.reason.as_ref().filter(|r| !r.is_empty()) {
+                Some(r) => format!("Init:{r}"),
+                None => match t.signal.filter(|s| *s != 0) {
+                    Some(sig) => format!("Init:Signal:{sig}"),
+                    None => format!("Init:ExitCode:{}", t.exit_code),
+                },
+            };
+        } else if let Some(r) = state
+            .waiting
+            .as_ref()
+            .and_then(|w| w.reason.clone())
+            .filter(|r| !r.is_empty() && r != "PodInitializing")
+        {
+            reason = format!("Init:{r}");
+        } else {
+            reason = format!("Init:{i}/{init_total}");
+        }
+        initializing = true;
+        break;
+    }
     // Last container first, so the first container's reason wins, as in kubectl.
-    for cs in status.container_statuses.iter().flatten().rev() {
+    let app_statuses = if initializing {
+        &[][..]
+    } else {
+        status.container_statuses.as_deref().unwrap_or(&[])
+    };
+    for cs in app_statuses.iter().rev() {
         restarts += cs.restart_count;
         let finished = cs
             .last_state

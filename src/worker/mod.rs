@@ -12,6 +12,7 @@
 pub mod containers;
 pub mod facts;
 pub mod podsync;
+pub mod probes;
 pub mod status;
 pub mod streams;
 
@@ -102,6 +103,22 @@ fn pod_event(rec: &PodRecord, h: podsync::Happening, now: i64) -> PodEvent {
     }
 }
 
+/// What a background probe or hook reports back to the sync loop.
+enum TaskDone {
+    Probe {
+        uid: String,
+        container: String,
+        kind: podsync::ProbeKind,
+        probe: Box<k8s_openapi::api::core::v1::Probe>,
+        result: Result<(), String>,
+    },
+    PostStart {
+        uid: String,
+        container: String,
+        result: Result<(), String>,
+    },
+}
+
 struct StreamHandle {
     control: mpsc::Sender<StreamMsg>,
     client_id: String,
@@ -127,6 +144,8 @@ struct Agent {
     last_report: Option<Vec<PodReport>>,
     /// Events not yet sent to the master.
     events: Vec<PodEvent>,
+    /// Where background probes and hooks report.
+    tasks: mpsc::UnboundedSender<TaskDone>,
     streams: HashMap<String, StreamHandle>,
 }
 
@@ -168,6 +187,7 @@ pub async fn run(
         })
     });
     let mut runtime_events = cfg.runtime.events();
+    let (task_tx, mut task_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         cfg,
         db,
@@ -185,6 +205,7 @@ pub async fn run(
         applied_routes: None,
         last_report: None,
         events: Vec::new(),
+        tasks: task_tx,
         streams: HashMap::new(),
     };
     agent.ensure_network().await;
@@ -229,6 +250,11 @@ pub async fn run(
             },
             // A container exited.
             _ = runtime_events.changed() => dirty = true,
+            // A probe or hook finished.
+            Some(done) = task_rx.recv() => {
+                agent.on_task(done);
+                dirty = true;
+            }
             // Back-off timers and grace deadlines.
             _ = tick.tick() => dirty = true,
             // Liveness for the master, even when nothing changed.
@@ -558,6 +584,7 @@ impl Agent {
                 tracing::debug!(error = %e, "orphan cleanup failed; retried next pass");
             }
         }
+        self.launch_probes(&desired, now);
         self.persist()
     }
 
@@ -610,39 +637,28 @@ impl Agent {
                     }
                 }
             }
-            Step::Signal { runtime_id, signal } => {
-                let grace_ms = pod
-                    .and_then(|p| {
-                        p.metadata
-                            .deletion_grace_period_seconds
-                            .or(p.spec.as_ref()?.termination_grace_period_seconds)
-                    })
-                    .unwrap_or(30)
-                    .max(0)
-                    * 1000;
+            Step::Stop {
+                container,
+                grace_ms,
+                reason,
+            } => self.stop(uid, pod, &container, grace_ms, &reason, now),
+            Step::Kill { runtime_id } => {
                 let id = runtime_id.clone();
                 match self
-                    .runtime_call(move |rt| rt.kill_container(&id, signal))
+                    .runtime_call(move |rt| rt.kill_container(&id, libc::SIGKILL))
                     .await
                 {
                     Ok(()) => {
-                        if signal == libc::SIGTERM {
-                            let name = self.container_of(uid, &runtime_id);
-                            self.emit(
-                                uid,
-                                Happening::normal("Killing", format!("Stopping container {name}")),
-                                now,
-                            );
-                        }
                         if let Some(r) = self.records.get_mut(uid) {
-                            r.on_signalled(signal, grace_ms, now);
+                            r.on_killed(&runtime_id);
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(id = %runtime_id, error = %e, "cannot signal container")
+                        tracing::warn!(id = %runtime_id, error = %e, "cannot kill container")
                     }
                 }
             }
+            Step::PostStart { container } => self.post_start(uid, pod, &container),
             Step::Release => {
                 if let Some(net) = &self.net
                     && let Err(e) = net.teardown_pod(uid).await
@@ -702,11 +718,7 @@ impl Agent {
         let Some(rec) = self.records.get(uid) else {
             return;
         };
-        let Some(spec) = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.iter().find(|c| c.name == container))
-        else {
+        let Some(spec) = podsync::container_spec(pod, container) else {
             return;
         };
         // After a reboot the netns (on tmpfs) is gone: set it up again first.
@@ -802,25 +814,152 @@ impl Agent {
         }
     }
 
+    /// Begins stopping a container: preStop hook then SIGTERM, in the
+    /// background (a hook may take the whole grace period); the sync loop
+    /// sends SIGKILL at the deadline.
+    fn stop(
+        &mut self,
+        uid: &str,
+        pod: Option<&Pod>,
+        container: &str,
+        grace_ms: i64,
+        reason: &str,
+        now: i64,
+    ) {
+        let Some(rec) = self.records.get(uid) else {
+            return;
+        };
+        let Some(id) = rec
+            .containers
+            .get(container)
+            .and_then(|c| c.runtime_id.clone())
+        else {
+            return;
+        };
+        let ip = rec.ip.map(IpAddr::V4);
+        if reason == "Stopping" {
+            self.emit(
+                uid,
+                Happening::normal("Killing", format!("Stopping container {container}")),
+                now,
+            );
+        }
+        if let Some(r) = self.records.get_mut(uid) {
+            r.on_stop_begun(container, grace_ms, now);
+        }
+        let spec = pod
+            .and_then(|p| podsync::container_spec(p, container))
+            .cloned();
+        let runtime = self.cfg.runtime.clone();
+        let limit = Duration::from_millis(grace_ms.max(0) as u64);
+        tokio::spawn(async move {
+            if let (Some(spec), Some(ip)) = (&spec, ip)
+                && let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+                && let Err(e) = probes::run_hook(hook, spec, ip, limit).await
+            {
+                tracing::info!(container = %spec.name, error = %e, "preStop hook failed");
+            }
+            let _ = tokio::task::spawn_blocking(move || runtime.kill_container(&id, libc::SIGTERM))
+                .await;
+        });
+    }
+
+    /// Runs a container's postStart hook in the background.
+    fn post_start(&mut self, uid: &str, pod: Option<&Pod>, container: &str) {
+        let Some(rec) = self.records.get_mut(uid) else {
+            return;
+        };
+        rec.on_post_started(container);
+        let (Some(spec), Some(ip)) = (
+            pod.and_then(|p| podsync::container_spec(p, container))
+                .cloned(),
+            rec.ip,
+        ) else {
+            return;
+        };
+        let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) else {
+            return;
+        };
+        let done = self.tasks.clone();
+        let uid = uid.to_string();
+        tokio::spawn(async move {
+            let result =
+                probes::run_hook(&hook, &spec, IpAddr::V4(ip), Duration::from_secs(30)).await;
+            let _ = done.send(TaskDone::PostStart {
+                uid,
+                container: spec.name.clone(),
+                result,
+            });
+        });
+    }
+
+    /// Starts the probes that are due, each in its own task.
+    fn launch_probes(&mut self, desired: &BTreeMap<String, Pod>, now: i64) {
+        for (uid, pod) in desired {
+            let Some(rec) = self.records.get_mut(uid) else {
+                continue;
+            };
+            let Some(ip) = rec.ip else { continue };
+            for task in rec.due_probes(pod, now) {
+                let Some(spec) = podsync::container_spec(pod, &task.container).cloned() else {
+                    continue;
+                };
+                rec.on_probe_started(&task.container, task.kind);
+                let done = self.tasks.clone();
+                let uid = uid.clone();
+                tokio::spawn(async move {
+                    let result = probes::check(&task.probe, &spec, IpAddr::V4(ip)).await;
+                    let _ = done.send(TaskDone::Probe {
+                        uid,
+                        container: task.container,
+                        kind: task.kind,
+                        probe: Box::new(task.probe),
+                        result,
+                    });
+                });
+            }
+        }
+    }
+
+    /// A probe or hook finished.
+    fn on_task(&mut self, done: TaskDone) {
+        let now = now_ms();
+        match done {
+            TaskDone::Probe {
+                uid,
+                container,
+                kind,
+                probe,
+                result,
+            } => {
+                let Some(rec) = self.records.get_mut(&uid) else {
+                    return;
+                };
+                for h in rec.on_probe_result(&container, kind, &probe, result, now) {
+                    self.emit(&uid, h, now);
+                }
+            }
+            TaskDone::PostStart {
+                uid,
+                container,
+                result: Err(message),
+            } => {
+                let Some(rec) = self.records.get_mut(&uid) else {
+                    return;
+                };
+                let h = rec.on_post_start_failed(&container, message);
+                self.emit(&uid, h, now);
+            }
+            TaskDone::PostStart { .. } => {}
+        }
+    }
+
     /// Queues an Event about a pod for the next report.
     fn emit(&mut self, uid: &str, h: Happening, now: i64) {
         if let Some(rec) = self.records.get(uid) {
             let ev = pod_event(rec, h, now);
             self.events.push(ev);
         }
-    }
-
-    /// The container name whose current attempt is `runtime_id`.
-    fn container_of(&self, uid: &str, runtime_id: &str) -> String {
-        self.records
-            .get(uid)
-            .and_then(|r| {
-                r.containers
-                    .values()
-                    .find(|c| c.runtime_id.as_deref() == Some(runtime_id))
-            })
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| runtime_id.to_string())
     }
 
     /// Sends a status report when something changed, or always with `force`

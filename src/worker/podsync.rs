@@ -1,27 +1,41 @@
 //! The pod lifecycle, as one state machine: what the worker knows of each pod
 //! ([`PodRecord`]), how runtime observations move it ([`PodRecord::observe`]),
-//! and what to do next ([`PodRecord::next_steps`]). Pure: times are Unix
-//! milliseconds passed in, I/O results are fed back through the `on_*` methods.
+//! how probe results move it ([`PodRecord::on_probe_result`]), and what to do
+//! next ([`PodRecord::next_steps`], [`PodRecord::due_probes`]). Pure: times
+//! are Unix milliseconds passed in, I/O results are fed back through the
+//! `on_*` methods.
 //!
-//! Container states and their transitions:
+//! A container's states and their transitions:
 //!
 //! ```text
 //!   Waiting(ContainerCreating) ──start ok──▶ Running ──exit──▶ Terminated
-//!        │  ▲                                                    │
-//!   start│  └──── back-off over (restartPolicy allows) ──────────┤
-//!   fails▼                                                       ▼
-//!   Waiting(RunContainerError | ImagePullBackOff)      Waiting(CrashLoopBackOff)
+//!        │  ▲                                  │                 │
+//!   start│  └──── back-off over (policy) ──────┼─────────────────┤
+//!   fails▼                                     │ liveness or     ▼
+//!   Waiting(RunContainerError | …)             │ startup probe   Waiting(CrashLoopBackOff)
+//!                                              ▼ failed
+//!                                        Stop (preStop, SIGTERM,
+//!                                        SIGKILL at the deadline) ──▶ exit
 //! ```
 //!
+//! A pod runs its init containers one at a time, in order, each to a
+//! successful exit, before any app container starts (restarting a failed one
+//! unless the pod's policy is Never). Running app containers are probed:
+//! a startup probe holds back the other two until it passes; a failing
+//! liveness or startup probe stops the container, which then restarts under
+//! the restart policy; readiness decides whether the container is ready, and
+//! so whether the pod is in its Services' endpoints.
+//!
 //! A pod that is no longer wanted (gone from the assignment, or marked for
-//! deletion) is stopped: SIGTERM, SIGKILL at its grace deadline, containers
-//! removed, network torn down, logs deleted; then it is `released` and, once
-//! the master has dropped it, forgotten.
+//! deletion) is stopped: each running container gets its preStop hook and
+//! SIGTERM, SIGKILL at the grace deadline; containers are removed, the
+//! network torn down, logs deleted; then it is `released` and, once the
+//! master has dropped it, forgotten.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::ContainerState;
@@ -37,7 +51,7 @@ pub const BACKOFF_RESET_MS: i64 = 600_000;
 pub struct Terminated {
     pub exit_code: i32,
     pub signal: Option<i32>,
-    /// `Completed`, `Error`, `ContainerStatusUnknown`.
+    /// `Completed`, `Error`, `OOMKilled`, `ContainerStatusUnknown`.
     pub reason: String,
     pub started_at: i64,
     pub finished_at: i64,
@@ -55,10 +69,61 @@ pub enum CState {
     Terminated(Terminated),
 }
 
+/// A container being stopped: its preStop hook and SIGTERM are under way;
+/// SIGKILL follows at `deadline`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    pub since: i64,
+    pub deadline: i64,
+    pub kill_sent: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeKind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        }
+    }
+
+    /// The container's probe of this kind, if it has one Bramble can run
+    /// (the others are reported as not implemented when applied, and act as
+    /// if absent).
+    pub fn of(self, c: &Container) -> Option<&Probe> {
+        match self {
+            ProbeKind::Startup => c.startup_probe.as_ref(),
+            ProbeKind::Liveness => c.liveness_probe.as_ref(),
+            ProbeKind::Readiness => c.readiness_probe.as_ref(),
+        }
+        .filter(|p| crate::worker::probes::supported(p))
+    }
+}
+
+/// Consecutive results of one probe. Kept in memory only: probes run every
+/// few seconds and writing their counters would wear the SD card.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeCounter {
+    pub successes: u32,
+    pub failures: u32,
+    pub next_at: i64,
+    pub in_flight: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub name: String,
     pub image: String,
+    /// An init container: runs to completion before the app containers.
+    #[serde(default)]
+    pub init: bool,
     /// Runtime id of the current (or last) attempt.
     pub runtime_id: Option<String>,
     /// Starts attempted so far; names the next runtime id and log file.
@@ -69,15 +134,23 @@ pub struct ContainerRecord {
     pub last_termination: Option<Terminated>,
     /// Not before this time (back-off).
     pub next_start_at: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stopping {
-    pub since: i64,
-    /// When SIGKILL follows the SIGTERM.
-    pub deadline: i64,
-    pub term_sent: bool,
-    pub kill_sent: bool,
+    /// The readiness probe's verdict (persisted, so an agent restart does
+    /// not take a ready pod out of its Services).
+    #[serde(default)]
+    pub ready: bool,
+    /// The startup probe has passed in this attempt.
+    #[serde(default)]
+    pub started: bool,
+    /// The postStart hook of this attempt has run.
+    #[serde(default)]
+    pub post_started: bool,
+    /// A failed liveness or startup probe asks for a restart (the message).
+    #[serde(default)]
+    pub kill_reason: Option<String>,
+    #[serde(default)]
+    pub stopping: Option<Stopping>,
+    #[serde(skip)]
+    pub probes: BTreeMap<ProbeKind, ProbeCounter>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +164,12 @@ pub struct PodRecord {
     /// When the first container started (`status.startTime`).
     pub started_at: Option<i64>,
     pub containers: BTreeMap<String, ContainerRecord>,
-    pub stopping: Option<Stopping>,
+    /// Init containers in the order they run.
+    #[serde(default)]
+    pub init_order: Vec<String>,
+    /// Every init container has completed; app containers may run.
+    #[serde(default)]
+    pub initialized: bool,
     /// Everything stopped, removed and torn down.
     pub released: bool,
 }
@@ -130,16 +208,35 @@ pub enum Step {
     Start {
         container: String,
     },
+    /// Run the postStart hook of a container that just started.
+    PostStart {
+        container: String,
+    },
     /// Remove the runtime container of a finished attempt.
     Remove {
         runtime_id: String,
     },
-    Signal {
+    /// Begin stopping a running container: its preStop hook, then SIGTERM
+    /// (in the background); SIGKILL follows at `now + grace_ms`.
+    Stop {
+        container: String,
+        grace_ms: i64,
+        reason: String,
+    },
+    /// The grace period is over.
+    Kill {
         runtime_id: String,
-        signal: i32,
     },
     /// Containers are all gone: tear down the network, delete the logs.
     Release,
+}
+
+/// A probe to run now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeTask {
+    pub container: String,
+    pub kind: ProbeKind,
+    pub probe: Probe,
 }
 
 fn restart_policy(pod: &Pod) -> &str {
@@ -149,12 +246,102 @@ fn restart_policy(pod: &Pod) -> &str {
         .unwrap_or("Always")
 }
 
+/// Init containers restart on failure unless the pod never restarts.
+fn init_policy(pod: &Pod) -> &'static str {
+    if restart_policy(pod) == "Never" {
+        "Never"
+    } else {
+        "OnFailure"
+    }
+}
+
 pub fn backoff_ms(restart_count: u32) -> i64 {
     if restart_count == 0 {
         return 0;
     }
     let shift = (restart_count - 1).min(16);
     (BACKOFF_BASE_MS << shift).min(BACKOFF_MAX_MS)
+}
+
+/// The spec of container `name` (init or app).
+pub fn container_spec<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == name)
+}
+
+/// The grace period for stopping a pod's containers: the deletion's, else the
+/// spec's, else 30 s.
+pub fn grace_ms(pod: Option<&Pod>) -> i64 {
+    pod.and_then(|p| {
+        p.metadata
+            .deletion_grace_period_seconds
+            .or(p.spec.as_ref()?.termination_grace_period_seconds)
+    })
+    .unwrap_or(30)
+    .max(0)
+        * 1000
+}
+
+fn secs_ms(v: Option<i32>, default: i32) -> i64 {
+    i64::from(v.unwrap_or(default).max(0)) * 1000
+}
+
+impl ContainerRecord {
+    fn new(c: &Container, init: bool) -> ContainerRecord {
+        ContainerRecord {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            init,
+            runtime_id: None,
+            attempt: 0,
+            restart_count: 0,
+            state: CState::Waiting {
+                reason: if init {
+                    "PodInitializing"
+                } else {
+                    "ContainerCreating"
+                }
+                .into(),
+                message: None,
+            },
+            last_termination: None,
+            next_start_at: 0,
+            ready: false,
+            started: false,
+            post_started: false,
+            kill_reason: None,
+            stopping: None,
+            probes: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, CState::Running { .. })
+    }
+
+    fn completed(&self) -> bool {
+        matches!(&self.state, CState::Terminated(t) if t.exit_code == 0)
+    }
+
+    /// The startup probe has passed, or there is none.
+    pub fn effectively_started(&self, spec: Option<&Container>) -> bool {
+        self.is_running()
+            && (self.started || spec.is_none_or(|c| ProbeKind::Startup.of(c).is_none()))
+    }
+
+    /// Ready as `containerStatuses[].ready` means it.
+    pub fn is_ready(&self, spec: Option<&Container>) -> bool {
+        if self.init {
+            return false;
+        }
+        self.effectively_started(spec)
+            && self.stopping.is_none()
+            && (self.ready || spec.is_none_or(|c| ProbeKind::Readiness.of(c).is_none()))
+    }
 }
 
 impl PodRecord {
@@ -168,7 +355,8 @@ impl PodRecord {
             created_at: now,
             started_at: None,
             containers: BTreeMap::new(),
-            stopping: None,
+            init_order: Vec::new(),
+            initialized: false,
             released: false,
         };
         r.sync_spec(pod);
@@ -178,22 +366,30 @@ impl PodRecord {
     /// Adds records for containers the spec names (a record is never dropped
     /// while its pod lives: its runtime container may still need removing).
     pub fn sync_spec(&mut self, pod: &Pod) {
-        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        let Some(spec) = pod.spec.as_ref() else {
+            return;
+        };
+        let inits: Vec<String> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        if self.init_order.is_empty() && !inits.is_empty() {
+            self.init_order = inits;
+        }
+        if self.init_order.is_empty() {
+            self.initialized = true;
+        }
+        for c in spec.init_containers.iter().flatten() {
             self.containers
                 .entry(c.name.clone())
-                .or_insert_with(|| ContainerRecord {
-                    name: c.name.clone(),
-                    image: c.image.clone().unwrap_or_default(),
-                    runtime_id: None,
-                    attempt: 0,
-                    restart_count: 0,
-                    state: CState::Waiting {
-                        reason: "ContainerCreating".into(),
-                        message: None,
-                    },
-                    last_termination: None,
-                    next_start_at: 0,
-                });
+                .or_insert_with(|| ContainerRecord::new(c, true));
+        }
+        for c in &spec.containers {
+            self.containers
+                .entry(c.name.clone())
+                .or_insert_with(|| ContainerRecord::new(c, false));
         }
     }
 
@@ -208,7 +404,8 @@ impl PodRecord {
         now: i64,
     ) -> Vec<Happening> {
         let mut happened = Vec::new();
-        let policy = pod.map(restart_policy).unwrap_or("Never").to_string();
+        let app_policy = pod.map(restart_policy).unwrap_or("Never").to_string();
+        let init_policy = pod.map(init_policy).unwrap_or("Never");
         for c in self.containers.values_mut() {
             let CState::Running { started_at } = c.state else {
                 continue;
@@ -242,7 +439,12 @@ impl PodRecord {
                     finished_at: now,
                 },
             };
-            let restart = match policy.as_str() {
+            let policy = if c.init {
+                init_policy
+            } else {
+                app_policy.as_str()
+            };
+            let restart = match policy {
                 "Always" => true,
                 "OnFailure" => term.exit_code != 0,
                 _ => false,
@@ -255,6 +457,11 @@ impl PodRecord {
             };
             c.next_start_at = term.finished_at + delay;
             c.last_termination = Some(term.clone());
+            c.ready = false;
+            c.started = false;
+            c.kill_reason = None;
+            c.stopping = None;
+            c.probes.clear();
             if restart && delay > 0 {
                 happened.push(Happening::warning(
                     "BackOff",
@@ -280,6 +487,15 @@ impl PodRecord {
                 CState::Terminated(term)
             };
         }
+        if !self.initialized
+            && self.init_order.iter().all(|n| {
+                self.containers
+                    .get(n)
+                    .is_some_and(ContainerRecord::completed)
+            })
+        {
+            self.initialized = true;
+        }
         happened
     }
 
@@ -299,6 +515,14 @@ impl PodRecord {
         }
     }
 
+    /// An init container failed for good (the pod never restarts).
+    pub fn init_failed(&self, pod: &Pod) -> bool {
+        init_policy(pod) == "Never"
+            && self.init_order.iter().any(|n| {
+                matches!(self.containers.get(n).map(|c| &c.state), Some(CState::Terminated(t)) if t.exit_code != 0)
+            })
+    }
+
     /// What to do now. `pod` is the desired pod, or `None` when it is no
     /// longer wanted; `actual` is what the runtime holds.
     pub fn next_steps(
@@ -307,9 +531,9 @@ impl PodRecord {
         actual: &HashMap<String, ContainerState>,
         now: i64,
     ) -> Vec<Step> {
-        let stopping = pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        let wanted = pod.filter(|p| p.metadata.deletion_timestamp.is_none());
         let mut steps = Vec::new();
-        if stopping {
+        let Some(pod) = wanted else {
             if self.released {
                 return steps;
             }
@@ -319,18 +543,7 @@ impl PodRecord {
                 match actual.get(id) {
                     Some(ContainerState::Running { .. }) | Some(ContainerState::Created) => {
                         alive = true;
-                        let st = self.stopping.as_ref();
-                        if st.is_none_or(|s| !s.term_sent) {
-                            steps.push(Step::Signal {
-                                runtime_id: id.clone(),
-                                signal: libc::SIGTERM,
-                            });
-                        } else if st.is_some_and(|s| now >= s.deadline && !s.kill_sent) {
-                            steps.push(Step::Signal {
-                                runtime_id: id.clone(),
-                                signal: libc::SIGKILL,
-                            });
-                        }
+                        steps.extend(self.stop_steps(c, id, grace_ms(pod), "Stopping", now));
                     }
                     Some(_) => steps.push(Step::Remove {
                         runtime_id: id.clone(),
@@ -342,30 +555,212 @@ impl PodRecord {
                 steps.push(Step::Release);
             }
             return steps;
-        }
-        let pod = pod.expect("not stopping, so wanted");
+        };
         if !self.network_ready {
             steps.push(Step::SetupNetwork);
             return steps;
         }
-        let policy = restart_policy(pod);
-        for c in self.containers.values() {
-            if !Self::wants_start(c, policy, now) {
-                continue;
-            }
-            // The previous attempt's container must go before the next starts.
-            if let Some(id) = &c.runtime_id
-                && actual.contains_key(id)
+        // Probe verdicts that stop a container, and postStart hooks.
+        for c in self.containers.values().filter(|c| c.is_running()) {
+            let Some(id) = &c.runtime_id else { continue };
+            if let Some(reason) = &c.kill_reason {
+                let spec_grace = container_spec(pod, &c.name)
+                    .and_then(|s| ProbeKind::Liveness.of(s))
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .map(|s| s.max(0) * 1000);
+                steps.extend(self.stop_steps(
+                    c,
+                    id,
+                    spec_grace.unwrap_or(grace_ms(Some(pod))),
+                    reason,
+                    now,
+                ));
+            } else if !c.post_started
+                && container_spec(pod, &c.name)
+                    .and_then(|s| s.lifecycle.as_ref())
+                    .is_some_and(|l| l.post_start.is_some())
             {
-                steps.push(Step::Remove {
-                    runtime_id: id.clone(),
+                steps.push(Step::PostStart {
+                    container: c.name.clone(),
                 });
             }
-            steps.push(Step::Start {
-                container: c.name.clone(),
-            });
+        }
+        if !self.initialized {
+            let policy = init_policy(pod);
+            for name in &self.init_order {
+                let Some(c) = self.containers.get(name) else {
+                    continue;
+                };
+                if c.completed() {
+                    continue;
+                }
+                if Self::wants_start(c, policy, now) {
+                    steps.extend(self.start_steps(c, actual));
+                }
+                // One at a time: later init containers wait for this one.
+                break;
+            }
+            return steps;
+        }
+        let policy = restart_policy(pod);
+        for c in self.containers.values().filter(|c| !c.init) {
+            if Self::wants_start(c, policy, now) {
+                steps.extend(self.start_steps(c, actual));
+            }
         }
         steps
+    }
+
+    fn start_steps(
+        &self,
+        c: &ContainerRecord,
+        actual: &HashMap<String, ContainerState>,
+    ) -> Vec<Step> {
+        let mut steps = Vec::new();
+        // The previous attempt's container must go before the next starts.
+        if let Some(id) = &c.runtime_id
+            && actual.contains_key(id)
+        {
+            steps.push(Step::Remove {
+                runtime_id: id.clone(),
+            });
+        }
+        steps.push(Step::Start {
+            container: c.name.clone(),
+        });
+        steps
+    }
+
+    fn stop_steps(
+        &self,
+        c: &ContainerRecord,
+        id: &str,
+        grace: i64,
+        reason: &str,
+        now: i64,
+    ) -> Vec<Step> {
+        match &c.stopping {
+            None => vec![Step::Stop {
+                container: c.name.clone(),
+                grace_ms: grace,
+                reason: reason.to_string(),
+            }],
+            Some(s) if now >= s.deadline && !s.kill_sent => vec![Step::Kill {
+                runtime_id: id.to_string(),
+            }],
+            Some(_) => Vec::new(),
+        }
+    }
+
+    /// Probes to run now, in running app containers.
+    pub fn due_probes(&self, pod: &Pod, now: i64) -> Vec<ProbeTask> {
+        let mut out = Vec::new();
+        for c in self.containers.values() {
+            let CState::Running { started_at } = c.state else {
+                continue;
+            };
+            if c.init || c.stopping.is_some() || c.kill_reason.is_some() {
+                continue;
+            }
+            let Some(spec) = container_spec(pod, &c.name) else {
+                continue;
+            };
+            let kinds: &[ProbeKind] = if c.effectively_started(Some(spec)) {
+                &[ProbeKind::Liveness, ProbeKind::Readiness]
+            } else {
+                &[ProbeKind::Startup]
+            };
+            for &kind in kinds {
+                let Some(probe) = kind.of(spec) else { continue };
+                let counter = c.probes.get(&kind).cloned().unwrap_or_default();
+                let first = started_at + secs_ms(probe.initial_delay_seconds, 0);
+                let due = if counter.next_at == 0 {
+                    first
+                } else {
+                    counter.next_at
+                };
+                if !counter.in_flight && now >= due {
+                    out.push(ProbeTask {
+                        container: c.name.clone(),
+                        kind,
+                        probe: probe.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    pub fn on_probe_started(&mut self, container: &str, kind: ProbeKind) {
+        if let Some(c) = self.containers.get_mut(container) {
+            c.probes.entry(kind).or_default().in_flight = true;
+        }
+    }
+
+    /// Folds one probe result in; returns what deserves an Event.
+    pub fn on_probe_result(
+        &mut self,
+        container: &str,
+        kind: ProbeKind,
+        probe: &Probe,
+        result: Result<(), String>,
+        now: i64,
+    ) -> Vec<Happening> {
+        let mut happened = Vec::new();
+        let Some(c) = self.containers.get_mut(container) else {
+            return happened;
+        };
+        if !c.is_running() {
+            return happened;
+        }
+        let counter = c.probes.entry(kind).or_default();
+        counter.in_flight = false;
+        counter.next_at = now + secs_ms(probe.period_seconds, 10);
+        let failure_threshold = probe.failure_threshold.unwrap_or(3).max(1) as u32;
+        let success_threshold = match kind {
+            ProbeKind::Readiness => probe.success_threshold.unwrap_or(1).max(1) as u32,
+            _ => 1,
+        };
+        match result {
+            Ok(()) => {
+                counter.successes += 1;
+                counter.failures = 0;
+                if counter.successes >= success_threshold {
+                    match kind {
+                        ProbeKind::Startup => c.started = true,
+                        ProbeKind::Readiness => c.ready = true,
+                        ProbeKind::Liveness => {}
+                    }
+                }
+            }
+            Err(message) => {
+                counter.failures += 1;
+                counter.successes = 0;
+                happened.push(Happening::warning(
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", kind.as_str()),
+                ));
+                if counter.failures >= failure_threshold {
+                    match kind {
+                        ProbeKind::Readiness => c.ready = false,
+                        ProbeKind::Liveness | ProbeKind::Startup => {
+                            let what = if kind == ProbeKind::Liveness {
+                                "liveness"
+                            } else {
+                                "startup"
+                            };
+                            let msg = format!(
+                                "Container {} failed {what} probe, will be restarted",
+                                c.name
+                            );
+                            happened.push(Happening::normal("Killing", msg.clone()));
+                            c.kill_reason = Some(msg);
+                        }
+                    }
+                }
+            }
+        }
+        happened
     }
 
     /// The runtime id the next attempt of `container` gets.
@@ -400,6 +795,12 @@ impl PodRecord {
             c.attempt += 1;
             c.runtime_id = Some(runtime_id);
             c.state = CState::Running { started_at };
+            c.ready = false;
+            c.started = false;
+            c.post_started = false;
+            c.kill_reason = None;
+            c.stopping = None;
+            c.probes.clear();
         }
     }
 
@@ -420,28 +821,52 @@ impl PodRecord {
         }
     }
 
+    pub fn on_post_started(&mut self, container: &str) {
+        if let Some(c) = self.containers.get_mut(container) {
+            c.post_started = true;
+        }
+    }
+
+    /// The postStart hook failed: like Kubernetes, the container is killed
+    /// (and restarts under the policy).
+    pub fn on_post_start_failed(&mut self, container: &str, message: String) -> Happening {
+        if let Some(c) = self.containers.get_mut(container) {
+            c.post_started = true;
+            c.kill_reason = Some(format!("PostStartHook failed: {message}"));
+        }
+        Happening::warning(
+            "FailedPostStartHook",
+            format!("PostStartHook failed for container {container}: {message}"),
+        )
+    }
+
     pub fn on_removed(&mut self, runtime_id: &str) {
         for c in self.containers.values_mut() {
-            if c.runtime_id.as_deref() == Some(runtime_id)
-                && !matches!(c.state, CState::Running { .. })
-            {
+            if c.runtime_id.as_deref() == Some(runtime_id) && !c.is_running() {
                 // Keep the id only while its container exists.
                 c.runtime_id = None;
             }
         }
     }
 
-    pub fn on_signalled(&mut self, signal: i32, grace_ms: i64, now: i64) {
-        let st = self.stopping.get_or_insert(Stopping {
-            since: now,
-            deadline: now + grace_ms,
-            term_sent: false,
-            kill_sent: false,
-        });
-        if signal == libc::SIGKILL {
-            st.kill_sent = true;
-        } else {
-            st.term_sent = true;
+    /// A stop began: preStop and SIGTERM are under way.
+    pub fn on_stop_begun(&mut self, container: &str, grace_ms: i64, now: i64) {
+        if let Some(c) = self.containers.get_mut(container) {
+            c.stopping = Some(Stopping {
+                since: now,
+                deadline: now + grace_ms,
+                kill_sent: false,
+            });
+        }
+    }
+
+    pub fn on_killed(&mut self, runtime_id: &str) {
+        for c in self.containers.values_mut() {
+            if c.runtime_id.as_deref() == Some(runtime_id)
+                && let Some(s) = c.stopping.as_mut()
+            {
+                s.kill_sent = true;
+            }
         }
     }
 
@@ -454,8 +879,17 @@ impl PodRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::api::core::v1::{PodSpec, TCPSocketAction};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    fn container(name: &str) -> Container {
+        Container {
+            name: name.into(),
+            image: Some("demo".into()),
+            ..Default::default()
+        }
+    }
 
     fn pod(policy: &str) -> Pod {
         Pod {
@@ -467,11 +901,7 @@ mod tests {
             },
             spec: Some(PodSpec {
                 restart_policy: Some(policy.into()),
-                containers: vec![Container {
-                    name: "main".into(),
-                    image: Some("demo".into()),
-                    ..Default::default()
-                }],
+                containers: vec![container("main")],
                 ..Default::default()
             }),
             status: None,
@@ -487,6 +917,16 @@ mod tests {
         }
     }
 
+    fn running(pid: i32) -> ContainerState {
+        ContainerState::Running { pid, started_at: 0 }
+    }
+
+    fn start(c: &str) -> Step {
+        Step::Start {
+            container: c.into(),
+        }
+    }
+
     #[test]
     fn network_first_then_start() {
         let p = pod("Always");
@@ -494,23 +934,13 @@ mod tests {
         let none = HashMap::new();
         assert_eq!(r.next_steps(Some(&p), &none, 0), vec![Step::SetupNetwork]);
         r.network_ready = true;
-        assert_eq!(
-            r.next_steps(Some(&p), &none, 0),
-            vec![Step::Start {
-                container: "main".into()
-            }]
-        );
+        assert_eq!(r.next_steps(Some(&p), &none, 0), vec![start("main")]);
         let id = r.next_runtime_id("main");
         assert_eq!(id, "0123456789ab-main-0");
         r.on_started("main", id.clone(), 5);
-        let actual = HashMap::from([(
-            id,
-            ContainerState::Running {
-                pid: 1,
-                started_at: 5,
-            },
-        )]);
+        let actual = HashMap::from([(id, running(1))]);
         assert_eq!(r.next_steps(Some(&p), &actual, 10), vec![]);
+        assert!(r.containers["main"].is_ready(container_spec(&p, "main")));
     }
 
     #[test]
@@ -525,15 +955,14 @@ mod tests {
             r.on_started("main", id.clone(), now);
             now += 1_000;
             let actual = HashMap::from([(id.clone(), exited(1, now - 1_000, now))]);
-            r.observe(Some(&p), &actual, now);
+            let happened = r.observe(Some(&p), &actual, now);
             let c = &r.containers["main"];
             delays.push(c.next_start_at - now);
-            // Before the back-off is over nothing starts; after it, the old
-            // container is removed and a new one started.
             if c.next_start_at > now {
                 assert!(
                     matches!(&c.state, CState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
                 );
+                assert_eq!(happened[0].reason, "BackOff");
                 assert_eq!(r.next_steps(Some(&p), &actual, now), vec![]);
             }
             now = c.next_start_at;
@@ -543,9 +972,7 @@ mod tests {
                     Step::Remove {
                         runtime_id: id.clone()
                     },
-                    Step::Start {
-                        container: "main".into()
-                    }
+                    start("main")
                 ]
             );
             r.on_removed(&id);
@@ -583,43 +1010,36 @@ mod tests {
             r.on_started("main", "x".into(), 0);
             let actual = HashMap::from([("x".to_string(), exited(code, 0, 1))]);
             r.observe(Some(&p), &actual, 1);
-            let wants = r.next_steps(Some(&p), &actual, 1).contains(&Step::Start {
-                container: "main".into(),
-            });
+            let wants = r.next_steps(Some(&p), &actual, 1).contains(&start("main"));
             assert_eq!(wants, restarts, "{policy} exit {code}");
         }
     }
 
     #[test]
-    fn stopping_sends_term_then_kill_then_releases() {
+    fn stopping_sends_stop_then_kill_then_releases() {
         let p = pod("Always");
         let mut r = PodRecord::new(&p, 0);
         r.network_ready = true;
         r.on_started("main", "x".into(), 0);
-        let running = HashMap::from([(
-            "x".to_string(),
-            ContainerState::Running {
-                pid: 1,
-                started_at: 0,
-            },
-        )]);
+        let alive = HashMap::from([("x".to_string(), running(1))]);
         assert_eq!(
-            r.next_steps(None, &running, 100),
-            vec![Step::Signal {
-                runtime_id: "x".into(),
-                signal: libc::SIGTERM
+            r.next_steps(None, &alive, 100),
+            vec![Step::Stop {
+                container: "main".into(),
+                grace_ms: 30_000,
+                reason: "Stopping".into()
             }]
         );
-        r.on_signalled(libc::SIGTERM, 30_000, 100);
-        assert_eq!(r.next_steps(None, &running, 200), vec![]);
+        r.on_stop_begun("main", 30_000, 100);
+        assert_eq!(r.next_steps(None, &alive, 200), vec![]);
         assert_eq!(
-            r.next_steps(None, &running, 30_100),
-            vec![Step::Signal {
-                runtime_id: "x".into(),
-                signal: libc::SIGKILL
+            r.next_steps(None, &alive, 30_100),
+            vec![Step::Kill {
+                runtime_id: "x".into()
             }]
         );
-        r.on_signalled(libc::SIGKILL, 30_000, 30_100);
+        r.on_killed("x");
+        assert_eq!(r.next_steps(None, &alive, 30_150), vec![]);
         let dead = HashMap::from([("x".to_string(), exited(137, 0, 30_200))]);
         assert_eq!(
             r.next_steps(None, &dead, 30_300),
@@ -637,6 +1057,27 @@ mod tests {
     }
 
     #[test]
+    fn deletion_grace_comes_from_the_pod() {
+        let mut p = pod("Always");
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::UNIX_EPOCH,
+        ));
+        p.metadata.deletion_grace_period_seconds = Some(5);
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        let alive = HashMap::from([("x".to_string(), running(1))]);
+        assert_eq!(
+            r.next_steps(Some(&p), &alive, 1),
+            vec![Step::Stop {
+                container: "main".into(),
+                grace_ms: 5_000,
+                reason: "Stopping".into()
+            }]
+        );
+    }
+
+    #[test]
     fn vanished_container_is_unknown_and_restarted() {
         let p = pod("Always");
         let mut r = PodRecord::new(&p, 0);
@@ -647,9 +1088,234 @@ mod tests {
         assert_eq!(last.reason, "ContainerStatusUnknown");
         assert_eq!(
             r.next_steps(Some(&p), &HashMap::new(), 50),
-            vec![Step::Start {
-                container: "main".into()
-            }]
+            vec![start("main")]
+        );
+    }
+
+    fn with_inits(policy: &str) -> Pod {
+        let mut p = pod(policy);
+        p.spec.as_mut().unwrap().init_containers =
+            Some(vec![container("first"), container("second")]);
+        p
+    }
+
+    #[test]
+    fn init_containers_run_in_order_before_the_app() {
+        let p = with_inits("Always");
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        let none = HashMap::new();
+        assert_eq!(r.next_steps(Some(&p), &none, 0), vec![start("first")]);
+        r.on_started("first", "f".into(), 0);
+        let a = HashMap::from([("f".to_string(), running(1))]);
+        assert_eq!(r.next_steps(Some(&p), &a, 1), vec![], "wait for the first");
+        // It fails: restarted (init containers restart on failure), the
+        // second does not start.
+        let a = HashMap::from([("f".to_string(), exited(1, 0, 2))]);
+        r.observe(Some(&p), &a, 2);
+        assert_eq!(
+            r.next_steps(Some(&p), &a, 2),
+            vec![
+                Step::Remove {
+                    runtime_id: "f".into()
+                },
+                start("first")
+            ]
+        );
+        r.on_removed("f");
+        r.on_started("first", "f1".into(), 3);
+        let a = HashMap::from([("f1".to_string(), exited(0, 3, 4))]);
+        r.observe(Some(&p), &a, 4);
+        assert!(!r.initialized);
+        assert_eq!(r.next_steps(Some(&p), &a, 4), vec![start("second")]);
+        r.on_started("second", "s".into(), 5);
+        let a = HashMap::from([
+            ("f1".to_string(), exited(0, 3, 4)),
+            ("s".to_string(), exited(0, 5, 6)),
+        ]);
+        r.observe(Some(&p), &a, 6);
+        assert!(r.initialized);
+        assert_eq!(r.next_steps(Some(&p), &a, 6), vec![start("main")]);
+        // A completed init container is never run again.
+        r.on_started("main", "m".into(), 7);
+        let a = HashMap::from([("m".to_string(), exited(1, 7, 8))]);
+        r.observe(Some(&p), &a, 8);
+        assert_eq!(
+            r.next_steps(Some(&p), &a, 8),
+            vec![
+                Step::Remove {
+                    runtime_id: "m".into()
+                },
+                start("main")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_init_container_fails_a_never_pod() {
+        let p = with_inits("Never");
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("first", "f".into(), 0);
+        let a = HashMap::from([("f".to_string(), exited(2, 0, 1))]);
+        r.observe(Some(&p), &a, 1);
+        assert!(r.init_failed(&p));
+        assert_eq!(r.next_steps(Some(&p), &a, 100_000), vec![]);
+    }
+
+    fn tcp_probe(failure: i32, success: i32) -> Probe {
+        Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(8080),
+                host: None,
+            }),
+            initial_delay_seconds: Some(5),
+            period_seconds: Some(10),
+            failure_threshold: Some(failure),
+            success_threshold: Some(success),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn readiness_needs_successes_and_failures_take_it_away() {
+        let mut p = pod("Always");
+        p.spec.as_mut().unwrap().containers[0].readiness_probe = Some(tcp_probe(2, 2));
+        let spec = container_spec(&p, "main").cloned();
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        assert!(
+            !r.containers["main"].is_ready(spec.as_ref()),
+            "not ready before a probe"
+        );
+        assert!(r.due_probes(&p, 4_999).is_empty(), "initial delay");
+        let due = r.due_probes(&p, 5_000);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].kind, ProbeKind::Readiness);
+        r.on_probe_started("main", ProbeKind::Readiness);
+        assert!(
+            r.due_probes(&p, 6_000).is_empty(),
+            "one in flight at a time"
+        );
+        let probe = due[0].probe.clone();
+        r.on_probe_result("main", ProbeKind::Readiness, &probe, Ok(()), 5_000);
+        assert!(
+            !r.containers["main"].is_ready(spec.as_ref()),
+            "successThreshold 2"
+        );
+        assert!(r.due_probes(&p, 14_999).is_empty(), "period");
+        r.on_probe_result("main", ProbeKind::Readiness, &probe, Ok(()), 15_000);
+        assert!(r.containers["main"].is_ready(spec.as_ref()));
+        let ev = r.on_probe_result(
+            "main",
+            ProbeKind::Readiness,
+            &probe,
+            Err("refused".into()),
+            25_000,
+        );
+        assert_eq!(ev[0].reason, "Unhealthy");
+        assert!(
+            r.containers["main"].is_ready(spec.as_ref()),
+            "failureThreshold 2"
+        );
+        r.on_probe_result(
+            "main",
+            ProbeKind::Readiness,
+            &probe,
+            Err("refused".into()),
+            35_000,
+        );
+        assert!(!r.containers["main"].is_ready(spec.as_ref()));
+    }
+
+    #[test]
+    fn failed_liveness_stops_and_restarts_the_container() {
+        let mut p = pod("Always");
+        p.spec.as_mut().unwrap().containers[0].liveness_probe = Some(tcp_probe(1, 1));
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        let probe = r.due_probes(&p, 5_000)[0].probe.clone();
+        let ev = r.on_probe_result(
+            "main",
+            ProbeKind::Liveness,
+            &probe,
+            Err("timeout".into()),
+            5_000,
+        );
+        assert!(ev.iter().any(|e| e.reason == "Killing"));
+        let alive = HashMap::from([("x".to_string(), running(1))]);
+        let steps = r.next_steps(Some(&p), &alive, 5_001);
+        assert!(
+            matches!(&steps[..], [Step::Stop { container, .. }] if container == "main"),
+            "{steps:?}"
+        );
+        r.on_stop_begun("main", 30_000, 5_001);
+        assert!(
+            r.due_probes(&p, 100_000).is_empty(),
+            "no probes while stopping"
+        );
+        let dead = HashMap::from([("x".to_string(), exited(143, 0, 6_000))]);
+        r.observe(Some(&p), &dead, 6_000);
+        assert_eq!(
+            r.next_steps(Some(&p), &dead, 6_000),
+            vec![
+                Step::Remove {
+                    runtime_id: "x".into()
+                },
+                start("main")
+            ]
+        );
+    }
+
+    #[test]
+    fn startup_probe_holds_back_the_others() {
+        let mut p = pod("Always");
+        let c = &mut p.spec.as_mut().unwrap().containers[0];
+        c.startup_probe = Some(tcp_probe(3, 1));
+        c.liveness_probe = Some(tcp_probe(1, 1));
+        let spec = container_spec(&p, "main").cloned();
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        let due = r.due_probes(&p, 5_000);
+        assert_eq!(
+            due.iter().map(|t| t.kind).collect::<Vec<_>>(),
+            vec![ProbeKind::Startup]
+        );
+        assert!(!r.containers["main"].is_ready(spec.as_ref()));
+        r.on_probe_result("main", ProbeKind::Startup, &due[0].probe, Ok(()), 5_000);
+        assert!(r.containers["main"].is_ready(spec.as_ref()));
+        let due = r.due_probes(&p, 15_000);
+        assert_eq!(
+            due.iter().map(|t| t.kind).collect::<Vec<_>>(),
+            vec![ProbeKind::Liveness]
+        );
+    }
+
+    #[test]
+    fn probe_counters_are_not_persisted() {
+        let mut p = pod("Always");
+        p.spec.as_mut().unwrap().containers[0].readiness_probe = Some(tcp_probe(3, 1));
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        let mut before = Vec::new();
+        ciborium::into_writer(&r, &mut before).unwrap();
+        let probe = r.due_probes(&p, 5_000)[0].probe.clone();
+        r.on_probe_result(
+            "main",
+            ProbeKind::Readiness,
+            &probe,
+            Err("no".into()),
+            5_000,
+        );
+        let mut after = Vec::new();
+        ciborium::into_writer(&r, &mut after).unwrap();
+        assert_eq!(
+            before, after,
+            "a failure below the threshold writes nothing"
         );
     }
 }

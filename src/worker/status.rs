@@ -4,8 +4,8 @@
 //! master no write.
 
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -31,7 +31,7 @@ fn terminated(t: &Terminated, id: &str) -> ContainerStateTerminated {
     }
 }
 
-fn container_status(c: &ContainerRecord) -> ContainerStatus {
+fn container_status(c: &ContainerRecord, spec: Option<&Container>) -> ContainerStatus {
     let id = c.runtime_id.clone().unwrap_or_default();
     let state = match &c.state {
         CState::Waiting { reason, message } => ContainerState {
@@ -52,14 +52,19 @@ fn container_status(c: &ContainerRecord) -> ContainerStatus {
             ..Default::default()
         },
     };
-    let running = matches!(c.state, CState::Running { .. });
+    // An init container is ready once it has completed, as Kubernetes shows.
+    let ready = if c.init {
+        matches!(&c.state, CState::Terminated(t) if t.exit_code == 0)
+    } else {
+        c.is_ready(spec)
+    };
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone(),
         image_id: String::new(),
         container_id: (!id.is_empty()).then(|| format!("bramble://{id}")),
-        ready: running,
-        started: Some(running),
+        ready,
+        started: Some(!c.init && c.effectively_started(spec)),
         restart_count: c.restart_count as i32,
         state: Some(state),
         last_state: c.last_termination.as_ref().map(|t| ContainerState {
@@ -86,22 +91,29 @@ pub fn pod_status(pod: &Pod, record: &PodRecord, host_ip: &str) -> PodStatus {
         .spec
         .iter()
         .flat_map(|s| s.containers.iter())
-        .filter_map(|c| record.containers.get(&c.name))
-        .map(container_status)
+        .filter_map(|c| Some(container_status(record.containers.get(&c.name)?, Some(c))))
         .collect();
+    let init_statuses: Vec<ContainerStatus> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter_map(|c| Some(container_status(record.containers.get(&c.name)?, Some(c))))
+        .collect();
+    let apps = || record.containers.values().filter(|c| !c.init);
     let policy = pod
         .spec
         .as_ref()
         .and_then(|s| s.restart_policy.as_deref())
         .unwrap_or("Always");
-    let all_terminated = !record.containers.is_empty()
-        && record
-            .containers
-            .values()
-            .all(|c| matches!(c.state, CState::Terminated(_)));
-    let any_started = record.containers.values().any(|c| c.attempt > 0);
-    let phase = if all_terminated && policy != "Always" {
-        let failed = record.containers.values().any(|c| match &c.state {
+    let all_terminated =
+        apps().count() > 0 && apps().all(|c| matches!(c.state, CState::Terminated(_)));
+    let any_started = apps().any(|c| c.attempt > 0);
+    let phase = if record.init_failed(pod) {
+        "Failed"
+    } else if !record.initialized {
+        "Pending"
+    } else if all_terminated && policy != "Always" {
+        let failed = apps().any(|c| match &c.state {
             CState::Terminated(t) => t.exit_code != 0,
             _ => false,
         });
@@ -129,11 +141,17 @@ pub fn pod_status(pod: &Pod, record: &PodRecord, host_ip: &str) -> PodStatus {
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some(vec![
-            condition("Initialized", true, record.created_at, None),
+            condition(
+                "Initialized",
+                record.initialized,
+                record.created_at,
+                Some("ContainersNotInitialized"),
+            ),
             condition("Ready", ready, changed, None),
             condition("ContainersReady", ready, changed, None),
         ]),
         container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         host_ip: Some(host_ip.to_string()),
         host_ips: Some(vec![HostIP {
             ip: host_ip.to_string(),
