@@ -10,6 +10,7 @@
 
 pub mod defaults;
 pub mod manifest;
+pub mod quantity;
 pub mod routing;
 pub mod selector;
 pub mod unimplemented;
