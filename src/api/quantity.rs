@@ -216,11 +216,16 @@ mod tests {
 
     #[test]
     fn bad_quantities() {
-        for bad in ["", " ", "Mi", "1.2.3", "1Q", "1mi", "1e", "1e+", "1ee3", "x1", "1 Mi", "."] {
+        for bad in [
+            "", " ", "Mi", "1.2.3", "1Q", "1mi", "1e", "1e+", "1ee3", "x1", "1 Mi", ".",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }
         assert!(matches!(parse("1e400"), Err(QuantityError::Overflow(_))));
-        assert!(matches!(parse("999999999999999Ei"), Err(QuantityError::Overflow(_))));
+        assert!(matches!(
+            parse("999999999999999Ei"),
+            Err(QuantityError::Overflow(_))
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::routing::ServiceRoute;
-use crate::api::{Kind, Object, ObjectKey, Pod};
+use crate::api::{ConfigMap, Kind, Object, ObjectKey, Pod, Secret};
 use k8s_openapi::api::core::v1::PodStatus;
 
 /// Client → master on `cmd/<verb>`.
@@ -168,6 +168,14 @@ pub struct Assignment {
     pub pod_cidr: String,
     /// Pods bound to the node. A pod with `deletionTimestamp` set is to be stopped.
     pub pods: Vec<Pod>,
+    /// Exactly the ConfigMaps these pods reference (volumes, env, envFrom,
+    /// projected sources), so the node runs them without asking the master.
+    #[serde(default)]
+    pub configmaps: Vec<ConfigMap>,
+    /// Exactly the Secrets these pods reference (the same places, plus
+    /// `imagePullSecrets`); a node never receives one none of its pods names.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
 }
 
 /// Master → every worker on `services` (retained).
