@@ -11,6 +11,7 @@
 pub mod defaults;
 pub mod manifest;
 pub mod quantity;
+pub mod resources;
 pub mod routing;
 pub mod selector;
 pub mod unimplemented;

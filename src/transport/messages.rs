@@ -229,6 +229,25 @@ pub struct NodeFacts {
     pub memory_bytes: i64,
     pub max_pods: i64,
     pub agent_version: String,
+    /// Size of the filesystem holding the data directory.
+    #[serde(default)]
+    pub ephemeral_storage_bytes: i64,
+    /// Kept back from pods for the system and the agent.
+    #[serde(default)]
+    pub reserved_cpu_millis: i64,
+    #[serde(default)]
+    pub reserved_memory_bytes: i64,
+}
+
+impl NodeFacts {
+    /// Capacity minus the reserve: what pods may request.
+    pub fn allocatable_cpu_millis(&self) -> i64 {
+        (self.cpu_millis - self.reserved_cpu_millis).max(0)
+    }
+
+    pub fn allocatable_memory_bytes(&self) -> i64 {
+        (self.memory_bytes - self.reserved_memory_bytes).max(0)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ pub const BACKOFF_RESET_MS: i64 = 600_000;
 pub struct Terminated {
     pub exit_code: i32,
     pub signal: Option<i32>,
-    /// `Completed`, `Error`, `ContainerStatusUnknown`.
+    /// `Completed`, `Error`, `OOMKilled`, `ContainerStatusUnknown`.
     pub reason: String,
     pub started_at: i64,
     pub finished_at: i64,
@@ -220,11 +220,14 @@ impl PodRecord {
                     exit_code,
                     signal,
                     finished_at,
+                    oom_killed,
                     ..
                 }) => Terminated {
                     exit_code: *exit_code,
                     signal: *signal,
-                    reason: if *exit_code == 0 {
+                    reason: if *oom_killed {
+                        "OOMKilled"
+                    } else if *exit_code == 0 {
                         "Completed"
                     } else {
                         "Error"
@@ -484,6 +487,7 @@ mod tests {
             signal: None,
             started_at: started,
             finished_at: finished,
+            oom_killed: false,
         }
     }
 
@@ -651,5 +655,28 @@ mod tests {
                 container: "main".into()
             }]
         );
+    }
+
+    #[test]
+    fn oom_kill_is_reported_as_oomkilled() {
+        let p = pod("Never");
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        let actual = HashMap::from([(
+            "x".to_string(),
+            ContainerState::Exited {
+                exit_code: 137,
+                signal: Some(9),
+                started_at: 0,
+                finished_at: 5,
+                oom_killed: true,
+            },
+        )]);
+        r.observe(Some(&p), &actual, 5);
+        let CState::Terminated(t) = &r.containers["main"].state else {
+            panic!("{:?}", r.containers["main"].state)
+        };
+        assert_eq!((t.reason.as_str(), t.exit_code), ("OOMKilled", 137));
     }
 }
