@@ -50,7 +50,7 @@ pub const DEFAULT_CAPABILITIES: &[Capability] = &[
 ];
 
 /// Every capability the kernel may know, by number (`capability.h`), so a
-/// privileged container gets exactly those the running kernel has.
+/// privileged container gets exactly those the node can give.
 pub const ALL_CAPABILITIES: &[(&str, u32)] = &[
     ("CHOWN", 0),
     ("DAC_OVERRIDE", 1),
@@ -119,8 +119,10 @@ pub struct SpecInputs<'a> {
     pub limit_swap: bool,
     /// The host's devices, given to privileged containers.
     pub host_devices: &'a [LinuxDevice],
-    /// The highest capability number the kernel knows (`cap_last_cap`).
-    pub cap_last_cap: u32,
+    /// The capabilities the node can hand out: the agent's bounding set
+    /// (bit N = capability N), what the kernel knows less what the agent's
+    /// own sandbox took away.
+    pub available_caps: u64,
 }
 
 pub fn build_spec(inputs: &SpecInputs) -> Result<Spec, RuntimeError> {
@@ -182,7 +184,7 @@ pub fn build_spec(inputs: &SpecInputs) -> Result<Spec, RuntimeError> {
             )
         }));
     }
-    let caps = capabilities(sec, inputs.cap_last_cap).map_err(config_error)?;
+    let caps = capabilities(sec, inputs.available_caps).map_err(config_error)?;
 
     let mut spec = Spec::default();
     spec.set_hostname(Some(c.hostname.clone()));
@@ -312,24 +314,34 @@ fn parse_capability(name: &str) -> Result<Capability, String> {
         .map_err(|_| format!("unknown capability {name:?}"))
 }
 
-/// The capability set: Docker's defaults, or all for privileged containers;
-/// then `drop` (`ALL` empties it) and `add` (`ALL` fills it), as the kubelet
-/// applies them.
-pub fn capabilities(
-    sec: &SecurityConfig,
-    cap_last_cap: u32,
-) -> Result<HashSet<Capability>, String> {
+/// The capability set: Docker's defaults, or all the node has for
+/// privileged containers; then `drop` (`ALL` empties it) and `add` (`ALL`
+/// fills it), as the kubelet applies them. Asking to add one the node cannot
+/// give is an error, not a silent omission.
+pub fn capabilities(sec: &SecurityConfig, available: u64) -> Result<HashSet<Capability>, String> {
+    let has = |n: u32| n < 64 && available & (1u64 << n) != 0;
     let all = || -> HashSet<Capability> {
         ALL_CAPABILITIES
             .iter()
-            .filter(|(_, n)| *n <= cap_last_cap)
+            .filter(|(_, n)| has(*n))
             .filter_map(|(name, _)| name.parse().ok())
             .collect()
+    };
+    let number = |c: &Capability| {
+        let name = c.to_string();
+        ALL_CAPABILITIES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, num)| *num)
     };
     if sec.privileged {
         return Ok(all());
     }
-    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES
+        .iter()
+        .copied()
+        .filter(|c| number(c).is_none_or(has))
+        .collect();
     let is_all = |n: &String| n.eq_ignore_ascii_case("ALL");
     if sec.capabilities_drop.iter().any(is_all) {
         caps.clear();
@@ -341,7 +353,11 @@ pub fn capabilities(
         caps.extend(all());
     }
     for a in sec.capabilities_add.iter().filter(|n| !is_all(n)) {
-        caps.insert(parse_capability(a)?);
+        let cap = parse_capability(a)?;
+        if number(&cap).is_some_and(|n| !has(n)) {
+            return Err(format!("capability {a:?} is not available on this node"));
+        }
+        caps.insert(cap);
     }
     Ok(caps)
 }
@@ -698,7 +714,7 @@ mod tests {
             group: None,
             limit_swap: true,
             host_devices: &[],
-            cap_last_cap: 40,
+            available_caps: (1 << 41) - 1,
         })
         .unwrap();
         let p = spec.process().as_ref().unwrap();
@@ -739,7 +755,7 @@ mod tests {
             group: None,
             limit_swap: false,
             host_devices: &[],
-            cap_last_cap: 40,
+            available_caps: (1 << 41) - 1,
         })
         .unwrap();
         let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
@@ -775,7 +791,7 @@ mod tests {
             group: None,
             limit_swap: false,
             host_devices: &[dev],
-            cap_last_cap: 38,
+            available_caps: (1 << 39) - 1,
         })
     }
 
@@ -832,22 +848,27 @@ mod tests {
             capabilities_drop: s(drop),
             ..Default::default()
         };
-        let caps = capabilities(&sec(&["NET_ADMIN"], &["MKNOD", "CAP_NET_RAW"]), 40).unwrap();
+        let all41 = (1u64 << 41) - 1;
+        let caps = capabilities(&sec(&["NET_ADMIN"], &["MKNOD", "CAP_NET_RAW"]), all41).unwrap();
         assert!(caps.contains(&Capability::NetAdmin));
         assert!(!caps.contains(&Capability::Mknod));
         assert!(!caps.contains(&Capability::NetRaw));
         assert!(caps.contains(&Capability::Chown));
-        let caps = capabilities(&sec(&["SYS_TIME"], &["ALL"]), 40).unwrap();
+        let caps = capabilities(&sec(&["SYS_TIME"], &["ALL"]), all41).unwrap();
         assert_eq!(caps, HashSet::from([Capability::SysTime]));
-        assert!(capabilities(&sec(&["BOGUS"], &[]), 40).is_err());
+        assert!(capabilities(&sec(&["BOGUS"], &[]), all41).is_err());
+        // A node whose agent lacks SYS_RESOURCE cannot give it.
+        let without = all41 & !(1 << 24);
+        assert!(capabilities(&sec(&["SYS_RESOURCE"], &[]), without).is_err());
         let privileged = SecurityConfig {
             privileged: true,
             ..Default::default()
         };
-        let caps = capabilities(&privileged, 38).unwrap();
-        assert_eq!(caps.len(), 39, "exactly the kernel's");
+        let caps = capabilities(&privileged, ((1 << 39) - 1) & !(1 << 24)).unwrap();
+        assert_eq!(caps.len(), 38, "exactly the node's");
         assert!(caps.contains(&Capability::SysAdmin));
         assert!(!caps.contains(&Capability::Bpf));
+        assert!(!caps.contains(&Capability::SysResource));
 
         let c = ContainerConfig {
             id: "x".into(),

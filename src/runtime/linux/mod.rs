@@ -334,7 +334,7 @@ impl LibcontainerRuntime {
             group: group.as_deref(),
             limit_swap: inner.limit_swap,
             host_devices: &host_devices,
-            cap_last_cap: devices::cap_last_cap(),
+            available_caps: devices::available_caps(),
         })?;
         spec.save(dir.join("config.json"))
             .map_err(|e| fail(format!("writing config.json: {e}")))?;
