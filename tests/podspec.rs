@@ -18,8 +18,17 @@ use common::{Cluster, ClusterOptions, free_node_port, http_get};
 
 const IMAGE: &str = "bramble.local/demo:latest";
 
+/// `get -o json`, or `null` when the CLI fails (a condition being waited
+/// on is then simply not met yet).
+fn try_json(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = c.bramble(&a);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
 fn pod_json(c: &Cluster, name: &str) -> serde_json::Value {
-    c.json(&["get", "pod", name])
+    try_json(c, &["get", "pod", name])
 }
 
 fn logs(c: &Cluster, pod: &str, container: &str) -> String {
@@ -586,12 +595,31 @@ fn pod_shape_volumes_and_resources() {
     );
 
     // Deleting the pods releases their volumes: no mounts, no directories.
-    c.ok(&["delete", "pods", "--all"]);
-    c.wait_for("pods gone", Duration::from_secs(90), || {
-        c.json(&["get", "pods"])["items"]
-            .as_array()
-            .is_some_and(|a| a.is_empty())
-    });
+    c.ok(&["delete", "-f", manifest.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let pods = try_json(&c, &["get", "pods"]);
+        // Only the demo's own pods stay.
+        if pods["items"].as_array().is_some_and(|a| {
+            a.iter().all(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("demo-"))
+            })
+        }) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let left: Vec<String> = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{} {}", p["metadata"]["name"], p["status"]))
+                .collect();
+            panic!("pods not gone:\n{}\n{}", left.join("\n"), c.log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let pods_dir = c.data_dir.join("pods");
     c.wait_for("pod volumes removed", Duration::from_secs(30), || {
         common::entries(&pods_dir).is_empty()
