@@ -29,10 +29,13 @@ pub fn assignment_pods(snap: &Snapshot, node: &str) -> Vec<Pod> {
     pods
 }
 
+/// `(namespace, name)` keys of objects a pod refers to.
+pub type Refs = BTreeSet<(String, String)>;
+
 /// The `(namespace, name)` of every ConfigMap and Secret a pod references:
 /// volumes (also projected sources), env `valueFrom`, `envFrom` of every
 /// container (init and ephemeral ones too), and `imagePullSecrets`.
-pub fn references(pod: &Pod) -> (BTreeSet<(String, String)>, BTreeSet<(String, String)>) {
+pub fn references(pod: &Pod) -> (Refs, Refs) {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let (mut cms, mut secrets) = (Vec::new(), Vec::new());
     if let Some(spec) = pod.spec.as_ref() {

@@ -38,7 +38,10 @@ pub fn node_with_facts(node: &Node, facts: &NodeFacts) -> Option<Node> {
     let resources = |cpu: i64, memory: i64| {
         let mut r = BTreeMap::from([
             ("cpu".to_string(), Quantity(format!("{cpu}m"))),
-            ("memory".to_string(), Quantity(format!("{}Ki", memory / 1024))),
+            (
+                "memory".to_string(),
+                Quantity(format!("{}Ki", memory / 1024)),
+            ),
             ("pods".to_string(), Quantity(facts.max_pods.to_string())),
         ]);
         if facts.ephemeral_storage_bytes > 0 {

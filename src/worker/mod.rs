@@ -338,7 +338,11 @@ impl Agent {
             if spec.host_network == Some(true) || pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let Some(ip) = self.records.get(&uid).filter(|r| r.network_ready).and_then(|r| r.ip)
+            let Some(ip) = self
+                .records
+                .get(&uid)
+                .filter(|r| r.network_ready)
+                .and_then(|r| r.ip)
             else {
                 continue;
             };
@@ -346,7 +350,9 @@ impl Agent {
             for c in &spec.containers {
                 for p in c.ports.iter().flatten() {
                     let (Some(host), Ok(target)) = (
-                        p.host_port.and_then(|h| u16::try_from(h).ok()).filter(|h| *h != 0),
+                        p.host_port
+                            .and_then(|h| u16::try_from(h).ok())
+                            .filter(|h| *h != 0),
                         u16::try_from(p.container_port),
                     ) else {
                         continue;
@@ -367,7 +373,11 @@ impl Agent {
             if !ports.is_empty() {
                 out.push(ServiceRoute {
                     namespace: "hostport".into(),
-                    name: format!("{}.{}", pod.metadata.namespace.as_deref().unwrap_or(""), uid),
+                    name: format!(
+                        "{}.{}",
+                        pod.metadata.namespace.as_deref().unwrap_or(""),
+                        uid
+                    ),
                     cluster_ip: None,
                     ports,
                 });
@@ -978,7 +988,11 @@ impl Agent {
     /// and is retried with back-off, as the kubelet does.
     fn config_error(&mut self, uid: &str, container: &str, message: String, now: i64) {
         tracing::info!(%uid, %container, %message, "container configuration error");
-        self.emit(uid, Happening::warning("Failed", format!("Error: {message}")), now);
+        self.emit(
+            uid,
+            Happening::warning("Failed", format!("Error: {message}")),
+            now,
+        );
         if let Some(r) = self.records.get_mut(uid) {
             r.on_start_failed(container, "CreateContainerConfigError", message, now);
         }

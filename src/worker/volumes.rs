@@ -647,7 +647,7 @@ fn is_mount_point(dir: &Path) -> bool {
     let Ok(real) = std::fs::canonicalize(dir) else {
         return false;
     };
-    mounts_under(&real).iter().any(|m| *m == real)
+    mounts_under(&real).contains(&real)
 }
 
 /// Unmounts everything under `<data>/pods/<uid>` and removes it. Never
