@@ -832,4 +832,153 @@ mod tests {
         assert!(mounts_under(&std::fs::canonicalize(&root).unwrap()).is_empty());
         teardown(&root, "uid1").unwrap();
     }
+
+    #[test]
+    fn payloads_of_configmap_secret_and_projected_volumes() {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::{
+            ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, DownwardAPIProjection,
+            ObjectFieldSelector, PodSpec, ProjectedVolumeSource, Secret, SecretVolumeSource,
+            VolumeProjection,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let meta = |name: &str| ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        };
+        let cms = [ConfigMap {
+            metadata: meta("cfg"),
+            data: Some(BTreeMap::from([
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), "2".to_string()),
+            ])),
+            ..Default::default()
+        }];
+        let secrets = [Secret {
+            metadata: meta("s"),
+            data: Some(BTreeMap::from([(
+                "k".to_string(),
+                ByteString(b"from-data".to_vec()),
+            )])),
+            string_data: Some(BTreeMap::from([(
+                "t".to_string(),
+                "from-string".to_string(),
+            )])),
+            ..Default::default()
+        }];
+        let node = NodeContext {
+            configmaps: &cms,
+            secrets: &secrets,
+            ..Default::default()
+        };
+        let pod = Pod {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([("app".to_string(), "x".to_string())])),
+                ..meta("p")
+            },
+            spec: Some(PodSpec::default()),
+            status: None,
+        };
+        let rec = PodRecord::new(&pod, 0);
+        let vol = |v: Volume| payload(&pod, &rec, &node, &v);
+        let picked = vol(Volume {
+            name: "v".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "cfg".into(),
+                items: Some(vec![KeyToPath {
+                    key: "b".into(),
+                    path: "dir/bee".into(),
+                    mode: Some(0o600),
+                }]),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            picked,
+            Payload::from([("dir/bee".to_string(), file("2", 0o600))])
+        );
+        let secret = vol(Volume {
+            name: "v".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some("s".into()),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            secret,
+            Payload::from([
+                ("k".to_string(), file("from-data", 0o400)),
+                ("t".to_string(), file("from-string", 0o400)),
+            ])
+        );
+        // Optional and absent: no payload; required and absent: an error.
+        let missing = |optional| {
+            vol(Volume {
+                name: "v".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some("nope".into()),
+                    optional,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        assert_eq!(missing(Some(true)).unwrap(), None);
+        assert_eq!(
+            missing(None).unwrap_err().to_string(),
+            "secret \"nope\" not found"
+        );
+        let projected = vol(Volume {
+            name: "v".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: "cfg".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        downward_api: Some(DownwardAPIProjection {
+                            items: Some(vec![DownwardAPIVolumeFile {
+                                path: "labels".into(),
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: "metadata.labels".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }]),
+                        }),
+                        ..Default::default()
+                    },
+                ]),
+                default_mode: None,
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(projected.keys().collect::<Vec<_>>(), ["a", "b", "labels"]);
+        assert_eq!(projected["labels"], file("app=\"x\"\n", DEFAULT_MODE));
+        let bad_mode = vol(Volume {
+            name: "v".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "cfg".into(),
+                default_mode: Some(0o1777),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(bad_mode.is_err());
+    }
 }
