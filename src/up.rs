@@ -118,6 +118,13 @@ pub struct UpArgs {
     /// How long a silent node stays Ready, in seconds.
     #[arg(long, default_value_t = 15)]
     pub node_grace_seconds: u64,
+    /// Kept back from pods for the system and the agent, like the kubelet's
+    /// `--system-reserved`: allocatable is capacity minus this.
+    #[arg(long, default_value = "cpu=100m,memory=128Mi")]
+    pub system_reserved: crate::worker::facts::Reserved,
+    /// Most processes and threads one container may have (0: no limit).
+    #[arg(long, default_value_t = 4096)]
+    pub pod_pids_limit: i64,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -284,6 +291,8 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         heartbeat: Duration::from_secs(5),
         log_max_bytes: 10 * 1024 * 1024,
         clock_window: Duration::from_secs(600),
+        reserved: args.system_reserved,
+        pids_limit: Some(args.pod_pids_limit).filter(|l| *l > 0),
     };
     let worker_task = tokio::spawn(worker::run(worker_cfg, stop_rx));
 
@@ -410,6 +419,10 @@ pub async fn down(args: DownArgs) -> Result<ExitCode, UpError> {
         }
     }
     runtime.cleanup_all()?;
+    // Pod volumes hold tmpfs mounts (secrets, memory emptyDirs).
+    if let Err(e) = crate::worker::volumes::teardown_all(&layout.data_dir.join("pods")) {
+        tracing::warn!(error = %e, "pod volumes");
+    }
     if let Some(s) = &settings {
         let net = PodNetwork::new(NetConfig {
             bridge: s.bridge.clone(),

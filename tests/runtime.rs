@@ -114,6 +114,7 @@ impl Fixture {
             netns: None,
             log_path: self.dir.path().join("logs").join(format!("{id}.log")),
             resources: Resources::default(),
+            ..Default::default()
         }
     }
 
@@ -249,6 +250,7 @@ fn exit_code_and_logs() {
             signal,
             started_at,
             finished_at,
+            ..
         } => {
             assert_eq!((exit_code, signal), (3, None));
             assert!(finished_at >= started_at);
@@ -344,6 +346,7 @@ fn resources_land_in_the_cgroup_and_are_removed() {
         memory_limit_bytes: Some(64 << 20),
         cpu_limit_millis: Some(500),
         cpu_request_millis: Some(250),
+        ..Default::default()
     };
     f.rt().run_container(&c).unwrap();
     let rel = f.rt().cgroup_path("limited");

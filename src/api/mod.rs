@@ -10,6 +10,8 @@
 
 pub mod defaults;
 pub mod manifest;
+pub mod quantity;
+pub mod resources;
 pub mod routing;
 pub mod selector;
 pub mod unimplemented;

@@ -33,7 +33,7 @@ const METADATA: &[&str] = &[
     "selfLink",
 ];
 
-/// A Secret is stored and served; pods cannot mount or read one yet.
+/// A Secret is stored, served, and sent to the nodes whose pods use it.
 const SECRET: &[&str] = &["data", "stringData", "type", "immutable"];
 
 const EVENT: &[&str] = &[
@@ -67,17 +67,55 @@ const POD_SPEC: &[&str] = &[
     "containers[].args",
     "containers[].env[].name",
     "containers[].env[].value",
+    "containers[].env[].valueFrom.configMapKeyRef",
+    "containers[].env[].valueFrom.secretKeyRef",
+    "containers[].env[].valueFrom.fieldRef",
+    "containers[].env[].valueFrom.resourceFieldRef",
+    "containers[].envFrom",
     "containers[].workingDir",
     "containers[].ports[].name",
     "containers[].ports[].containerPort",
     "containers[].ports[].protocol",
+    // Forwarded from every node address (hostIP only matters to the scheduler).
+    "containers[].ports[].hostPort",
+    // cpu and memory become cgroup limits and scheduler requests.
+    "containers[].resources.limits",
+    "containers[].resources.requests",
+    "containers[].volumeMounts[].name",
+    "containers[].volumeMounts[].mountPath",
+    "containers[].volumeMounts[].readOnly",
+    "containers[].volumeMounts[].subPath",
+    "containers[].volumeMounts[].mountPropagation",
+    "containers[].securityContext.runAsUser",
+    "containers[].securityContext.runAsGroup",
+    "containers[].securityContext.runAsNonRoot",
+    "containers[].securityContext.readOnlyRootFilesystem",
+    "containers[].securityContext.privileged",
+    "containers[].securityContext.allowPrivilegeEscalation",
+    "containers[].securityContext.capabilities",
+    "volumes[].name",
+    "volumes[].emptyDir",
+    "volumes[].hostPath",
+    "volumes[].configMap",
+    "volumes[].secret",
+    "volumes[].downwardAPI",
+    "volumes[].projected.defaultMode",
+    "volumes[].projected.sources[].configMap",
+    "volumes[].projected.sources[].secret",
+    "volumes[].projected.sources[].downwardAPI",
+    "securityContext.runAsUser",
+    "securityContext.runAsGroup",
+    "securityContext.runAsNonRoot",
+    "securityContext.supplementalGroups",
+    "securityContext.fsGroup",
+    "hostNetwork",
+    "hostPID",
     "containers[].terminationMessagePath",
     "containers[].terminationMessagePolicy",
     "restartPolicy",
     "terminationGracePeriodSeconds",
     "dnsPolicy",
     "schedulerName",
-    // securityContext: only `{}` (what defaulting sets), which never warns.
     "nodeName",
     "nodeSelector",
     "hostname",
@@ -376,7 +414,7 @@ mod tests {
                             "hostNetwork": false,
                             "enableServiceLinks": true,
                             "volumes": [],
-                            "securityContext": {"runAsUser": 1000},
+                            "securityContext": {"runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
                             "containers": [{
                                 "name": "web",
                                 "image": "nginx",
@@ -396,10 +434,8 @@ mod tests {
             check(&d),
             vec![
                 "metadata.finalizers: not implemented by Bramble, ignored",
-                "spec.template.spec.containers[0].env[1].valueFrom: not implemented by Bramble, ignored",
                 "spec.template.spec.containers[0].livenessProbe.exec: not implemented by Bramble, ignored",
-                "spec.template.spec.containers[0].ports[0].hostPort: not implemented by Bramble, ignored",
-                "spec.template.spec.securityContext: not implemented by Bramble, ignored",
+                "spec.template.spec.securityContext.seccompProfile: not implemented by Bramble, ignored",
             ]
         );
     }
@@ -422,12 +458,18 @@ mod tests {
         );
         let p = obj(
             Kind::Pod,
-            json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "nodeName": "pi1",
-                "containers": [{"name": "c", "image": "i", "command": ["sh"], "workingDir": "/"}]}}),
+            json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "hostIPC": true, "nodeName": "pi1",
+                "volumes": [{"name": "d", "emptyDir": {}}, {"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}}],
+                "containers": [{"name": "c", "image": "i", "command": ["sh"], "workingDir": "/",
+                    "volumeMounts": [{"name": "d", "mountPath": "/d", "subPathExpr": "$(X)"}]}]}}),
         );
         assert_eq!(
             check(&p),
-            vec!["spec.hostNetwork: not implemented by Bramble, ignored"]
+            vec![
+                "spec.containers[0].volumeMounts[0].subPathExpr: not implemented by Bramble, ignored",
+                "spec.hostIPC: not implemented by Bramble, ignored",
+                "spec.volumes[1].persistentVolumeClaim: not implemented by Bramble, ignored",
+            ]
         );
     }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Namespace, Node, NodeSpec, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, NodeSpec, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -134,10 +134,15 @@ pub fn register_node(
     Ok(cidr)
 }
 
+/// What an assignment carries besides its generation and pod CIDR.
+type AssignedContent = (Vec<Pod>, Vec<ConfigMap>, Vec<Secret>);
+
 /// What the master last published, to publish only changes.
 #[derive(Default)]
 struct Published {
-    assignments: HashMap<String, (u64, Vec<Pod>)>,
+    /// Per node: the generation, and the assignment's content (pods,
+    /// ConfigMaps, Secrets) it was published with.
+    assignments: HashMap<String, (u64, AssignedContent)>,
     services: Option<(u64, Vec<ServiceRoute>)>,
     /// Last time a lagging worker got a republish, to not answer every heartbeat.
     republished: HashMap<String, Instant>,
@@ -297,11 +302,13 @@ impl Master {
                 continue;
             };
             let pods = publish::assignment_pods(snap, &name);
+            let (configmaps, secrets) = publish::referenced_objects(snap, &pods);
+            let content = (pods, configmaps, secrets);
             if self
                 .published
                 .assignments
                 .get(&name)
-                .is_some_and(|(_, p)| *p == pods)
+                .is_some_and(|(_, c)| *c == content)
             {
                 continue;
             }
@@ -313,10 +320,12 @@ impl Master {
                     .as_ref()
                     .and_then(|s| s.pod_cidr.clone())
                     .unwrap_or_default(),
-                pods: pods.clone(),
+                pods: content.0.clone(),
+                configmaps: content.1.clone(),
+                secrets: content.2.clone(),
             };
             if self.send_assignment(&assignment).await {
-                self.published.assignments.insert(name, (rv, pods));
+                self.published.assignments.insert(name, (rv, content));
             }
         }
         let routes = publish::service_routes(snap);
@@ -561,7 +570,9 @@ impl Master {
             self.published
                 .republished
                 .insert(node.to_string(), Instant::now());
-            if behind_assign && let Some((g, pods)) = self.published.assignments.get(node).cloned()
+            if behind_assign
+                && let Some((g, (pods, configmaps, secrets))) =
+                    self.published.assignments.get(node).cloned()
             {
                 let pod_cidr = self
                     .cfg
@@ -577,6 +588,8 @@ impl Master {
                     generation: g,
                     pod_cidr,
                     pods,
+                    configmaps,
+                    secrets,
                 })
                 .await;
             }

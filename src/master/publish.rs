@@ -2,9 +2,10 @@
 //! assignment (its pods, without status) and the Service routing table.
 //! Pure; `master::run` decides when to publish.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod, PodSpec, Secret, Service};
 
 use crate::api::routing::{Protocol, RoutePort, ServiceRoute};
 use crate::master::controllers::Snapshot;
@@ -26,6 +27,112 @@ pub fn assignment_pods(snap: &Snapshot, node: &str) -> Vec<Pod> {
         .collect();
     pods.sort_by(|a, b| a.metadata.uid.cmp(&b.metadata.uid));
     pods
+}
+
+/// `(namespace, name)` keys of objects a pod refers to.
+pub type Refs = BTreeSet<(String, String)>;
+
+/// The `(namespace, name)` of every ConfigMap and Secret a pod references:
+/// volumes (also projected sources), env `valueFrom`, `envFrom` of every
+/// container (init and ephemeral ones too), and `imagePullSecrets`.
+pub fn references(pod: &Pod) -> (Refs, Refs) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let (mut cms, mut secrets) = (Vec::new(), Vec::new());
+    if let Some(spec) = pod.spec.as_ref() {
+        spec_references(spec, &mut cms, &mut secrets);
+    }
+    let keyed = |names: Vec<String>| names.into_iter().map(|n| (ns.clone(), n)).collect();
+    (keyed(cms), keyed(secrets))
+}
+
+fn spec_references(spec: &PodSpec, cms: &mut Vec<String>, secrets: &mut Vec<String>) {
+    for v in spec.volumes.iter().flatten() {
+        if let Some(c) = &v.config_map {
+            cms.push(c.name.clone());
+        }
+        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            secrets.push(name);
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(c) = &src.config_map {
+                cms.push(c.name.clone());
+            }
+            if let Some(s) = &src.secret {
+                secrets.push(s.name.clone());
+            }
+        }
+    }
+    let envs = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| (&c.env, &c.env_from))
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|c| (&c.env, &c.env_from)),
+        );
+    for (env, env_from) in envs {
+        for e in env.iter().flatten() {
+            let Some(from) = &e.value_from else { continue };
+            if let Some(r) = &from.config_map_key_ref {
+                cms.push(r.name.clone());
+            }
+            if let Some(r) = &from.secret_key_ref {
+                secrets.push(r.name.clone());
+            }
+        }
+        for f in env_from.iter().flatten() {
+            if let Some(r) = &f.config_map_ref {
+                cms.push(r.name.clone());
+            }
+            if let Some(r) = &f.secret_ref {
+                secrets.push(r.name.clone());
+            }
+        }
+    }
+    for s in spec.image_pull_secrets.iter().flatten() {
+        secrets.push(s.name.clone());
+    }
+}
+
+/// The ConfigMaps and Secrets `pods` reference that exist, sorted, stripped
+/// of what changes without their content changing.
+pub fn referenced_objects(snap: &Snapshot, pods: &[Pod]) -> (Vec<ConfigMap>, Vec<Secret>) {
+    let (mut cm_keys, mut secret_keys) = (BTreeSet::new(), BTreeSet::new());
+    for p in pods {
+        let (c, s) = references(p);
+        cm_keys.extend(c);
+        secret_keys.extend(s);
+    }
+    let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
+    };
+    let mut cms: Vec<ConfigMap> = snap
+        .configmaps()
+        .filter(|c| cm_keys.contains(&key(&c.metadata)))
+        .map(|c| {
+            let mut c = c.clone();
+            c.metadata.managed_fields = None;
+            c
+        })
+        .collect();
+    cms.sort_by_key(|c| key(&c.metadata));
+    let mut secrets: Vec<Secret> = snap
+        .secrets()
+        .filter(|s| secret_keys.contains(&key(&s.metadata)))
+        .map(|s| {
+            let mut s = s.clone();
+            s.metadata.managed_fields = None;
+            s
+        })
+        .collect();
+    secrets.sort_by_key(|s| key(&s.metadata));
+    (cms, secrets)
 }
 
 fn protocol(p: Option<&str>) -> Protocol {
@@ -154,5 +261,112 @@ mod tests {
         assert_eq!(one.len(), 1);
         assert_eq!(one, two);
         assert!(assignment_pods(&snapshot(vec![]), "n1").is_empty());
+    }
+
+    #[test]
+    fn only_referenced_configmaps_and_secrets_are_sent() {
+        use k8s_openapi::api::core::v1::{
+            ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+            LocalObjectReference, ProjectedVolumeSource, SecretKeySelector, SecretProjection,
+            Volume, VolumeProjection,
+        };
+        let rs = replicaset("web-abc", "default", 1);
+        let mut pod = owned_pod("a", &rs, Some("n1"), false);
+        let spec = pod.spec.as_mut().unwrap();
+        spec.volumes = Some(vec![
+            Volume {
+                name: "cfg".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: "vol-cm".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: "proj".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(vec![VolumeProjection {
+                        secret: Some(SecretProjection {
+                            name: "proj-secret".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]);
+        spec.image_pull_secrets = Some(vec![LocalObjectReference {
+            name: "pull".into(),
+        }]);
+        let c = &mut spec.containers[0];
+        c.env = Some(vec![EnvVar {
+            name: "X".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: "env-secret".into(),
+                    key: "k".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        c.env_from = Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: "from-cm".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }]);
+        let cm = |name: &str, ns: &str| {
+            Object::ConfigMap(ConfigMap {
+                metadata: meta(name, ns),
+                ..Default::default()
+            })
+        };
+        let secret = |name: &str, ns: &str| {
+            Object::Secret(Secret {
+                metadata: meta(name, ns),
+                ..Default::default()
+            })
+        };
+        let snap = snapshot(vec![
+            Object::Pod(pod),
+            cm("vol-cm", "default"),
+            cm("from-cm", "default"),
+            cm("unrelated", "default"),
+            cm("vol-cm", "other"),
+            secret("proj-secret", "default"),
+            secret("env-secret", "default"),
+            secret("pull", "default"),
+            secret("unrelated", "default"),
+            secret("env-secret", "other"),
+        ]);
+        let pods = assignment_pods(&snap, "n1");
+        let (cms, secrets) = referenced_objects(&snap, &pods);
+        let names = |m: Vec<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
+            m.into_iter()
+                .map(|m| {
+                    format!(
+                        "{}/{}",
+                        m.namespace.as_deref().unwrap(),
+                        m.name.as_deref().unwrap()
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(cms.iter().map(|c| &c.metadata).collect()),
+            ["default/from-cm", "default/vol-cm"]
+        );
+        assert_eq!(
+            names(secrets.iter().map(|s| &s.metadata).collect()),
+            ["default/env-secret", "default/proj-secret", "default/pull"]
+        );
+        // Another node's assignment carries none of them.
+        let (cms, secrets) = referenced_objects(&snap, &assignment_pods(&snap, "n2"));
+        assert!(cms.is_empty() && secrets.is_empty());
     }
 }

@@ -1,16 +1,20 @@
 //! The scheduler: a pure function from nodes and pods to bindings.
 //!
-//! Filters: the node is Ready and schedulable, and its labels satisfy the pod's
+//! Filters: the node is Ready and schedulable, its labels satisfy the pod's
 //! `nodeSelector` (which is how `kubernetes.io/arch` pins a pod to arm64 or
-//! armv7 Pis). Scores: fewest pods of the same owner (spread a workload's
+//! armv7 Pis), its allocatable CPU, memory and pod count cover the pod's
+//! requests on top of what its bound pods request, and none of its pods holds
+//! a `hostPort` the pod asks for (same protocol and host IP). Scores: fewest pods of the same owner (spread a workload's
 //! replicas), then fewest pods overall (least allocated), then name, so the
 //! result is deterministic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 
 use crate::api::Object;
+use crate::api::quantity;
+use crate::api::resources::pod_requests;
 use crate::master::controllers::{
     Action, Snapshot, controller_of, events, is_finished, is_terminating, node_ready, uid,
 };
@@ -18,13 +22,76 @@ use crate::master::controllers::{
 /// The component name Events from the scheduler carry.
 const SCHEDULER: &str = "default-scheduler";
 
+/// A host port a pod holds: protocol, host IP (`""` = every address), port.
+pub type HostPort = (String, String, i32);
+
+/// The host ports a pod asks for.
+pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|h| *h > 0)?;
+            let ip = p
+                .host_ip
+                .clone()
+                .filter(|ip| ip != "0.0.0.0")
+                .unwrap_or_default();
+            Some((p.protocol.clone().unwrap_or_else(|| "TCP".into()), ip, port))
+        })
+        .collect()
+}
+
+fn ports_conflict(a: &HostPort, b: &HostPort) -> bool {
+    a.0 == b.0 && a.2 == b.2 && (a.1.is_empty() || b.1.is_empty() || a.1 == b.1)
+}
+
+/// What the pods bound to one node use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub pods: i64,
+    pub host_ports: BTreeSet<HostPort>,
+}
+
+impl NodeUsage {
+    pub fn add(&mut self, pod: &Pod) {
+        let (cpu, mem) = pod_requests(pod);
+        self.cpu_millis += cpu;
+        self.memory_bytes += mem;
+        self.pods += 1;
+        self.host_ports.extend(host_ports(pod));
+    }
+}
+
+/// A node's allocatable `(cpu millicores, memory bytes, pods)`; a resource
+/// the node does not report is unlimited.
+fn allocatable(node: &Node) -> (Option<i64>, Option<i64>, Option<i64>) {
+    let a = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let get = |k: &str| a.and_then(|a| a.get(k));
+    (
+        get("cpu").and_then(|q| quantity::cpu_millis(q).ok()),
+        get("memory").and_then(|q| quantity::units(q).ok()),
+        get("pods").and_then(|q| quantity::units(q).ok()),
+    )
+}
+
 /// Why no node fits, in the words `kubectl describe` uses.
 pub fn pick<'a>(
     nodes: &[&'a Node],
     pod: &Pod,
-    load: &HashMap<String, usize>,
+    usage: &HashMap<String, NodeUsage>,
     spread: &HashMap<(String, String), usize>,
 ) -> Result<&'a str, String> {
+    let (want_cpu, want_mem) = pod_requests(pod);
+    let want_ports = host_ports(pod);
+    let no_usage = NodeUsage::default();
     let selector = pod
         .spec
         .as_ref()
@@ -34,6 +101,7 @@ pub fn pick<'a>(
         .map(|r| r.uid.clone())
         .unwrap_or_default();
     let (mut not_ready, mut unschedulable, mut mismatched) = (0, 0, 0);
+    let (mut no_cpu, mut no_memory, mut no_pods, mut no_ports) = (0, 0, 0, 0);
     let mut best: Option<(usize, usize, &str)> = None;
     for node in nodes {
         let name = node.metadata.name.as_deref().unwrap_or("");
@@ -50,12 +118,39 @@ pub fn pick<'a>(
             mismatched += 1;
             continue;
         }
+        let used = usage.get(name).unwrap_or(&no_usage);
+        let (cpu, mem, pods) = allocatable(node);
+        let mut fits = true;
+        // As Kubernetes: every insufficient resource counts, so the message
+        // names them all.
+        if pods.is_some_and(|p| used.pods + 1 > p) {
+            no_pods += 1;
+            fits = false;
+        }
+        if want_cpu > 0 && cpu.is_some_and(|c| used.cpu_millis + want_cpu > c) {
+            no_cpu += 1;
+            fits = false;
+        }
+        if want_mem > 0 && mem.is_some_and(|m| used.memory_bytes + want_mem > m) {
+            no_memory += 1;
+            fits = false;
+        }
+        if !fits {
+            continue;
+        }
+        if want_ports
+            .iter()
+            .any(|w| used.host_ports.iter().any(|u| ports_conflict(w, u)))
+        {
+            no_ports += 1;
+            continue;
+        }
         let score = (
             spread
                 .get(&(name.to_string(), owner.clone()))
                 .copied()
                 .unwrap_or(0),
-            load.get(name).copied().unwrap_or(0),
+            used.pods as usize,
             name,
         );
         if best.is_none_or(|b| score < b) {
@@ -77,6 +172,20 @@ pub fn pick<'a>(
             "{mismatched} node(s) didn't match Pod's node affinity/selector"
         ));
     }
+    if no_ports > 0 {
+        reasons.push(format!(
+            "{no_ports} node(s) didn't have free ports for the requested pod ports"
+        ));
+    }
+    if no_cpu > 0 {
+        reasons.push(format!("{no_cpu} Insufficient cpu"));
+    }
+    if no_memory > 0 {
+        reasons.push(format!("{no_memory} Insufficient memory"));
+    }
+    if no_pods > 0 {
+        reasons.push(format!("{no_pods} Too many pods"));
+    }
     let mut msg = format!("0/{} nodes are available", nodes.len());
     if !reasons.is_empty() {
         msg.push_str(": ");
@@ -89,7 +198,7 @@ pub fn pick<'a>(
 pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
     let mut nodes: Vec<&Node> = snap.nodes().collect();
     nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let mut load: HashMap<String, usize> = HashMap::new();
+    let mut usage: HashMap<String, NodeUsage> = HashMap::new();
     let mut spread: HashMap<(String, String), usize> = HashMap::new();
     let mut pending: BTreeMap<(Option<jiff::Timestamp>, String), &Pod> = BTreeMap::new();
     for pod in snap.pods() {
@@ -98,7 +207,7 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
         }
         match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
             Some(node) => {
-                *load.entry(node.clone()).or_default() += 1;
+                usage.entry(node.clone()).or_default().add(pod);
                 if let Some(r) = controller_of(&pod.metadata) {
                     *spread.entry((node, r.uid.clone())).or_default() += 1;
                 }
@@ -112,9 +221,9 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
     let mut out = Vec::new();
     for pod in pending.into_values() {
         let mut p = pod.clone();
-        match pick(&nodes, pod, &load, &spread) {
+        match pick(&nodes, pod, &usage, &spread) {
             Ok(node) => {
-                *load.entry(node.to_string()).or_default() += 1;
+                usage.entry(node.to_string()).or_default().add(pod);
                 if let Some(r) = controller_of(&pod.metadata) {
                     *spread.entry((node.to_string(), r.uid.clone())).or_default() += 1;
                 }
@@ -275,5 +384,155 @@ mod tests {
             bindings(&actions),
             vec![("p".to_string(), "pi".to_string())]
         );
+    }
+
+    fn sized_node(name: &str, cpu: &str, memory: &str, pods: &str) -> Node {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let mut n = node(name, true);
+        n.status.as_mut().unwrap().allocatable = Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+            ("pods".to_string(), Quantity(pods.into())),
+        ]));
+        n
+    }
+
+    fn requesting(
+        name: &str,
+        rs: &k8s_openapi::api::apps::v1::ReplicaSet,
+        node: Option<&str>,
+        cpu: &str,
+        memory: &str,
+    ) -> Pod {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let mut p = owned_pod(name, rs, node, false);
+        p.spec.as_mut().unwrap().containers[0].resources = Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity(cpu.into())),
+                ("memory".to_string(), Quantity(memory.into())),
+            ])),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn unschedulable_message(actions: &[Action]) -> Option<String> {
+        actions.iter().find_map(|a| match a {
+            Action::Update(Object::Pod(p)) => p
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")?
+                .message
+                .clone(),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn requests_must_fit_what_is_left_of_allocatable() {
+        let rs = replicaset("web-abc", "default", 3);
+        // "small" has 1 CPU with 600m already requested; "big" has 4 CPUs but
+        // little memory left.
+        let objects = vec![
+            Object::Node(sized_node("small", "1", "4Gi", "110")),
+            Object::Node(sized_node("big", "4", "1Gi", "110")),
+            Object::Pod(requesting("bound-1", &rs, Some("small"), "600m", "1Gi")),
+            Object::Pod(requesting("bound-2", &rs, Some("big"), "1", "900Mi")),
+            Object::Pod(requesting("wants-500m", &rs, None, "500m", "64Mi")),
+        ];
+        let actions = reconcile(&snapshot(objects.clone()));
+        assert_eq!(
+            bindings(&actions),
+            vec![("wants-500m".to_string(), "big".to_string())],
+            "only big has 500m left"
+        );
+
+        let mut too_big = objects.clone();
+        too_big.pop();
+        too_big.push(Object::Pod(requesting("huge", &rs, None, "8", "2Gi")));
+        let actions = reconcile(&snapshot(too_big));
+        assert_eq!(bindings(&actions), vec![]);
+        assert_eq!(
+            unschedulable_message(&actions).as_deref(),
+            Some("0/2 nodes are available: 2 Insufficient cpu, 1 Insufficient memory.")
+        );
+
+        // Two pending pods: the second sees what the first took.
+        let mut two = objects[..4].to_vec();
+        two.push(Object::Pod(requesting("a", &rs, None, "2", "10Mi")));
+        two.push(Object::Pod(requesting("b", &rs, None, "2", "10Mi")));
+        let actions = reconcile(&snapshot(two));
+        assert_eq!(bindings(&actions).len(), 1);
+        assert_eq!(
+            unschedulable_message(&actions).as_deref(),
+            Some("0/2 nodes are available: 2 Insufficient cpu.")
+        );
+
+        // A pod count limit.
+        let actions = reconcile(&snapshot(vec![
+            Object::Node(sized_node("tiny", "1", "1Gi", "1")),
+            Object::Pod(owned_pod("x", &rs, Some("tiny"), false)),
+            Object::Pod(owned_pod("y", &rs, None, false)),
+        ]));
+        assert_eq!(
+            unschedulable_message(&actions).as_deref(),
+            Some("0/1 nodes are available: 1 Too many pods.")
+        );
+        // Nodes that report no allocatable (older agents) take anything.
+        let actions = reconcile(&snapshot(vec![
+            Object::Node(node("a", true)),
+            Object::Pod(requesting("z", &rs, None, "64", "1Ti")),
+        ]));
+        assert_eq!(bindings(&actions), vec![("z".to_string(), "a".to_string())]);
+    }
+
+    #[test]
+    fn host_ports_are_not_shared_on_a_node() {
+        use k8s_openapi::api::core::v1::ContainerPort;
+        let rs = replicaset("web-abc", "default", 3);
+        let with_port = |name: &str, node: Option<&str>, port: i32, proto: &str| {
+            let mut p = owned_pod(name, &rs, node, false);
+            p.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+                container_port: 80,
+                host_port: Some(port),
+                protocol: Some(proto.into()),
+                ..Default::default()
+            }]);
+            p
+        };
+        let actions = reconcile(&snapshot(vec![
+            Object::Node(node("a", true)),
+            Object::Node(node("b", true)),
+            Object::Pod(with_port("on-a", Some("a"), 8080, "TCP")),
+            Object::Pod(with_port("new", None, 8080, "TCP")),
+            Object::Pod(with_port("udp", None, 8080, "UDP")),
+        ]));
+        let b = bindings(&actions);
+        assert!(b.contains(&("new".to_string(), "b".to_string())), "{b:?}");
+        assert_eq!(b.len(), 2, "UDP on the same port does not conflict: {b:?}");
+
+        let actions = reconcile(&snapshot(vec![
+            Object::Node(node("a", true)),
+            Object::Pod(with_port("on-a", Some("a"), 8080, "TCP")),
+            Object::Pod(with_port("new", None, 8080, "TCP")),
+        ]));
+        assert_eq!(
+            unschedulable_message(&actions).as_deref(),
+            Some(
+                "0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports."
+            )
+        );
+        assert!(ports_conflict(
+            &("TCP".into(), "".into(), 1),
+            &("TCP".into(), "10.0.0.1".into(), 1)
+        ));
+        assert!(!ports_conflict(
+            &("TCP".into(), "10.0.0.2".into(), 1),
+            &("TCP".into(), "10.0.0.1".into(), 1)
+        ));
     }
 }

@@ -35,19 +35,28 @@ pub fn node_with_facts(node: &Node, facts: &NodeFacts) -> Option<Node> {
         address: facts.hostname.clone(),
     });
     st.addresses = Some(addresses);
-    let resources = BTreeMap::from([
-        (
-            "cpu".to_string(),
-            Quantity(format!("{}m", facts.cpu_millis)),
-        ),
-        (
-            "memory".to_string(),
-            Quantity(format!("{}Ki", facts.memory_bytes / 1024)),
-        ),
-        ("pods".to_string(), Quantity(facts.max_pods.to_string())),
-    ]);
-    st.capacity = Some(resources.clone());
-    st.allocatable = Some(resources);
+    let resources = |cpu: i64, memory: i64| {
+        let mut r = BTreeMap::from([
+            ("cpu".to_string(), Quantity(format!("{cpu}m"))),
+            (
+                "memory".to_string(),
+                Quantity(format!("{}Ki", memory / 1024)),
+            ),
+            ("pods".to_string(), Quantity(facts.max_pods.to_string())),
+        ]);
+        if facts.ephemeral_storage_bytes > 0 {
+            r.insert(
+                "ephemeral-storage".to_string(),
+                Quantity(format!("{}Ki", facts.ephemeral_storage_bytes / 1024)),
+            );
+        }
+        r
+    };
+    st.capacity = Some(resources(facts.cpu_millis, facts.memory_bytes));
+    st.allocatable = Some(resources(
+        facts.allocatable_cpu_millis(),
+        facts.allocatable_memory_bytes(),
+    ));
     st.node_info = Some(NodeSystemInfo {
         architecture: facts.arch.clone(),
         operating_system: facts.os.clone(),
@@ -106,6 +115,9 @@ mod tests {
             cpu_millis: 4000,
             memory_bytes: 4 << 30,
             max_pods: 110,
+            ephemeral_storage_bytes: 32 << 30,
+            reserved_cpu_millis: 500,
+            reserved_memory_bytes: 1 << 30,
             ..Default::default()
         };
         let n1 =
@@ -115,6 +127,15 @@ mod tests {
             "arm64"
         );
         assert_eq!(node_with_facts(&n1, &facts), None);
+        let st = n1.status.as_ref().unwrap();
+        let cap = st.capacity.as_ref().unwrap();
+        let alloc = st.allocatable.as_ref().unwrap();
+        assert_eq!(cap["cpu"].0, "4000m");
+        assert_eq!(alloc["cpu"].0, "3500m");
+        assert_eq!(cap["memory"].0, "4194304Ki");
+        assert_eq!(alloc["memory"].0, "3145728Ki");
+        assert_eq!(alloc["ephemeral-storage"].0, "33554432Ki");
+        assert_eq!(alloc["pods"].0, "110");
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl FakeRuntime {
             signal,
             started_at,
             finished_at: now_ms(),
+            oom_killed: false,
         };
         c.exit_at = None;
         true
@@ -331,6 +332,7 @@ mod tests {
             netns: None,
             log_path: "/dev/null".into(),
             resources: Resources::default(),
+            ..Default::default()
         }
     }
 

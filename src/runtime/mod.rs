@@ -31,7 +31,7 @@ pub use self::linux::{HELPER_SUBCOMMAND, LibcontainerRuntime, RuntimeConfig, hel
 
 /// What the pod sync loop asks for: one container of one pod, fully resolved
 /// (environment expanded, command and args as the manifest gave them).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContainerConfig {
     /// Runtime id, unique on this node: `<pod-uid-prefix>-<container-name>-<attempt>`.
     /// Only `[a-z0-9-]`, at most 63 characters.
@@ -56,6 +56,14 @@ pub struct ContainerConfig {
     /// stdout and stderr both go here, opened `O_APPEND`; the agent rotates it.
     pub log_path: PathBuf,
     pub resources: Resources,
+    /// Bind mounts (the pod's volumes), in the order the manifest lists them.
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
+    #[serde(default)]
+    pub security: SecurityConfig,
+    /// Share the host's PID namespace (`hostPID`).
+    #[serde(default)]
+    pub host_pid: bool,
 }
 
 /// Cgroup limits derived from the container's `resources`.
@@ -64,8 +72,56 @@ pub struct Resources {
     pub memory_limit_bytes: Option<i64>,
     /// CPU limit in millicores (quota over a 100 ms period).
     pub cpu_limit_millis: Option<i64>,
-    /// CPU request in millicores (shares / weight).
+    /// CPU request in millicores (shares / weight); `None` gets the minimum
+    /// weight, as the kubelet gives containers without a request.
     pub cpu_request_millis: Option<i64>,
+    /// Most tasks (processes and threads) the container may have.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+}
+
+/// A host file or directory bind-mounted into the container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: String,
+    pub read_only: bool,
+    pub propagation: Propagation,
+}
+
+/// Kubernetes `mountPropagation`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Propagation {
+    /// `None`: rprivate.
+    #[default]
+    Private,
+    /// rslave: host mounts appear in the container.
+    HostToContainer,
+    /// rshared: both ways (privileged containers only).
+    Bidirectional,
+}
+
+/// The container's effective `securityContext` (the pod's, overridden by the
+/// container's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityConfig {
+    /// Overrides the image's user.
+    pub run_as_user: Option<u32>,
+    /// Overrides the primary group.
+    pub run_as_group: Option<u32>,
+    /// Refuse to start when the process would run as UID 0.
+    pub run_as_non_root: bool,
+    /// `supplementalGroups` and `fsGroup`, added to the process's groups.
+    pub supplemental_groups: Vec<u32>,
+    pub read_only_rootfs: bool,
+    /// All capabilities, all host devices, no masked or read-only paths.
+    pub privileged: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+    /// Capability names as Kubernetes writes them (`NET_ADMIN`, `ALL`).
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
 }
 
 /// What the runtime knows of a container right now.
@@ -84,6 +140,9 @@ pub enum ContainerState {
         signal: Option<i32>,
         started_at: i64,
         finished_at: i64,
+        /// The kernel's OOM killer killed a process of the container's cgroup.
+        #[serde(default)]
+        oom_killed: bool,
     },
     /// The runtime has state for it but cannot tell (e.g. its exit code was lost
     /// while the agent was down).
@@ -112,6 +171,11 @@ pub enum RuntimeError {
     AlreadyExists(String),
     #[error("creating container {id}: {reason}")]
     Create { id: String, reason: String },
+    /// The container's configuration cannot be run as asked (runAsNonRoot
+    /// with a root image, an unknown capability): Kubernetes'
+    /// `CreateContainerConfigError`, not a runtime failure.
+    #[error("container {id}: {reason}")]
+    Config { id: String, reason: String },
     #[error("{op} container {id}: {reason}")]
     Operation {
         op: &'static str,

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::routing::ServiceRoute;
-use crate::api::{Kind, Object, ObjectKey, Pod};
+use crate::api::{ConfigMap, Kind, Object, ObjectKey, Pod, Secret};
 use k8s_openapi::api::core::v1::PodStatus;
 
 /// Client → master on `cmd/<verb>`.
@@ -168,6 +168,14 @@ pub struct Assignment {
     pub pod_cidr: String,
     /// Pods bound to the node. A pod with `deletionTimestamp` set is to be stopped.
     pub pods: Vec<Pod>,
+    /// Exactly the ConfigMaps these pods reference (volumes, env, envFrom,
+    /// projected sources), so the node runs them without asking the master.
+    #[serde(default)]
+    pub configmaps: Vec<ConfigMap>,
+    /// Exactly the Secrets these pods reference (the same places, plus
+    /// `imagePullSecrets`); a node never receives one none of its pods names.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
 }
 
 /// Master → every worker on `services` (retained).
@@ -221,6 +229,25 @@ pub struct NodeFacts {
     pub memory_bytes: i64,
     pub max_pods: i64,
     pub agent_version: String,
+    /// Size of the filesystem holding the data directory.
+    #[serde(default)]
+    pub ephemeral_storage_bytes: i64,
+    /// Kept back from pods for the system and the agent.
+    #[serde(default)]
+    pub reserved_cpu_millis: i64,
+    #[serde(default)]
+    pub reserved_memory_bytes: i64,
+}
+
+impl NodeFacts {
+    /// Capacity minus the reserve: what pods may request.
+    pub fn allocatable_cpu_millis(&self) -> i64 {
+        (self.cpu_millis - self.reserved_cpu_millis).max(0)
+    }
+
+    pub fn allocatable_memory_bytes(&self) -> i64 {
+        (self.memory_bytes - self.reserved_memory_bytes).max(0)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! kernel, capacity. Read once at start from /proc, uname and the interfaces.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use crate::transport::messages::NodeFacts;
 
@@ -73,7 +74,46 @@ pub fn agent_version() -> String {
     format!("v{}+bramble", env!("CARGO_PKG_VERSION"))
 }
 
-pub fn gather(address: Option<Ipv4Addr>) -> NodeFacts {
+/// What the node keeps back from pods (the kubelet's `--system-reserved`
+/// plus `--kube-reserved`): allocatable is capacity minus this.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+}
+
+impl std::str::FromStr for Reserved {
+    type Err = String;
+
+    /// `cpu=200m,memory=256Mi` (either may be left out; `""` reserves nothing).
+    fn from_str(s: &str) -> Result<Reserved, String> {
+        let mut r = Reserved::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected resource=quantity"))?;
+            let q = crate::api::quantity::parse(v).map_err(|e| e.to_string())?;
+            match k.trim() {
+                "cpu" => r.cpu_millis = q.millis_ceil(),
+                "memory" => r.memory_bytes = q.units_ceil(),
+                other => return Err(format!("{other:?}: only cpu and memory can be reserved")),
+            }
+        }
+        if r.cpu_millis < 0 || r.memory_bytes < 0 {
+            return Err("a reserve cannot be negative".into());
+        }
+        Ok(r)
+    }
+}
+
+/// Size in bytes of the filesystem holding `dir`.
+fn filesystem_bytes(dir: &Path) -> i64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| (s.blocks() as i64).saturating_mul(s.fragment_size() as i64))
+        .unwrap_or(0)
+}
+
+pub fn gather(address: Option<Ipv4Addr>, data_dir: &Path, reserved: Reserved) -> NodeFacts {
     let address = address.or_else(primary_ipv4);
     NodeFacts {
         addresses: address.map(|a| a.to_string()).into_iter().collect(),
@@ -92,6 +132,9 @@ pub fn gather(address: Option<Ipv4Addr>) -> NodeFacts {
         memory_bytes: memory_bytes(),
         max_pods: 110,
         agent_version: agent_version(),
+        ephemeral_storage_bytes: filesystem_bytes(data_dir),
+        reserved_cpu_millis: reserved.cpu_millis,
+        reserved_memory_bytes: reserved.memory_bytes,
     }
 }
 
@@ -101,11 +144,30 @@ mod tests {
 
     #[test]
     fn facts_of_this_machine() {
-        let f = gather(None);
+        let reserved: Reserved = "cpu=250m,memory=128Mi".parse().unwrap();
+        let f = gather(None, Path::new("/"), reserved);
         assert_eq!(f.arch, goarch());
         assert_eq!(f.os, "linux");
         assert!(f.cpu_millis >= 1000);
         assert!(f.memory_bytes > 0);
         assert!(!f.kernel_version.is_empty());
+        assert!(f.ephemeral_storage_bytes > 0);
+        assert_eq!(f.allocatable_cpu_millis(), f.cpu_millis - 250);
+        assert_eq!(f.allocatable_memory_bytes(), f.memory_bytes - (128 << 20));
+    }
+
+    #[test]
+    fn reserve_flag() {
+        assert_eq!("".parse::<Reserved>().unwrap(), Reserved::default());
+        assert_eq!(
+            "memory=1Gi".parse::<Reserved>().unwrap(),
+            Reserved {
+                cpu_millis: 0,
+                memory_bytes: 1 << 30
+            }
+        );
+        assert!("disk=1".parse::<Reserved>().is_err());
+        assert!("cpu".parse::<Reserved>().is_err());
+        assert!("cpu=-1".parse::<Reserved>().is_err());
     }
 }

@@ -15,6 +15,7 @@ pub mod podsync;
 pub mod probes;
 pub mod status;
 pub mod streams;
+pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,6 +27,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch};
 
+use crate::api::routing::{Protocol, RoutePort, ServiceRoute};
 use crate::config::Layout;
 use crate::net::{NetConfig, PodNetwork};
 use crate::proxy::{Proxy, ProxyConfig};
@@ -70,6 +72,11 @@ pub struct WorkerConfig {
     /// Log files are rotated (copy-truncate, one old copy kept) beyond this.
     pub log_max_bytes: u64,
     pub clock_window: Duration,
+    /// Kept back from pods for the system and the agent (capacity minus
+    /// this is allocatable).
+    pub reserved: facts::Reserved,
+    /// Per-container pids limit; `None` for none.
+    pub pids_limit: Option<i64>,
 }
 
 const T_ASSIGNMENT: &str = "assignment";
@@ -141,6 +148,8 @@ struct Agent {
     proxy: Option<Proxy>,
     /// The routes the proxy runs now (applied only once the network is up).
     applied_routes: Option<u64>,
+    /// The hostPort forwards the proxy runs now.
+    applied_host_ports: Vec<ServiceRoute>,
     last_report: Option<Vec<PodReport>>,
     /// Events not yet sent to the master.
     events: Vec<PodEvent>,
@@ -180,7 +189,7 @@ pub async fn run(
     let mut verifier = Verifier::new(&[me.as_str()], cfg.clock_window);
     verifier.trust(MASTER_ID, cfg.master_key);
     let sealer = Arc::new(Sealer::new(cfg.node_key.clone(), me));
-    let facts = facts::gather(cfg.node_ip);
+    let facts = facts::gather(cfg.node_ip, &cfg.layout.data_dir, cfg.reserved);
     let proxy = cfg.bridge.as_ref().map(|_| {
         Proxy::new(ProxyConfig {
             node_port_addr: cfg.node_port_addr,
@@ -203,6 +212,7 @@ pub async fn run(
         net: None,
         proxy,
         applied_routes: None,
+        applied_host_ports: Vec::new(),
         last_report: None,
         events: Vec::new(),
         tasks: task_tx,
@@ -313,10 +323,13 @@ impl Agent {
     }
 
     async fn apply_services(&mut self) {
+        let host_ports = self.host_port_routes();
         let (Some(net), Some(proxy)) = (&self.net, &self.proxy) else {
             return;
         };
-        if self.applied_routes == Some(self.services.generation) {
+        if self.applied_routes == Some(self.services.generation)
+            && self.applied_host_ports == host_ports
+        {
             return;
         }
         let ips: BTreeSet<Ipv4Addr> = self
@@ -329,10 +342,119 @@ impl Agent {
             tracing::warn!(error = %e, "cannot bind Service addresses; retrying");
             return;
         }
-        for e in proxy.apply(&self.services.routes).await {
+        let mut routes = self.services.routes.clone();
+        routes.extend(host_ports.iter().cloned());
+        for e in proxy.apply(&routes).await {
             tracing::warn!(error = %e, "proxy");
         }
         self.applied_routes = Some(self.services.generation);
+        self.applied_host_ports = host_ports;
+    }
+
+    /// `ports[].hostPort` of pods in a network namespace, as proxy routes:
+    /// a listener on the node's port forwarding to the pod's IP and
+    /// container port (the proxy's NodePort machinery; TCP as the proxy is).
+    /// Host-network pods bind their ports themselves.
+    fn host_port_routes(&self) -> Vec<ServiceRoute> {
+        let mut out = Vec::new();
+        for (uid, pod) in self.desired() {
+            let Some(spec) = pod.spec.as_ref() else {
+                continue;
+            };
+            if spec.host_network == Some(true) || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Some(ip) = self
+                .records
+                .get(&uid)
+                .filter(|r| r.network_ready)
+                .and_then(|r| r.ip)
+            else {
+                continue;
+            };
+            let mut ports = Vec::new();
+            for c in &spec.containers {
+                for p in c.ports.iter().flatten() {
+                    let (Some(host), Ok(target)) = (
+                        p.host_port
+                            .and_then(|h| u16::try_from(h).ok())
+                            .filter(|h| *h != 0),
+                        u16::try_from(p.container_port),
+                    ) else {
+                        continue;
+                    };
+                    ports.push(RoutePort {
+                        name: format!("{}-{host}", c.name),
+                        protocol: if p.protocol.as_deref() == Some("UDP") {
+                            Protocol::Udp
+                        } else {
+                            Protocol::Tcp
+                        },
+                        port: host,
+                        node_port: Some(host),
+                        endpoints: vec![std::net::SocketAddrV4::new(ip, target)],
+                    });
+                }
+            }
+            if !ports.is_empty() {
+                out.push(ServiceRoute {
+                    namespace: "hostport".into(),
+                    name: format!(
+                        "{}.{}",
+                        pod.metadata.namespace.as_deref().unwrap_or(""),
+                        uid
+                    ),
+                    cluster_ip: None,
+                    ports,
+                });
+            }
+        }
+        out
+    }
+
+    /// What container configuration needs from this node.
+    fn node_context(&self) -> containers::NodeContext<'_> {
+        let (configmaps, secrets) = match &self.assignment {
+            Some(a) => (a.configmaps.as_slice(), a.secrets.as_slice()),
+            None => (&[][..], &[][..]),
+        };
+        containers::NodeContext {
+            node_name: &self.cfg.node_name,
+            node_hostname: &self.facts.hostname,
+            host_ip: self.facts.addresses.first().map_or("", |a| a.as_str()),
+            configmaps,
+            secrets,
+            allocatable_cpu_millis: self.facts.allocatable_cpu_millis(),
+            allocatable_memory_bytes: self.facts.allocatable_memory_bytes(),
+            pids_limit: self.cfg.pids_limit,
+        }
+    }
+
+    fn pods_root(&self) -> PathBuf {
+        self.cfg.layout.data_dir.join("pods")
+    }
+
+    /// Brings the volumes of running pods up to date with the assignment
+    /// (ConfigMap and Secret changes, labels for the downward API). Pods
+    /// whose volumes were never made are left to their first start.
+    fn refresh_volumes(&self) {
+        let root = self.pods_root();
+        let node = self.node_context();
+        for (uid, pod) in self.desired() {
+            let Some(rec) = self.records.get(&uid) else {
+                continue;
+            };
+            if rec.released
+                || pod.metadata.deletion_timestamp.is_some()
+                || !volumes::pod_dir(&root, &uid).exists()
+            {
+                continue;
+            }
+            if let Err(e) = volumes::prepare(&root, pod, rec, &node) {
+                // The previous content stays, as the kubelet keeps it.
+                tracing::warn!(%uid, error = %e, "cannot update volumes");
+            }
+        }
     }
 
     /// Returns whether the pods may need syncing.
@@ -371,6 +493,7 @@ impl Agent {
                 "new assignment"
             );
             self.assignment = Some(a);
+            self.refresh_volumes();
             self.ensure_network().await;
             self.apply_services().await;
             return true;
@@ -553,6 +676,7 @@ impl Agent {
                 self.execute(uid, pod, step, now).await;
             }
         }
+        self.apply_services().await;
         // Forget pods that are released and that the master has let go of.
         self.records
             .retain(|uid, r| !r.released || desired.contains_key(uid));
@@ -666,6 +790,10 @@ impl Agent {
                     tracing::warn!(%uid, error = %e, "cannot tear down pod network; retrying");
                     return;
                 }
+                if let Err(e) = volumes::teardown(&self.pods_root(), uid) {
+                    tracing::warn!(%uid, error = %e, "cannot remove pod volumes; retrying");
+                    return;
+                }
                 if let Some(rec) = self.records.get(uid) {
                     let dir = self.log_dir(rec);
                     let _ = std::fs::remove_dir_all(dir);
@@ -678,6 +806,20 @@ impl Agent {
     }
 
     async fn setup_network(&mut self, uid: &str) {
+        let host_network = self
+            .desired()
+            .get(uid)
+            .and_then(|p| p.spec.as_ref()?.host_network)
+            == Some(true);
+        if host_network {
+            // No namespace of its own: the pod's IP is the node's.
+            let ip = self.host_ip().parse().ok();
+            if let Some(r) = self.records.get_mut(uid) {
+                r.ip = ip;
+                r.network_ready = true;
+            }
+            return;
+        }
         let Some(cidr) = self.pod_cidr() else { return };
         let used: BTreeSet<Ipv4Addr> = self.records.values().filter_map(|r| r.ip).collect();
         let Some(rec) = self.records.get(uid) else {
@@ -722,7 +864,12 @@ impl Agent {
             return;
         };
         // After a reboot the netns (on tmpfs) is gone: set it up again first.
-        let netns = self.net.as_ref().map(|n| n.netns_path(uid));
+        let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        let netns = self
+            .net
+            .as_ref()
+            .filter(|_| !host_network)
+            .map(|n| n.netns_path(uid));
         if let Some(path) = &netns
             && !path.exists()
         {
@@ -736,6 +883,20 @@ impl Agent {
         if let Some(dir) = log_path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        let node = self.node_context();
+        let volume_paths = match volumes::prepare(&self.pods_root(), pod, rec, &node) {
+            Ok(v) => v,
+            Err(e) => {
+                // The kubelet's way: the container stays ContainerCreating,
+                // with the reason in its status and a FailedMount event.
+                let message = e.to_string();
+                self.emit(uid, Happening::warning("FailedMount", message.clone()), now);
+                if let Some(r) = self.records.get_mut(uid) {
+                    r.on_start_failed(container, "ContainerCreating", message, now);
+                }
+                return;
+            }
+        };
         let config = containers::container_config(
             pod,
             rec,
@@ -744,8 +905,23 @@ impl Agent {
                 runtime_id: rec.next_runtime_id(container),
                 netns,
                 log_path,
+                volumes: volume_paths.clone(),
             },
-        );
+            &node,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| {
+            volumes::resolve_sub_paths(&mut c.mounts, &volume_paths)
+                .map(|_| c)
+                .map_err(|e| e.to_string())
+        });
+        let config = match config {
+            Ok(c) => c,
+            Err(message) => {
+                self.config_error(uid, container, message, now);
+                return;
+            }
+        };
         let image = config.image.clone();
         if let Err(e) = self.runtime_call(move |rt| rt.ensure_image(&image)).await {
             let (reason, message) = match &e {
@@ -796,6 +972,11 @@ impl Agent {
                 if let Some(r) = self.records.get_mut(uid) {
                     r.on_started(container, id, started);
                 }
+            }
+            Err(RuntimeError::Config { reason, .. }) => {
+                let rid = id.clone();
+                let _ = self.runtime_call(move |rt| rt.remove_container(&rid)).await;
+                self.config_error(uid, container, reason, now);
             }
             Err(e) => {
                 tracing::warn!(%id, error = %e, "container failed to start");
@@ -951,6 +1132,21 @@ impl Agent {
                 self.emit(&uid, h, now);
             }
             TaskDone::PostStart { .. } => {}
+        }
+    }
+
+    /// A container that cannot be configured (a missing ConfigMap key,
+    /// runAsNonRoot with a root image…) waits as `CreateContainerConfigError`
+    /// and is retried with back-off, as the kubelet does.
+    fn config_error(&mut self, uid: &str, container: &str, message: String, now: i64) {
+        tracing::info!(%uid, %container, %message, "container configuration error");
+        self.emit(
+            uid,
+            Happening::warning("Failed", format!("Error: {message}")),
+            now,
+        );
+        if let Some(r) = self.records.get_mut(uid) {
+            r.on_start_failed(container, "CreateContainerConfigError", message, now);
         }
     }
 

@@ -417,11 +417,14 @@ impl PodRecord {
                     exit_code,
                     signal,
                     finished_at,
+                    oom_killed,
                     ..
                 }) => Terminated {
                     exit_code: *exit_code,
                     signal: *signal,
-                    reason: if *exit_code == 0 {
+                    reason: if *oom_killed {
+                        "OOMKilled"
+                    } else if *exit_code == 0 {
                         "Completed"
                     } else {
                         "Error"
@@ -914,6 +917,7 @@ mod tests {
             signal: None,
             started_at: started,
             finished_at: finished,
+            oom_killed: false,
         }
     }
 
@@ -1317,5 +1321,28 @@ mod tests {
             before, after,
             "a failure below the threshold writes nothing"
         );
+    }
+
+    #[test]
+    fn oom_kill_is_reported_as_oomkilled() {
+        let p = pod("Never");
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        let actual = HashMap::from([(
+            "x".to_string(),
+            ContainerState::Exited {
+                exit_code: 137,
+                signal: Some(9),
+                started_at: 0,
+                finished_at: 5,
+                oom_killed: true,
+            },
+        )]);
+        r.observe(Some(&p), &actual, 5);
+        let CState::Terminated(t) = &r.containers["main"].state else {
+            panic!("{:?}", r.containers["main"].state)
+        };
+        assert_eq!((t.reason.as_str(), t.exit_code), ("OOMKilled", 137));
     }
 }

@@ -159,7 +159,7 @@ pub fn pod_status(pod: &Pod, record: &PodRecord, host_ip: &str) -> PodStatus {
         pod_ip: record.ip.map(|i| i.to_string()),
         pod_ips: record.ip.map(|i| vec![PodIP { ip: i.to_string() }]),
         start_time: ts(record.started_at.unwrap_or(record.created_at)),
-        qos_class: Some("BestEffort".into()),
+        qos_class: Some(crate::api::resources::qos_class(pod).into()),
         ..Default::default()
     }
 }

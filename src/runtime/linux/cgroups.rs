@@ -68,6 +68,48 @@ pub(crate) fn swap_accounting() -> bool {
         .is_some_and(|p| p.exists())
 }
 
+/// Whether the kernel's OOM killer killed a task of cgroup `rel`: v2's
+/// `memory.events` `oom_kill`, v1's `memory.oom_control` `oom_kill` (Linux
+/// 4.13+), else v1's `memory.failcnt` with the limit reached (older kernels
+/// count no kills; a failed charge at the limit is the best evidence left).
+pub(crate) fn oom_killed(rel: &Path) -> bool {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let mut v1_dir = None;
+    for mount in hierarchies() {
+        let dir = mount.join(rel);
+        if let Ok(t) = std::fs::read_to_string(dir.join("memory.events")) {
+            return counter(&t, "oom_kill") > 0;
+        }
+        if dir.join("memory.oom_control").exists() {
+            v1_dir = Some(dir);
+        }
+    }
+    let Some(dir) = v1_dir else {
+        return false;
+    };
+    let control = std::fs::read_to_string(dir.join("memory.oom_control")).unwrap_or_default();
+    if control.lines().any(|l| l.starts_with("oom_kill ")) {
+        return counter(&control, "oom_kill") > 0;
+    }
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    read("memory.failcnt").is_some_and(|n| n > 0)
+        && read("memory.max_usage_in_bytes") >= read("memory.limit_in_bytes")
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`key value` lines).
+fn counter(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 /// Removes `rel` (a cgroup path like `bramble/run/id`) on every hierarchy.
 /// A cgroup with processes cannot be removed; the error says which.
 pub(crate) fn remove_everywhere(rel: &Path) -> io::Result<()> {
@@ -138,6 +180,17 @@ fn rmdir_tree(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_counters() {
+        let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(counter(v2, "oom_kill"), 1);
+        assert_eq!(counter(v2, "oom"), 1);
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n";
+        assert_eq!(counter(v1, "oom_kill"), 0);
+        assert_eq!(counter("", "oom_kill"), 0);
+        assert!(!oom_killed(Path::new("/bramble-no-such-cgroup/x")));
+    }
 
     #[test]
     fn finds_v1_and_v2_hierarchies() {

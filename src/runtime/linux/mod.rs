@@ -25,6 +25,7 @@
 //! image store's leases and the cgroups under `cgroup_prefix`.
 
 mod cgroups;
+mod devices;
 pub mod helper;
 mod rootfs;
 mod watcher;
@@ -115,6 +116,9 @@ struct ExitRecord {
     exit_code: i32,
     signal: Option<i32>,
     finished_at: i64,
+    /// Read from the cgroup's memory events when the init was reaped.
+    #[serde(default)]
+    oom_killed: bool,
 }
 
 impl LibcontainerRuntime {
@@ -315,6 +319,11 @@ impl LibcontainerRuntime {
 
         let passwd = rootfs::read_in_rootfs(&rootfs, "etc/passwd");
         let group = rootfs::read_in_rootfs(&rootfs, "etc/group");
+        let host_devices = if config.security.privileged {
+            devices::host_devices()
+        } else {
+            Vec::new()
+        };
         let spec = spec::build_spec(&SpecInputs {
             config,
             image: &image.config,
@@ -324,6 +333,8 @@ impl LibcontainerRuntime {
             passwd: passwd.as_deref(),
             group: group.as_deref(),
             limit_swap: inner.limit_swap,
+            host_devices: &host_devices,
+            available_caps: devices::available_caps(),
         })?;
         spec.save(dir.join("config.json"))
             .map_err(|e| fail(format!("writing config.json: {e}")))?;
@@ -419,6 +430,7 @@ impl Inner {
                 signal: exit.signal,
                 started_at: run.map_or(0, |r| r.started_at),
                 finished_at: exit.finished_at,
+                oom_killed: exit.oom_killed,
             };
         }
         let Some(run) = run else {
@@ -446,10 +458,14 @@ impl Inner {
                 return ContainerState::Unknown;
             }
         };
+        // The cgroup outlives the init until the container is removed, so
+        // its OOM count still says whether the kernel killed something.
+        let oom_killed = cgroups::oom_killed(&self.cgroup_path(id));
         let exit = ExitRecord {
             exit_code,
             signal,
             finished_at: now_ms(),
+            oom_killed,
         };
         if let Err(e) = write_json(&dir.join("exit.json"), &exit) {
             tracing::error!(id, error = %e, "recording the exit status");
@@ -460,6 +476,7 @@ impl Inner {
             signal,
             started_at: run.started_at,
             finished_at: exit.finished_at,
+            oom_killed,
         }
     }
 
