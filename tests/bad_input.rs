@@ -222,6 +222,7 @@ async fn forged_and_replayed_messages_are_dropped() {
         generation: u64::MAX,
         pod_cidr: "10.1.0.0/24".into(),
         pods: vec![],
+        secrets: vec![],
     };
     mqtt.publish(
         &assign_topic,

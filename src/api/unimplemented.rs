@@ -81,6 +81,7 @@ const POD_SPEC: &[&str] = &[
     "nodeName",
     "nodeSelector",
     "hostname",
+    "imagePullSecrets",
 ];
 
 /// Kubernetes' default values of pod spec fields Bramble does not implement:

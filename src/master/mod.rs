@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Namespace, Node, NodeSpec, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeSpec, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -137,7 +137,7 @@ pub fn register_node(
 /// What the master last published, to publish only changes.
 #[derive(Default)]
 struct Published {
-    assignments: HashMap<String, (u64, Vec<Pod>)>,
+    assignments: HashMap<String, (u64, Vec<Pod>, Vec<Secret>)>,
     services: Option<(u64, Vec<ServiceRoute>)>,
     /// Last time a lagging worker got a republish, to not answer every heartbeat.
     republished: HashMap<String, Instant>,
@@ -297,11 +297,12 @@ impl Master {
                 continue;
             };
             let pods = publish::assignment_pods(snap, &name);
+            let secrets = publish::assignment_secrets(snap, &pods);
             if self
                 .published
                 .assignments
                 .get(&name)
-                .is_some_and(|(_, p)| *p == pods)
+                .is_some_and(|(_, p, s)| *p == pods && *s == secrets)
             {
                 continue;
             }
@@ -314,9 +315,10 @@ impl Master {
                     .and_then(|s| s.pod_cidr.clone())
                     .unwrap_or_default(),
                 pods: pods.clone(),
+                secrets: secrets.clone(),
             };
             if self.send_assignment(&assignment).await {
-                self.published.assignments.insert(name, (rv, pods));
+                self.published.assignments.insert(name, (rv, pods, secrets));
             }
         }
         let routes = publish::service_routes(snap);
@@ -546,7 +548,7 @@ impl Master {
             .published
             .assignments
             .get(node)
-            .is_some_and(|(g, _)| report.assignment_generation < *g);
+            .is_some_and(|(g, _, _)| report.assignment_generation < *g);
         let behind_services = self
             .published
             .services
@@ -561,7 +563,8 @@ impl Master {
             self.published
                 .republished
                 .insert(node.to_string(), Instant::now());
-            if behind_assign && let Some((g, pods)) = self.published.assignments.get(node).cloned()
+            if behind_assign
+                && let Some((g, pods, secrets)) = self.published.assignments.get(node).cloned()
             {
                 let pod_cidr = self
                     .cfg
@@ -577,6 +580,7 @@ impl Master {
                     generation: g,
                     pod_cidr,
                     pods,
+                    secrets,
                 })
                 .await;
             }

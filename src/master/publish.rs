@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Secret, Service};
 
 use crate::api::routing::{Protocol, RoutePort, ServiceRoute};
 use crate::master::controllers::Snapshot;
@@ -26,6 +26,41 @@ pub fn assignment_pods(snap: &Snapshot, node: &str) -> Vec<Pod> {
         .collect();
     pods.sort_by(|a, b| a.metadata.uid.cmp(&b.metadata.uid));
     pods
+}
+
+/// The Secrets `pods` name in `imagePullSecrets` (same namespace), sorted,
+/// stripped like the pods; missing ones are simply absent (the worker says so).
+pub fn assignment_secrets(snap: &Snapshot, pods: &[Pod]) -> Vec<Secret> {
+    let wanted: std::collections::BTreeSet<(&str, &str)> = pods
+        .iter()
+        .flat_map(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+            p.spec
+                .iter()
+                .flat_map(|s| s.image_pull_secrets.iter().flatten())
+                .map(move |r| (ns, r.name.as_str()))
+        })
+        .collect();
+    let mut secrets: Vec<Secret> = snap
+        .secrets()
+        .filter(|s| {
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+            s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| wanted.contains(&(ns, n)))
+        })
+        .map(|s| {
+            let mut s = s.clone();
+            s.metadata.resource_version = None;
+            s.metadata.managed_fields = None;
+            s
+        })
+        .collect();
+    secrets.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    secrets
 }
 
 fn protocol(p: Option<&str>) -> Protocol {

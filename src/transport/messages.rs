@@ -168,6 +168,9 @@ pub struct Assignment {
     pub pod_cidr: String,
     /// Pods bound to the node. A pod with `deletionTimestamp` set is to be stopped.
     pub pods: Vec<Pod>,
+    /// The Secrets those pods name in `imagePullSecrets` (registry credentials).
+    #[serde(default)]
+    pub secrets: Vec<k8s_openapi::api::core::v1::Secret>,
 }
 
 /// Master → every worker on `services` (retained).

@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
 use crate::api::{
     ConfigMap, Deployment, Endpoints, Event, Kind, Namespace, Node, Object, ObjectKey, Pod,
-    ReplicaSet, Service,
+    ReplicaSet, Secret, Service,
 };
 
 /// Everything a reconcile pass may look at.
@@ -87,6 +87,7 @@ impl Snapshot {
     typed!(nodes, Node, Node);
     typed!(namespaces, Namespace, Namespace);
     typed!(configmaps, ConfigMap, ConfigMap);
+    typed!(secrets, Secret, Secret);
     typed!(events, Event, Event);
 }
 
