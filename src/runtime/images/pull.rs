@@ -299,6 +299,10 @@ fn truncate(s: &str, n: usize) -> String {
 /// Whether an I/O error means the disk is full.
 pub(crate) fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
 }
 
 /// Turns a store write failure into [`RuntimeError::DiskFull`] when that is what it was.
@@ -377,7 +381,17 @@ impl ImageStore {
             match result {
                 // The next matching credential may be the right one.
                 Err(RuntimeError::RegistryUnauthorized { .. }) if i < last => continue,
-                Err(e) => return Err(disk_full_or(e)),
+                Err(e) => {
+                    return Err(match disk_full_or(e) {
+                        RuntimeError::DiskFull { context } => RuntimeError::DiskFull {
+                            context: format!(
+                                "pulling {} from {}: {context}",
+                                target.image, target.registry
+                            ),
+                        },
+                        other => other,
+                    });
+                }
                 Ok((mut info, mut stats)) => {
                     stats.duration = started.elapsed();
                     info.pulled = Some(stats);
