@@ -85,7 +85,7 @@ fn push_apps(reg: &Registry, env: &Env) -> (String, String) {
 
 /// A multi-arch `multi:v1`: amd64, arm64 and arm/v7 manifests over the same
 /// layers, told apart by their configs.
-fn push_multi(reg: &Registry, env: &Env) -> String {
+fn push_multi(reg: &Registry, env: &Env) -> (String, String) {
     let layers = [busybox_layer(), noise_layer("m", 10_000, 9)];
     let mut l = Layout::default();
     let ms = vec![
@@ -94,10 +94,11 @@ fn push_multi(reg: &Registry, env: &Env) -> String {
         l.manifest("arm", Some("v7"), &layers),
     ];
     let idx = l.index(ms);
+    let index_digest = idx["digest"].as_str().unwrap().to_string();
     l.tag(idx, "v1");
     l.write(&env.path("multi-layout"));
     reg.push(&env.path("multi-layout"), "v1", "test/multi");
-    format!("{}:v1", reg.image("test/multi"))
+    (format!("{}:v1", reg.image("test/multi")), index_digest)
 }
 
 fn opts(platform: &str) -> PullOptions {
@@ -113,7 +114,7 @@ fn quiet(_: &PullEvent) {}
 async fn multi_arch_index_picks_the_node_platform() {
     let env = Env::new();
     let reg = Registry::start(None);
-    let image = push_multi(&reg, &env);
+    let (image, index_digest) = push_multi(&reg, &env);
     for (i, (platform, arch, variant)) in [
         (
             Platform::host().to_string(),
@@ -153,6 +154,26 @@ async fn multi_arch_index_picks_the_node_platform() {
         assert_eq!(r.config.variant().clone(), variant, "{platform}");
         assert!(r.layer_dirs[0].join("bin/busybox").is_file());
     }
+    // Pinned by the index's digest: the same platform manifest, under a
+    // reference of its own that `image rm` removes.
+    let store = env.store("s0");
+    let pinned = format!("{}@{index_digest}", reg.image("test/multi"));
+    let info = store
+        .pull(&pinned, &[], &opts(&Platform::host().to_string()), &quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        info.manifest_digest,
+        store.resolve(&image).unwrap().manifest_digest
+    );
+    assert_eq!(
+        store.resolve(&pinned).unwrap().manifest_digest,
+        info.manifest_digest
+    );
+    store.remove(&pinned).unwrap();
+    assert!(store.resolve(&pinned).is_err());
+    assert!(store.resolve(&image).is_ok());
+
     // A platform the index lacks: a clear error, nothing stored.
     let store = env.store("riscv");
     let err = store

@@ -1,8 +1,9 @@
 //! The runtime seam: everything the pod sync loop needs from containers.
 //!
 //! Owns: the [`Runtime`] trait, its libcontainer implementation, the image
-//! store (imported OCI / docker archives, content-addressed blobs, unpacked
-//! layers, overlayfs rootfs) and the fake used by scheduler and scale tests.
+//! store (registry pulls, imported OCI / docker archives, content-addressed
+//! blobs, unpacked layers, overlayfs rootfs, disk-pressure image GC) and the
+//! fake used by scheduler and scale tests.
 //!
 //! Must not touch: MQTT, the store, pod networking (the worker hands in the
 //! network namespace path), or pod-level policy such as restarts and back-off

@@ -242,16 +242,19 @@ impl ImageStore {
                 .filter(|(_, t)| t == d)
                 .map(|(r, _)| r)
                 .collect(),
+            // A pulled `name@sha256:<index>` is a ref of its own.
             ImageRef::Named {
                 name,
                 tag: None,
                 digest: Some(d),
-            } => self
-                .refs()?
-                .into_iter()
-                .filter(|(r, t)| t == d && ref_name(r) == name)
-                .map(|(r, _)| r)
-                .collect(),
+            } => {
+                let canonical = parsed.to_string();
+                self.refs()?
+                    .into_iter()
+                    .filter(|(r, t)| (t == d && ref_name(r) == name) || *r == canonical)
+                    .map(|(r, _)| r)
+                    .collect()
+            }
             named => {
                 let canonical = named.to_string();
                 if self.read_ref(&canonical)?.is_some() {
