@@ -738,6 +738,7 @@ fn worker_pulls_with_pull_secrets_and_backs_off_on_a_missing_tag() {
     use base64::Engine as _;
     let encoded = base64::engine::general_purpose::STANDARD.encode(config);
     let missing = format!("{}:missing", reg.image("test/app"));
+    let badref = format!("{}:v1", reg.image("test/Bad_Name"));
     let manifest = format!(
         r#"apiVersion: v1
 kind: Secret
@@ -765,6 +766,14 @@ spec:
   - name: main
     image: {missing}
     command: ["/bin/busybox", "sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: badref}}
+spec:
+  containers:
+  - name: main
+    image: {badref}
 "#
     );
     let file = env.path("pods.yaml");
@@ -788,6 +797,13 @@ spec:
     assert!(d.contains("not found") && d.contains("404"), "{d}");
     assert!(d.contains("ErrImagePull"), "{d}");
     assert!(d.contains("Back-off pulling image"), "{d}");
+
+    // A reference that does not parse: its own reason, an Event, no pull.
+    c.wait_for("InvalidImageName", Duration::from_secs(30), || {
+        waiting_reason(&c, "badref") == "InvalidImageName"
+    });
+    let d = describe(&c, "badref");
+    assert!(d.contains("is invalid"), "{d}");
 
     // The agent keeps running: the other pod is fine, the node reports.
     assert!(c.child.as_ref().is_some());
