@@ -128,7 +128,7 @@ pub struct UpArgs {
     /// Collect unused images when the image store's disk is this full (percent).
     #[arg(long, default_value_t = 85)]
     pub image_gc_high_threshold: u8,
-    /// …until it is below this (percent).
+    /// Image collection stops once that disk is below this (percent).
     #[arg(long, default_value_t = 80)]
     pub image_gc_low_threshold: u8,
 }

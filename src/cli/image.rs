@@ -250,6 +250,11 @@ impl Progress {
             }
             PullEvent::LayerPresent { index } => {
                 if let Some(bar) = st.bars.get(*index) {
+                    // No bytes moved: no bar, no rate.
+                    bar.set_style(
+                        ProgressStyle::with_template("{prefix} {msg}")
+                            .expect("valid progress template"),
+                    );
                     bar.finish_with_message("already present");
                 } else if let Some((d, _)) = st.layers.get(*index) {
                     println!("layer {}/{n} {} already present", index + 1, short(d));
