@@ -190,4 +190,39 @@ mod tests {
         assert_eq!(one, two);
         assert!(assignment_pods(&snapshot(vec![]), "n1").is_empty());
     }
+
+    #[test]
+    fn assignment_carries_the_pull_secrets_its_pods_name() {
+        let rs = replicaset("web-abc", "default", 1);
+        let mut pod = owned_pod("a", &rs, Some("n1"), false);
+        pod.spec.as_mut().unwrap().image_pull_secrets = Some(vec![
+            k8s_openapi::api::core::v1::LocalObjectReference {
+                name: "regcred".into(),
+            },
+            k8s_openapi::api::core::v1::LocalObjectReference {
+                name: "absent".into(),
+            },
+        ]);
+        let secret = |name: &str, ns: &str| Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                resource_version: Some("7".into()),
+                ..meta(name, ns)
+            },
+            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            ..Default::default()
+        };
+        let snap = snapshot(vec![
+            Object::Pod(pod),
+            Object::Secret(secret("regcred", "default")),
+            Object::Secret(secret("regcred", "other")),
+            Object::Secret(secret("unrelated", "default")),
+        ]);
+        let pods = assignment_pods(&snap, "n1");
+        let secrets = assignment_secrets(&snap, &pods);
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].metadata.name.as_deref(), Some("regcred"));
+        assert_eq!(secrets[0].metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(secrets[0].metadata.resource_version, None);
+        assert!(assignment_secrets(&snap, &[]).is_empty());
+    }
 }
