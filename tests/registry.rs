@@ -338,6 +338,74 @@ async fn missing_tags_and_unreachable_registries() {
     store.pull(&app, &[], &host, &quiet).await.unwrap();
 }
 
+/// A "registry" that answers every request with HTTP 500, until dropped.
+struct FailingServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl FailingServer {
+    fn start() -> FailingServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let body = "storage backend exploded";
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FailingServer { port, stop }
+    }
+}
+
+impl Drop for FailingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_name_their_status() {
+    let env = Env::new();
+    let server = FailingServer::start();
+    let store = env.store("s");
+    let image = format!("127.0.0.1:{}/test/app:v1", server.port);
+    let err = store
+        .pull(&image, &[], &opts(&Platform::host().to_string()), &quiet)
+        .await
+        .unwrap_err();
+    match &err {
+        RuntimeError::RegistryStatus {
+            registry,
+            status,
+            detail,
+            ..
+        } => {
+            assert_eq!(*registry, format!("127.0.0.1:{}", server.port));
+            assert_eq!(*status, 500);
+            assert!(detail.contains("storage backend exploded"), "{detail}");
+        }
+        e => panic!("expected RegistryStatus, got {e}"),
+    }
+    assert!(err.to_string().contains("HTTP 500"), "{err}");
+    assert!(store.list().unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_blob_is_refused_and_nothing_stored() {
     let env = Env::new();
