@@ -142,7 +142,7 @@ fn main() {
         std::fs::write(
             &file,
             format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: bramble.local/demo:latest\n    command: [\"sleep\", \"3600\"]\n"
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: bramble.local/demo:v1\n    command: [\"sleep\", \"3600\"]\n"
             ),
         )
         .unwrap();

@@ -23,7 +23,10 @@ use crate::config::{ClientConfig, ConfigError, Layout, client_config_path, write
 use crate::master::commands::Settings;
 use crate::master::{self, MasterConfig, MasterError};
 use crate::net::{NetConfig, PodNetwork};
-use crate::runtime::{ImageStore, LibcontainerRuntime, Runtime, RuntimeConfig, RuntimeError};
+use crate::runtime::images::{GcPolicy, PullOptions};
+use crate::runtime::{
+    ImageSettings, ImageStore, LibcontainerRuntime, Runtime, RuntimeConfig, RuntimeError,
+};
 use crate::store::{Store, StoreError};
 use crate::transport::{KeyError, KeyPair, Topics, TransportError, broker};
 use crate::worker::{self, WorkerConfig, WorkerError};
@@ -125,6 +128,16 @@ pub struct UpArgs {
     /// Most processes and threads one container may have (0: no limit).
     #[arg(long, default_value_t = 4096)]
     pub pod_pids_limit: i64,
+    /// A registry (`HOST:PORT`, or `HOST` for any port) to pull from over
+    /// plain HTTP; repeatable. Loopback registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// Collect unused images when the image store's disk is this full (percent).
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+    /// Image collection stops once that disk is below this (percent).
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -177,6 +190,7 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
             pid,
         });
     }
+    let image_settings = image_settings(&args)?;
     if args.bridge.is_empty() || args.bridge.len() > 15 {
         return Err(UpError::Flag {
             flag: "bridge",
@@ -276,7 +290,8 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
             path: "/proc/self/exe".into(),
             source,
         })?,
-    })?;
+    })?
+    .with_image_settings(image_settings);
     let worker_cfg = WorkerConfig {
         node_name: node_name.clone(),
         node_key,
@@ -339,6 +354,37 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         tracing::error!(error = %e, "worker");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn image_settings(args: &UpArgs) -> Result<ImageSettings, UpError> {
+    let (high, low) = (args.image_gc_high_threshold, args.image_gc_low_threshold);
+    if high > 100 || low > high {
+        return Err(UpError::Flag {
+            flag: "image-gc-high-threshold",
+            reason: format!(
+                "need --image-gc-low-threshold ({low}) <= --image-gc-high-threshold ({high}) <= 100"
+            ),
+        });
+    }
+    for r in &args.insecure_registries {
+        if r.is_empty() || r.contains('/') || r.contains("://") {
+            return Err(UpError::Flag {
+                flag: "insecure-registry",
+                reason: format!("{r:?} is not HOST or HOST:PORT"),
+            });
+        }
+    }
+    Ok(ImageSettings {
+        pull: PullOptions {
+            insecure_registries: args.insecure_registries.clone(),
+            ..PullOptions::default()
+        },
+        gc: GcPolicy {
+            high_percent: high,
+            low_percent: low,
+            ..GcPolicy::default()
+        },
+    })
 }
 
 async fn deploy_demo(

@@ -17,7 +17,7 @@ metadata:
 spec:
   containers:
   - name: c
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     command: ["sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"]
 "#;
 

@@ -34,14 +34,14 @@ metadata:
 spec:
   initContainers:
   - name: first
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     command: ["sh", "-c", "echo first; sleep 1"]
   - name: second
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     command: ["sh", "-c", "echo second"]
   containers:
   - name: app
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     command: ["sh", "-c", "echo app; sleep 3600"]
 ---
 apiVersion: v1
@@ -52,11 +52,11 @@ spec:
   restartPolicy: Never
   initContainers:
   - name: broken
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     command: ["sh", "-c", "exit 4"]
   containers:
   - name: app
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     command: ["sh", "-c", "sleep 3600"]
 "#;
 
@@ -108,7 +108,7 @@ metadata:
 spec:
   containers:
   - name: web
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     readinessProbe:
       tcpSocket: {port: 8080}
       periodSeconds: 1
@@ -121,7 +121,7 @@ metadata:
 spec:
   containers:
   - name: web
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     readinessProbe:
       httpGet: {port: 8080, path: /missing.html}
       periodSeconds: 1
@@ -134,7 +134,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: web
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     livenessProbe:
       tcpSocket: {port: 9999}
       periodSeconds: 1
@@ -254,7 +254,7 @@ spec:
   terminationGracePeriodSeconds: 5
   containers:
   - name: web
-    image: bramble.local/demo:latest
+    image: bramble.local/demo:v1
     lifecycle:
       postStart:
         httpGet: {{host: "127.0.0.1", port: {port}, path: /post-start}}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{Cluster, ClusterOptions, free_node_port, http_get};
 
-const IMAGE: &str = "bramble.local/demo:latest";
+const IMAGE: &str = "bramble.local/demo:v1";
 
 /// `get -o json`, or `null` when the CLI fails (a condition being waited
 /// on is then simply not met yet).

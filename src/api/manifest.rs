@@ -724,7 +724,7 @@ spec:
     spec:
       containers:
         - name: demo
-          image: bramble.local/demo:latest
+          image: bramble.local/demo:v1
           command: ["busybox", "httpd", "-f", "-p", "8080"]
           ports:
             - containerPort: 8080

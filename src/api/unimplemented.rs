@@ -161,6 +161,7 @@ const POD_SPEC: &[&str] = &[
     "initContainers[].workingDir",
     "initContainers[].terminationMessagePath",
     "initContainers[].terminationMessagePolicy",
+    "imagePullSecrets",
 ];
 
 /// Kubernetes' default values of pod spec fields Bramble does not implement:

@@ -1,18 +1,45 @@
-//! `bramble image import FILE | ls | rm REF`: the local node's image store.
-//! Importing works without a registry: an OCI image-layout archive or a
-//! `docker save` archive goes straight into the content-addressed store the
-//! node's runtime reads.
+//! `bramble image pull REF | import FILE | ls | rm REF`: the local node's
+//! image store. Pulling fetches from an OCI / Docker registry (the platform
+//! of this machine unless `--platform`); importing works without a registry
+//! from an OCI image-layout or `docker save` archive. Both go straight into
+//! the content-addressed store the node's runtime reads.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::config::Layout;
-use crate::runtime::ImageStore;
+use crate::runtime::images::credentials::parse_docker_config;
+use crate::runtime::images::{ImageRef, PullEvent, PullOptions};
+use crate::runtime::{Credential, ImageStore, Platform, RegistryAuth};
 
 use super::CliError;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
+    /// Pull an image from a registry into this node's store.
+    Pull {
+        /// `busybox:1.36`, `reg.local:5000/app:v1`, `app@sha256:…`.
+        reference: String,
+        /// `OS/ARCH[/VARIANT]` to pick from a multi-arch image (default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Speak plain HTTP to this image's registry (loopback registries always are).
+        #[arg(long)]
+        insecure: bool,
+        /// `USER:PASSWORD` for the image's registry.
+        #[arg(long, value_name = "USER:PASSWORD")]
+        creds: Option<String>,
+        /// A docker `config.json` holding registry credentials (`auths`).
+        #[arg(long, value_name = "FILE")]
+        auth_file: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Import an OCI image-layout or `docker save` archive (.tar, .tar.gz).
     Import {
         file: PathBuf,
@@ -48,6 +75,17 @@ fn store(data_dir: Option<PathBuf>, config: Option<&Path>) -> Result<ImageStore,
 
 pub async fn run(cmd: Cmd, config: Option<&Path>) -> Result<ExitCode, CliError> {
     match cmd {
+        Cmd::Pull {
+            reference,
+            platform,
+            insecure,
+            creds,
+            auth_file,
+            data_dir,
+        } => {
+            let images = store(data_dir, config)?;
+            pull(&images, &reference, platform, insecure, creds, auth_file).await?;
+        }
         Cmd::Import { file, data_dir } => {
             let images = store(data_dir, config)?;
             let imported = tokio::task::spawn_blocking(move || images.import_archive(&file))
@@ -61,16 +99,10 @@ pub async fn run(cmd: Cmd, config: Option<&Path>) -> Result<ExitCode, CliError> 
             let images = store(data_dir, config)?;
             println!("{:<50} {:<20} {:>10}", "IMAGE", "DIGEST", "SIZE");
             for img in images.list()? {
-                let short = img
-                    .digest
-                    .trim_start_matches("sha256:")
-                    .chars()
-                    .take(12)
-                    .collect::<String>();
                 println!(
                     "{:<50} {:<20} {:>10}",
                     img.reference,
-                    short,
+                    short(&img.digest),
                     human_size(img.size)
                 );
             }
@@ -84,6 +116,196 @@ pub async fn run(cmd: Cmd, config: Option<&Path>) -> Result<ExitCode, CliError> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn pull(
+    images: &ImageStore,
+    reference: &str,
+    platform: Option<String>,
+    insecure: bool,
+    creds: Option<String>,
+    auth_file: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let registry = match ImageRef::parse(reference)? {
+        ImageRef::Named { name, .. } => name.split('/').next().unwrap_or_default().to_string(),
+        ImageRef::Digest(_) => {
+            return Err(CliError::Usage(format!(
+                "{reference}: a bare digest names a local image; pull NAME@sha256:… instead"
+            )));
+        }
+    };
+    let mut options = PullOptions::default();
+    if let Some(p) = platform {
+        options.platform = Platform::parse(&p).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--platform {p:?}: expected OS/ARCH[/VARIANT], like linux/arm64 or linux/arm/v7"
+            ))
+        })?;
+    }
+    if insecure {
+        options.insecure_registries.push(registry.clone());
+    }
+    let mut auth = Vec::new();
+    if let Some(c) = creds {
+        let (username, password) = c
+            .split_once(':')
+            .ok_or_else(|| CliError::Usage("--creds: expected USER:PASSWORD".into()))?;
+        auth.push(RegistryAuth {
+            registry: registry.clone(),
+            credential: Credential::Basic {
+                username: username.into(),
+                password: password.into(),
+            },
+        });
+    }
+    if let Some(file) = auth_file {
+        let bytes = std::fs::read(&file).map_err(|source| CliError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        auth.extend(
+            parse_docker_config(&file.display().to_string(), &bytes)
+                .map_err(|e| CliError::Usage(format!("--auth-file: {e}")))?,
+        );
+    }
+    let display = Progress::new(std::io::stdout().is_terminal());
+    let info = images
+        .pull(reference, &auth, &options, &|e| display.on(e))
+        .await;
+    display.finish();
+    let info = info?;
+    let stats = info.pulled.clone().unwrap_or_default();
+    println!(
+        "pulled {} ({}) for {} in {:.2}s: {} layers, {} fetched ({}), {} already present",
+        info.reference,
+        info.manifest_digest,
+        options.platform,
+        stats.duration.as_secs_f64(),
+        stats.layers,
+        stats.layers_fetched,
+        human_size(stats.bytes_fetched),
+        stats.layers - stats.layers_fetched
+    );
+    Ok(())
+}
+
+/// Pull progress: a bar per layer on a terminal, plain lines otherwise.
+struct Progress {
+    tty: bool,
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    multi: Option<MultiProgress>,
+    bars: Vec<ProgressBar>,
+    layers: Vec<(String, u64)>,
+    started: Vec<bool>,
+}
+
+impl Progress {
+    fn new(tty: bool) -> Progress {
+        Progress {
+            tty,
+            state: Mutex::new(ProgressState::default()),
+        }
+    }
+
+    fn on(&self, event: &PullEvent) {
+        let mut st = self.state.lock().expect("progress lock");
+        let n = st.layers.len();
+        match event {
+            PullEvent::Resolved {
+                reference,
+                manifest_digest,
+                platform,
+                layers,
+            } => {
+                st.layers = layers.clone();
+                st.started = vec![false; layers.len()];
+                if self.tty {
+                    let multi = MultiProgress::new();
+                    let style = ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+                    )
+                    .expect("valid progress template")
+                    .progress_chars("=> ");
+                    st.bars = layers
+                        .iter()
+                        .map(|(d, size)| {
+                            let bar = multi.add(ProgressBar::new(*size));
+                            bar.set_style(style.clone());
+                            bar.set_prefix(short(d));
+                            bar.enable_steady_tick(Duration::from_millis(200));
+                            bar
+                        })
+                        .collect();
+                    st.multi = Some(multi);
+                } else {
+                    println!(
+                        "pulling {reference} ({manifest_digest}) for {platform}: {} layers",
+                        layers.len()
+                    );
+                }
+            }
+            PullEvent::LayerPresent { index } => {
+                if let Some(bar) = st.bars.get(*index) {
+                    // No bytes moved: no bar, no rate.
+                    bar.set_style(
+                        ProgressStyle::with_template("{prefix} {msg}")
+                            .expect("valid progress template"),
+                    );
+                    bar.finish_with_message("already present");
+                } else if let Some((d, _)) = st.layers.get(*index) {
+                    println!("layer {}/{n} {} already present", index + 1, short(d));
+                }
+            }
+            PullEvent::LayerProgress { index, done, total } => {
+                if let Some(bar) = st.bars.get(*index) {
+                    bar.set_position(*done);
+                } else if st.started.get(*index) == Some(&false) {
+                    st.started[*index] = true;
+                    let d = st.layers.get(*index).map_or("", |(d, _)| d.as_str());
+                    let resumed = if *done > 0 {
+                        format!(", resuming at {}", human_size(*done))
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "layer {}/{n} {} fetching {}{resumed}",
+                        index + 1,
+                        short(d),
+                        human_size(*total)
+                    );
+                }
+            }
+            PullEvent::LayerDone { index } => {
+                if let Some(bar) = st.bars.get(*index) {
+                    bar.finish_with_message("done");
+                } else if let Some((d, _)) = st.layers.get(*index) {
+                    println!("layer {}/{n} {} done", index + 1, short(d));
+                }
+            }
+        }
+    }
+
+    /// Leaves the bars as they are (a failed pull shows where it stopped).
+    fn finish(&self) {
+        let st = self.state.lock().expect("progress lock");
+        for bar in &st.bars {
+            if !bar.is_finished() {
+                bar.abandon();
+            }
+        }
+    }
+}
+
+fn short(digest: &str) -> String {
+    digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
 }
 
 fn human_size(bytes: u64) -> String {

@@ -98,7 +98,7 @@ pub enum Cmd {
     Scale(scale::Args),
     /// Show where the cluster is.
     ClusterInfo(cluster_info::Args),
-    /// Manage the local node's images.
+    /// Manage the local node's images: pull, import, ls, rm.
     #[command(subcommand)]
     Image(image::Cmd),
     /// Print the version.

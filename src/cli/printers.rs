@@ -1636,7 +1636,7 @@ bye     0/2     Terminating         0             5m
                     "replicas": 2,
                     "selector": {"matchLabels": {"app": "demo"}},
                     "template": {"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [
-                        {"name": "demo", "image": "bramble.local/demo:latest", "ports": [{"containerPort": 8080, "protocol": "TCP"}]}
+                        {"name": "demo", "image": "bramble.local/demo:v1", "ports": [{"containerPort": 8080, "protocol": "TCP"}]}
                     ]}}
                 },
                 "status": {"replicas": 2, "readyReplicas": 1, "updatedReplicas": 2, "availableReplicas": 1}
@@ -1657,7 +1657,7 @@ bye     0/2     Terminating         0             5m
             out,
             "\
 NAME   READY   UP-TO-DATE   AVAILABLE   AGE    CONTAINERS   IMAGES                      SELECTOR
-demo   1/2     2            1           3h4m   demo         bramble.local/demo:latest   app=demo
+demo   1/2     2            1           3h4m   demo         bramble.local/demo:v1   app=demo
 "
         );
         let rs = obj(
@@ -1850,7 +1850,7 @@ deployment.apps/demo   1/2     2            1           3h4m
         assert!(d.contains("Selector:           app=demo\n"), "{d}");
         assert!(d.contains("Replicas:           2 desired | 2 updated | 2 total | 1 available | 0 unavailable\n"), "{d}");
         assert!(
-            d.contains("      Image:        bramble.local/demo:latest\n"),
+            d.contains("      Image:        bramble.local/demo:v1\n"),
             "{d}"
         );
         assert!(d.contains("      Port:         8080/TCP\n"), "{d}");

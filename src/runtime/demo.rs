@@ -16,7 +16,7 @@ use super::images::layer::sha256_digest;
 use super::{ImageStore, Platform, RuntimeError};
 
 /// The demo image's name.
-pub const DEMO_IMAGE: &str = "bramble.local/demo:latest";
+pub const DEMO_IMAGE: &str = "bramble.local/demo:v1";
 
 /// The port the demo's httpd listens on.
 pub const DEMO_PORT: u16 = 8080;
@@ -43,7 +43,7 @@ wait"#;
 /// A fixed mtime (2024-01-01T00:00:00Z) for every entry.
 const MTIME: u64 = 1_704_067_200;
 
-/// Builds `bramble.local/demo:latest` from the static busybox at `busybox`
+/// Builds `bramble.local/demo:v1` from the static busybox at `busybox`
 /// and imports it into `store`. Returns the manifest digest.
 pub fn build_demo_image(store: &ImageStore, busybox: &Path) -> Result<String, RuntimeError> {
     let binary = fs::read(busybox).map_err(|source| RuntimeError::Io {

@@ -3,8 +3,9 @@
 //! are created; no process, file or cgroup is touched, so thousands cost
 //! only their bookkeeping.
 //!
-//! Knobs: images made absent, containers that exit (with a code, on start or
-//! after a delay), call counts. Delays use tokio's clock, so tests with
+//! Knobs: images made absent, images a "registry" can provide (a pull makes
+//! them present), containers that exit (with a code, on start or after a
+//! delay), call counts. Delays use tokio's clock, so tests with
 //! paused time (`tokio::time::pause`) drive them without sleeping.
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::images::normalize;
+use super::images::{ImageAction, ImageInfo, PullPolicy, PullStats, RegistryAuth, normalize};
 use super::{ContainerConfig, ContainerInfo, ContainerState, Runtime, RuntimeError};
 
 /// How many times each method was called.
@@ -38,6 +39,8 @@ struct Container {
 struct State {
     containers: HashMap<String, Container>,
     absent_images: HashSet<String>,
+    /// Absent images a pull can fetch.
+    pullable: HashSet<String>,
     /// Container name → (exit code, delay after start).
     exits: HashMap<String, (i32, Duration)>,
     calls: CallCounts,
@@ -84,6 +87,18 @@ impl FakeRuntime {
             s.absent_images.insert(image_key(image));
         } else {
             s.absent_images.remove(&image_key(image));
+        }
+    }
+
+    /// Lets a pull of the absent `image` succeed (making it present), as if a
+    /// registry had it; a pull of an absent image that is not pullable fails
+    /// with [`RuntimeError::RegistryNotFound`].
+    pub fn set_pullable(&self, image: &str, pullable: bool) {
+        let mut s = self.lock();
+        if pullable {
+            s.pullable.insert(image_key(image));
+        } else {
+            s.pullable.remove(&image_key(image));
         }
     }
 
@@ -195,13 +210,35 @@ impl FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
-    fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+    fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        _auth: &[RegistryAuth],
+    ) -> Result<ImageInfo, RuntimeError> {
         let mut s = self.lock();
         s.calls.ensure_image += 1;
-        if s.absent_images.contains(&image_key(image)) {
-            return Err(RuntimeError::ImageNotPresent(image.to_string()));
+        let key = image_key(image);
+        let present = !s.absent_images.contains(&key);
+        let info = |pulled| ImageInfo {
+            reference: key.clone(),
+            manifest_digest: format!("sha256:{}", "0".repeat(64)),
+            size: 0,
+            pulled,
+        };
+        match policy.decide(present) {
+            ImageAction::UsePresent => Ok(info(None)),
+            ImageAction::NotPresent => Err(RuntimeError::ImageNotPresent(image.to_string())),
+            ImageAction::Pull if present || s.pullable.contains(&key) => {
+                s.absent_images.remove(&key);
+                Ok(info(Some(PullStats::default())))
+            }
+            ImageAction::Pull => Err(RuntimeError::RegistryNotFound {
+                registry: key.split('/').next().unwrap_or_default().to_string(),
+                image: key.clone(),
+                detail: "not in the fake runtime's registry".into(),
+            }),
         }
-        Ok(())
     }
 
     fn run_container(&self, config: &ContainerConfig) -> Result<ContainerInfo, RuntimeError> {
@@ -389,15 +426,26 @@ mod tests {
         let rt = FakeRuntime::new();
         rt.set_image_absent("busybox:latest", true);
         assert!(matches!(
-            rt.ensure_image("docker.io/library/busybox"),
+            rt.ensure_image("docker.io/library/busybox", PullPolicy::Never, &[]),
             Err(RuntimeError::ImageNotPresent(_))
+        ));
+        assert!(matches!(
+            rt.ensure_image("busybox", PullPolicy::IfNotPresent, &[]),
+            Err(RuntimeError::RegistryNotFound { .. })
         ));
         assert!(matches!(
             rt.run_container(&config("a", "c")),
             Err(RuntimeError::ImageNotPresent(_))
         ));
+        rt.set_pullable("busybox", true);
+        let info = rt
+            .ensure_image("busybox", PullPolicy::IfNotPresent, &[])
+            .unwrap();
+        assert!(info.pulled.is_some());
+        let info = rt.ensure_image("busybox", PullPolicy::Never, &[]).unwrap();
+        assert!(info.pulled.is_none());
         rt.set_image_absent("busybox", false);
-        rt.ensure_image("busybox").unwrap();
+        rt.ensure_image("busybox", PullPolicy::Never, &[]).unwrap();
     }
 
     #[test]

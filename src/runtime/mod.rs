@@ -1,8 +1,9 @@
 //! The runtime seam: everything the pod sync loop needs from containers.
 //!
 //! Owns: the [`Runtime`] trait, its libcontainer implementation, the image
-//! store (imported OCI / docker archives, content-addressed blobs, unpacked
-//! layers, overlayfs rootfs) and the fake used by scheduler and scale tests.
+//! store (registry pulls, imported OCI / docker archives, content-addressed
+//! blobs, unpacked layers, overlayfs rootfs, disk-pressure image GC) and the
+//! fake used by scheduler and scale tests.
 //!
 //! Must not touch: MQTT, the store, pod networking (the worker hands in the
 //! network namespace path), or pod-level policy such as restarts and back-off
@@ -10,7 +11,8 @@
 //!
 //! - [`linux`]: [`LibcontainerRuntime`], its create helper and exit watcher.
 //! - [`spec`]: the OCI runtime spec of a container (pure).
-//! - [`images`]: the content-addressed [`ImageStore`], references, platforms.
+//! - [`images`]: the content-addressed [`ImageStore`], references, platforms,
+//!   registry pulls, credentials and disk-pressure garbage collection.
 //! - [`demo`]: the busybox demo image, built locally.
 //! - [`logs`]: container log rotation, tail and follow.
 //! - [`fake`]: the in-memory [`fake::FakeRuntime`].
@@ -26,7 +28,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::images::{ImageStore, ImageSummary, Platform, ResolvedImage};
+pub use self::images::{
+    Credential, ImageInfo, ImageSettings, ImageStore, ImageSummary, Platform, PullPolicy,
+    RegistryAuth, ResolvedImage,
+};
 pub use self::linux::{HELPER_SUBCOMMAND, LibcontainerRuntime, RuntimeConfig, helper_main};
 
 /// What the pod sync loop asks for: one container of one pod, fully resolved
@@ -198,6 +203,47 @@ pub enum RuntimeError {
         wanted: String,
         available: String,
     },
+    /// The registry refused the request for want of (valid) credentials:
+    /// HTTP 401, or 403.
+    #[error("pulling {image} from {registry}: unauthorized: {detail}")]
+    RegistryUnauthorized {
+        registry: String,
+        image: String,
+        detail: String,
+    },
+    /// The repository, tag or a blob does not exist there: HTTP 404.
+    #[error("pulling {image} from {registry}: not found: {detail}")]
+    RegistryNotFound {
+        registry: String,
+        image: String,
+        detail: String,
+    },
+    /// Any other HTTP error status (5xx, 429, …).
+    #[error("pulling {image} from {registry}: the registry answered HTTP {status}: {detail}")]
+    RegistryStatus {
+        registry: String,
+        image: String,
+        status: u16,
+        detail: String,
+    },
+    /// No answer, or the connection dropped (refused, reset, timed out, TLS).
+    #[error("pulling {image} from {registry}: {cause}")]
+    RegistryConnection {
+        registry: String,
+        image: String,
+        cause: String,
+    },
+    /// The registry answered something that is not a usable image
+    /// (unsupported manifest schema or media type, malformed JSON, sizes that disagree).
+    #[error("pulling {image} from {registry}: {reason}")]
+    RegistryProtocol {
+        registry: String,
+        image: String,
+        reason: String,
+    },
+    /// The image store's filesystem is full (ENOSPC / EDQUOT); nothing partial was kept.
+    #[error("{context}: no space left on device")]
+    DiskFull { context: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -211,8 +257,27 @@ pub enum RuntimeError {
 /// Methods block (syscalls, forks, filesystem work); async callers use
 /// `spawn_blocking`. Implementations are shared across tasks.
 pub trait Runtime: Send + Sync + 'static {
-    /// Fails with [`RuntimeError::ImageNotPresent`] unless the image can be run.
-    fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
+    /// Makes `image` ready to run as `policy` says: `Never` only looks in the
+    /// node's store (fails with [`RuntimeError::ImageNotPresent`]),
+    /// `IfNotPresent` pulls when it is absent, `Always` pulls (a pull of an
+    /// image already stored fetches only its manifest and config). `auth` are
+    /// the credentials the pod's `imagePullSecrets` name; the ones matching the
+    /// image's registry are tried in turn, else the pull is anonymous. May take
+    /// minutes: callers run it off the sync loop.
+    fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        auth: &[RegistryAuth],
+    ) -> Result<ImageInfo, RuntimeError>;
+
+    /// When the image store's filesystem is fuller than the node's high
+    /// threshold, removes images no container uses, least recently used
+    /// first, until it is below the low threshold. Returns the references
+    /// removed. Runtimes without a disk (the fake) have nothing to collect.
+    fn collect_images(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
 
     /// Creates and starts the container; returns once its process runs.
     fn run_container(&self, config: &ContainerConfig) -> Result<ContainerInfo, RuntimeError>;

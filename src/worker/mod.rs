@@ -11,6 +11,7 @@
 
 pub mod containers;
 pub mod facts;
+pub mod images;
 pub mod podsync;
 pub mod probes;
 pub mod status;
@@ -156,6 +157,8 @@ struct Agent {
     /// Where background probes and hooks report.
     tasks: mpsc::UnboundedSender<TaskDone>,
     streams: HashMap<String, StreamHandle>,
+    /// Image pulls running in the background, and their results.
+    pulls: images::ImagePulls,
 }
 
 /// Runs the agent until `shutdown` flips. Pods keep running afterwards.
@@ -197,6 +200,7 @@ pub async fn run(
     });
     let mut runtime_events = cfg.runtime.events();
     let (task_tx, mut task_rx) = mpsc::unbounded_channel();
+    let (pulls, mut pull_done) = images::ImagePulls::new();
     let mut agent = Agent {
         cfg,
         db,
@@ -217,6 +221,7 @@ pub async fn run(
         events: Vec::new(),
         tasks: task_tx,
         streams: HashMap::new(),
+        pulls,
     };
     agent.ensure_network().await;
     agent.apply_services().await;
@@ -226,6 +231,8 @@ pub async fn run(
     let mut heartbeat = tokio::time::interval(agent.cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rotate = tokio::time::interval(Duration::from_secs(30));
+    let mut image_gc = tokio::time::interval(Duration::from_secs(60));
+    image_gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dirty = true;
     tracing::info!(node = %node, "worker running");
     loop {
@@ -265,6 +272,13 @@ pub async fn run(
                 agent.on_task(done);
                 dirty = true;
             }
+            // A background image pull ended: its containers start or back off.
+            Some(done) = pull_done.recv() => {
+                agent.on_pull_done(done, now_ms());
+                dirty = true;
+            }
+            // Unused images go when the disk fills up.
+            _ = image_gc.tick() => agent.collect_images(),
             // Back-off timers and grace deadlines.
             _ = tick.tick() => dirty = true,
             // Liveness for the master, even when nothing changed.
@@ -922,35 +936,10 @@ impl Agent {
                 return;
             }
         };
-        let image = config.image.clone();
-        if let Err(e) = self.runtime_call(move |rt| rt.ensure_image(&image)).await {
-            let (reason, message) = match &e {
-                RuntimeError::ImageNotPresent(i) => (
-                    "ErrImageNeverPull",
-                    format!(
-                        "image {i:?} is not present on this node; import it with `bramble image import`"
-                    ),
-                ),
-                RuntimeError::InvalidImageReference { .. } => ("InvalidImageName", e.to_string()),
-                _ => ("ErrImagePull", e.to_string()),
-            };
-            self.emit(uid, Happening::warning(reason, message.clone()), now);
-            if let Some(r) = self.records.get_mut(uid) {
-                r.on_start_failed(container, reason, message, now);
-            }
+        // Pulls run in the background; a later pass starts the container.
+        if !self.image_ready(uid, pod, spec, now).await {
             return;
         }
-        self.emit(
-            uid,
-            Happening::normal(
-                "Pulled",
-                format!(
-                    "Container image \"{}\" already present on machine",
-                    spec.image.clone().unwrap_or_default()
-                ),
-            ),
-            now,
-        );
         let id = config.id.clone();
         match self.runtime_call(move |rt| rt.run_container(&config)).await {
             Ok(info) => {

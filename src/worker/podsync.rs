@@ -26,6 +26,12 @@
 //! the restart policy; readiness decides whether the container is ready, and
 //! so whether the pod is in its Services' endpoints.
 //!
+//! Images: a start first settles the image (the worker's `images` module);
+//! a pull runs in the background while the container waits
+//! `ContainerCreating`. A failed pull is `ErrImagePull` for half its back-off,
+//! then `ImagePullBackOff`; pull failures have their own back-off counter,
+//! 10 s doubling to 5 min, reset when the container starts.
+//!
 //! A pod that is no longer wanted (gone from the assignment, or marked for
 //! deletion) is stopped: each running container gets its preStop hook and
 //! SIGTERM, SIGKILL at the grace deadline; containers are removed, the
@@ -151,6 +157,9 @@ pub struct ContainerRecord {
     pub stopping: Option<Stopping>,
     #[serde(skip)]
     pub probes: BTreeMap<ProbeKind, ProbeCounter>,
+    /// Image pulls failed in a row (the pull back-off), reset by a start.
+    #[serde(default)]
+    pub pull_failures: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +325,7 @@ impl ContainerRecord {
             kill_reason: None,
             stopping: None,
             probes: BTreeMap::new(),
+            pull_failures: 0,
         }
     }
 
@@ -407,6 +417,20 @@ impl PodRecord {
         let app_policy = pod.map(restart_policy).unwrap_or("Never").to_string();
         let init_policy = pod.map(init_policy).unwrap_or("Never");
         for c in self.containers.values_mut() {
+            // A failed pull is shown as such for half its back-off, then as
+            // the back-off it is.
+            if let CState::Waiting { reason, .. } = &c.state
+                && reason == "ErrImagePull"
+                && c.pull_failures > 0
+                && now >= c.next_start_at - backoff_ms(c.pull_failures) / 2
+            {
+                let message = format!("Back-off pulling image \"{}\"", c.image);
+                happened.push(Happening::warning("BackOff", message.clone()));
+                c.state = CState::Waiting {
+                    reason: "ImagePullBackOff".into(),
+                    message: Some(message),
+                };
+            }
             let CState::Running { started_at } = c.state else {
                 continue;
             };
@@ -792,6 +816,7 @@ impl PodRecord {
     pub fn on_started(&mut self, container: &str, runtime_id: String, started_at: i64) {
         self.started_at.get_or_insert(started_at);
         if let Some(c) = self.containers.get_mut(container) {
+            c.pull_failures = 0;
             if c.attempt > 0 {
                 c.restart_count += 1;
             }
@@ -817,6 +842,29 @@ impl PodRecord {
                 c.attempt += 1;
                 c.restart_count += u32::from(c.attempt > 1);
             }
+            c.state = CState::Waiting {
+                reason: reason.to_string(),
+                message: Some(message),
+            };
+        }
+    }
+
+    /// A background pull of the container's image began.
+    pub fn on_pull_started(&mut self, container: &str) {
+        if let Some(c) = self.containers.get_mut(container) {
+            c.state = CState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: None,
+            };
+        }
+    }
+
+    /// A pull failed: `ErrImagePull` (or `InvalidImageName`), and the next
+    /// pull waits out the pull back-off (10 s, doubling, capped at 5 min).
+    pub fn on_pull_failed(&mut self, container: &str, reason: &str, message: String, now: i64) {
+        if let Some(c) = self.containers.get_mut(container) {
+            c.pull_failures = c.pull_failures.saturating_add(1);
+            c.next_start_at = now + backoff_ms(c.pull_failures);
             c.state = CState::Waiting {
                 reason: reason.to_string(),
                 message: Some(message),
@@ -1079,6 +1127,52 @@ mod tests {
                 reason: "Stopping".into()
             }]
         );
+    }
+
+    #[test]
+    fn pull_failures_back_off_10_20_40_then_cap_and_reset() {
+        let p = pod("Always");
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        let none = HashMap::new();
+        let mut now = 0;
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            assert_eq!(r.next_steps(Some(&p), &none, now), vec![start("main")]);
+            r.on_pull_started("main");
+            now += 500;
+            r.on_pull_failed("main", "ErrImagePull", "HTTP 404".into(), now);
+            let next = r.containers["main"].next_start_at;
+            delays.push(next - now);
+            // ErrImagePull first, nothing to do while backing off…
+            assert!(r.observe(Some(&p), &none, now).is_empty());
+            assert!(matches!(
+                &r.containers["main"].state,
+                CState::Waiting { reason, message: Some(m) } if reason == "ErrImagePull" && m == "HTTP 404"
+            ));
+            assert_eq!(r.next_steps(Some(&p), &none, now), vec![]);
+            // …then ImagePullBackOff, with a BackOff event, once.
+            let half = now + (next - now) / 2;
+            let happened = r.observe(Some(&p), &none, half);
+            assert_eq!(happened.len(), 1);
+            assert_eq!(happened[0].reason, "BackOff");
+            assert!(happened[0].message.contains("demo"));
+            assert!(r.observe(Some(&p), &none, half + 1).is_empty());
+            assert!(matches!(
+                &r.containers["main"].state,
+                CState::Waiting { reason, .. } if reason == "ImagePullBackOff"
+            ));
+            assert_eq!(r.next_steps(Some(&p), &none, next - 1), vec![]);
+            now = next;
+        }
+        assert_eq!(
+            delays,
+            vec![10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000]
+        );
+        // A start resets the pull back-off (not the restart count).
+        r.on_started("main", "x".into(), now);
+        assert_eq!(r.containers["main"].pull_failures, 0);
+        assert_eq!(r.containers["main"].restart_count, 0);
     }
 
     #[test]

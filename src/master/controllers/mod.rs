@@ -218,7 +218,7 @@ pub mod tests_support {
             spec: Some(PodSpec {
                 containers: vec![Container {
                     name: "main".into(),
-                    image: Some("bramble.local/demo:latest".into()),
+                    image: Some("bramble.local/demo:v1".into()),
                     ports: Some(vec![ContainerPort {
                         name: Some("http".into()),
                         container_port: 8080,

@@ -150,7 +150,7 @@ fn is_index(media_type: &MediaType) -> bool {
     }
 }
 
-fn descriptor_platform(d: &Descriptor) -> Option<Platform> {
+pub(super) fn descriptor_platform(d: &Descriptor) -> Option<Platform> {
     d.platform().as_ref().map(|p| {
         Platform::new(
             &p.os().to_string(),
@@ -293,7 +293,7 @@ fn parse_config(bytes: &[u8], what: &str) -> Result<ImageConfiguration, RuntimeE
         .map_err(|e| RuntimeError::Image(format!("{what}: image config: {e}")))
 }
 
-fn check_config_platform(
+pub(super) fn check_config_platform(
     config: &ImageConfiguration,
     platform: &Platform,
     what: &str,

@@ -1,26 +1,36 @@
-//! The node's image store: imported OCI / docker archives, content-addressed.
+//! The node's image store: pulled from registries or imported from OCI /
+//! docker archives, content-addressed.
 //!
 //! ```text
 //! <root>/blobs/sha256/<hex>   manifests and configs, verified by digest before stored
 //! <root>/layers/<hex>/        one unpacked layer per diffID, shared by every image using it
 //! <root>/refs/<reference>     "sha256:<manifest hex>" (reference percent-encoded)
-//! <root>/leases/<holder>      layers a running container still uses (kept by GC)
+//! <root>/leases/<holder>      the image and layers a container still uses (kept by GC)
+//! <root>/used/<hex>           when a manifest was last pulled or run (for disk-pressure GC)
+//! <root>/downloads/<hex>.partial  a layer blob being fetched; resumed after a dropped connection
 //! <root>/tmp/                 staging; renamed into place only once complete and verified
-//! <root>/lock                 flock: shared while importing, exclusive while collecting
+//! <root>/lock                 flock: shared while importing or pulling, exclusive while collecting
 //! ```
 //!
-//! The CLI (`bramble image import`, its own process) and the agent use one
-//! store at once, so there is no in-memory index: every write is a complete
-//! file or directory renamed into place, and garbage collection excludes
-//! imports through the lock file. Compressed layer blobs are not kept once
-//! verified and unpacked: on a Pi's SD card the unpacked layer is the copy
-//! that matters.
+//! The CLI (`bramble image import|pull`, its own process) and the agent use
+//! one store at once, so there is no in-memory index: every write is a
+//! complete file or directory renamed into place, and garbage collection
+//! excludes imports and pulls through the lock file. Compressed layer blobs
+//! are not kept once verified and unpacked: on a Pi's SD card the unpacked
+//! layer is the copy that matters.
+//!
+//! - [`pull`]: registries (`oci-client`), platform selection, resumable downloads.
+//! - [`credentials`]: docker `config.json` credentials and which apply to an image.
+//! - [`gc`]: collection of unused images when the disk fills up.
 //!
 //! Must not touch: containers (the runtime holds leases on the layers it mounts).
 
+pub mod credentials;
+pub mod gc;
 mod import;
 pub(crate) mod layer;
 pub mod platform;
+pub mod pull;
 pub mod reference;
 
 use std::collections::HashSet;
@@ -32,7 +42,10 @@ use nix::fcntl::{Flock, FlockArg};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
+pub use self::credentials::{Credential, RegistryAuth};
+pub use self::gc::GcPolicy;
 pub use self::platform::{Platform, select_platform};
+pub use self::pull::{ImageAction, PullEvent, PullOptions, PullPolicy};
 pub use self::reference::{ImageRef, normalize};
 use crate::runtime::RuntimeError;
 
@@ -62,9 +75,40 @@ pub struct ImageSummary {
     pub size: u64,
 }
 
+/// What [`Runtime::ensure_image`](crate::runtime::Runtime::ensure_image) found or fetched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The normalised reference.
+    pub reference: String,
+    pub manifest_digest: String,
+    /// Compressed size: config plus layers, as the manifest records it.
+    pub size: u64,
+    /// Set when this call pulled the image from its registry.
+    pub pulled: Option<PullStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullStats {
+    pub layers: usize,
+    /// Layers downloaded (the others were already in the store).
+    pub layers_fetched: usize,
+    pub bytes_fetched: u64,
+    pub duration: std::time::Duration,
+}
+
+/// How a node pulls and collects images (`bramble up` flags).
+#[derive(Clone, Debug, Default)]
+pub struct ImageSettings {
+    pub pull: PullOptions,
+    pub gc: GcPolicy,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Lease {
     layers: Vec<String>,
+    /// The image's manifest digest (absent in leases written before pulls existed).
+    #[serde(default)]
+    manifest: Option<String>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -74,7 +118,15 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError 
 
 impl ImageStore {
     pub fn open(root: &Path) -> Result<ImageStore, RuntimeError> {
-        for sub in ["blobs/sha256", "layers", "refs", "leases", "tmp"] {
+        for sub in [
+            "blobs/sha256",
+            "layers",
+            "refs",
+            "leases",
+            "tmp",
+            "downloads",
+            "used",
+        ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
@@ -113,14 +165,12 @@ impl ImageStore {
         let parsed = ImageRef::parse(reference)?;
         let canonical = parsed.to_string();
         let not_present = || RuntimeError::ImageNotPresent(canonical.clone());
-        let digest = match parsed.digest() {
-            Some(d) => {
-                if !self.refs()?.iter().any(|(_, target)| target == d) {
-                    return Err(not_present());
-                }
-                d.to_string()
-            }
-            None => self.read_ref(&canonical)?.ok_or_else(not_present)?,
+        // A pulled `name@sha256:<index>` has a ref of its own pointing at the
+        // platform's manifest; otherwise a digest names a stored manifest.
+        let digest = match (self.read_ref(&canonical)?, parsed.digest()) {
+            (Some(d), _) => d,
+            (None, Some(d)) if self.refs()?.iter().any(|(_, target)| target == d) => d.to_string(),
+            (None, _) => return Err(not_present()),
         };
         let manifest = self.manifest(&digest).map_err(|e| match e {
             RuntimeError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
@@ -146,6 +196,19 @@ impl ImageStore {
             config,
             layer_dirs,
         })
+    }
+
+    /// What [`resolve`](Self::resolve) found, as the runtime seam reports it.
+    pub fn info(&self, image: &ResolvedImage) -> ImageInfo {
+        let size = self.manifest(&image.manifest_digest).map_or(0, |m| {
+            m.config().size() + m.layers().iter().map(|l| l.size()).sum::<u64>()
+        });
+        ImageInfo {
+            reference: image.reference.clone(),
+            manifest_digest: image.manifest_digest.clone(),
+            size,
+            pulled: None,
+        }
     }
 
     /// Every reference in the store, sorted.
@@ -179,16 +242,19 @@ impl ImageStore {
                 .filter(|(_, t)| t == d)
                 .map(|(r, _)| r)
                 .collect(),
+            // A pulled `name@sha256:<index>` is a ref of its own.
             ImageRef::Named {
                 name,
                 tag: None,
                 digest: Some(d),
-            } => self
-                .refs()?
-                .into_iter()
-                .filter(|(r, t)| t == d && ref_name(r) == name)
-                .map(|(r, _)| r)
-                .collect(),
+            } => {
+                let canonical = parsed.to_string();
+                self.refs()?
+                    .into_iter()
+                    .filter(|(r, t)| (t == d && ref_name(r) == name) || *r == canonical)
+                    .map(|(r, _)| r)
+                    .collect()
+            }
             named => {
                 let canonical = named.to_string();
                 if self.read_ref(&canonical)?.is_some() {
@@ -253,8 +319,13 @@ impl ImageStore {
             .iter()
             .filter_map(|d| d.file_name()?.to_str().map(|h| format!("sha256:{h}")))
             .collect();
-        let bytes = serde_json::to_vec(&Lease { layers }).expect("lease serializes");
+        let lease = Lease {
+            layers,
+            manifest: Some(image.manifest_digest.clone()),
+        };
+        let bytes = serde_json::to_vec(&lease).expect("lease serializes");
         self.write_atomic(&self.lease_path(holder)?, &bytes)?;
+        self.touch_used(&image.manifest_digest);
         if let Some(missing) = image.layer_dirs.iter().find(|d| !d.is_dir()) {
             let _ = fs::remove_file(self.lease_path(holder)?);
             return Err(RuntimeError::ImageNotPresent(format!(
@@ -324,7 +395,86 @@ impl ImageStore {
         for entry in read_dir(&self.root.join("tmp"))? {
             let _ = fs::remove_dir_all(&entry).or_else(|_| fs::remove_file(&entry));
         }
+        for used in read_dir(&self.root.join("used"))? {
+            if !file_name_in(&used, &live_blobs) {
+                let _ = fs::remove_file(&used);
+            }
+        }
+        // A partial download is kept for a retry to resume, not for ever.
+        for partial in read_dir(&self.root.join("downloads"))? {
+            let stale = fs::metadata(&partial)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age > STALE_DOWNLOAD);
+            if stale {
+                let _ = fs::remove_file(&partial);
+            }
+        }
         Ok(())
+    }
+
+    /// Records that the image `manifest_digest` was just pulled or run.
+    /// Best effort: a failure only makes the image look older to GC.
+    pub(crate) fn touch_used(&self, manifest_digest: &str) {
+        let Ok(hex) = checked_hex(manifest_digest) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let path = self.root.join("used").join(hex);
+        if let Err(e) = self.write_atomic(&path, now.to_string().as_bytes()) {
+            tracing::debug!(error = %e, "cannot record image use");
+        }
+    }
+
+    /// When the image was last pulled or run (Unix ms), else when its
+    /// reference was written; 0 if neither is known.
+    pub(crate) fn last_used(&self, manifest_digest: &str) -> i64 {
+        let Ok(hex) = checked_hex(manifest_digest) else {
+            return 0;
+        };
+        if let Some(ms) = fs::read_to_string(self.root.join("used").join(hex))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+        {
+            return ms;
+        }
+        self.refs()
+            .unwrap_or_default()
+            .iter()
+            .filter(|(_, t)| t == manifest_digest)
+            .filter_map(|(r, _)| {
+                let modified = fs::metadata(self.ref_path(r).ok()?).ok()?.modified().ok()?;
+                Some(
+                    modified
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?
+                        .as_millis() as i64,
+                )
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Manifest digests some container's lease holds.
+    fn leased(&self) -> Result<(HashSet<String>, Vec<HashSet<String>>), RuntimeError> {
+        let mut manifests = HashSet::new();
+        let mut legacy = Vec::new();
+        for entry in read_dir(&self.root.join("leases"))? {
+            if let Ok(bytes) = fs::read(&entry)
+                && let Ok(lease) = serde_json::from_slice::<Lease>(&bytes)
+            {
+                match lease.manifest {
+                    Some(m) => {
+                        manifests.insert(m);
+                    }
+                    None => legacy.push(lease.layers.into_iter().collect()),
+                }
+            }
+        }
+        Ok((manifests, legacy))
     }
 
     // ---- paths and small files -------------------------------------------------
@@ -459,6 +609,9 @@ fn ref_name(reference: &str) -> &str {
         None => reference,
     }
 }
+
+/// How long a partial layer download is kept for a later pull to resume.
+const STALE_DOWNLOAD: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)

@@ -47,8 +47,8 @@ use tokio::sync::watch;
 
 pub use self::helper::{HELPER_SUBCOMMAND, helper_main};
 use self::watcher::{ExitWatcher, pidfd_open};
-use super::images::ImageStore;
 use super::images::layer::sha256_digest;
+use super::images::{ImageAction, ImageInfo, ImageSettings, ImageStore, PullPolicy, RegistryAuth};
 use super::spec::{self, EtcFiles, SpecInputs};
 use super::{ContainerConfig, ContainerInfo, ContainerState, Runtime, RuntimeError};
 
@@ -68,6 +68,8 @@ pub struct LibcontainerRuntime {
     // Declared first so it drops (and joins its thread) first.
     watcher: ExitWatcher,
     inner: Arc<Inner>,
+    /// How images are pulled and collected on this node.
+    image_settings: ImageSettings,
 }
 
 struct Inner {
@@ -172,9 +174,21 @@ impl LibcontainerRuntime {
             }
         };
         let watcher = ExitWatcher::start(on_exit).map_err(io_err("starting the exit watcher"))?;
-        let runtime = LibcontainerRuntime { watcher, inner };
+        let runtime = LibcontainerRuntime {
+            watcher,
+            inner,
+            image_settings: ImageSettings::default(),
+        };
         runtime.watch_existing()?;
         Ok(runtime)
+    }
+
+    /// Sets how this node pulls (platform, plain-HTTP registries, timeouts)
+    /// and collects images; the defaults are the host's platform, only
+    /// loopback registries over HTTP, and the kubelet's 85 % / 80 %.
+    pub fn with_image_settings(mut self, settings: ImageSettings) -> Self {
+        self.image_settings = settings;
+        self
     }
 
     /// The cgroup path (`/<prefix>/<id>`) a container gets, relative to each
@@ -548,8 +562,28 @@ impl Inner {
 }
 
 impl Runtime for LibcontainerRuntime {
-    fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
-        self.inner.images.resolve(image).map(|_| ())
+    fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        auth: &[RegistryAuth],
+    ) -> Result<ImageInfo, RuntimeError> {
+        let store = &self.inner.images;
+        let found = store.resolve(image);
+        match (policy.decide(found.is_ok()), found) {
+            (_, Err(e @ RuntimeError::InvalidImageReference { .. })) => Err(e),
+            // Absent, damaged (a layer gone) or to be refreshed: pull.
+            (ImageAction::Pull, _) => {
+                super::images::pull::pull_blocking(store, image, auth, &self.image_settings.pull)
+            }
+            (_, Ok(r)) => Ok(store.info(&r)),
+            // Never: the store's error says what is missing.
+            (_, Err(e)) => Err(e),
+        }
+    }
+
+    fn collect_images(&self) -> Result<Vec<String>, RuntimeError> {
+        self.inner.images.collect_for_disk(&self.image_settings.gc)
     }
 
     fn run_container(&self, config: &ContainerConfig) -> Result<ContainerInfo, RuntimeError> {
