@@ -770,7 +770,7 @@ spec:
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(2));
         let c = &spec.template.spec.as_ref().unwrap().containers[0];
-        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let Object::Service(s) = &parsed[1].object else {
             panic!()
         };

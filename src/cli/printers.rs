@@ -1656,7 +1656,7 @@ bye     0/2     Terminating         0             5m
         assert_eq!(
             out,
             "\
-NAME   READY   UP-TO-DATE   AVAILABLE   AGE    CONTAINERS   IMAGES                      SELECTOR
+NAME   READY   UP-TO-DATE   AVAILABLE   AGE    CONTAINERS   IMAGES                  SELECTOR
 demo   1/2     2            1           3h4m   demo         bramble.local/demo:v1   app=demo
 "
         );
