@@ -3,6 +3,7 @@
 //!
 //! Must not touch: the store or MQTT; this is paths and small files.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,76 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     fs::rename(&tmp, path).map_err(io)
 }
 
+/// A worker's settings file: `/etc/bramble/worker.toml` on an installed
+/// node (`bramble install worker`), or the file a flashed Pi's first boot
+/// finds (`images/`). `bramble worker --config FILE` reads it; flags given on
+/// the command line win over it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// `mqtt://[user:pass@]host[:port]` of the cluster's broker.
+    pub broker: String,
+    /// `BRAMBLE1.<master-key-fingerprint>.<secret>`: needed to join the first
+    /// time; once the node is registered it is not used again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// The node's name (default: the hostname, lower-cased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Labels the node registers with (`kubernetes.io/arch` and friends are
+    /// added by the node itself).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Default `/var/lib/bramble`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// The address the node reports (default: the default route's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Registries (`HOST[:PORT]`) pulled from over plain HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registries: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_prefix: Option<String>,
+}
+
+/// A master's settings file: `/etc/bramble/master.toml` (`bramble install
+/// master`). `bramble master --config FILE` reads it; flags win over it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterFile {
+    /// Where the embedded broker listens (default `0.0.0.0:1883`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// An external broker instead of the embedded one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// Default `/var/lib/bramble`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<String>,
+    /// Also run a worker on the master's own machine.
+    #[serde(default)]
+    pub with_worker: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_prefix: Option<String>,
+}
+
+/// Reads a TOML settings file, naming the file (and the line) on error.
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// Where one node's files live. The data directory persists (SD card); the run
 /// directory is on tmpfs and goes away at reboot, which is where runtime state
 /// that is meaningless after a reboot belongs.
@@ -205,6 +276,28 @@ mod tests {
         fs::write(&path, "broker = 3").unwrap();
         let err = ClientConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("config.toml"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn settings_files_parse_and_name_unknown_fields() {
+        let dir = std::env::temp_dir().join(format!("bramble-cfgfiles-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("worker.toml");
+        fs::write(
+            &path,
+            "broker = \"mqtt://192.168.1.10:1883\"\njoin_token = \"BRAMBLE1.x.y\"\n[labels]\nroom = \"attic\"\n",
+        )
+        .unwrap();
+        let w: WorkerFile = load_toml(&path).unwrap();
+        assert_eq!(w.broker, "mqtt://192.168.1.10:1883");
+        assert_eq!(w.labels["room"], "attic");
+        fs::write(&path, "broker = \"x\"\nbrokr = \"y\"\n").unwrap();
+        let err = load_toml::<WorkerFile>(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("worker.toml") && err.contains("brokr"),
+            "{err}"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
