@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod publish;
 pub mod scheduler;
 pub mod status;
+pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -59,13 +60,20 @@ pub struct MasterConfig {
     pub clock_window: Duration,
 }
 
-/// Creates what a fresh cluster needs (the `default` namespace).
+/// Namespaces every cluster has: `default` for users, `kube-system` for what
+/// the cluster keeps for itself (tokens).
+pub const SYSTEM_NAMESPACES: [&str; 2] = [crate::api::DEFAULT_NAMESPACE, tokens::NAMESPACE];
+
+/// Creates what a fresh cluster needs (its namespaces).
 pub fn bootstrap(store: &Store) -> Result<(), StoreError> {
-    let key = ObjectKey::new(Kind::Namespace, "", crate::api::DEFAULT_NAMESPACE);
-    if store.get(&key).is_none() {
+    for name in SYSTEM_NAMESPACES {
+        let key = ObjectKey::new(Kind::Namespace, "", name);
+        if store.get(&key).is_some() {
+            continue;
+        }
         let mut ns = Object::Namespace(Namespace {
             metadata: ObjectMeta {
-                name: Some(crate::api::DEFAULT_NAMESPACE.into()),
+                name: Some(name.into()),
                 ..Default::default()
             },
             ..Default::default()
