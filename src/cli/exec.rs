@@ -97,7 +97,13 @@ pub fn window_size(fd: BorrowedFd<'_>) -> Option<TermSize> {
     };
     // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which
     // points to a live local for the duration of the call.
-    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TIOCGWINSZ, &mut ws) };
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::TIOCGWINSZ,
+            &mut ws,
+        )
+    };
     (r == 0 && ws.ws_col > 0).then_some(TermSize {
         cols: ws.ws_col,
         rows: ws.ws_row,
@@ -199,7 +205,9 @@ async fn exec(
             Err(e) => {
                 conn.close().await;
                 conn.finish().await;
-                return Err(CliError::Stream(format!("cannot set the terminal raw: {e}")));
+                return Err(CliError::Stream(format!(
+                    "cannot set the terminal raw: {e}"
+                )));
             }
         }
     } else {

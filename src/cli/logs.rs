@@ -70,7 +70,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(3600),
             _ => return Err(bad()),
         };
-        total += per.checked_mul(u32::try_from(n).map_err(|_| bad())?).ok_or_else(bad)?;
+        total += per
+            .checked_mul(u32::try_from(n).map_err(|_| bad())?)
+            .ok_or_else(bad)?;
         rest = &rest[unit_len..];
     }
     Ok(total)

@@ -564,4 +564,3 @@ mod tests {
         assert_eq!(rt.list_containers().unwrap().len(), 5000);
     }
 }
-

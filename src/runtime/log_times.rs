@@ -109,8 +109,7 @@ fn decide(t: &mut Tracked, size: u64, now: i64) -> Option<(u64, i64)> {
         t.growing = false;
     }
     let grew = size > t.seen;
-    let record = size > t.recorded
-        && (!grew || !t.growing || now - t.recorded_at >= COALESCE_MS);
+    let record = size > t.recorded && (!grew || !t.growing || now - t.recorded_at >= COALESCE_MS);
     t.growing = grew;
     t.seen = size;
     if record {
@@ -175,7 +174,12 @@ impl LogClock {
     }
 
     /// Rotates `log` past `max_bytes` (copy-truncate), its times with it.
-    pub fn rotate_if_needed(&mut self, log: &Path, max_bytes: u64, now_ms: i64) -> io::Result<bool> {
+    pub fn rotate_if_needed(
+        &mut self,
+        log: &Path,
+        max_bytes: u64,
+        now_ms: i64,
+    ) -> io::Result<bool> {
         // Stamp what is there before it moves; the (rare) bytes written
         // between this look and the copy are stamped with the copy's time.
         let mut t = self.files.remove(log).unwrap_or(Tracked {

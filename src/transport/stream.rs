@@ -476,7 +476,12 @@ mod tests {
         }
         assert!(!out.can_send(), "window full");
         // Control frames do not count against the window.
-        out.push(FrameBody::Eof { channel: Channel::Stdout }, t0);
+        out.push(
+            FrameBody::Eof {
+                channel: Channel::Stdout,
+            },
+            t0,
+        );
         assert!(!out.can_send());
         out.on_ack(2, t0);
         assert!(out.can_send());
@@ -588,13 +593,16 @@ mod tests {
         }
     }
 
+    /// What a test consumer got: the bytes, the `End`, its largest backlog.
+    type Consumed = (Vec<u8>, Option<FrameBody>, usize);
+
     /// A consumer that takes `delay` per frame and collects the bytes.
     fn consumer(
         delay: Duration,
     ) -> (
         mpsc::UnboundedSender<(u64, FrameBody)>,
         mpsc::UnboundedReceiver<u64>,
-        tokio::task::JoinHandle<(Vec<u8>, Option<FrameBody>, usize)>,
+        tokio::task::JoinHandle<Consumed>,
     ) {
         let (sink, mut rx) = mpsc::unbounded_channel::<(u64, FrameBody)>();
         let (done, consumed) = mpsc::unbounded_channel();
@@ -655,7 +663,10 @@ mod tests {
                 consumed: cconsumed,
             })
             .await;
-        assert!(matches!(client_outcome, Outcome::Ended), "{client_outcome:?}");
+        assert!(
+            matches!(client_outcome, Outcome::Ended),
+            "{client_outcome:?}"
+        );
         let (bytes, end, backlog) = ctask.await.unwrap();
         assert_eq!(
             end,
@@ -720,7 +731,13 @@ mod tests {
             last = Some(m);
         }
         assert!(
-            matches!(last, Some(StreamMsg::Frame(Frame { body: FrameBody::End { error: Some(_), .. }, .. }))),
+            matches!(
+                last,
+                Some(StreamMsg::Frame(Frame {
+                    body: FrameBody::End { error: Some(_), .. },
+                    ..
+                }))
+            ),
             "{last:?}"
         );
     }

@@ -31,7 +31,7 @@ use crate::runtime::log_times::{StampedLog, format_stamp};
 use crate::runtime::logs::{FOLLOW_INTERVAL, LogFollower};
 use crate::runtime::{ExecHandle, ExecSpec, Runtime, RuntimeError};
 use crate::transport::messages::{Channel, FrameBody, Since, StreamKind, StreamMsg};
-use crate::transport::stream::{CHUNK, Engine, Ends, LEASE, MqttLink, Outcome, Role};
+use crate::transport::stream::{CHUNK, Ends, Engine, LEASE, MqttLink, Outcome, Role};
 
 /// What an opened stream serves, as the agent resolved it.
 pub enum Target {
@@ -164,10 +164,7 @@ pub fn target(
             if !rec.network_ready {
                 return Target::Refused(format!("pod \"{pod}\" has no network yet"));
             }
-            Target::PortForward {
-                netns,
-                port: *port,
-            }
+            Target::PortForward { netns, port: *port }
         }
     }
 }
@@ -228,7 +225,10 @@ pub async fn serve(mut control: mpsc::Receiver<StreamMsg>, link: MqttLink, targe
     // Whatever the target still does is of no use now: let it clean up
     // (hang up the process, close the connection), within reason.
     let _ = cancel_tx.send(true);
-    if tokio::time::timeout(HANGUP_GRACE * 3, &mut work).await.is_err() {
+    if tokio::time::timeout(HANGUP_GRACE * 3, &mut work)
+        .await
+        .is_err()
+    {
         work.abort();
     }
 }
@@ -411,7 +411,8 @@ impl AsyncPipe {
     async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             let mut guard = self.0.writable().await?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from)) {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => buf = &buf[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,

@@ -10,7 +10,10 @@ use super::{Ctx, Effect};
 pub fn handle(ctx: &Ctx, req: PortForwardRequest) -> Result<(Response, Effect), ApiError> {
     check_stream_id(&req.stream_id)?;
     if req.port == 0 {
-        return Err(ApiError::new(ErrorCode::BadRequest, "port 0 cannot be forwarded"));
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "port 0 cannot be forwarded",
+        ));
     }
     let at = locate(ctx, &req.namespace, &req.pod)?;
     let phase = at

@@ -119,12 +119,11 @@ impl Executor for SizedTerminal {
 /// Entry point of `bramble __container-exec <request JSON>`. Prints one
 /// reply line.
 pub fn exec_helper_main(args: &[String]) -> ExitCode {
+    // Only errors: the agent shows its log's tail when the helper fails.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("error"))
         .try_init();
     let reply = match args {
         [json] => match serde_json::from_str::<ExecRequest>(json) {
@@ -169,9 +168,27 @@ fn exec_in(request: &ExecRequest) -> Result<i32, String> {
         serde_json::to_vec(&process).map_err(|e| format!("encoding the process: {e}"))?,
     )
     .map_err(|e| format!("writing {}: {e}", process_file.display()))?;
+    // libcontainer leaves a notify socket (and a console link) per exec in
+    // the container's state directory; the agent runs one exec helper at a
+    // time, so whatever is new afterwards is ours to remove.
+    let state = request.state_dir.join(&request.id);
+    let before = tenant_entries(&state);
     let result = build(request, &process_file);
+    for name in tenant_entries(&state).difference(&before) {
+        let _ = fs::remove_file(state.join(name));
+    }
     let _ = fs::remove_file(&process_file);
     result
+}
+
+fn tenant_entries(dir: &Path) -> std::collections::BTreeSet<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("tenant-"))
+        .collect()
 }
 
 fn build(request: &ExecRequest, process_file: &Path) -> Result<i32, String> {
@@ -210,6 +227,7 @@ fn build(request: &ExecRequest, process_file: &Path) -> Result<i32, String> {
 }
 
 /// The agent's side: starts the helper, returns the process and its stdio.
+/// Callers hold the runtime's exec lock: one exec helper at a time.
 pub(crate) fn exec(
     helper_exe: &Path,
     state_dir: &Path,
@@ -225,7 +243,8 @@ pub(crate) fn exec(
     if spec.command.is_empty() {
         return Err(fail("no command given".into()));
     }
-    fs::create_dir_all(scratch).map_err(|e| fail(format!("creating {}: {e}", scratch.display())))?;
+    fs::create_dir_all(scratch)
+        .map_err(|e| fail(format!("creating {}: {e}", scratch.display())))?;
     let tag = format!("{:016x}", rand::random::<u64>());
     let stderr_log = scratch.join(format!("{tag}.log"));
     let mut request = ExecRequest {
@@ -290,8 +309,8 @@ fn exec_with_terminal(
     stderr_log: &Path,
 ) -> Result<ExecHandle, String> {
     let _ = fs::remove_file(socket);
-    let listener =
-        UnixListener::bind(socket).map_err(|e| format!("console socket {}: {e}", socket.display()))?;
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| format!("console socket {}: {e}", socket.display()))?;
     let pid = run_helper(helper_exe, request, None, stderr_log)?;
     // From here the process runs: whatever fails must not leave it behind.
     let process = TenantProcess::new(pid)?;
@@ -341,7 +360,10 @@ fn receive_terminal(listener: &UnixListener) -> Result<OwnedFd, String> {
     )
     .map_err(|e| format!("receiving the terminal: {e}"))?;
     let mut received = Vec::new();
-    for cmsg in msg.cmsgs().map_err(|e| format!("receiving the terminal: {e}"))? {
+    for cmsg in msg
+        .cmsgs()
+        .map_err(|e| format!("receiving the terminal: {e}"))?
+    {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             received.extend(fds);
         }
@@ -366,8 +388,8 @@ fn run_helper(
     stderr_log: &Path,
 ) -> Result<i32, String> {
     let json = serde_json::to_string(request).expect("request serializes");
-    let stderr =
-        fs::File::create(stderr_log).map_err(|e| format!("creating {}: {e}", stderr_log.display()))?;
+    let stderr = fs::File::create(stderr_log)
+        .map_err(|e| format!("creating {}: {e}", stderr_log.display()))?;
     let mut command = Command::new(helper_exe);
     command
         .arg(EXEC_HELPER_SUBCOMMAND)
@@ -422,7 +444,8 @@ fn run_helper(
         .find_map(|l| serde_json::from_str::<CreateReply>(l).ok())
     {
         Some(CreateReply::Started { pid }) => Ok(pid),
-        Some(CreateReply::Failed { error }) => Err(format!("{error}{}", tail())),
+        // libcontainer's error says it all (its log repeats it).
+        Some(CreateReply::Failed { error }) => Err(error),
         None => Err(format!(
             "helper exited ({status}) without a reply{}",
             tail()
@@ -451,7 +474,11 @@ impl TenantProcess {
         })
     }
 
-    fn reap(&self, slot: &mut Option<i32>, flags: WaitPidFlag) -> Result<Option<i32>, RuntimeError> {
+    fn reap(
+        &self,
+        slot: &mut Option<i32>,
+        flags: WaitPidFlag,
+    ) -> Result<Option<i32>, RuntimeError> {
         if let Some(code) = *slot {
             return Ok(Some(code));
         }

@@ -48,8 +48,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use self::exec::{EXEC_HELPER_SUBCOMMAND, exec_helper_main};
 pub(crate) use self::exec::set_window_size;
+pub use self::exec::{EXEC_HELPER_SUBCOMMAND, exec_helper_main};
 pub use self::helper::{HELPER_SUBCOMMAND, helper_main};
 use self::watcher::{ExitWatcher, pidfd_open};
 use super::images::ImageStore;
@@ -94,6 +94,8 @@ struct Inner {
     /// Creates hold it shared (their helper may be creating the cgroup
     /// parents); removing the empty parents takes it exclusively.
     cgroup_parents: RwLock<()>,
+    /// One exec helper at a time (each tidies what libcontainer leaves).
+    exec_lock: Mutex<()>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -166,6 +168,7 @@ impl LibcontainerRuntime {
             events: watch::Sender::new(0),
             reap: Mutex::new(()),
             cgroup_parents: RwLock::new(()),
+            exec_lock: Mutex::new(()),
         });
         let on_exit = {
             let inner = Arc::clone(&inner);
@@ -616,6 +619,7 @@ impl Runtime for LibcontainerRuntime {
         }
         // Console sockets and helper logs; a dot keeps it out of `ids()`.
         let scratch = inner.state_dir.join(".exec");
+        let _one_at_a_time = inner.exec_lock.lock().expect("exec lock");
         exec::exec(&inner.helper_exe, &inner.state_dir, &scratch, id, spec)
     }
 
@@ -722,6 +726,7 @@ mod tests {
             events: watch::Sender::new(0),
             reap: Mutex::new(()),
             cgroup_parents: RwLock::new(()),
+            exec_lock: Mutex::new(()),
         }
     }
 
