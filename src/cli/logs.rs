@@ -1,20 +1,22 @@
-//! `bramble logs POD [-c CONTAINER] [-f] [--tail N]` (also `deploy/NAME`):
-//! the master introduces the client to the pod's node, whose signed chunks
-//! arrive on the stream topic; the client acks them, which both paces the node
-//! and keeps a follow stream alive.
+//! `bramble logs POD [-c CONTAINER] [-f] [-p] [--tail N] [--since D |
+//! --since-time T] [--timestamps]` (also `deploy/NAME`): the master
+//! introduces the client to the pod's node, whose signed frames arrive on the
+//! stream; the client acknowledges what it has printed, which both paces the
+//! node and keeps a follow stream alive.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::api::{Kind, Object};
-use crate::transport::envelope;
-use crate::transport::messages::{LogsRequest, Request, Response, StreamMsg};
-use crate::transport::{MqttEvent, PublicKey};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::transport::messages::{FrameBody, LogsRequest, Request, Since};
+use crate::transport::stream::Ends;
 
 use super::CliError;
 use super::client::Client;
+use super::stream::{Mux, outcome_error, resolve_pod};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -24,47 +26,76 @@ pub struct Args {
     pub container: Option<String>,
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// The previous (terminated) instance of the container.
+    #[arg(short = 'p', long)]
+    pub previous: bool,
     /// Lines from the end to show (all when negative).
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub tail: i64,
+    /// Only lines newer than this: `30s`, `10m`, `2h`, `1h30m`.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines written at or after this time (RFC 3339).
+    #[arg(long = "since-time")]
+    pub since_time: Option<String>,
+    /// Prefix each line with when it was written.
+    #[arg(long)]
+    pub timestamps: bool,
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
 }
 
-const KEEPALIVE: Duration = Duration::from_secs(10);
-const SILENCE: Duration = Duration::from_secs(20);
+/// Parses kubectl's durations: `90s`, `10m`, `2h`, `1h30m`, `500ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?} (expected e.g. 30s, 10m, 2h, 1h30m)");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let per = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        total += per
+            .checked_mul(u32::try_from(n).map_err(|_| bad())?)
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
 
-/// The pod a `logs` argument names: a pod, or the first pod of a workload.
-async fn resolve(client: &mut Client, what: &str, ns: &str) -> Result<String, CliError> {
-    let Some((kind, name)) = what.split_once('/') else {
-        return Ok(what.to_string());
-    };
-    let kind = super::targets::kind(kind)?;
-    if kind == Kind::Pod {
-        return Ok(name.to_string());
+fn since(args: &Args) -> Result<Option<Since>, CliError> {
+    match (&args.since, &args.since_time) {
+        (Some(_), Some(_)) => Err(CliError::Usage(
+            "at most one of `sinceTime` or `sinceSeconds` may be specified".into(),
+        )),
+        (Some(d), None) => {
+            let d = parse_duration(d).map_err(CliError::Usage)?;
+            // kubectl rounds up to whole seconds.
+            Ok(Some(Since::Seconds(d.as_millis().div_ceil(1000) as u64)))
+        }
+        (None, Some(t)) => {
+            let at: jiff::Timestamp = t.parse().map_err(|e| {
+                CliError::Usage(format!("--since-time {t:?} is not an RFC 3339 time: {e}"))
+            })?;
+            Ok(Some(Since::UnixMs(at.as_millisecond())))
+        }
+        (None, None) => Ok(None),
     }
-    let objs = super::get::fetch(client, &[(kind, Some(name.to_string()))], Some(ns), None).await?;
-    let selector = match objs.first() {
-        Some(Object::Deployment(d)) => d.spec.as_ref().map(|s| s.selector.clone()),
-        Some(Object::ReplicaSet(r)) => r.spec.as_ref().map(|s| s.selector.clone()),
-        _ => None,
-    }
-    .and_then(|s| s.match_labels)
-    .ok_or_else(|| {
-        CliError::Usage(format!(
-            "cannot get logs of {what}: not a pod, deployment or replicaset"
-        ))
-    })?;
-    let sel = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = super::get::fetch(client, &[(Kind::Pod, None)], Some(ns), Some(&sel)).await?;
-    pods.iter()
-        .map(|p| p.name().to_string())
-        .min()
-        .ok_or_else(|| CliError::Usage(format!("{what} has no pods")))
 }
 
 pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
@@ -72,90 +103,100 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
         .namespace
         .clone()
         .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
+    let since = since(&args)?;
     let cfg = super::load_config(config)?;
     let mut client = Client::connect(&cfg).await?;
-    let result = stream(&mut client, &args, &ns).await;
-    client.close().await;
+    let pod = match resolve_pod(&mut client, &args.pod, &ns).await {
+        Ok(p) => p,
+        Err(e) => {
+            client.close().await;
+            return Err(e);
+        }
+    };
+    let mux = Mux::new(client);
+    let result = stream(&mux, &args, &ns, pod, since).await;
+    mux.close().await;
     result
 }
 
-async fn stream(client: &mut Client, args: &Args, ns: &str) -> Result<ExitCode, CliError> {
-    let pod = resolve(client, &args.pod, ns).await?;
-    let id = format!("{:016x}", rand::random::<u64>());
-    let out_filter = client.topics.stream_out_any_node(&id);
-    client.subscribe(&out_filter).await?;
-    let req = LogsRequest {
-        namespace: ns.to_string(),
-        pod,
-        container: args.container.clone(),
-        follow: args.follow,
-        tail: u64::try_from(args.tail).ok(),
-        stream_id: id.clone(),
-    };
-    let (node, node_key) = match client.call(Request::Logs(req)).await? {
-        Response::LogStream { node, node_key } => (node, node_key),
-        other => return Err(CliError::Unexpected(Box::new(other))),
-    };
-    let key: PublicKey = node_key.parse()?;
-    let node_sender = envelope::node_id(&node);
-    client.verifier.trust(node_sender.clone(), key);
-    let out_topic = client.topics.stream_out(&node, &id);
-    let in_topic = client.topics.stream_in(&node, &id);
-    let mut last_seq = 0u64;
-    let mut stdout = std::io::stdout();
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.tick().await;
-    let mut silence = tokio::time::Instant::now() + SILENCE;
-    loop {
-        tokio::select! {
-            ev = client.events.recv() => {
-                let Some(MqttEvent::Message { topic, payload }) = ev else {
-                    if ev.is_none() { return Err(CliError::Timeout("connection to the broker closed".into())); }
-                    continue;
-                };
-                if topic != out_topic {
-                    continue;
+async fn stream(
+    mux: &Mux,
+    args: &Args,
+    ns: &str,
+    pod: String,
+    since: Option<Since>,
+) -> Result<ExitCode, CliError> {
+    let mut conn = mux
+        .open(|stream_id| {
+            Request::Logs(LogsRequest {
+                namespace: ns.to_string(),
+                pod,
+                container: args.container.clone(),
+                follow: args.follow,
+                tail: u64::try_from(args.tail).ok(),
+                stream_id,
+                previous: args.previous,
+                since,
+                timestamps: args.timestamps,
+            })
+        })
+        .await?;
+    let engine = conn.engine.take().expect("a fresh stream has its engine");
+    // Nothing to send: the source stays open and empty.
+    let (_source_tx, source) = mpsc::channel(1);
+    let (sink, mut inbox) = mpsc::unbounded_channel();
+    let (consumed, consumed_rx) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        let mut error = None;
+        while let Some((seq, body)) = inbox.recv().await {
+            match body {
+                FrameBody::Data { bytes, .. } => {
+                    let _ = stdout.write_all(&bytes).await;
+                    let _ = stdout.flush().await;
                 }
-                let msg = match client.verifier.open::<StreamMsg>(&topic, &payload) {
-                    Ok(o) if o.from == node_sender => o.body,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dropped a log chunk");
-                        continue;
-                    }
-                };
-                silence = tokio::time::Instant::now() + SILENCE;
-                match msg {
-                    StreamMsg::Data { seq, bytes } => {
-                        if seq <= last_seq {
-                            continue;
-                        }
-                        last_seq = seq;
-                        let _ = stdout.write_all(&bytes);
-                        let _ = stdout.flush();
-                        let ack = client.sealer.seal(&in_topic, &node_sender, &StreamMsg::Ack { seq });
-                        client.mqtt.publish(&in_topic, ack, false).await?;
-                    }
-                    StreamMsg::End { error: None } => return Ok(ExitCode::SUCCESS),
-                    StreamMsg::End { error: Some(e) } => {
-                        return Err(CliError::Timeout(format!("log stream from {node} ended: {e}")));
-                    }
-                    _ => {}
-                }
+                FrameBody::End { error: e, .. } => error = e,
+                _ => {}
             }
-            // A follow stream stays alive only while we say we are here.
-            _ = keepalive.tick() => {
-                let ack = client.sealer.seal(&in_topic, &node_sender, &StreamMsg::Ack { seq: last_seq });
-                client.mqtt.publish(&in_topic, ack, false).await?;
-            }
-            _ = tokio::time::sleep_until(silence), if !args.follow => {
-                return Err(CliError::Timeout(format!("node {node} stopped sending the log")));
-            }
-            _ = tokio::signal::ctrl_c() => {
-                let close = client.sealer.seal(&in_topic, &node_sender, &StreamMsg::Close);
-                let _ = client.mqtt.publish(&in_topic, close, false).await;
-                return Ok(ExitCode::SUCCESS);
-            }
+            let _ = consumed.send(seq);
+        }
+        error
+    });
+    let run = engine.run(Ends {
+        source,
+        sink,
+        consumed: consumed_rx,
+    });
+    let outcome = tokio::select! {
+        o = run => o,
+        // kubectl logs -f ends quietly on ^C.
+        _ = tokio::signal::ctrl_c() => {
+            conn.close().await;
+            conn.finish().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let node = conn.node.clone();
+    conn.finish().await;
+    let error = printer.await.ok().flatten();
+    match (outcome_error(&node, &outcome), error) {
+        (_, Some(e)) | (Some(e), None) => Err(CliError::Stream(e)),
+        (None, None) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "5", "m", "5x", "-5s", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

@@ -13,11 +13,14 @@ pub mod client;
 pub mod cluster_info;
 pub mod delete;
 pub mod describe;
+pub mod exec;
 pub mod get;
 pub mod image;
 pub mod logs;
+pub mod port_forward;
 pub mod printers;
 pub mod scale;
+pub mod stream;
 pub mod targets;
 
 use std::path::PathBuf;
@@ -56,6 +59,9 @@ pub enum CliError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Up(Box<crate::up::UpError>),
+    /// A stream (logs, exec, port-forward) ended badly.
+    #[error("{0}")]
+    Stream(String),
 }
 
 impl From<crate::up::UpError> for CliError {
@@ -94,6 +100,10 @@ pub enum Cmd {
     Delete(delete::Args),
     /// Print a container's log.
     Logs(logs::Args),
+    /// Run a command in a container.
+    Exec(exec::Args),
+    /// Forward local ports to a pod.
+    PortForward(port_forward::Args),
     /// Set the number of replicas of a Deployment or ReplicaSet.
     Scale(scale::Args),
     /// Show where the cluster is.
@@ -113,6 +123,9 @@ pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(CONTAINER_HELPER) {
         return crate::runtime::helper_main(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some(crate::runtime::EXEC_HELPER_SUBCOMMAND) {
+        return crate::runtime::exec_helper_main(&args[2..]);
     }
     let cli = Cli::parse();
     // The broker logs every connection and libcgroups every controller it
@@ -173,6 +186,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Describe(a) => describe::run(a, config).await,
         Cmd::Delete(a) => delete::run(a, config).await,
         Cmd::Logs(a) => logs::run(a, config).await,
+        Cmd::Exec(a) => exec::run(a, config).await,
+        Cmd::PortForward(a) => port_forward::run(a, config).await,
         Cmd::Scale(a) => scale::run(a, config).await,
         Cmd::ClusterInfo(a) => cluster_info::run(a, config).await,
         Cmd::Image(c) => image::run(c, config).await,

@@ -25,8 +25,8 @@ pub const DEMO_PORT: u16 = 8080;
 const APPLETS: &[&str] = &[
     "[", "awk", "cat", "cp", "cut", "date", "echo", "env", "false", "grep", "head", "hostname",
     "httpd", "id", "ip", "kill", "ln", "ls", "mkdir", "mv", "nc", "nslookup", "ping", "printf",
-    "ps", "pwd", "rm", "sed", "sh", "sleep", "sort", "tail", "tee", "test", "top", "touch", "tr",
-    "true", "uname", "wc", "wget",
+    "ps", "pwd", "rm", "sed", "sh", "sleep", "sort", "stty", "tail", "tee", "test", "top", "touch",
+    "tr", "true", "tty", "uname", "wc", "wget",
 ];
 
 /// Writes the page and serves it; `hostname` is the pod name, the IP is the

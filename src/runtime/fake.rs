@@ -16,7 +16,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::images::{ImageAction, ImageInfo, PullPolicy, PullStats, RegistryAuth, normalize};
-use super::{ContainerConfig, ContainerInfo, ContainerState, Runtime, RuntimeError};
+use super::{
+    ContainerConfig, ContainerInfo, ContainerState, ExecHandle, ExecProcess, ExecSpec, Runtime,
+    RuntimeError,
+};
 
 /// How many times each method was called.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -325,6 +328,28 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    /// No process runs: with `stdin` the "process" echoes its stdin to its
+    /// stdout until end-of-file; without, it prints its command line. Either
+    /// way it exits 0 (128 + signal when signalled). No terminal, ever.
+    fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecHandle, RuntimeError> {
+        self.apply_due();
+        match self.lock().containers.get(id).map(|c| &c.state) {
+            None => return Err(RuntimeError::NotFound(id.to_string())),
+            Some(ContainerState::Running { .. }) => {}
+            Some(_) => {
+                return Err(RuntimeError::Operation {
+                    op: "exec in",
+                    id: id.to_string(),
+                    reason: "the container is not running".into(),
+                });
+            }
+        }
+        FakeExec::start(spec).map_err(|source| RuntimeError::Io {
+            context: format!("fake exec in {id}"),
+            source,
+        })
+    }
+
     fn list_containers(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         self.apply_due();
         let mut s = self.lock();
@@ -345,6 +370,101 @@ impl Runtime for FakeRuntime {
 
     fn events(&self) -> watch::Receiver<u64> {
         self.events.subscribe()
+    }
+}
+
+/// The fake's exec'd "process": a thread.
+struct FakeExec {
+    /// Readable (end-of-file) once the thread is done.
+    exit_read: std::os::fd::OwnedFd,
+    code: std::sync::Arc<Mutex<Option<i32>>>,
+    /// The signal it was sent, if any.
+    signalled: std::sync::Arc<std::sync::atomic::AtomicI32>,
+}
+
+impl FakeExec {
+    fn start(spec: &ExecSpec) -> std::io::Result<ExecHandle> {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+
+        let pipe = || -> std::io::Result<_> {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            Ok((r, w))
+        };
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        let (exit_read, exit_write) = pipe()?;
+        let code = std::sync::Arc::new(Mutex::new(None));
+        let signalled = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let echo = spec.stdin;
+        let line = format!("{}\n", spec.command.join(" "));
+        let (t_code, t_sig) = (code.clone(), signalled.clone());
+        std::thread::Builder::new()
+            .name("fake-exec".into())
+            .spawn(move || {
+                let mut input = std::fs::File::from(stdin_r);
+                let mut output = std::fs::File::from(stdout_w);
+                if echo {
+                    let mut buf = [0u8; 8192];
+                    while t_sig.load(Ordering::SeqCst) == 0 {
+                        let mut fds = [nix::poll::PollFd::new(
+                            std::os::fd::AsFd::as_fd(&input),
+                            nix::poll::PollFlags::POLLIN,
+                        )];
+                        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
+                            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                        match input.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if output.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    let _ = output.write_all(line.as_bytes());
+                }
+                let sig = t_sig.load(Ordering::SeqCst);
+                *t_code.lock().expect("fake exec lock") =
+                    Some(if sig == 0 { 0 } else { 128 + sig });
+                drop((output, stderr_w, exit_write));
+            })?;
+        Ok(ExecHandle {
+            stdin: echo.then_some(stdin_w),
+            stdout: stdout_r,
+            stderr: Some(stderr_r),
+            terminal: None,
+            process: Box::new(FakeExec {
+                exit_read,
+                code,
+                signalled,
+            }),
+        })
+    }
+}
+
+impl ExecProcess for FakeExec {
+    fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.exit_read)
+    }
+
+    fn try_wait(&self) -> Result<Option<i32>, RuntimeError> {
+        Ok(*self.code.lock().expect("fake exec lock"))
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
+        let _ = self.signalled.compare_exchange(
+            0,
+            signal,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(())
     }
 }
 

@@ -15,15 +15,18 @@
 //!   registry pulls, credentials and disk-pressure garbage collection.
 //! - [`demo`]: the busybox demo image, built locally.
 //! - [`logs`]: container log rotation, tail and follow.
+//! - [`log_times`]: when each stretch of a log was written (`--since`).
 //! - [`fake`]: the in-memory [`fake::FakeRuntime`].
 
 pub mod demo;
 pub mod fake;
 pub mod images;
 pub mod linux;
+pub mod log_times;
 pub mod logs;
 pub mod spec;
 
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +35,10 @@ pub use self::images::{
     Credential, ImageInfo, ImageSettings, ImageStore, ImageSummary, Platform, PullPolicy,
     RegistryAuth, ResolvedImage,
 };
-pub use self::linux::{HELPER_SUBCOMMAND, LibcontainerRuntime, RuntimeConfig, helper_main};
+pub use self::linux::{
+    EXEC_HELPER_SUBCOMMAND, HELPER_SUBCOMMAND, LibcontainerRuntime, RuntimeConfig,
+    exec_helper_main, helper_main,
+};
 
 /// What the pod sync loop asks for: one container of one pod, fully resolved
 /// (environment expanded, command and args as the manifest gave them).
@@ -252,6 +258,65 @@ pub enum RuntimeError {
     },
 }
 
+/// A process to run in a running container (`kubectl exec`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub command: Vec<String>,
+    /// Added to (and overriding) the container's environment.
+    pub env: Vec<(String, String)>,
+    /// Run it on a terminal (its controlling terminal; stdin, stdout and
+    /// stderr all on it).
+    pub tty: bool,
+    /// Keep its stdin for the caller; else it reads `/dev/null`.
+    pub stdin: bool,
+    /// The terminal's first size, `(cols, rows)`.
+    pub size: Option<(u16, u16)>,
+}
+
+/// A process started by [`Runtime::exec`] and the caller's ends of its stdio.
+/// Dropping it kills and reaps the process if nobody waited for it.
+pub struct ExecHandle {
+    /// Where its stdin is written (the terminal with `tty`); `None` without `stdin`.
+    pub stdin: Option<OwnedFd>,
+    /// Where its stdout is read (the terminal with `tty`).
+    pub stdout: OwnedFd,
+    /// Where its stderr is read; `None` with `tty`.
+    pub stderr: Option<OwnedFd>,
+    /// The terminal's master side, with `tty`.
+    pub terminal: Option<OwnedFd>,
+    pub process: Box<dyn ExecProcess>,
+}
+
+impl ExecHandle {
+    /// Sets the terminal's size (no-op without one); its foreground process
+    /// group gets SIGWINCH.
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<(), RuntimeError> {
+        match &self.terminal {
+            Some(t) => set_terminal_size(std::os::fd::AsFd::as_fd(t), cols, rows),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sets the size of the terminal `fd` is a side of (`TIOCSWINSZ`).
+pub fn set_terminal_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> Result<(), RuntimeError> {
+    linux::set_window_size(fd, cols, rows).map_err(|source| RuntimeError::Io {
+        context: "setting the terminal size".into(),
+        source,
+    })
+}
+
+/// The exec'd process itself.
+pub trait ExecProcess: Send + Sync {
+    /// Becomes readable once the process has exited (a pidfd), for polling.
+    fn exit_fd(&self) -> BorrowedFd<'_>;
+    /// Its exit code once it has exited (128 + signal when killed), reaping
+    /// it; `None` while it runs.
+    fn try_wait(&self) -> Result<Option<i32>, RuntimeError>;
+    /// Signals it and its process group; a no-op once it has been reaped.
+    fn signal(&self, signal: i32) -> Result<(), RuntimeError>;
+}
+
 /// The one seam between the pod sync loop and containers.
 ///
 /// Methods block (syscalls, forks, filesystem work); async callers use
@@ -289,6 +354,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes a container that is not running, and everything it held: rootfs
     /// mount and writable layer, cgroup, runtime state. Idempotent.
     fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Starts a process in the running container `id`: its namespaces, its
+    /// cgroup, its user and working directory (`kubectl exec`).
+    fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecHandle, RuntimeError>;
 
     /// Every container this runtime has state for, running or not.
     fn list_containers(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;

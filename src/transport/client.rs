@@ -226,6 +226,15 @@ impl Mqtt {
             .map_err(|e| TransportError::Mqtt(e.to_string()))
     }
 
+    /// Stops a subscription (and its renewal after reconnects).
+    pub async fn unsubscribe(&self, filter: &str) -> Result<(), TransportError> {
+        self.subs.lock().expect("subs lock").retain(|f| f != filter);
+        self.client
+            .unsubscribe(filter)
+            .await
+            .map_err(|e| TransportError::Mqtt(e.to_string()))
+    }
+
     pub async fn publish(
         &self,
         topic: &str,

@@ -30,6 +30,8 @@ pub enum Request {
     Scale(ScaleRequest),
     Logs(LogsRequest),
     ClusterInfo,
+    Exec(ExecRequest),
+    PortForward(PortForwardRequest),
 }
 
 impl Request {
@@ -42,6 +44,8 @@ impl Request {
             Request::Scale(_) => "scale",
             Request::Logs(_) => "logs",
             Request::ClusterInfo => "cluster-info",
+            Request::Exec(_) => "exec",
+            Request::PortForward(_) => "port-forward",
         }
     }
 }
@@ -89,6 +93,52 @@ pub struct LogsRequest {
     pub tail: Option<u64>,
     /// Chosen by the client, which subscribes to the stream before asking.
     pub stream_id: String,
+    /// The previous attempt's log (`--previous`).
+    #[serde(default)]
+    pub previous: bool,
+    #[serde(default)]
+    pub since: Option<Since>,
+    /// Prefix each line with when it was written (`--timestamps`).
+    #[serde(default)]
+    pub timestamps: bool,
+}
+
+/// `--since` / `--since-time`: which log lines are recent enough.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Since {
+    /// Written within this many seconds, by the node's clock.
+    Seconds(u64),
+    /// Written at or after this Unix time in milliseconds.
+    UnixMs(i64),
+}
+
+/// `exec POD [-c C] [-i] [-t] -- CMD…`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub tty: bool,
+    /// The client terminal's size when `tty` is set.
+    pub size: Option<TermSize>,
+    pub stream_id: String,
+}
+
+/// `port-forward`: one stream per forwarded connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PortForwardRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub port: u16,
+    pub stream_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// Master → client on `reply/<client-id>`.
@@ -104,10 +154,13 @@ pub enum Response {
     Objects(Vec<Object>),
     Deleted(Vec<ObjectKey>),
     Scaled(ObjectKey),
-    /// The stream is opened on `node`; its chunks are signed with `node_key`.
-    LogStream {
+    /// The stream is opened on `node`; its frames are signed with `node_key`.
+    Stream {
         node: String,
         node_key: String,
+        /// The container it is about (chosen by the master when the
+        /// request named none).
+        container: Option<String>,
     },
     ClusterInfo(ClusterInfo),
 }
@@ -260,36 +313,91 @@ pub struct PodReport {
     pub terminated: bool,
 }
 
-/// Stream control and data on `node/<n>/stream/<id>/{in,out}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Everything on `node/<n>/stream/<id>/{in,out}` (see ARCHITECTURE.md,
+/// "Streams"; the flow control is `transport::stream`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StreamMsg {
-    /// Master → worker: start serving.
+    /// Master → node: serve this stream to the client it names.
     Open(StreamOpen),
-    /// Worker → client.
-    Data {
-        seq: u64,
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
-    },
-    /// Worker → client: no more data (error set when it ended badly).
-    End { error: Option<String> },
-    /// Client → worker: everything up to `seq` arrived; also the keep-alive.
+    /// Either way: one sequenced frame. Each direction numbers its own
+    /// frames from 1.
+    Frame(Frame),
+    /// Either way: every frame up to `seq` has been consumed (written to the
+    /// process, the socket, the terminal). Also the keep-alive; the client's
+    /// first one says it is ready, and the node answers it.
     Ack { seq: u64 },
-    /// Client → worker: stop.
+    /// Client → node: stop now (Ctrl-C, a local error).
     Close,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    pub seq: u64,
+    pub body: FrameBody,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Channel {
+    /// Client → node: a process's stdin, the forwarded connection's bytes out.
+    Stdin,
+    /// Node → client: a process's stdout (or its terminal), a log, the
+    /// forwarded connection's bytes back.
+    Stdout,
+    Stderr,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FrameBody {
+    Data {
+        channel: Channel,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// No more bytes on `channel`: stdin closed, or one side of a forwarded
+    /// connection shut its writing half.
+    Eof { channel: Channel },
+    /// Client → node: the terminal's new size.
+    Resize(TermSize),
+    /// Node → client, always the last frame: the process's exit code (exec),
+    /// or why the stream ended badly.
+    End {
+        exit_code: Option<i32>,
+        error: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StreamOpen {
     pub id: String,
     pub namespace: String,
     pub pod: String,
     pub pod_uid: String,
-    pub container: String,
-    pub follow: bool,
-    pub tail: Option<u64>,
-    /// The client's public key (hex): only it may ack or close this stream.
+    pub kind: StreamKind,
+    /// The client's public key (hex): only it may ack, feed or close this stream.
     pub client_key: String,
-    /// The client's sender id, as it signs its acks.
+    /// The client's sender id, as it signs its messages.
     pub client_id: String,
+}
+
+/// What a stream carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StreamKind {
+    Logs {
+        container: String,
+        follow: bool,
+        tail: Option<u64>,
+        previous: bool,
+        since: Option<Since>,
+        timestamps: bool,
+    },
+    Exec {
+        container: String,
+        command: Vec<String>,
+        stdin: bool,
+        tty: bool,
+        size: Option<TermSize>,
+    },
+    /// A TCP connection to `port` on the pod's loopback, inside its network
+    /// namespace (as kubelet does).
+    PortForward { port: u16 },
 }

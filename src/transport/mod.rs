@@ -2,8 +2,9 @@
 //!
 //! Owns: topic names ([`topics`]), the signed CBOR envelope and replay
 //! protection ([`envelope`]), ed25519 keys on disk ([`keys`]), the message
-//! bodies every role exchanges ([`messages`]), the embedded rumqttd broker
-//! ([`broker`]) and the rumqttc client wrapper ([`client`]).
+//! bodies every role exchanges ([`messages`]), the flow control of byte
+//! streams ([`stream`]), the embedded rumqttd broker ([`broker`]) and the
+//! rumqttc client wrapper ([`client`]).
 //!
 //! Must not touch: the store, the runtime, the network. The broker is untrusted:
 //! nothing here treats a message as authentic until [`envelope::Verifier`] says
@@ -14,6 +15,7 @@ pub mod client;
 pub mod envelope;
 pub mod keys;
 pub mod messages;
+pub mod stream;
 pub mod topics;
 
 pub use client::{Mqtt, MqttEvent, MqttOptions};

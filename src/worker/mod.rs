@@ -32,12 +32,14 @@ use crate::api::routing::{Protocol, RoutePort, ServiceRoute};
 use crate::config::Layout;
 use crate::net::{NetConfig, PodNetwork};
 use crate::proxy::{Proxy, ProxyConfig};
+use crate::runtime::log_times::LogClock;
 use crate::runtime::{ContainerState, Runtime, RuntimeError};
 use crate::store::{LocalOp, LocalStore, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID};
 use crate::transport::messages::{
     Assignment, NodeFacts, NodeReport, PodEvent, PodReport, ServiceTable, StreamMsg,
 };
+use crate::transport::stream::MqttLink;
 use crate::transport::{
     KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
 };
@@ -79,6 +81,9 @@ pub struct WorkerConfig {
     /// Per-container pids limit; `None` for none.
     pub pids_limit: Option<i64>,
 }
+
+/// How often the agent looks at log sizes for their times.
+const LOG_CLOCK_INTERVAL: Duration = Duration::from_millis(250);
 
 const T_ASSIGNMENT: &str = "assignment";
 const T_SERVICES: &str = "services";
@@ -130,6 +135,7 @@ enum TaskDone {
 struct StreamHandle {
     control: mpsc::Sender<StreamMsg>,
     client_id: String,
+    task: tokio::task::JoinHandle<()>,
 }
 
 struct Agent {
@@ -159,6 +165,7 @@ struct Agent {
     streams: HashMap<String, StreamHandle>,
     /// Image pulls running in the background, and their results.
     pulls: images::ImagePulls,
+    log_clock: LogClock,
 }
 
 /// Runs the agent until `shutdown` flips. Pods keep running afterwards.
@@ -222,6 +229,7 @@ pub async fn run(
         tasks: task_tx,
         streams: HashMap::new(),
         pulls,
+        log_clock: LogClock::new(),
     };
     agent.ensure_network().await;
     agent.apply_services().await;
@@ -233,6 +241,8 @@ pub async fn run(
     let mut rotate = tokio::time::interval(Duration::from_secs(30));
     let mut image_gc = tokio::time::interval(Duration::from_secs(60));
     image_gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log_clock = tokio::time::interval(LOG_CLOCK_INTERVAL);
+    log_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dirty = true;
     tracing::info!(node = %node, "worker running");
     loop {
@@ -285,8 +295,11 @@ pub async fn run(
             _ = heartbeat.tick() => agent.report(true).await,
             // Keep log files bounded.
             _ = rotate.tick() => agent.rotate_logs(),
+            // Note when logs grew (`logs --since`).
+            _ = log_clock.tick() => agent.observe_logs(),
         }
     }
+    agent.stop_streams().await;
     if let Some(p) = &agent.proxy {
         p.shutdown().await;
     }
@@ -551,30 +564,43 @@ impl Agent {
                         .drops
                         .dropped(topic, &"stream open with a bad client key");
                 };
+                self.streams.retain(|_, h| !h.control.is_closed());
+                if self.streams.contains_key(id) {
+                    return self.drops.dropped(topic, &"second open of a stream");
+                }
                 self.verifier.trust(open.client_id.clone(), key);
-                let out = self.cfg.topics.stream_out(&self.cfg.node_name, id);
-                let path = self.log_path_current(&open.pod_uid, &open.container);
-                let (tx, rx) = mpsc::channel(16);
-                let stream = streams::LogStream {
+                let rec = self.records.get(&open.pod_uid);
+                let log_dir = rec.map(|r| self.log_dir(r));
+                let netns = self.net.as_ref().map(|n| n.netns_path(&open.pod_uid));
+                let target = streams::target(
+                    &open.kind,
+                    &open.pod,
+                    rec,
+                    log_dir.as_deref(),
+                    netns,
+                    &self.cfg.runtime,
+                    now_ms(),
+                );
+                let link = MqttLink {
                     mqtt: self.mqtt.clone(),
                     sealer: self.sealer.clone(),
-                    topic: out,
-                    to: open.client_id.clone(),
-                    path,
-                    follow: open.follow,
-                    tail: open.tail,
+                    topic: self.cfg.topics.stream_out(&self.cfg.node_name, id),
+                    peer: open.client_id.clone(),
                 };
-                self.streams.retain(|_, h| !h.control.is_closed());
+                // Room for a window of frames and the acks between them; a
+                // message that finds it full is sent again by the client.
+                let (tx, rx) = mpsc::channel(128);
+                let task = tokio::spawn(streams::serve(rx, link, target));
                 self.streams.insert(
                     id.to_string(),
                     StreamHandle {
                         control: tx,
                         client_id: open.client_id,
+                        task,
                     },
                 );
-                tokio::spawn(stream.run(rx));
             }
-            msg @ (StreamMsg::Ack { .. } | StreamMsg::Close) => {
+            msg @ (StreamMsg::Ack { .. } | StreamMsg::Frame(_) | StreamMsg::Close) => {
                 // Only the client the stream was opened for may steer it.
                 match self.streams.get(id) {
                     Some(h) if h.client_id == opened.from => {
@@ -602,31 +628,43 @@ impl Agent {
             .join(format!("{attempt}.log"))
     }
 
-    /// The log of the container's current (or last) attempt.
-    fn log_path_current(&self, uid: &str, container: &str) -> PathBuf {
-        match self.records.get(uid) {
-            Some(rec) => {
-                let attempt = rec
-                    .containers
-                    .get(container)
-                    .map_or(0, |c| c.attempt.saturating_sub(1));
-                self.log_path(rec, container, attempt)
+    /// The log of each container's current (or last) attempt.
+    fn current_logs(&self) -> Vec<PathBuf> {
+        self.records
+            .values()
+            .flat_map(|rec| {
+                rec.containers
+                    .values()
+                    .filter(|c| c.attempt > 0)
+                    .map(|c| self.log_path(rec, &c.name, c.attempt - 1))
+            })
+            .collect()
+    }
+
+    fn rotate_logs(&mut self) {
+        let now = now_ms();
+        for path in self.current_logs() {
+            if let Err(e) = self
+                .log_clock
+                .rotate_if_needed(&path, self.cfg.log_max_bytes, now)
+            {
+                tracing::debug!(path = %path.display(), error = %e, "log rotation failed");
             }
-            None => PathBuf::from("/nonexistent"),
         }
     }
 
-    fn rotate_logs(&self) {
-        for rec in self.records.values() {
-            for c in rec.containers.values().filter(|c| c.attempt > 0) {
-                let path = self.log_path(rec, &c.name, c.attempt - 1);
-                if let Err(e) =
-                    crate::runtime::logs::rotate_if_needed(&path, self.cfg.log_max_bytes)
-                {
-                    tracing::debug!(path = %path.display(), error = %e, "log rotation failed");
-                }
-            }
-        }
+    fn observe_logs(&mut self) {
+        let logs = self.current_logs();
+        self.log_clock
+            .observe(logs.iter().map(PathBuf::as_path), now_ms());
+    }
+
+    /// Ends every stream (each tells its client the agent is stopping),
+    /// giving them a moment to say so before the connection goes.
+    async fn stop_streams(&mut self) {
+        let tasks: Vec<_> = self.streams.drain().map(|(_, h)| h.task).collect();
+        let all = futures::future::join_all(tasks);
+        let _ = tokio::time::timeout(Duration::from_secs(3), all).await;
     }
 
     async fn runtime_call<T: Send + 'static>(

@@ -1,12 +1,15 @@
 //! The command handler: one file per verb, each with a `handle` function from a
 //! request to a response. Commands run against the store; the only effect
-//! beyond it (opening a log stream on a node) is returned, not performed.
+//! beyond it (opening a stream on a node: logs, exec, port-forward) is
+//! returned, not performed.
 
 pub mod apply;
 pub mod cluster_info;
 pub mod delete;
+pub mod exec;
 pub mod get;
 pub mod logs;
+pub mod port_forward;
 pub mod scale;
 
 use std::ops::RangeInclusive;
@@ -54,10 +57,18 @@ pub fn handle(ctx: &Ctx, request: Request) -> (Result<Response, ApiError>, Vec<E
         Request::Delete(r) => (delete::handle(ctx, r), vec![]),
         Request::Scale(r) => (scale::handle(ctx, r), vec![]),
         Request::ClusterInfo => (cluster_info::handle(ctx), vec![]),
-        Request::Logs(r) => match logs::handle(ctx, r) {
-            Ok((resp, effect)) => (Ok(resp), vec![effect]),
-            Err(e) => (Err(e), vec![]),
-        },
+        Request::Logs(r) => with_effect(logs::handle(ctx, r)),
+        Request::Exec(r) => with_effect(exec::handle(ctx, r)),
+        Request::PortForward(r) => with_effect(port_forward::handle(ctx, r)),
+    }
+}
+
+fn with_effect(
+    r: Result<(Response, Effect), ApiError>,
+) -> (Result<Response, ApiError>, Vec<Effect>) {
+    match r {
+        Ok((resp, effect)) => (Ok(resp), vec![effect]),
+        Err(e) => (Err(e), vec![]),
     }
 }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub const HELPER_SUBCOMMAND: &str = "__container-create";
 
 /// How long the helper may take before the agent gives up on it.
-const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CreateRequest {
@@ -72,8 +72,13 @@ pub fn helper_main(args: &[String]) -> ExitCode {
             error: format!("usage: {HELPER_SUBCOMMAND} <request JSON>"),
         },
     };
+    print_reply(&reply)
+}
+
+/// Prints the one reply line; the exit code says whether it was a success.
+pub(super) fn print_reply(reply: &CreateReply) -> ExitCode {
     let ok = matches!(reply, CreateReply::Started { .. });
-    let line = serde_json::to_string(&reply).expect("reply serializes");
+    let line = serde_json::to_string(reply).expect("reply serializes");
     let mut stdout = std::io::stdout().lock();
     let written = writeln!(stdout, "{line}").and_then(|_| stdout.flush());
     if ok && written.is_ok() {
@@ -160,7 +165,7 @@ pub(crate) fn run_helper(
 }
 
 /// Reads `r` to EOF, giving up at `deadline`.
-fn read_with_deadline(
+pub(super) fn read_with_deadline(
     r: &mut std::process::ChildStdout,
     deadline: Instant,
 ) -> Result<String, String> {
@@ -189,7 +194,7 @@ fn read_with_deadline(
 }
 
 /// The last lines the helper wrote to stderr, for error messages.
-fn stderr_tail(path: &Path) -> String {
+pub(super) fn stderr_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {

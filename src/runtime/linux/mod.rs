@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <state_dir>/<id>/                 libcontainer's state (tmpfs in production)
+//! <state_dir>/.exec/                exec console sockets and helper logs, while they run
 //! <containers_dir>/<id>/            the OCI bundle and everything else of one container:
 //!     config.json                   the runtime spec
 //!     rootfs/                       overlay mount: image layers + upper/
@@ -19,6 +20,8 @@
 //! with `waitpid` on that pid alone, and recorded in `exit.json`. A container
 //! that exits while no agent runs (or that another agent process started)
 //! cannot be reaped by us: it is reported [`ContainerState::Unknown`].
+//! Processes started in a container (`exec`) go the same way, through their
+//! own helper (see [`exec`]).
 //!
 //! Must not touch: pod networking (the network namespace is handed in),
 //! restart policy, anything outside `state_dir`, `containers_dir`, the
@@ -26,6 +29,7 @@
 
 mod cgroups;
 mod devices;
+pub mod exec;
 pub mod helper;
 mod rootfs;
 mod watcher;
@@ -45,12 +49,16 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub(crate) use self::exec::set_window_size;
+pub use self::exec::{EXEC_HELPER_SUBCOMMAND, exec_helper_main};
 pub use self::helper::{HELPER_SUBCOMMAND, helper_main};
 use self::watcher::{ExitWatcher, pidfd_open};
 use super::images::layer::sha256_digest;
 use super::images::{ImageAction, ImageInfo, ImageSettings, ImageStore, PullPolicy, RegistryAuth};
 use super::spec::{self, EtcFiles, SpecInputs};
-use super::{ContainerConfig, ContainerInfo, ContainerState, Runtime, RuntimeError};
+use super::{
+    ContainerConfig, ContainerInfo, ContainerState, ExecHandle, ExecSpec, Runtime, RuntimeError,
+};
 
 pub struct RuntimeConfig {
     /// libcontainer's root; on tmpfs in production (`/run/bramble/<id>/containers`).
@@ -89,6 +97,8 @@ struct Inner {
     /// Creates hold it shared (their helper may be creating the cgroup
     /// parents); removing the empty parents takes it exclusively.
     cgroup_parents: RwLock<()>,
+    /// One exec helper at a time (each tidies what libcontainer leaves).
+    exec_lock: Mutex<()>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -164,6 +174,7 @@ impl LibcontainerRuntime {
             events: watch::Sender::new(0),
             reap: Mutex::new(()),
             cgroup_parents: RwLock::new(()),
+            exec_lock: Mutex::new(()),
         });
         let on_exit = {
             let inner = Arc::clone(&inner);
@@ -645,6 +656,24 @@ impl Runtime for LibcontainerRuntime {
         Ok(())
     }
 
+    fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecHandle, RuntimeError> {
+        let inner = &self.inner;
+        if !inner.exists(id) {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        if !matches!(inner.state_of(id), ContainerState::Running { .. }) {
+            return Err(RuntimeError::Operation {
+                op: "exec in",
+                id: id.to_string(),
+                reason: "the container is not running".into(),
+            });
+        }
+        // Console sockets and helper logs; a dot keeps it out of `ids()`.
+        let scratch = inner.state_dir.join(".exec");
+        let _one_at_a_time = inner.exec_lock.lock().expect("exec lock");
+        exec::exec(&inner.helper_exe, &inner.state_dir, &scratch, id, spec)
+    }
+
     fn list_containers(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         Ok(self
             .inner
@@ -748,6 +777,7 @@ mod tests {
             events: watch::Sender::new(0),
             reap: Mutex::new(()),
             cgroup_parents: RwLock::new(()),
+            exec_lock: Mutex::new(()),
         }
     }
 
