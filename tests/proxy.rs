@@ -176,12 +176,14 @@ fn route(
             node_port,
             endpoints: endpoints.to_vec(),
         }],
+        ..Default::default()
     }
 }
 
 fn proxy() -> Proxy {
     Proxy::new(ProxyConfig {
         node_port_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        load_balancer_addrs: Vec::new(),
     })
 }
 
@@ -345,16 +347,13 @@ async fn bind_errors_are_reported_and_the_rest_keeps_serving() {
     let taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let taken_port = taken.local_addr().unwrap().port();
     let port = free_port(net.ip(10));
-    let mut dns = route("dns", net.ip(53), 53, None, &[a]);
-    dns.ports[0].protocol = Protocol::Udp;
     let routes = [
         route("web", net.ip(10), port, Some(taken_port), &[a]),
         route("copy", net.ip(10), port, None, &[a]),
-        dns,
     ];
     let proxy = proxy();
     let errors = proxy.apply(&routes).await;
-    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors.iter().any(|e| matches!(e,
         ProxyError::Bind { service, addr, source }
             if *service == format!("default/web:{port}/tcp")
@@ -362,13 +361,6 @@ async fn bind_errors_are_reported_and_the_rest_keeps_serving() {
                 && source.kind() == ErrorKind::AddrInUse)));
     assert!(errors.iter().any(|e| matches!(e,
         ProxyError::Conflict { service, .. } if service.starts_with("default/copy:"))));
-    assert!(errors.iter().any(|e| matches!(
-        e,
-        ProxyError::UnsupportedProtocol {
-            protocol: Protocol::Udp,
-            ..
-        }
-    )));
     assert_eq!(proxy.listening(), vec![at(net.ip(10), port)]);
     assert_eq!(ask(at(net.ip(10), port)).await, "a");
 

@@ -81,6 +81,9 @@ const POD_SPEC: &[&str] = &[
     "nodeName",
     "nodeSelector",
     "hostname",
+    "subdomain",
+    "dnsConfig",
+    "enableServiceLinks",
 ];
 
 /// Kubernetes' default values of pod spec fields Bramble does not implement:
@@ -90,7 +93,6 @@ const POD_SPEC_DEFAULTS: &[(&str, KubeDefault)] = &[
     ("hostPID", KubeDefault::Bool(false)),
     ("hostIPC", KubeDefault::Bool(false)),
     ("shareProcessNamespace", KubeDefault::Bool(false)),
-    ("enableServiceLinks", KubeDefault::Bool(true)),
     ("preemptionPolicy", KubeDefault::Str("PreemptLowerPriority")),
     ("priority", KubeDefault::Int(0)),
     ("serviceAccountName", KubeDefault::Str("default")),
@@ -123,15 +125,17 @@ const SERVICE_SPEC: &[&str] = &[
     "clusterIP",
     "clusterIPs",
     "sessionAffinity",
+    "sessionAffinityConfig",
     "internalTrafficPolicy",
     "ipFamilies",
     "ipFamilyPolicy",
+    "externalName",
+    "publishNotReadyAddresses",
+    "allocateLoadBalancerNodePorts",
 ];
 
 const SERVICE_SPEC_DEFAULTS: &[(&str, KubeDefault)] = &[
     ("externalTrafficPolicy", KubeDefault::Str("Cluster")),
-    ("allocateLoadBalancerNodePorts", KubeDefault::Bool(true)),
-    ("publishNotReadyAddresses", KubeDefault::Bool(false)),
 ];
 
 const CONFIGMAP: &[&str] = &["data", "binaryData", "immutable"];

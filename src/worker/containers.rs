@@ -43,6 +43,7 @@ pub fn container_config(
             .collect(),
         working_dir: container.working_dir.clone(),
         hostname: rec.name.clone(),
+        resolv_conf: None,
         netns: place.netns,
         log_path: place.log_path,
         resources: Resources::default(),
