@@ -106,23 +106,27 @@ impl Listener {
             .await
     }
 
-    fn send(&self, data: &[u8], to: SocketAddr, local: Option<Ipv4Addr>) -> io::Result<()> {
+    async fn send(&self, data: &[u8], to: SocketAddr, local: Option<Ipv4Addr>) -> io::Result<()> {
         let (Some(local), SocketAddr::V4(to)) = (local, to) else {
-            self.socket.try_send_to(data, to)?;
+            self.socket.send_to(data, to).await?;
             return Ok(());
         };
         let mut info: libc::in_pktinfo = empty_pktinfo();
         info.ipi_spec_dst.s_addr = u32::from(local).to_be();
-        let iov = [IoSlice::new(data)];
-        let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
-        sendmsg(
-            self.socket.as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::empty(),
-            Some(&SockaddrIn::from(to)),
-        )?;
-        Ok(())
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                let iov = [IoSlice::new(data)];
+                let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
+                sendmsg(
+                    self.socket.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    MsgFlags::empty(),
+                    Some(&SockaddrIn::from(to)),
+                )?;
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -160,6 +164,14 @@ impl Flow {
 
     fn idle_since(&self) -> Instant {
         *self.lastactive.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the current endpoint as refusing; returns it.
+    fn refused(&self) -> SocketAddrV4 {
+        let mut route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+        let endpoint = route.endpoint;
+        route.refused.push(endpoint);
+        endpoint
     }
 
     /// Points the flow at the first endpoint of the policy's order that has not
@@ -247,9 +259,10 @@ pub(crate) async fn serve_loop(socket: UdpSocket, backend: Arc<Backend>) {
         };
         flow.touch();
         {
-            let route = flow.route.lock().unwrap_or_else(|e| e.into_inner());
-            let moved = route.generation != backend.generation() && !backend.has(route.endpoint);
-            drop(route);
+            let moved = {
+                let route = flow.route.lock().unwrap_or_else(|e| e.into_inner());
+                route.generation != backend.generation() && !backend.has(route.endpoint)
+            };
             if moved && !flow.repoint(&backend) {
                 debug!(service = %backend.id, %client, "no ready endpoint; datagram dropped");
                 continue;
@@ -260,7 +273,7 @@ pub(crate) async fn serve_loop(socket: UdpSocket, backend: Arc<Backend>) {
             last.clear();
             last.extend_from_slice(data);
         }
-        send_up(&flow, &backend, data);
+        send_up(&flow, &backend, data).await;
     }
 }
 
@@ -301,21 +314,17 @@ fn new_flow(backend: &Backend, client: SocketAddr, local: Option<Ipv4Addr>) -> O
 
 /// Sends a client datagram to the flow's endpoint; a pending refusal from an
 /// earlier datagram moves the flow on first.
-fn send_up(flow: &Flow, backend: &Backend, data: &[u8]) {
+async fn send_up(flow: &Flow, backend: &Backend, data: &[u8]) {
     for _ in 0..=backend.endpoints().len() {
-        match flow.socket.try_send(data) {
+        match flow.socket.send(data).await {
             Ok(_) => return,
             Err(e) if is_refused(&e) => {
-                let mut route = flow.route.lock().unwrap_or_else(|e| e.into_inner());
-                let endpoint = route.endpoint;
-                route.refused.push(endpoint);
-                drop(route);
+                let endpoint = flow.refused();
                 debug!(service = %backend.id, %endpoint, "endpoint refused; trying the next");
                 if !flow.repoint(backend) {
                     return;
                 }
             }
-            // Full send buffer: UDP may drop, and does.
             Err(e) => {
                 trace!(service = %backend.id, error = %e, "datagram dropped");
                 return;
@@ -339,21 +348,18 @@ async fn replies(
                 Ok(n) => {
                     flow.touch();
                     flow.route.lock().unwrap_or_else(|e| e.into_inner()).refused.clear();
-                    if let Err(e) = listener.send(&buf[..n], flow.client, flow.local) {
+                    if let Err(e) = listener.send(&buf[..n], flow.client, flow.local).await {
                         trace!(service = %backend.id, client = %flow.client, error = %e, "reply dropped");
                     }
                 }
                 Err(e) if is_refused(&e) => {
-                    let mut route = flow.route.lock().unwrap_or_else(|e| e.into_inner());
-                    let endpoint = route.endpoint;
-                    route.refused.push(endpoint);
-                    drop(route);
+                    let endpoint = flow.refused();
                     debug!(service = %backend.id, %endpoint, "endpoint refused; resending to the next");
                     if !flow.repoint(&backend) {
                         break;
                     }
                     let last = flow.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    send_up(&flow, &backend, &last);
+                    send_up(&flow, &backend, &last).await;
                 }
                 Err(e) => {
                     debug!(service = %backend.id, error = %e, "UDP flow failed");
@@ -400,7 +406,7 @@ mod tests {
         assert_eq!(&buf[..n], b"hi");
         assert_eq!(from, client.local_addr().unwrap());
         assert_eq!(local, Some(Ipv4Addr::LOCALHOST));
-        listener.send(b"yo", from, local).unwrap();
+        listener.send(b"yo", from, local).await.unwrap();
         let (n, reply_from) = client.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"yo");
         assert_eq!(reply_from.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));

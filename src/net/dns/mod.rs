@@ -251,12 +251,12 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
         let zone = shared.zone();
         match handle(&zone, &buf[..n], true) {
             Handling::Respond(reply) => {
-                let _ = socket.try_send_to(&reply, peer);
+                let _ = socket.send_to(&reply, peer).await;
             }
             Handling::Drop => trace!(%peer, bytes = n, "DNS datagram dropped"),
             Handling::Forward(query) => {
                 let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
-                    send_servfail(&socket, &query, peer);
+                    send_servfail(&socket, &query, peer).await;
                     continue;
                 };
                 let bytes = buf[..n].to_vec();
@@ -267,7 +267,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                         Some(reply) => {
                             let _ = socket.send_to(&reply, peer).await;
                         }
-                        None => send_servfail(&socket, &query, peer),
+                        None => send_servfail(&socket, &query, peer).await,
                     }
                 });
             }
@@ -279,9 +279,9 @@ fn servfail(query: &Message) -> Option<Vec<u8>> {
     zone::error(query, ResponseCode::ServFail).to_vec().ok()
 }
 
-fn send_servfail(socket: &UdpSocket, query: &Message, peer: SocketAddr) {
+async fn send_servfail(socket: &UdpSocket, query: &Message, peer: SocketAddr) {
     if let Some(reply) = servfail(query) {
-        let _ = socket.try_send_to(&reply, peer);
+        let _ = socket.send_to(&reply, peer).await;
     }
 }
 
