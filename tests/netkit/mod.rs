@@ -257,8 +257,8 @@ pub fn dig_status(server: SocketAddr, name: &str, rtype: &str) -> String {
         .to_string()
 }
 
-/// A tiny upstream resolver on `addr` (UDP and TCP): every A query is
-/// answered with `answer`, anything else with an empty NOERROR.
+/// A tiny upstream resolver on `addr` (UDP and TCP) for one zone: an A query
+/// for `example.org` is answered with `answer`, other names are NXDOMAIN.
 pub struct Upstream {
     pub addr: SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -266,7 +266,7 @@ pub struct Upstream {
 }
 
 fn upstream_reply(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
-    use hickory_proto::op::{Message, MessageType};
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{RData, Record, RecordType};
     let q = Message::from_vec(query).ok()?;
@@ -275,9 +275,10 @@ fn upstream_reply(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
     m.metadata.recursion_desired = q.metadata.recursion_desired;
     m.metadata.recursion_available = true;
     m.add_queries(q.queries.iter().cloned());
-    if let Some(question) = q.queries.first()
-        && question.query_type() == RecordType::A
-    {
+    let question = q.queries.first()?;
+    if !question.name().to_ascii().eq_ignore_ascii_case("example.org.") {
+        m.metadata.response_code = ResponseCode::NXDomain;
+    } else if question.query_type() == RecordType::A {
         m.add_answer(Record::from_rdata(
             question.name().clone(),
             60,
