@@ -505,10 +505,7 @@ spec:
     ] {
         assert!(env.lines().any(|l| l == want), "{want} in\n{env}");
     }
-    assert!(
-        section("nslookup").contains(&web_ip.to_string()),
-        "{log}"
-    );
+    assert!(section("nslookup").contains(&web_ip.to_string()), "{log}");
     assert!(web.contains(&section("wget")), "{log}");
     assert!(web.contains(&section("wget fqdn")), "{log}");
     assert_eq!(section("wget stateful"), "db-1", "{log}");
@@ -517,9 +514,8 @@ spec:
 
     // --- Bad Services are refused whole, the field named, nothing stored.
     let bad = |name: &str, spec: &str, field: &str| {
-        let yaml = format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{spec}"
-        );
+        let yaml =
+            format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{spec}");
         let (ok, text) = netkit::apply(&c, &format!("{name}.yaml"), &yaml);
         assert!(!ok, "{name} was accepted");
         assert!(text.contains(field), "{name}: {text}");
@@ -541,7 +537,9 @@ spec:
     bad(
         "bad-np",
         &format!("  type: NodePort\n  ports:\n    - port: 80\n      nodePort: {node_port}\n"),
-        &format!("spec.ports[0].nodePort: Invalid value: {node_port}: provided port is already allocated"),
+        &format!(
+            "spec.ports[0].nodePort: Invalid value: {node_port}: provided port is already allocated"
+        ),
     );
     bad(
         "bad-selector",
@@ -665,9 +663,11 @@ spec:
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    c.wait_for("the killed endpoint to be marked not ready", PATIENCE, || {
-        !ready_ips(&c, "web").contains(&victim_ip)
-    });
+    c.wait_for(
+        "the killed endpoint to be marked not ready",
+        PATIENCE,
+        || !ready_ips(&c, "web").contains(&victim_ip),
+    );
     not_ready.store(true, Ordering::Relaxed);
     let at_mark = sent_after.load(Ordering::Relaxed);
     c.wait_for("requests after the mark", PATIENCE, || {
@@ -713,16 +713,38 @@ impl Lan {
         };
         ip(&["netns", "add", &lan.netns]);
         ip(&[
-            "link", "add", &lan.host_link, "type", "veth", "peer", "name", &peer_link,
+            "link",
+            "add",
+            &lan.host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_link,
         ]);
         ip(&["link", "set", &peer_link, "netns", &lan.netns]);
-        ip(&["addr", "add", &format!("{}/24", lan.host_ip), "dev", &lan.host_link]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", lan.host_ip),
+            "dev",
+            &lan.host_link,
+        ]);
         ip(&["link", "set", &lan.host_link, "up"]);
         ip(&[
-            "netns", "exec", &lan.netns, "ip", "addr", "add",
-            &format!("{}/24", lan.peer_ip), "dev", &peer_link,
+            "netns",
+            "exec",
+            &lan.netns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", lan.peer_ip),
+            "dev",
+            &peer_link,
         ]);
-        ip(&["netns", "exec", &lan.netns, "ip", "link", "set", &peer_link, "up"]);
+        ip(&[
+            "netns", "exec", &lan.netns, "ip", "link", "set", &peer_link, "up",
+        ]);
         ip(&["netns", "exec", &lan.netns, "ip", "link", "set", "lo", "up"]);
         lan
     }
@@ -773,7 +795,12 @@ impl Drop for Lan {
 
 fn nft_table_exists(bridge: &str) -> bool {
     Command::new("nft")
-        .args(["list", "table", "ip", &bramble::net::masq::table_name(bridge)])
+        .args([
+            "list",
+            "table",
+            "ip",
+            &bramble::net::masq::table_name(bridge),
+        ])
         .output()
         .unwrap()
         .status
@@ -785,7 +812,9 @@ fn egress_is_masqueraded_and_down_removes_the_rule() {
     let c = cluster(&[]);
     let lan = Lan::new(c.net.octet);
     let (server, handle) = lan.serve();
-    c.wait_for("the masquerade table", PATIENCE, || nft_table_exists(&c.bridge));
+    c.wait_for("the masquerade table", PATIENCE, || {
+        nft_table_exists(&c.bridge)
+    });
     must_apply(
         &c,
         "out.yaml",
@@ -817,6 +846,13 @@ spec:
         .arg(&c.data_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!nft_table_exists(&c.bridge), "the rule outlived bramble down");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !nft_table_exists(&c.bridge),
+        "the rule outlived bramble down"
+    );
 }

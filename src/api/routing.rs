@@ -214,7 +214,10 @@ mod tests {
                 namespace: "default".into(),
                 name: "dns".into(),
                 cluster_ip: Some(Ipv4Addr::new(10, 0, 0, 12)),
-                ports: vec![port("udp", Protocol::Udp, 53), port("tcp", Protocol::Tcp, 53)],
+                ports: vec![
+                    port("udp", Protocol::Udp, 53),
+                    port("tcp", Protocol::Tcp, 53),
+                ],
                 ..Default::default()
             },
             ServiceRoute {

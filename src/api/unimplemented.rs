@@ -134,9 +134,8 @@ const SERVICE_SPEC: &[&str] = &[
     "allocateLoadBalancerNodePorts",
 ];
 
-const SERVICE_SPEC_DEFAULTS: &[(&str, KubeDefault)] = &[
-    ("externalTrafficPolicy", KubeDefault::Str("Cluster")),
-];
+const SERVICE_SPEC_DEFAULTS: &[(&str, KubeDefault)] =
+    &[("externalTrafficPolicy", KubeDefault::Str("Cluster"))];
 
 const CONFIGMAP: &[&str] = &["data", "binaryData", "immutable"];
 const NAMESPACE_SPEC: &[&str] = &["finalizers"];

@@ -905,7 +905,11 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
     let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
     let headless = cluster_ip == "None";
     if external {
-        match spec.external_name.as_deref().map(|n| n.trim_end_matches('.')) {
+        match spec
+            .external_name
+            .as_deref()
+            .map(|n| n.trim_end_matches('.'))
+        {
             None | Some("") => errs.push(FieldError::required("spec.externalName", "")),
             Some(name) => {
                 let reasons = dns1123_subdomain_errors(&name.to_ascii_lowercase());
@@ -1467,7 +1471,8 @@ mod tests {
         assert!(messages(&service(json!({"clusterIP": "None"}))).is_empty());
         let e = messages(&service(json!({})));
         assert_eq!(e, vec!["spec.ports: Required value"]);
-        let lb = service(json!({"type": "LoadBalancer", "ports": [{"port": 80, "nodePort": 30080}]}));
+        let lb =
+            service(json!({"type": "LoadBalancer", "ports": [{"port": 80, "nodePort": 30080}]}));
         assert!(messages(&lb).is_empty(), "{:?}", messages(&lb));
         let e = messages(&service(
             json!({"type": "LoadBalancer", "clusterIP": "None", "ports": [{"port": 80}]}),
@@ -1485,19 +1490,32 @@ mod tests {
         ));
         assert!(has(&e, "spec.externalName: Invalid value"), "{e:?}");
         assert!(
-            has(&e, "spec.clusterIP: Forbidden: may not be set for ExternalName"),
+            has(
+                &e,
+                "spec.clusterIP: Forbidden: may not be set for ExternalName"
+            ),
             "{e:?}"
         );
         let e = messages(&service(
             json!({"type": "ExternalName", "externalName": "a.org", "ports": [{"port": 80, "nodePort": 30080}]}),
         ));
         assert!(has(&e, "spec.ports[0].nodePort: Forbidden"), "{e:?}");
-        let e = messages(&service(json!({"type": "Ingress", "ports": [{"port": 80}]})));
-        assert!(has(&e, "spec.type: Unsupported value: \"Ingress\""), "{e:?}");
-        let e = messages(&service(json!({"ports": [{"port": 80}], "sessionAffinity": "ClientIP",
-            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}})));
+        let e = messages(&service(
+            json!({"type": "Ingress", "ports": [{"port": 80}]}),
+        ));
         assert!(
-            has(&e, "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0"),
+            has(&e, "spec.type: Unsupported value: \"Ingress\""),
+            "{e:?}"
+        );
+        let e = messages(&service(
+            json!({"ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),
+        ));
+        assert!(
+            has(
+                &e,
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0"
+            ),
             "{e:?}"
         );
         let bad_balance = obj(
@@ -1507,7 +1525,10 @@ mod tests {
         );
         let e = messages(&bad_balance);
         assert!(
-            has(&e, "metadata.annotations[bramble.io/load-balancing]: Unsupported value: \"random\""),
+            has(
+                &e,
+                "metadata.annotations[bramble.io/load-balancing]: Unsupported value: \"random\""
+            ),
             "{e:?}"
         );
         let e = messages(&service(

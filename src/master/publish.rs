@@ -189,7 +189,11 @@ mod tests {
     fn route_kinds_affinity_balance_and_dns_addresses() {
         let mut lb = service("lb", "default", "web", 80, IntOrString::Int(8080));
         lb.metadata.annotations = Some(
-            [(BALANCE_ANNOTATION.to_string(), "least-connections".to_string())].into(),
+            [(
+                BALANCE_ANNOTATION.to_string(),
+                "least-connections".to_string(),
+            )]
+            .into(),
         );
         let spec = lb.spec.as_mut().unwrap();
         spec.type_ = Some("LoadBalancer".into());

@@ -241,15 +241,16 @@ impl Allocations {
                     let kept = old_spec.ports.iter().flatten().find(|o| {
                         o.port == port.port && o.protocol == port.protocol && o.name == port.name
                     });
-                    let p = match kept
-                        .and_then(|o| o.node_port)
-                        .and_then(|n| u16::try_from(n).ok())
-                    {
-                        Some(p) if !self.host_ports.contains_key(&(p, proto)) => p,
-                        _ => allocate::node_port(&range, &self.used_numbers()).ok_or_else(
-                            || ApiError::new(ErrorCode::Unavailable, "no free NodePort left"),
-                        )?,
-                    };
+                    let p =
+                        match kept
+                            .and_then(|o| o.node_port)
+                            .and_then(|n| u16::try_from(n).ok())
+                        {
+                            Some(p) if !self.host_ports.contains_key(&(p, proto)) => p,
+                            _ => allocate::node_port(&range, &self.used_numbers()).ok_or_else(
+                                || ApiError::new(ErrorCode::Unavailable, "no free NodePort left"),
+                            )?,
+                        };
                     port.node_port = Some(i32::from(p));
                     self.host_ports.insert(
                         (p, proto),
@@ -348,7 +349,10 @@ mod tests {
         let mut s = svc("next", json!({"ports": [{"port": 80}]}));
         prepare(&e, &mut s).unwrap();
         assert_eq!(s.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.11"));
-        let mut s = svc("dns", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
+        let mut s = svc(
+            "dns",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
+        );
         let err = prepare(&e, &mut s).unwrap_err();
         assert!(err.contains("reserved for the cluster DNS"), "{err}");
     }
@@ -361,7 +365,10 @@ mod tests {
                    "ports": [{"port": 80, "nodePort": 30001}]}),
         )]);
         // Port 80/TCP on the node addresses is taken by the first.
-        let mut s = svc("other", json!({"type": "LoadBalancer", "ports": [{"port": 80}]}));
+        let mut s = svc(
+            "other",
+            json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+        );
         let err = prepare(&e, &mut s).unwrap_err();
         assert!(
             err.contains("spec.ports[0].port: Invalid value: 80")
@@ -406,7 +413,10 @@ mod tests {
         );
         prepare(&e, &mut s).unwrap();
         assert_eq!(s.spec.as_ref().unwrap().cluster_ip, None);
-        let mut s = svc("db", json!({"clusterIP": "None", "ports": [{"port": 5432}]}));
+        let mut s = svc(
+            "db",
+            json!({"clusterIP": "None", "ports": [{"port": 5432}]}),
+        );
         prepare(&e, &mut s).unwrap();
         assert_eq!(s.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
     }

@@ -81,12 +81,20 @@ async fn nft(op: &'static str, script: &str) -> Result<(), NetError> {
 
 /// Installs (or replaces) the masquerade rule and turns IPv4 forwarding on.
 /// Forwarding stays on afterwards: other software on the node may need it too.
-pub async fn install(bridge: &str, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<(), NetError> {
+pub async fn install(
+    bridge: &str,
+    pod_cidr: Ipv4Net,
+    cluster_cidr: Ipv4Net,
+) -> Result<(), NetError> {
     std::fs::write(IP_FORWARD, "1").map_err(|e| NetError::Nft {
         op: "enable IPv4 forwarding",
         reason: format!("{IP_FORWARD}: {e}"),
     })?;
-    nft("install masquerade", &ruleset(bridge, pod_cidr, cluster_cidr)).await?;
+    nft(
+        "install masquerade",
+        &ruleset(bridge, pod_cidr, cluster_cidr),
+    )
+    .await?;
     info!(table = %table_name(bridge), %pod_cidr, %cluster_cidr, "egress masquerade installed");
     Ok(())
 }

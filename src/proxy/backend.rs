@@ -203,9 +203,11 @@ mod tests {
         assert_eq!(backend.order(CLIENT), vec![a, b]);
         assert_eq!(backend.order(CLIENT), vec![b, a]);
         assert_eq!(backend.order(CLIENT), vec![a, b]);
-        assert!(Backend::new(id(), &[], Policy::default())
-            .order(CLIENT)
-            .is_empty());
+        assert!(
+            Backend::new(id(), &[], Policy::default())
+                .order(CLIENT)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -139,7 +139,10 @@ fn reject(client: TcpStream) {
 /// (half-close) and the other direction goes on. Returns the bytes sent up
 /// (client → endpoint) and down.
 pub(crate) async fn pipe(client: &TcpStream, upstream: &TcpStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(splice_one_way(client, upstream), splice_one_way(upstream, client))
+    tokio::try_join!(
+        splice_one_way(client, upstream),
+        splice_one_way(upstream, client)
+    )
 }
 
 /// `src` → a pipe → `dst` until `src` ends, then half-closes `dst`. The pipe
@@ -153,8 +156,15 @@ async fn splice_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
     loop {
         let filled = src
             .async_io(Interest::READABLE, || {
-                splice(src.as_fd(), None, pipe_in.as_fd(), None, SPLICE_CHUNK, flags)
-                    .map_err(io::Error::from)
+                splice(
+                    src.as_fd(),
+                    None,
+                    pipe_in.as_fd(),
+                    None,
+                    SPLICE_CHUNK,
+                    flags,
+                )
+                .map_err(io::Error::from)
             })
             .await?;
         if filled == 0 {

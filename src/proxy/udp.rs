@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-    SockaddrIn, bind as bind_fd, recvmsg, sendmsg, setsockopt, socket, sockopt,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn,
+    bind as bind_fd, recvmsg, sendmsg, setsockopt, socket, sockopt,
 };
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -387,7 +387,9 @@ mod tests {
 
     #[test]
     fn refusal_is_recognised() {
-        assert!(is_refused(&io::Error::from_raw_os_error(libc::ECONNREFUSED)));
+        assert!(is_refused(&io::Error::from_raw_os_error(
+            libc::ECONNREFUSED
+        )));
         assert!(!is_refused(&io::Error::from_raw_os_error(libc::EAGAIN)));
     }
 

@@ -28,7 +28,13 @@ pub fn build_netserve(dir: &Path) -> PathBuf {
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netkit/netserve.rs");
     let status = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .args(["-O", "-C", "target-feature=+crt-static", "-C", "strip=symbols"])
+        .args([
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "strip=symbols",
+        ])
         .args(["--edition", "2021", "-o"])
         .arg(&out)
         .arg(&src)
@@ -276,7 +282,11 @@ fn upstream_reply(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
     m.metadata.recursion_available = true;
     m.add_queries(q.queries.iter().cloned());
     let question = q.queries.first()?;
-    if !question.name().to_ascii().eq_ignore_ascii_case("example.org.") {
+    if !question
+        .name()
+        .to_ascii()
+        .eq_ignore_ascii_case("example.org.")
+    {
         m.metadata.response_code = ResponseCode::NXDomain;
     } else if question.query_type() == RecordType::A {
         m.add_answer(Record::from_rdata(

@@ -124,7 +124,9 @@ fn main() {
         "udp-ask" => udp_ask(&arg(2), &arg(3)),
         "http-get" => http_get(&arg(2)),
         _ => {
-            eprintln!("usage: netserve http PORT | udp-echo PORT | udp-ask ADDR MSG | http-get ADDR");
+            eprintln!(
+                "usage: netserve http PORT | udp-echo PORT | udp-ask ADDR MSG | http-get ADDR"
+            );
             std::process::exit(2);
         }
     }

@@ -145,7 +145,9 @@ fn subsets_for(svc: &Service, pods: &[&Pod]) -> Option<Vec<EndpointSubset>> {
         let hostname = pod_spec
             .and_then(|s| s.hostname.clone())
             .filter(|h| !h.is_empty())
-            .filter(|_| pod_spec.and_then(|s| s.subdomain.as_deref()) == svc.metadata.name.as_deref());
+            .filter(|_| {
+                pod_spec.and_then(|s| s.subdomain.as_deref()) == svc.metadata.name.as_deref()
+            });
         let address = EndpointAddress {
             ip,
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -276,7 +278,9 @@ mod tests {
         assert_eq!(ready[1].ip, "10.88.0.4");
         assert_eq!(ready[1].hostname, None);
         assert_eq!(
-            subset.not_ready_addresses.as_ref().unwrap()[0].hostname.as_deref(),
+            subset.not_ready_addresses.as_ref().unwrap()[0]
+                .hostname
+                .as_deref(),
             Some("db-1")
         );
 

@@ -130,10 +130,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
         None,
     )?;
     setsockopt(&fd, sockopt::IpFreebind, &true)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(v4),
-    )?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?;
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 

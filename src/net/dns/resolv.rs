@@ -31,10 +31,7 @@ pub fn parse_resolv_conf(text: &str) -> NodeResolv {
         match words.next() {
             Some("nameserver") => {
                 // `nameserver fe80::1%eth0`: the zone is not an IpAddr.
-                if let Some(ip) = words
-                    .next()
-                    .and_then(|w| w.split('%').next()?.parse().ok())
-                {
+                if let Some(ip) = words.next().and_then(|w| w.split('%').next()?.parse().ok()) {
                     out.nameservers.push(ip);
                 }
             }
@@ -222,7 +219,9 @@ mod tests {
             host_network: true,
             ..Default::default()
         };
-        assert!(resolv_conf(host, Some(cluster()), &node()).starts_with("nameserver 192.168.1.1\n"));
+        assert!(
+            resolv_conf(host, Some(cluster()), &node()).starts_with("nameserver 192.168.1.1\n")
+        );
         let with = PodDns {
             policy: Some("ClusterFirstWithHostNet"),
             host_network: true,
@@ -271,7 +270,10 @@ mod tests {
             ..Default::default()
         };
         let text = resolv_conf(merged, Some(cluster()), &node());
-        assert!(text.starts_with("nameserver 10.96.0.10\nnameserver 1.1.1.1\n"), "{text}");
+        assert!(
+            text.starts_with("nameserver 10.96.0.10\nnameserver 1.1.1.1\n"),
+            "{text}"
+        );
         assert!(text.ends_with("options ndots:2 edns0\n"), "{text}");
         // At most three nameservers.
         let many = PodDNSConfig {

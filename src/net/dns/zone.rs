@@ -293,9 +293,11 @@ impl Zone {
                     return false;
                 };
                 let by_dashed = undashed(host);
-                let Some(addr) = route.addresses.iter().find(|a| {
-                    a.hostname.as_deref() == Some(*host) || Some(a.ip) == by_dashed
-                }) else {
+                let Some(addr) = route
+                    .addresses
+                    .iter()
+                    .find(|a| a.hostname.as_deref() == Some(*host) || Some(a.ip) == by_dashed)
+                else {
                     return false;
                 };
                 if wants_a {
@@ -527,7 +529,11 @@ mod tests {
             "x-y.default.pod.cluster.local.",
         ] {
             let m = ask(&z, missing, RecordType::A);
-            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{missing}");
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{missing}"
+            );
             assert!(matches!(&m.authorities[0].data, RData::SOA(_)));
         }
         let m = ask(&z, "default.svc.cluster.local.", RecordType::A);
@@ -550,7 +556,11 @@ mod tests {
         let mut extra = Message::query();
         extra.answers = m.additionals.clone();
         assert_eq!(ips(&extra), vec!["10.96.0.5"]);
-        let m = ask(&z, "_pg._tcp.db.default.svc.cluster.local.", RecordType::SRV);
+        let m = ask(
+            &z,
+            "_pg._tcp.db.default.svc.cluster.local.",
+            RecordType::SRV,
+        );
         let targets: Vec<(String, u16)> = m
             .answers
             .iter()
@@ -566,7 +576,11 @@ mod tests {
                 ("10-88-0-4.db.default.svc.cluster.local.".to_string(), 5432)
             ]
         );
-        let m = ask(&z, "_http._udp.web.default.svc.cluster.local.", RecordType::SRV);
+        let m = ask(
+            &z,
+            "_http._udp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+        );
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     }
 
