@@ -332,11 +332,12 @@ impl Agent {
         for e in proxy.apply(&self.services.routes).await {
             tracing::warn!(error = %e, "proxy");
         }
+        // Egress failing (no `nft`) must not keep Services and DNS down; it
+        // is tried again with the next table.
         if let Some(cidr) = self.services.network.cluster_cidr
             && let Err(e) = net.ensure_masquerade(cidr).await
         {
-            tracing::warn!(error = %e, "pods have no egress; retrying");
-            return;
+            tracing::warn!(error = %e, "pods have no egress to outside the cluster");
         }
         self.dns = crate::net::dns::serve(
             self.dns.take(),
