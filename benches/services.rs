@@ -4,6 +4,7 @@
 //! - HTTP: Debian's `wrk` (keep-alive, `-t2 -c32 -d10s --latency`) from the
 //!   host against `netserve http` in one pod: its pod IP, the Service's
 //!   ClusterIP and its NodePort on 127.0.0.1. Requests/s, p50 and p99.
+//! - Bulk: the same with 1 MiB responses (`-c4`): transfer rate.
 //! - UDP: a ping-pong load generator here (32 client sockets, each with 8
 //!   datagrams in flight, 10 s) against `netserve udp-echo`: pod IP, ClusterIP,
 //!   NodePort. Replies/s (each one datagram up and one down) and the loss.
@@ -33,9 +34,35 @@ struct Settings {
     udp_window: usize,
 }
 
-fn manifests(http_np: u16, udp_np: u16) -> String {
+fn manifests(http_np: u16, udp_np: u16, bulk_np: u16) -> String {
     format!(
         r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: bench-bulk
+  labels:
+    app: bench-bulk
+spec:
+  containers:
+    - name: web
+      image: {IMAGE}
+      imagePullPolicy: Never
+      command: ["netserve", "http", "8080", "1048576"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: bench-bulk
+spec:
+  type: NodePort
+  selector:
+    app: bench-bulk
+  ports:
+    - port: 80
+      targetPort: 8080
+      nodePort: {bulk_np}
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: bench-web
@@ -95,13 +122,14 @@ struct Wrk {
     rps: f64,
     p50: String,
     p99: String,
+    transfer: String,
 }
 
-fn wrk(url: &str, s: &Settings) -> Wrk {
+fn wrk(url: &str, s: &Settings, connections: u32) -> Wrk {
     let out = Command::new("wrk")
         .args([
             "-t2",
-            &format!("-c{}", s.connections),
+            &format!("-c{connections}"),
             &format!("-d{}s", s.seconds),
             "--latency",
             url,
@@ -124,6 +152,7 @@ fn wrk(url: &str, s: &Settings) -> Wrk {
         rps: field("Requests/sec:").parse().unwrap_or(0.0),
         p50: field("50%"),
         p99: field("99%"),
+        transfer: field("Transfer/sec:"),
     }
 }
 
@@ -202,10 +231,12 @@ fn main() {
         &[],
     );
     netkit::import_image(&c);
-    let (http_np, udp_np) = (free_node_port(), free_node_port());
-    must_apply(&c, "bench.yaml", &manifests(http_np, udp_np));
+    let (http_np, udp_np, bulk_np) = (free_node_port(), free_node_port(), free_node_port());
+    must_apply(&c, "bench.yaml", &manifests(http_np, udp_np, bulk_np));
     c.wait_for("the bench pods", Duration::from_secs(60), || {
-        c.running_ready("app=bench-web").len() == 1 && c.running_ready("app=bench-echo").len() == 1
+        ["app=bench-web", "app=bench-echo", "app=bench-bulk"]
+            .iter()
+            .all(|l| c.running_ready(l).len() == 1)
     });
     let web_pod = pod_ip(&c, "bench-web").unwrap();
     let echo_pod = pod_ip(&c, "bench-echo").unwrap();
@@ -226,8 +257,25 @@ fn main() {
     println!("| target | req/s | p50 | p99 |");
     println!("|---|---|---|---|");
     for (name, url) in &http_targets {
-        let r = wrk(url, &settings);
+        let r = wrk(url, &settings, settings.connections);
         println!("| {name} | {:.0} | {} | {} |", r.rps, r.p50, r.p99);
+    }
+    let bulk_pod = pod_ip(&c, "bench-bulk").unwrap();
+    let bulk_svc = cluster_ip(&c, "bench-bulk");
+    let bulk_targets = [
+        ("pod IP (direct)", format!("http://{bulk_pod}:8080/")),
+        ("ClusterIP (proxy)", format!("http://{bulk_svc}/")),
+        ("NodePort 127.0.0.1 (proxy)", format!("http://127.0.0.1:{bulk_np}/")),
+    ];
+    for (_, url) in &bulk_targets {
+        c.wait_for(url, Duration::from_secs(30), || curl(url).is_some());
+    }
+    println!("\nBulk, 1 MiB responses, wrk -t2 -c4 -d{}s:", settings.seconds);
+    println!("| target | transfer/s | req/s | p50 |");
+    println!("|---|---|---|---|");
+    for (name, url) in &bulk_targets {
+        let r = wrk(url, &settings, 4);
+        println!("| {name} | {} | {:.0} | {} |", r.transfer, r.rps, r.p50);
     }
     let udp_targets = [
         ("pod IP (direct)", SocketAddr::new(echo_pod.into(), 9000)),

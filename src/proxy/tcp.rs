@@ -139,10 +139,59 @@ fn reject(client: TcpStream) {
 /// (half-close) and the other direction goes on. Returns the bytes sent up
 /// (client → endpoint) and down.
 pub(crate) async fn pipe(client: &TcpStream, upstream: &TcpStream) -> io::Result<(u64, u64)> {
+    if copy_mode() == CopyMode::ReadWrite {
+        return tokio::try_join!(copy_one_way(client, upstream), copy_one_way(upstream, client));
+    }
     tokio::try_join!(
         splice_one_way(client, upstream),
         splice_one_way(upstream, client)
     )
+}
+
+/// How bytes move: `splice(2)` by default; `BRAMBLE_PROXY_COPY=read-write`
+/// moves them through a user-space buffer instead, to measure one against the
+/// other on a given board (BENCHMARKS.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyMode {
+    Splice,
+    ReadWrite,
+}
+
+fn copy_mode() -> CopyMode {
+    static MODE: std::sync::OnceLock<CopyMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("BRAMBLE_PROXY_COPY").as_deref() {
+        Ok("read-write") => CopyMode::ReadWrite,
+        _ => CopyMode::Splice,
+    })
+}
+
+/// `src` → a buffer → `dst` until `src` ends, then half-closes `dst`.
+async fn copy_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+    let mut buf = vec![0u8; SPLICE_CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = src
+            .async_io(Interest::READABLE, || {
+                nix::unistd::read(src, &mut buf).map_err(io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            match shutdown(dst.as_raw_fd(), Shutdown::Write) {
+                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(total);
+        }
+        let mut sent = 0;
+        while sent < n {
+            sent += dst
+                .async_io(Interest::WRITABLE, || {
+                    nix::unistd::write(dst, &buf[sent..n]).map_err(io::Error::from)
+                })
+                .await?;
+        }
+        total += n as u64;
+    }
 }
 
 /// `src` → a pipe → `dst` until `src` ends, then half-closes `dst`. The pipe

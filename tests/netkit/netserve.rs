@@ -2,9 +2,9 @@
 //! inside pods. Built by the tests as a static binary (std only) and put in a
 //! test image next to busybox.
 //!
-//! - `netserve http PORT`: HTTP/1.1 with keep-alive; every response is
-//!   `<hostname>\n` (busybox httpd closes each connection, which measures
-//!   connection setup rather than a proxy's throughput).
+//! - `netserve http PORT [SIZE]`: HTTP/1.1 with keep-alive; every response is
+//!   `<hostname>\n`, or SIZE bytes (busybox httpd closes each connection,
+//!   which measures connection setup rather than a proxy's throughput).
 //! - `netserve udp-echo PORT`: echoes each datagram, prefixed by
 //!   `<hostname>:`.
 //! - `netserve udp-ask ADDR:PORT MESSAGE`: sends one datagram, prints the
@@ -21,10 +21,13 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn http(port: u16) {
+fn http(port: u16, size: Option<usize>) {
     let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
-    let body = format!("{}\n", hostname());
-    println!("netserve: http on :{port} as {}", body.trim());
+    let body = match size {
+        Some(n) => "x".repeat(n),
+        None => format!("{}\n", hostname()),
+    };
+    println!("netserve: http on :{port}, {} byte responses", body.len());
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let body = body.clone();
@@ -119,7 +122,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     match arg(1).as_str() {
-        "http" => http(arg(2).parse().expect("port")),
+        "http" => http(arg(2).parse().expect("port"), arg(3).parse().ok()),
         "udp-echo" => udp_echo(arg(2).parse().expect("port")),
         "udp-ask" => udp_ask(&arg(2), &arg(3)),
         "http-get" => http_get(&arg(2)),
