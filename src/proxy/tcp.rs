@@ -1,7 +1,8 @@
 //! TCP: the listening socket, its accept loop, and one task per connection that
 //! picks an endpoint (by the port's policy, the next one on a failed connect)
-//! and moves bytes with `splice(2)`, socket → pipe → socket, never through
-//! user space.
+//! and moves bytes: through a small buffer for request/response traffic, with
+//! `splice(2)` (socket → pipe → socket, never through user space) once a
+//! direction carries bulk data.
 
 use std::io;
 use std::net::SocketAddr;
@@ -139,20 +140,23 @@ fn reject(client: TcpStream) {
 /// (half-close) and the other direction goes on. Returns the bytes sent up
 /// (client → endpoint) and down.
 pub(crate) async fn pipe(client: &TcpStream, upstream: &TcpStream) -> io::Result<(u64, u64)> {
-    if copy_mode() == CopyMode::ReadWrite {
-        return tokio::try_join!(copy_one_way(client, upstream), copy_one_way(upstream, client));
-    }
+    let mode = copy_mode();
     tokio::try_join!(
-        splice_one_way(client, upstream),
-        splice_one_way(upstream, client)
+        one_way(client, upstream, mode),
+        one_way(upstream, client, mode)
     )
 }
 
-/// How bytes move: `splice(2)` by default; `BRAMBLE_PROXY_COPY=read-write`
-/// moves them through a user-space buffer instead, to measure one against the
-/// other on a given board (BENCHMARKS.md).
+/// How bytes move. Measured (BENCHMARKS.md): for small request/response
+/// traffic a user-space copy is a little faster (one `read` and one `write`
+/// per message, no pipe), for bulk transfers `splice(2)` is (no copy through
+/// user space). `Auto`, the default, starts with the copy and switches a
+/// direction to splice once a read fills the whole buffer, HAProxy's
+/// `splice-auto` rule. `BRAMBLE_PROXY_COPY=splice|read-write` forces one, to
+/// measure them on a given board.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CopyMode {
+    Auto,
     Splice,
     ReadWrite,
 }
@@ -161,36 +165,53 @@ fn copy_mode() -> CopyMode {
     static MODE: std::sync::OnceLock<CopyMode> = std::sync::OnceLock::new();
     *MODE.get_or_init(|| match std::env::var("BRAMBLE_PROXY_COPY").as_deref() {
         Ok("read-write") => CopyMode::ReadWrite,
-        _ => CopyMode::Splice,
+        Ok("splice") => CopyMode::Splice,
+        _ => CopyMode::Auto,
     })
 }
 
-/// `src` → a buffer → `dst` until `src` ends, then half-closes `dst`.
-async fn copy_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
-    let mut buf = vec![0u8; SPLICE_CHUNK];
+/// The user-space buffer: big enough for any request or response of
+/// request/response traffic, small enough that a full one means bulk.
+const COPY_BUFFER: usize = 16 * 1024;
+
+/// `src` → `dst` until `src` ends, then half-closes `dst`.
+async fn one_way(src: &TcpStream, dst: &TcpStream, mode: CopyMode) -> io::Result<u64> {
     let mut total = 0u64;
-    loop {
-        let n = src
-            .async_io(Interest::READABLE, || {
-                nix::unistd::read(src, &mut buf).map_err(io::Error::from)
-            })
-            .await?;
-        if n == 0 {
-            match shutdown(dst.as_raw_fd(), Shutdown::Write) {
-                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => {}
-                Err(e) => return Err(e.into()),
-            }
-            return Ok(total);
-        }
-        let mut sent = 0;
-        while sent < n {
-            sent += dst
-                .async_io(Interest::WRITABLE, || {
-                    nix::unistd::write(dst, &buf[sent..n]).map_err(io::Error::from)
+    if mode != CopyMode::Splice {
+        let mut buf = vec![0u8; COPY_BUFFER];
+        loop {
+            let n = src
+                .async_io(Interest::READABLE, || {
+                    nix::unistd::read(src, &mut buf).map_err(io::Error::from)
                 })
                 .await?;
+            if n == 0 {
+                half_close(dst)?;
+                return Ok(total);
+            }
+            let mut sent = 0;
+            while sent < n {
+                sent += dst
+                    .async_io(Interest::WRITABLE, || {
+                        nix::unistd::write(dst, &buf[sent..n]).map_err(io::Error::from)
+                    })
+                    .await?;
+            }
+            total += n as u64;
+            if mode == CopyMode::Auto && n == COPY_BUFFER {
+                break;
+            }
         }
-        total += n as u64;
+    }
+    total += splice_one_way(src, dst).await?;
+    Ok(total)
+}
+
+/// ENOTCONN: the peer already went away entirely.
+fn half_close(dst: &TcpStream) -> io::Result<()> {
+    match shutdown(dst.as_raw_fd(), Shutdown::Write) {
+        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -217,11 +238,7 @@ async fn splice_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
             })
             .await?;
         if filled == 0 {
-            // ENOTCONN: the peer already went away entirely.
-            match shutdown(dst.as_raw_fd(), Shutdown::Write) {
-                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => {}
-                Err(e) => return Err(e.into()),
-            }
+            half_close(dst)?;
             return Ok(total);
         }
         let mut left = filled;
