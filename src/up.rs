@@ -115,6 +115,14 @@ pub struct UpArgs {
     /// The address this node reports (default: the default route's).
     #[arg(long)]
     pub node_ip: Option<Ipv4Addr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = crate::api::routing::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
+    /// The node's resolver configuration: the cluster DNS forwards names
+    /// outside the cluster to its nameservers, and `dnsPolicy: Default` pods
+    /// get it.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// Topic prefix on the broker.
     #[arg(long, default_value = crate::transport::topics::DEFAULT_PREFIX)]
     pub topic_prefix: String,
@@ -197,6 +205,13 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
             reason: "an interface name has 1 to 15 characters".into(),
         });
     }
+    let domain = args.cluster_domain.trim_end_matches('.');
+    if !crate::api::validate::dns1123_subdomain_errors(domain).is_empty() {
+        return Err(UpError::Flag {
+            flag: "cluster-domain",
+            reason: format!("{domain:?} must be a DNS name, like cluster.local"),
+        });
+    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ConfigError::Io { path, source }
@@ -268,6 +283,7 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         admin_keys: vec![admin_key.public()],
         topics: topics.clone(),
         settings: Settings {
+            cluster_domain: domain.to_string(),
             cluster_cidr: args.cluster_cidr,
             service_cidr: args.service_cidr,
             node_port_range: args.service_node_port_range.clone(),
@@ -303,6 +319,7 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         bridge: Some(args.bridge.clone()),
         node_port_addr: args.node_port_address,
         node_ip: args.node_ip,
+        resolv_conf: args.resolv_conf.clone(),
         heartbeat: Duration::from_secs(5),
         log_max_bytes: 10 * 1024 * 1024,
         clock_window: Duration::from_secs(600),

@@ -399,6 +399,7 @@ async fn pod_reaches_pod_through_a_cluster_ip_and_the_proxy() {
     let cluster_ip = Ipv4Addr::new(10, 96, fx.cidr.network().octets()[2], 20);
     let proxy = Proxy::new(ProxyConfig {
         node_port_addr: network.gateway().into(),
+        load_balancer_addrs: Vec::new(),
     });
     // The proxy goes first: it binds before the address is on the bridge.
     let errors = proxy
@@ -415,6 +416,7 @@ async fn pod_reaches_pod_through_a_cluster_ip_and_the_proxy() {
                 // times out and the proxy goes on to pod B.
                 endpoints: vec![SocketAddrV4::new(fx.host(99), 80), endpoint],
             }],
+            ..Default::default()
         }])
         .await;
     assert!(errors.is_empty(), "{errors:?}");

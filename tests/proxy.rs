@@ -176,12 +176,14 @@ fn route(
             node_port,
             endpoints: endpoints.to_vec(),
         }],
+        ..Default::default()
     }
 }
 
 fn proxy() -> Proxy {
     Proxy::new(ProxyConfig {
         node_port_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        load_balancer_addrs: Vec::new(),
     })
 }
 
@@ -345,16 +347,13 @@ async fn bind_errors_are_reported_and_the_rest_keeps_serving() {
     let taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let taken_port = taken.local_addr().unwrap().port();
     let port = free_port(net.ip(10));
-    let mut dns = route("dns", net.ip(53), 53, None, &[a]);
-    dns.ports[0].protocol = Protocol::Udp;
     let routes = [
         route("web", net.ip(10), port, Some(taken_port), &[a]),
         route("copy", net.ip(10), port, None, &[a]),
-        dns,
     ];
     let proxy = proxy();
     let errors = proxy.apply(&routes).await;
-    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors.iter().any(|e| matches!(e,
         ProxyError::Bind { service, addr, source }
             if *service == format!("default/web:{port}/tcp")
@@ -362,13 +361,6 @@ async fn bind_errors_are_reported_and_the_rest_keeps_serving() {
                 && source.kind() == ErrorKind::AddrInUse)));
     assert!(errors.iter().any(|e| matches!(e,
         ProxyError::Conflict { service, .. } if service.starts_with("default/copy:"))));
-    assert!(errors.iter().any(|e| matches!(
-        e,
-        ProxyError::UnsupportedProtocol {
-            protocol: Protocol::Udp,
-            ..
-        }
-    )));
     assert_eq!(proxy.listening(), vec![at(net.ip(10), port)]);
     assert_eq!(ask(at(net.ip(10), port)).await, "a");
 
@@ -411,4 +403,238 @@ async fn shutdown_closes_listeners_and_open_connections() {
             .await[..],
         [ProxyError::ShutDown]
     ));
+}
+
+/// A UDP backend that answers every datagram with `<name>:<datagram>`.
+async fn udp_backend(ip: Ipv4Addr, name: &'static str) -> SocketAddrV4 {
+    let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+    let SocketAddr::V4(addr) = socket.local_addr().unwrap() else {
+        unreachable!()
+    };
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let mut reply = format!("{name}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+fn free_udp_port(ip: Ipv4Addr) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `message` from `client` to `to`; returns the reply and where it came
+/// from.
+async fn udp_ask(
+    client: &tokio::net::UdpSocket,
+    to: SocketAddr,
+    message: &str,
+) -> (String, SocketAddr) {
+    client.send_to(message.as_bytes(), to).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, from) = timeout(PATIENCE, client.recv_from(&mut buf))
+        .await
+        .expect("a UDP reply in time")
+        .unwrap();
+    (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+}
+
+fn udp_route(
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    port: u16,
+    node_port: Option<u16>,
+    endpoints: &[SocketAddrV4],
+) -> ServiceRoute {
+    let mut r = route(name, cluster_ip, port, node_port, endpoints);
+    r.ports[0].protocol = Protocol::Udp;
+    r
+}
+
+#[tokio::test]
+async fn udp_flows_through_cluster_ip_and_wildcard_node_port() {
+    let net = Net::new();
+    let a = udp_backend(net.ip(1), "a").await;
+    let b = udp_backend(net.ip(2), "b").await;
+    let cluster = at(net.ip(10), free_udp_port(net.ip(10)));
+    let node_port = free_udp_port(Ipv4Addr::UNSPECIFIED);
+    let proxy = Proxy::new(ProxyConfig {
+        node_port_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        load_balancer_addrs: Vec::new(),
+    });
+    let errors = proxy
+        .apply(&[udp_route(
+            "echo",
+            net.ip(10),
+            cluster.port(),
+            Some(node_port),
+            &[a, b],
+        )])
+        .await;
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // One client is one flow: every datagram goes to the same endpoint, and
+    // replies come from the address the client sent to.
+    let client = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let (first, from) = udp_ask(&client, cluster, "1").await;
+    assert_eq!(from, cluster);
+    let server = first.split(':').next().unwrap().to_string();
+    for i in 2..5 {
+        let (reply, _) = udp_ask(&client, cluster, &i.to_string()).await;
+        assert_eq!(reply, format!("{server}:{i}"));
+    }
+    // New clients rotate over the endpoints.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let c = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let (reply, _) = udp_ask(&c, cluster, "x").await;
+        seen.insert(reply);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // The wildcard NodePort answers from the exact address asked (IP_PKTINFO),
+    // here a second loopback address.
+    let asked = at(net.ip(20), node_port);
+    let c = tokio::net::UdpSocket::bind((net.ip(21), 0)).await.unwrap();
+    let (reply, from) = udp_ask(&c, asked, "np").await;
+    assert!(reply.ends_with(":np"), "{reply}");
+    assert_eq!(from, asked);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn udp_refused_endpoint_resends_to_the_next_and_removed_endpoint_moves_the_flow() {
+    let net = Net::new();
+    // Nothing listens on `dead`: the kernel answers with port unreachable.
+    let dead = SocketAddrV4::new(net.ip(1), free_udp_port(net.ip(1)));
+    let live = udp_backend(net.ip(2), "live").await;
+    let other = udp_backend(net.ip(3), "other").await;
+    let cluster = at(net.ip(10), free_udp_port(net.ip(10)));
+    let proxy = proxy();
+    let mut r = udp_route("echo", net.ip(10), cluster.port(), None, &[dead, live]);
+    assert!(proxy.apply(std::slice::from_ref(&r)).await.is_empty());
+    // Whichever endpoint each new flow starts at, every datagram is answered.
+    for i in 0..4 {
+        let c = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let (reply, _) = udp_ask(&c, cluster, &format!("q{i}")).await;
+        assert_eq!(reply, format!("live:q{i}"));
+    }
+    // The flow's endpoint leaves the list: its next datagram goes to another.
+    let c = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    assert_eq!(udp_ask(&c, cluster, "before").await.0, "live:before");
+    r.ports[0].endpoints = vec![other];
+    assert!(proxy.apply(std::slice::from_ref(&r)).await.is_empty());
+    assert_eq!(udp_ask(&c, cluster, "after").await.0, "other:after");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn least_connections_fills_the_idle_endpoint_first() {
+    let net = Net::new();
+    let a = backend(net.ip(1), "a").await;
+    let b = backend(net.ip(2), "b").await;
+    let cluster = at(net.ip(10), free_port(net.ip(10)));
+    let proxy = proxy();
+    let mut r = route("web", net.ip(10), cluster.port(), None, &[a, b]);
+    r.balance = bramble::api::routing::Balance::LeastConnections;
+    assert!(proxy.apply(&[r]).await.is_empty());
+    // Sessions stay open, so the counts only grow.
+    let s1 = Session::open(cluster).await.unwrap();
+    let s2 = Session::open(cluster).await.unwrap();
+    assert_ne!(s1.server, s2.server, "the idle endpoint gets the second");
+    let s3 = Session::open(cluster).await.unwrap();
+    let s4 = Session::open(cluster).await.unwrap();
+    assert_ne!(s3.server, s4.server, "1-1 then 2-1: the fourth evens it");
+    for s in [s1, s2, s3, s4] {
+        s.finish("bye").await;
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_ip_affinity_keeps_one_endpoint() {
+    let net = Net::new();
+    let a = backend(net.ip(1), "a").await;
+    let b = backend(net.ip(2), "b").await;
+    let cluster = at(net.ip(10), free_port(net.ip(10)));
+    let proxy = proxy();
+    let mut r = route("web", net.ip(10), cluster.port(), None, &[a, b]);
+    r.affinity_seconds = Some(60);
+    assert!(proxy.apply(&[r]).await.is_empty());
+    let first = ask(cluster).await;
+    for _ in 0..5 {
+        assert_eq!(ask(cluster).await, first);
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn load_balancer_ports_listen_on_the_node_addresses() {
+    let net = Net::new();
+    let a = backend(net.ip(1), "a").await;
+    let lb_ip = net.ip(77);
+    let port = free_port(lb_ip);
+    let proxy = Proxy::new(ProxyConfig {
+        node_port_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        load_balancer_addrs: vec![IpAddr::V4(lb_ip)],
+    });
+    let mut r = route("web", net.ip(10), port, None, &[a]);
+    r.load_balancer = true;
+    assert!(proxy.apply(&[r]).await.is_empty());
+    assert_eq!(ask(at(lb_ip, port)).await, "a");
+    assert_eq!(ask(at(net.ip(10), port)).await, "a");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_transfer_arrives_intact_both_ways() {
+    let net = Net::new();
+    let a = backend(net.ip(1), "a").await;
+    let cluster = at(net.ip(10), free_port(net.ip(10)));
+    let proxy = proxy();
+    assert!(
+        proxy
+            .apply(&[route("bulk", net.ip(10), cluster.port(), None, &[a])])
+            .await
+            .is_empty()
+    );
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let stream = timeout(PATIENCE, TcpStream::connect(cluster))
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        write.write_all(&sent).await.unwrap();
+        write.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    timeout(PATIENCE, read.read_to_end(&mut got))
+        .await
+        .expect("the echo in time")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(&got[..2], b"a\n");
+    assert!(got[2..] == data[..], "{} bytes back", got.len() - 2);
+    proxy.shutdown().await;
 }

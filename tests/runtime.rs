@@ -111,6 +111,7 @@ impl Fixture {
             env: vec![],
             working_dir: None,
             hostname: "demo-pod".into(),
+            resolv_conf: None,
             netns: None,
             log_path: self.dir.path().join("logs").join(format!("{id}.log")),
             resources: Resources::default(),

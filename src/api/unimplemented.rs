@@ -162,6 +162,9 @@ const POD_SPEC: &[&str] = &[
     "initContainers[].terminationMessagePath",
     "initContainers[].terminationMessagePolicy",
     "imagePullSecrets",
+    "subdomain",
+    "dnsConfig",
+    "enableServiceLinks",
 ];
 
 /// Kubernetes' default values of pod spec fields Bramble does not implement:
@@ -171,7 +174,6 @@ const POD_SPEC_DEFAULTS: &[(&str, KubeDefault)] = &[
     ("hostPID", KubeDefault::Bool(false)),
     ("hostIPC", KubeDefault::Bool(false)),
     ("shareProcessNamespace", KubeDefault::Bool(false)),
-    ("enableServiceLinks", KubeDefault::Bool(true)),
     ("preemptionPolicy", KubeDefault::Str("PreemptLowerPriority")),
     ("priority", KubeDefault::Int(0)),
     ("serviceAccountName", KubeDefault::Str("default")),
@@ -204,16 +206,17 @@ const SERVICE_SPEC: &[&str] = &[
     "clusterIP",
     "clusterIPs",
     "sessionAffinity",
+    "sessionAffinityConfig",
     "internalTrafficPolicy",
     "ipFamilies",
     "ipFamilyPolicy",
+    "externalName",
+    "publishNotReadyAddresses",
+    "allocateLoadBalancerNodePorts",
 ];
 
-const SERVICE_SPEC_DEFAULTS: &[(&str, KubeDefault)] = &[
-    ("externalTrafficPolicy", KubeDefault::Str("Cluster")),
-    ("allocateLoadBalancerNodePorts", KubeDefault::Bool(true)),
-    ("publishNotReadyAddresses", KubeDefault::Bool(false)),
-];
+const SERVICE_SPEC_DEFAULTS: &[(&str, KubeDefault)] =
+    &[("externalTrafficPolicy", KubeDefault::Str("Cluster"))];
 
 const CONFIGMAP: &[&str] = &["data", "binaryData", "immutable"];
 const NAMESPACE_SPEC: &[&str] = &["finalizers"];

@@ -6,7 +6,7 @@
 //! rest of the crate reuses (selectors, the CLI). Must not touch: defaults
 //! (see `defaults`), storage, or anything with I/O. Runs on defaulted objects;
 //! fields Bramble does not implement are `unimplemented`'s business, but values
-//! that would change meaning (SCTP, LoadBalancer, IPv6) are errors here.
+//! that would change meaning (SCTP, IPv6) are errors here.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -529,6 +529,7 @@ pub fn validate_pod_spec(
         &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
         errs,
     );
+    validate_dns_config(spec, path, errs);
     if let Some(g) = spec.termination_grace_period_seconds.filter(|g| *g < 0) {
         errs.push(FieldError::invalid(
             format!("{path}.terminationGracePeriodSeconds"),
@@ -557,6 +558,69 @@ pub fn validate_pod_spec(
         spec.node_selector.as_ref(),
         errs,
     );
+}
+
+/// `subdomain` and `dnsConfig`, with the API server's limits (3 nameservers,
+/// 32 search domains of 2048 characters in all); `dnsPolicy: None` needs a
+/// nameserver.
+fn validate_dns_config(spec: &PodSpec, path: &str, errs: &mut Vec<FieldError>) {
+    if let Some(sub) = spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+        push_all(
+            errs,
+            &format!("{path}.subdomain"),
+            sub,
+            dns1123_label_errors(sub),
+        );
+    }
+    let config = spec.dns_config.clone().unwrap_or_default();
+    let nameservers = config.nameservers.unwrap_or_default();
+    if spec.dns_policy.as_deref() == Some("None") && nameservers.is_empty() {
+        errs.push(FieldError::required(
+            format!("{path}.dnsConfig.nameservers"),
+            "must provide at least one DNS nameserver when `dnsPolicy` is None",
+        ));
+    }
+    if nameservers.len() > 3 {
+        errs.push(FieldError::invalid(
+            format!("{path}.dnsConfig.nameservers"),
+            json!(nameservers),
+            "must not have more than 3 nameservers",
+        ));
+    }
+    for (i, ns) in nameservers.iter().enumerate() {
+        if ns.parse::<std::net::IpAddr>().is_err() {
+            errs.push(FieldError::invalid(
+                format!("{path}.dnsConfig.nameservers[{i}]"),
+                json!(ns),
+                "must be a valid IP address",
+            ));
+        }
+    }
+    let searches = config.searches.unwrap_or_default();
+    if searches.len() > 32 || searches.iter().map(|s| s.len() + 1).sum::<usize>() > 2048 {
+        errs.push(FieldError::invalid(
+            format!("{path}.dnsConfig.searches"),
+            json!(searches.len()),
+            "must not have more than 32 search paths or 2048 characters in all",
+        ));
+    }
+    for (i, domain) in searches.iter().enumerate() {
+        let d = domain.trim_end_matches('.');
+        push_all(
+            errs,
+            &format!("{path}.dnsConfig.searches[{i}]"),
+            domain,
+            dns1123_subdomain_errors(d),
+        );
+    }
+    for (i, o) in config.options.iter().flatten().enumerate() {
+        if o.name.as_deref().is_none_or(str::is_empty) {
+            errs.push(FieldError::required(
+                format!("{path}.dnsConfig.options[{i}].name"),
+                "",
+            ));
+        }
+    }
 }
 
 fn validate_container(
@@ -899,30 +963,44 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
     let spec = svc.spec.clone().unwrap_or_default();
     let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
     let node_ports_allowed = match type_ {
-        "ClusterIP" => false,
-        "NodePort" => true,
-        "LoadBalancer" | "ExternalName" => {
-            errs.push(FieldError {
-                path: "spec.type".into(),
-                message: format!(
-                    "Unsupported value: {type_:?}: not supported by Bramble yet; supported values: \
-                     \"ClusterIP\", \"NodePort\""
-                ),
-            });
-            true
-        }
+        "ClusterIP" | "ExternalName" => false,
+        "NodePort" | "LoadBalancer" => true,
         other => {
             errs.push(FieldError::unsupported(
                 "spec.type",
                 other,
-                &["ClusterIP", "NodePort"],
+                &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"],
             ));
             false
         }
     };
+    let external = type_ == "ExternalName";
     let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
     let headless = cluster_ip == "None";
-    if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<Ipv4Addr>().is_err() {
+    if external {
+        match spec
+            .external_name
+            .as_deref()
+            .map(|n| n.trim_end_matches('.'))
+        {
+            None | Some("") => errs.push(FieldError::required("spec.externalName", "")),
+            Some(name) => {
+                let reasons = dns1123_subdomain_errors(&name.to_ascii_lowercase());
+                push_all(
+                    errs,
+                    "spec.externalName",
+                    spec.external_name.as_deref().unwrap_or_default(),
+                    reasons,
+                );
+            }
+        }
+        if !cluster_ip.is_empty() {
+            errs.push(FieldError::forbidden(
+                "spec.clusterIP",
+                "may not be set for ExternalName services",
+            ));
+        }
+    } else if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<Ipv4Addr>().is_err() {
         let detail = if cluster_ip.parse::<std::net::Ipv6Addr>().is_ok() {
             "IPv6 is not supported by Bramble yet"
         } else {
@@ -934,11 +1012,11 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
             detail,
         ));
     }
-    if headless && type_ == "NodePort" {
+    if headless && (type_ == "NodePort" || type_ == "LoadBalancer") {
         errs.push(FieldError::invalid(
             "spec.clusterIP",
             json!("None"),
-            "may not be set to 'None' for NodePort services",
+            &format!("may not be set to 'None' for {type_} services"),
         ));
     }
     if let Some(ips) = spec.cluster_ips.as_ref().filter(|ips| !ips.is_empty()) {
@@ -958,7 +1036,7 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
         }
     }
     let ports = spec.ports.as_deref().unwrap_or_default();
-    if ports.is_empty() && !headless {
+    if ports.is_empty() && !headless && !external {
         errs.push(FieldError::required("spec.ports", ""));
     }
     let mut names = HashSet::new();
@@ -1005,6 +1083,41 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
         &["ClientIP", "None"],
         errs,
     );
+    if let Some(t) = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref()?.timeout_seconds)
+    {
+        let path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+        if spec.session_affinity.as_deref() != Some("ClientIP") {
+            errs.push(FieldError::forbidden(
+                path,
+                "must not be set when `sessionAffinity` is not ClientIP",
+            ));
+        } else if !(1..=86_400).contains(&t) {
+            errs.push(FieldError::invalid(
+                path,
+                json!(t),
+                "must be greater than 0 and less than 86400",
+            ));
+        }
+    }
+    if let Some(v) = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::routing::BALANCE_ANNOTATION))
+        && crate::api::routing::Balance::parse(v).is_none()
+    {
+        errs.push(FieldError::unsupported(
+            format!(
+                "metadata.annotations[{}]",
+                crate::api::routing::BALANCE_ANNOTATION
+            ),
+            v,
+            &["round-robin", "least-connections"],
+        ));
+    }
     one_of(
         "spec.internalTrafficPolicy",
         spec.internal_traffic_policy.as_deref(),
@@ -1431,13 +1544,63 @@ mod tests {
         assert!(messages(&service(json!({"clusterIP": "None"}))).is_empty());
         let e = messages(&service(json!({})));
         assert_eq!(e, vec!["spec.ports: Required value"]);
+        let lb =
+            service(json!({"type": "LoadBalancer", "ports": [{"port": 80, "nodePort": 30080}]}));
+        assert!(messages(&lb).is_empty(), "{:?}", messages(&lb));
         let e = messages(&service(
-            json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+            json!({"type": "LoadBalancer", "clusterIP": "None", "ports": [{"port": 80}]}),
+        ));
+        assert!(
+            has(&e, "may not be set to 'None' for LoadBalancer services"),
+            "{e:?}"
+        );
+        let ext = service(json!({"type": "ExternalName", "externalName": "db.example.org."}));
+        assert!(messages(&ext).is_empty(), "{:?}", messages(&ext));
+        let e = messages(&service(json!({"type": "ExternalName"})));
+        assert_eq!(e, vec!["spec.externalName: Required value"]);
+        let e = messages(&service(
+            json!({"type": "ExternalName", "externalName": "not a name", "clusterIP": "10.96.0.3"}),
+        ));
+        assert!(has(&e, "spec.externalName: Invalid value"), "{e:?}");
+        assert!(
+            has(
+                &e,
+                "spec.clusterIP: Forbidden: may not be set for ExternalName"
+            ),
+            "{e:?}"
+        );
+        let e = messages(&service(
+            json!({"type": "ExternalName", "externalName": "a.org", "ports": [{"port": 80, "nodePort": 30080}]}),
+        ));
+        assert!(has(&e, "spec.ports[0].nodePort: Forbidden"), "{e:?}");
+        let e = messages(&service(
+            json!({"type": "Ingress", "ports": [{"port": 80}]}),
+        ));
+        assert!(
+            has(&e, "spec.type: Unsupported value: \"Ingress\""),
+            "{e:?}"
+        );
+        let e = messages(&service(
+            json!({"ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),
         ));
         assert!(
             has(
                 &e,
-                "spec.type: Unsupported value: \"LoadBalancer\": not supported by Bramble yet"
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0"
+            ),
+            "{e:?}"
+        );
+        let bad_balance = obj(
+            Kind::Service,
+            json!({"metadata": {"name": "web", "annotations": {"bramble.io/load-balancing": "random"}},
+                   "spec": {"ports": [{"port": 80}]}}),
+        );
+        let e = messages(&bad_balance);
+        assert!(
+            has(
+                &e,
+                "metadata.annotations[bramble.io/load-balancing]: Unsupported value: \"random\""
             ),
             "{e:?}"
         );

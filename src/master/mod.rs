@@ -12,6 +12,7 @@ pub mod commands;
 pub mod controllers;
 pub mod publish;
 pub mod scheduler;
+pub mod services;
 pub mod status;
 pub mod tokens;
 
@@ -346,6 +347,7 @@ impl Master {
             let table = ServiceTable {
                 generation: rv,
                 routes: routes.clone(),
+                network: services::cluster_network(&self.cfg.settings),
             };
             if self.send_services(&table).await {
                 self.published.services = Some((rv, routes));
@@ -605,6 +607,7 @@ impl Master {
                 self.send_services(&ServiceTable {
                     generation: g,
                     routes,
+                    network: services::cluster_network(&self.cfg.settings),
                 })
                 .await;
             }

@@ -1,22 +1,27 @@
 //! Pod networking on one node: the bridge, a network namespace and veth pair per
-//! pod, pod IP allocation, and Service ClusterIPs held on the bridge.
+//! pod, pod IP allocation, Service ClusterIPs held on the bridge, egress
+//! masquerade ([`masq`]) and the cluster DNS ([`dns`]).
 //!
 //! Owns: the bridge named in [`NetConfig`] (created if missing, deleted by
-//! [`PodNetwork::teardown_all`]), every `/32` address on it (those are ClusterIPs),
-//! the namespace files under `netns_dir`, and the veths named `bv<hash>` after
-//! pod uids ([`host_veth_name`]). Everything is done through rtnetlink; nothing here
-//! spawns `ip`.
+//! [`PodNetwork::teardown_all`]), every `/32` address on it (those are ClusterIPs
+//! and the cluster DNS address), the namespace files under `netns_dir`, the
+//! veths named `bv<hash>` after pod uids ([`host_veth_name`]), and the nftables
+//! table `bramble_<bridge>`. Links and addresses are done through rtnetlink;
+//! nothing here spawns `ip` (nftables rules go through `nft`).
 //!
-//! Must not touch: other interfaces, routes outside pod namespaces, iptables, or
-//! containers (the runtime joins a pod's namespace through
-//! [`PodNet::netns_path`]). Cross-node routes and masquerade are not done yet.
+//! Must not touch: other interfaces, routes outside pod namespaces, other
+//! nftables or iptables rules, or containers (the runtime joins a pod's
+//! namespace through [`PodNet::netns_path`]). Cross-node routes are not done
+//! yet.
 //!
 //! Every operation is idempotent and safe after an agent restart: the bridge, a
 //! veth or a namespace file that already exists is checked and reused, one that
 //! is half made is redone.
 
+pub mod dns;
 mod ipam;
 mod link;
+pub mod masq;
 mod netns;
 
 use std::collections::BTreeSet;
@@ -76,6 +81,8 @@ pub enum NetError {
     },
     #[error("network namespace thread: {0}")]
     Thread(#[source] io::Error),
+    #[error("nftables: {op}: {reason}")]
+    Nft { op: &'static str, reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +111,8 @@ pub struct PodNetwork {
     gateway: Ipv4Addr,
     host: NsConn,
     lock: Mutex<()>,
+    /// The cluster CIDR the masquerade rule was last installed for.
+    masquerade: Mutex<Option<Ipv4Net>>,
 }
 
 /// The host-side veth name for a pod: `bv` + 11 hex chars of the uid's SHA-256.
@@ -173,6 +182,7 @@ impl PodNetwork {
             gateway,
             host,
             lock: Mutex::new(()),
+            masquerade: Mutex::new(None),
         };
         network.ensure_bridge().await?;
         Ok(network)
@@ -400,11 +410,26 @@ impl PodNetwork {
         Ok(())
     }
 
+    /// Lets pods reach addresses outside `cluster_cidr` through the node's
+    /// address (see [`masq`]). Installs once per agent run and CIDR; the
+    /// install replaces whatever an earlier run left.
+    pub async fn ensure_masquerade(&self, cluster_cidr: Ipv4Net) -> Result<(), NetError> {
+        let mut installed = self.masquerade.lock().await;
+        if *installed == Some(cluster_cidr) {
+            return Ok(());
+        }
+        masq::install(&self.config.bridge, self.config.pod_cidr, cluster_cidr).await?;
+        *installed = Some(cluster_cidr);
+        Ok(())
+    }
+
     /// Removes every pod namespace under `netns_dir`, every pod veth on the
-    /// bridge, and the bridge with its ClusterIPs. The network is unusable after;
-    /// [`PodNetwork::new`] builds it again.
+    /// bridge, the masquerade table, and the bridge with its ClusterIPs. The
+    /// network is unusable after; [`PodNetwork::new`] builds it again.
     pub async fn teardown_all(&self) -> Result<(), NetError> {
         let _serial = self.lock.lock().await;
+        masq::remove(&self.config.bridge).await?;
+        *self.masquerade.lock().await = None;
         let dir = &self.config.netns_dir;
         match std::fs::read_dir(dir) {
             Ok(entries) => {

@@ -1,21 +1,26 @@
-//! The in-agent L4 proxy for Services: a listener per Service port on its
-//! ClusterIP and, for NodePorts, on the node address; each connection goes to
-//! the next ready endpoint, round-robin, trying the next one when a connect fails.
+//! The in-agent L4 proxy for Services: a TCP or UDP listener per Service port
+//! on its ClusterIP, for NodePorts on the node port address, and for
+//! LoadBalancer Services on every node address. Each connection (or UDP flow)
+//! goes to a ready endpoint chosen round-robin or by least connections, sticky
+//! per client IP with `sessionAffinity: ClientIP`, trying the next endpoint when
+//! one refuses. Same-node and cross-node endpoints go through the same path.
 //!
-//! Owns: its listening sockets and the connections it accepted. [`Proxy::apply`]
-//! reconciles the listeners to a full set of [`ServiceRoute`]s: a Service port
-//! that keeps its addresses keeps its listener and only swaps endpoints (open
-//! connections go on); a removed one stops accepting at once while its open
-//! connections finish; a changed ClusterIP or NodePort rebinds.
+//! Owns: its listening sockets and the connections and flows it accepted.
+//! [`Proxy::apply`] reconciles the listeners to a full set of
+//! [`ServiceRoute`]s: a Service port that keeps its addresses keeps its listener
+//! and only swaps endpoints and policy (open connections go on, to their
+//! endpoint even when it left the list: they drain); a removed one stops
+//! accepting at once while its open TCP connections finish; a changed
+//! ClusterIP or NodePort rebinds.
 //!
 //! Must not touch: addresses and links (the ClusterIPs are put on the bridge by
 //! [`crate::net`]; listeners bind with `IP_FREEBIND`, so either may go first), the
-//! store or the transport. TCP only for now; UDP goes next to [`tcp`] and is
-//! reported as unsupported until then.
+//! store or the transport.
 
 mod backend;
 mod plan;
 mod tcp;
+mod udp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -46,8 +51,6 @@ pub enum ProxyError {
         addr: SocketAddr,
         other: String,
     },
-    #[error("service port {service}: protocol {protocol:?} is not proxied yet")]
-    UnsupportedProtocol { service: String, protocol: Protocol },
     #[error("the proxy is shut down")]
     ShutDown,
 }
@@ -56,6 +59,8 @@ pub enum ProxyError {
 pub struct ProxyConfig {
     /// Where NodePorts listen: `0.0.0.0` in production.
     pub node_port_addr: IpAddr,
+    /// Where LoadBalancer Services' ports listen: the node's addresses.
+    pub load_balancer_addrs: Vec<IpAddr>,
 }
 
 struct Listener {
@@ -102,7 +107,11 @@ impl Proxy {
     /// and removed ones have stopped accepting.
     pub async fn apply(&self, routes: &[ServiceRoute]) -> Vec<ProxyError> {
         let _serial = self.apply_lock.lock().await;
-        let plan = plan::plan(routes, self.config.node_port_addr);
+        let plan = plan::plan(
+            routes,
+            self.config.node_port_addr,
+            &self.config.load_balancer_addrs,
+        );
         let mut errors = plan.errors;
 
         let (to_close, to_open, closing) = {
@@ -110,15 +119,15 @@ impl Proxy {
             if state.shut_down {
                 return vec![ProxyError::ShutDown];
             }
-            for (id, endpoints) in &plan.backends {
+            for (id, (endpoints, policy)) in &plan.backends {
                 match state.backends.get(id) {
                     Some(backend) => {
-                        if backend.set_endpoints(endpoints) {
+                        if backend.update(endpoints, *policy) {
                             info!(service = %id, endpoints = endpoints.len(), "endpoints changed");
                         }
                     }
                     None => {
-                        let backend = Arc::new(Backend::new(id.clone(), endpoints));
+                        let backend = Arc::new(Backend::new(id.clone(), endpoints, *policy));
                         state.backends.insert(id.clone(), backend);
                     }
                 }
@@ -231,11 +240,14 @@ fn open_listener(
                 tokio::spawn(tcp::accept_loop(listener, backend, stop)),
             ))
         }
-        // `plan` reports UDP ports instead of planning them.
-        Protocol::Udp => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "UDP is not proxied yet",
-        )),
+        // A UDP port has no connections to cut on shutdown: aborting its task
+        // ends its flows.
+        Protocol::Udp => {
+            let socket = udp::bind(key.addr)?;
+            let local = socket.local_addr()?;
+            drop(stop);
+            Ok((local, tokio::spawn(udp::serve_loop(socket, backend))))
+        }
     }
 }
 

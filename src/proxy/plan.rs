@@ -6,10 +6,12 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
 
 use crate::api::routing::{Protocol, ServiceRoute};
 
 use super::ProxyError;
+use super::backend::Policy;
 
 /// One listening socket: the address and the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,14 +61,23 @@ impl fmt::Display for BackendId {
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub listeners: BTreeMap<ListenKey, BackendId>,
-    pub backends: BTreeMap<BackendId, Vec<SocketAddrV4>>,
+    pub backends: BTreeMap<BackendId, (Vec<SocketAddrV4>, Policy)>,
     /// Ports that cannot be served; the rest of the plan stands without them.
     pub errors: Vec<ProxyError>,
 }
 
-pub(crate) fn plan(routes: &[ServiceRoute], node_port_addr: IpAddr) -> Plan {
+/// Where each Service port listens: its ClusterIP, the NodePort on
+/// `node_port_addr`, and for LoadBalancer Services the port itself on every
+/// address of `lb_addrs`.
+pub(crate) fn plan(routes: &[ServiceRoute], node_port_addr: IpAddr, lb_addrs: &[IpAddr]) -> Plan {
     let mut out = Plan::default();
     for route in routes {
+        let policy = Policy {
+            balance: route.balance,
+            affinity: route
+                .affinity_seconds
+                .map(|s| Duration::from_secs(u64::from(s))),
+        };
         for port in &route.ports {
             let id = BackendId {
                 namespace: route.namespace.clone(),
@@ -74,19 +85,15 @@ pub(crate) fn plan(routes: &[ServiceRoute], node_port_addr: IpAddr) -> Plan {
                 port: port.port,
                 udp: port.protocol == Protocol::Udp,
             };
-            if port.protocol != Protocol::Tcp {
-                out.errors.push(ProxyError::UnsupportedProtocol {
-                    service: id.to_string(),
-                    protocol: port.protocol,
-                });
-                continue;
-            }
             let mut addrs = Vec::with_capacity(2);
             if let Some(ip) = route.cluster_ip {
                 addrs.push(SocketAddr::new(ip.into(), port.port));
             }
             if let Some(node_port) = port.node_port {
                 addrs.push(SocketAddr::new(node_port_addr, node_port));
+            }
+            if route.load_balancer && route.cluster_ip.is_some() {
+                addrs.extend(lb_addrs.iter().map(|ip| SocketAddr::new(*ip, port.port)));
             }
             let mut wanted = false;
             for addr in addrs {
@@ -107,7 +114,7 @@ pub(crate) fn plan(routes: &[ServiceRoute], node_port_addr: IpAddr) -> Plan {
                 }
             }
             if wanted {
-                out.backends.insert(id, port.endpoints.clone());
+                out.backends.insert(id, (port.endpoints.clone(), policy));
             }
         }
     }
@@ -157,6 +164,7 @@ mod tests {
             name: name.into(),
             cluster_ip: cluster_ip.map(Ipv4Addr::from),
             ports,
+            ..Default::default()
         }
     }
 
@@ -176,14 +184,14 @@ mod tests {
             Some([10, 96, 0, 10]),
             vec![port(80, Some(30080), &["10.88.0.2:8080", "10.88.0.3:8080"])],
         )];
-        let plan = plan(&routes, ANY);
+        let plan = plan(&routes, ANY, &[]);
         assert!(plan.errors.is_empty());
         let keys: Vec<_> = plan.listeners.keys().copied().collect();
         assert_eq!(keys, vec![key("0.0.0.0:30080"), key("10.96.0.10:80")]);
         let ids: Vec<_> = plan.listeners.values().collect();
         assert_eq!(ids[0], ids[1]);
         assert_eq!(ids[0].to_string(), "default/web:80/tcp");
-        assert_eq!(plan.backends[ids[0]].len(), 2);
+        assert_eq!(plan.backends[ids[0]].0.len(), 2);
     }
 
     #[test]
@@ -193,7 +201,7 @@ mod tests {
             None,
             vec![port(5432, None, &["10.88.0.2:5432"])],
         )];
-        let plan = plan(&routes, ANY);
+        let plan = plan(&routes, ANY, &[]);
         assert!(plan.listeners.is_empty() && plan.backends.is_empty() && plan.errors.is_empty());
     }
 
@@ -204,7 +212,7 @@ mod tests {
             route("b", Some([10, 96, 0, 10]), vec![port(80, None, &[])]),
             route("c", Some([10, 96, 0, 11]), vec![port(80, Some(30080), &[])]),
         ];
-        let plan = plan(&routes, ANY);
+        let plan = plan(&routes, ANY, &[]);
         assert_eq!(plan.errors.len(), 2);
         assert!(
             matches!(&plan.errors[0], ProxyError::Conflict { service, other, .. }
@@ -218,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_ports_are_reported_not_dropped_silently() {
+    fn udp_and_tcp_on_one_port_are_two_listeners() {
         let mut udp = port(53, None, &["10.88.0.2:53"]);
         udp.protocol = Protocol::Udp;
         let routes = [route(
@@ -226,15 +234,41 @@ mod tests {
             Some([10, 96, 0, 53]),
             vec![udp, port(53, None, &[])],
         )];
-        let plan = plan(&routes, ANY);
-        assert!(matches!(
-            &plan.errors[..],
-            [ProxyError::UnsupportedProtocol {
-                protocol: Protocol::Udp,
-                ..
-            }]
-        ));
-        assert_eq!(plan.listeners.len(), 1);
+        let plan = plan(&routes, ANY, &[]);
+        assert!(plan.errors.is_empty());
+        assert_eq!(plan.listeners.len(), 2);
+        assert_eq!(plan.backends.len(), 2);
+        let ids: Vec<String> = plan.backends.keys().map(|id| id.to_string()).collect();
+        assert_eq!(ids, vec!["default/dns:53/tcp", "default/dns:53/udp"]);
+    }
+
+    #[test]
+    fn load_balancer_ports_listen_on_every_node_address() {
+        let mut lb = route(
+            "web",
+            Some([10, 96, 0, 10]),
+            vec![port(80, Some(30080), &["10.88.0.2:8080"])],
+        );
+        lb.load_balancer = true;
+        lb.affinity_seconds = Some(30);
+        let node_ips = [
+            IpAddr::V4(Ipv4Addr::new(192, 168, 1, 9)),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ];
+        let plan = plan(&[lb], ANY, &node_ips);
+        assert!(plan.errors.is_empty());
+        let keys: Vec<_> = plan.listeners.keys().copied().collect();
+        assert_eq!(
+            keys,
+            vec![
+                key("0.0.0.0:30080"),
+                key("10.96.0.10:80"),
+                key("127.0.0.1:80"),
+                key("192.168.1.9:80")
+            ]
+        );
+        let (_, policy) = plan.backends.values().next().unwrap();
+        assert_eq!(policy.affinity, Some(Duration::from_secs(30)));
     }
 
     #[test]
@@ -249,6 +283,7 @@ mod tests {
                 route("b", Some([10, 96, 0, 11]), vec![port(80, None, &[])]),
             ],
             ANY,
+            &[],
         );
         let after = plan(
             &[
@@ -262,6 +297,7 @@ mod tests {
                 route("c", Some([10, 96, 0, 11]), vec![port(80, None, &[])]),
             ],
             ANY,
+            &[],
         );
         let (close, open) = diff(&before.listeners, &after.listeners);
         assert_eq!(close, vec![key("0.0.0.0:30080"), key("10.96.0.11:80")]);

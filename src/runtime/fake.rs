@@ -486,6 +486,7 @@ mod tests {
             env: vec![],
             working_dir: None,
             hostname: "p".into(),
+            resolv_conf: None,
             netns: None,
             log_path: "/dev/null".into(),
             resources: Resources::default(),

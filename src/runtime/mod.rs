@@ -62,6 +62,10 @@ pub struct ContainerConfig {
     pub working_dir: Option<String>,
     /// The pod's hostname (the pod name, as Kubernetes sets it).
     pub hostname: String,
+    /// The container's `/etc/resolv.conf` (cluster DNS and search domains,
+    /// from `dnsPolicy`); `None` copies the node's.
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
     /// Network namespace to join (a bind-mounted nsfs file); `None` = host network.
     pub netns: Option<PathBuf>,
     /// stdout and stderr both go here, opened `O_APPEND`; the agent rotates it.

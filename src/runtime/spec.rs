@@ -689,6 +689,7 @@ mod tests {
             env: vec![("A".into(), "2".into())],
             working_dir: None,
             hostname: "pod".into(),
+            resolv_conf: None,
             netns: Some("/run/netns/x".into()),
             log_path: "/tmp/log".into(),
             resources: Resources {

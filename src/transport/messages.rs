@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::routing::ServiceRoute;
+use crate::api::routing::{ClusterNetwork, ServiceRoute};
 use crate::api::{ConfigMap, Kind, Object, ObjectKey, Pod, Secret};
 use k8s_openapi::api::core::v1::PodStatus;
 
@@ -236,6 +236,9 @@ pub struct Assignment {
 pub struct ServiceTable {
     pub generation: u64,
     pub routes: Vec<ServiceRoute>,
+    /// The cluster DNS address and domain, and the cluster CIDR.
+    #[serde(default)]
+    pub network: ClusterNetwork,
 }
 
 /// Worker → master on `node/<n>/status`: heartbeat, facts, pod statuses.

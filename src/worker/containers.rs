@@ -126,6 +126,7 @@ pub fn container_config(
         env,
         working_dir: container.working_dir.clone(),
         hostname,
+        resolv_conf: None,
         netns: place.netns,
         log_path: place.log_path,
         resources: resources(container, node)?,

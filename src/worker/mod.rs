@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::routing::{Protocol, RoutePort, ServiceRoute};
 use crate::config::Layout;
+use crate::net::dns::DnsServer;
 use crate::net::{NetConfig, PodNetwork};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::runtime::log_times::LogClock;
@@ -71,6 +72,9 @@ pub struct WorkerConfig {
     pub node_port_addr: IpAddr,
     /// The address reported to the master (else the default route's).
     pub node_ip: Option<Ipv4Addr>,
+    /// The node's resolv.conf: upstreams of the cluster DNS, and what
+    /// `dnsPolicy: Default` pods get.
+    pub resolv_conf: PathBuf,
     pub heartbeat: Duration,
     /// Log files are rotated (copy-truncate, one old copy kept) beyond this.
     pub log_max_bytes: u64,
@@ -153,6 +157,8 @@ struct Agent {
     persisted: HashMap<String, Vec<u8>>,
     net: Option<PodNetwork>,
     proxy: Option<Proxy>,
+    /// The cluster DNS server, once the Service table names its address.
+    dns: Option<DnsServer>,
     /// The routes the proxy runs now (applied only once the network is up).
     applied_routes: Option<u64>,
     /// The hostPort forwards the proxy runs now.
@@ -203,6 +209,7 @@ pub async fn run(
     let proxy = cfg.bridge.as_ref().map(|_| {
         Proxy::new(ProxyConfig {
             node_port_addr: cfg.node_port_addr,
+            load_balancer_addrs: load_balancer_addrs(cfg.node_port_addr, &facts),
         })
     });
     let mut runtime_events = cfg.runtime.events();
@@ -222,6 +229,7 @@ pub async fn run(
         persisted,
         net: None,
         proxy,
+        dns: None,
         applied_routes: None,
         applied_host_ports: Vec::new(),
         last_report: None,
@@ -309,6 +317,23 @@ pub async fn run(
     Ok(())
 }
 
+/// Where LoadBalancer Services listen: every node address (the one reported
+/// and loopback) when NodePorts listen on all addresses, else that one address.
+fn load_balancer_addrs(node_port_addr: IpAddr, facts: &NodeFacts) -> Vec<IpAddr> {
+    if !node_port_addr.is_unspecified() {
+        return vec![node_port_addr];
+    }
+    let mut addrs: Vec<IpAddr> = facts
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    addrs.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
 impl Agent {
     fn desired(&self) -> BTreeMap<String, &Pod> {
         self.assignment
@@ -359,12 +384,13 @@ impl Agent {
         {
             return;
         }
-        let ips: BTreeSet<Ipv4Addr> = self
+        let mut ips: BTreeSet<Ipv4Addr> = self
             .services
             .routes
             .iter()
             .filter_map(|r| r.cluster_ip)
             .collect();
+        ips.extend(self.services.network.dns_ip);
         if let Err(e) = net.set_service_ips(&ips).await {
             tracing::warn!(error = %e, "cannot bind Service addresses; retrying");
             return;
@@ -374,6 +400,19 @@ impl Agent {
         for e in proxy.apply(&routes).await {
             tracing::warn!(error = %e, "proxy");
         }
+        // Egress failing (no `nft`) must not keep Services and DNS down; it
+        // is tried again with the next table.
+        if let Some(cidr) = self.services.network.cluster_cidr
+            && let Err(e) = net.ensure_masquerade(cidr).await
+        {
+            tracing::warn!(error = %e, "pods have no egress to outside the cluster");
+        }
+        self.dns = crate::net::dns::serve(
+            self.dns.take(),
+            &self.services.routes,
+            &self.services.network,
+            &self.cfg.resolv_conf,
+        );
         self.applied_routes = Some(self.services.generation);
         self.applied_host_ports = host_ports;
     }
@@ -433,6 +472,7 @@ impl Agent {
                     ),
                     cluster_ip: None,
                     ports,
+                    ..Default::default()
                 });
             }
         }
@@ -974,6 +1014,29 @@ impl Agent {
                 return;
             }
         };
+        // Cluster DNS and Service links need the Service table (as the kubelet
+        // sees the Services that exist when a pod starts): wait for the first.
+        if self.cfg.bridge.is_some() && self.services.generation == 0 {
+            tracing::debug!(%uid, "waiting for the Service table before starting");
+            return;
+        }
+        let mut config = config;
+        let node_resolv = crate::net::dns::resolv::parse_resolv_conf(
+            &std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default(),
+        );
+        config.resolv_conf = Some(crate::net::dns::resolv::pod_resolv_conf(
+            pod,
+            &self.services.network,
+            &node_resolv,
+        ));
+        if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
+            let mut env = crate::api::routing::service_env(&self.services.routes, &rec.namespace);
+            env.append(&mut config.env);
+            config.env = env;
+        }
+        if let Some(h) = pod.spec.as_ref().and_then(|s| s.hostname.clone()) {
+            config.hostname = h;
+        }
         // Pulls run in the background; a later pass starts the container.
         if !self.image_ready(uid, pod, spec, now).await {
             return;

@@ -97,6 +97,11 @@ pub struct ClusterOptions {
 
 impl Cluster {
     pub fn start(opts: ClusterOptions) -> Cluster {
+        Cluster::start_with(opts, &[])
+    }
+
+    /// Like [`Cluster::start`], with more `bramble up` arguments.
+    pub fn start_with(opts: ClusterOptions, extra: &[String]) -> Cluster {
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let dir = std::env::temp_dir().join(format!("bramble-e2e-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -142,6 +147,7 @@ impl Cluster {
             args.push("--broker".into());
             args.push(b.clone());
         }
+        args.extend(extra.iter().cloned());
         c.args = args.clone();
         c.spawn(&args);
         c

@@ -6,15 +6,12 @@
 //! object is defaulted and validated again here: the CLI's checks are a
 //! courtesy, the master's are the rule.
 
-use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
-
 use crate::api::{self, Kind, Object, ObjectKey};
-use crate::master::allocate;
 use crate::master::controllers::deployment::REVISION_ANNOTATION;
+use crate::master::services::Allocations;
 use crate::store::{Mode, Op, Outcome};
 use crate::transport::messages::{ApiError, Applied, ApplyRequest, ErrorCode, Response};
 
@@ -222,155 +219,5 @@ fn clear_status(obj: &mut Object) {
             })
         }
         _ => {}
-    }
-}
-
-/// ClusterIPs and NodePorts taken by stored Services and by earlier objects
-/// of the same request.
-struct Allocations {
-    ips: HashMap<Ipv4Addr, ObjectKey>,
-    ports: HashMap<u16, ObjectKey>,
-}
-
-impl Allocations {
-    fn from_store(ctx: &Ctx) -> Allocations {
-        let mut a = Allocations {
-            ips: HashMap::new(),
-            ports: HashMap::new(),
-        };
-        for obj in ctx.store.list(Kind::Service, None) {
-            if let Object::Service(s) = &*obj {
-                a.record(obj.key(), s);
-            }
-        }
-        a
-    }
-
-    fn record(&mut self, key: ObjectKey, svc: &Service) {
-        let Some(spec) = &svc.spec else { return };
-        if let Some(ip) = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()) {
-            self.ips.insert(ip, key.clone());
-        }
-        for p in spec.ports.iter().flatten() {
-            if let Some(n) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
-                self.ports.insert(n, key.clone());
-            }
-        }
-    }
-
-    fn prepare_service(
-        &mut self,
-        ctx: &Ctx,
-        svc: &mut Service,
-        old: Option<&Service>,
-    ) -> Result<(), ApiError> {
-        let key = Object::Service(svc.clone()).key();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let err = |msg: String| {
-            ApiError::new(
-                ErrorCode::Invalid,
-                format!("Service \"{name}\" is invalid: {msg}"),
-            )
-        };
-        // Free what this Service holds now, so an update can keep it.
-        self.ips.retain(|_, k| k != &key);
-        self.ports.retain(|_, k| k != &key);
-        let old_spec = old.and_then(|o| o.spec.clone()).unwrap_or_default();
-        let spec = svc.spec.get_or_insert_with(Default::default);
-        let node_port_type = matches!(
-            spec.type_.as_deref(),
-            Some("NodePort") | Some("LoadBalancer")
-        );
-
-        let old_ip = old_spec.cluster_ip.clone().filter(|s| !s.is_empty());
-        match (spec.cluster_ip.clone().filter(|s| !s.is_empty()), old_ip) {
-            (Some(want), Some(have)) if want != have => {
-                return Err(err(format!(
-                    "spec.clusterIP: Invalid value: \"{want}\": field is immutable"
-                )));
-            }
-            (Some(want), _) if want == "None" => {}
-            (Some(want), _) => {
-                let ip: Ipv4Addr = want.parse().map_err(|_| {
-                    err(format!(
-                        "spec.clusterIP: Invalid value: \"{want}\": must be a valid IP address"
-                    ))
-                })?;
-                if !ctx.settings.service_cidr.contains(&ip) {
-                    return Err(err(format!(
-                        "spec.clusterIP: Invalid value: \"{want}\": provided IP is not in the valid range. The range of valid IPs is {}",
-                        ctx.settings.service_cidr
-                    )));
-                }
-                if let Some(holder) = self.ips.get(&ip) {
-                    return Err(err(format!(
-                        "spec.clusterIP: Invalid value: \"{want}\": provided IP is already allocated (to {holder})"
-                    )));
-                }
-            }
-            (None, Some(have)) => spec.cluster_ip = Some(have),
-            (None, None) => {
-                let used: HashSet<Ipv4Addr> = self.ips.keys().copied().collect();
-                let ip =
-                    allocate::cluster_ip(ctx.settings.service_cidr, &used).ok_or_else(|| {
-                        ApiError::new(
-                            ErrorCode::Unavailable,
-                            format!("no free ClusterIP left in {}", ctx.settings.service_cidr),
-                        )
-                    })?;
-                spec.cluster_ip = Some(ip.to_string());
-            }
-        }
-        spec.cluster_ips = spec.cluster_ip.clone().map(|ip| vec![ip]);
-
-        let range = ctx.settings.node_port_range.clone();
-        for (i, port) in spec.ports.iter_mut().flatten().enumerate() {
-            if !node_port_type {
-                if port.node_port.is_some_and(|n| n != 0) {
-                    return Err(err(format!(
-                        "spec.ports[{i}].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"
-                    )));
-                }
-                continue;
-            }
-            match port.node_port.filter(|n| *n != 0) {
-                Some(n) => {
-                    let p = u16::try_from(n).ok().filter(|p| range.contains(p)).ok_or_else(|| {
-                        err(format!(
-                            "spec.ports[{i}].nodePort: Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {}-{}",
-                            range.start(),
-                            range.end()
-                        ))
-                    })?;
-                    if let Some(holder) = self.ports.get(&p) {
-                        return Err(err(format!(
-                            "spec.ports[{i}].nodePort: Invalid value: {n}: provided port is already allocated (to {holder})"
-                        )));
-                    }
-                    self.ports.insert(p, key.clone());
-                }
-                None => {
-                    let kept = old_spec.ports.iter().flatten().find(|o| {
-                        o.port == port.port && o.protocol == port.protocol && o.name == port.name
-                    });
-                    let p = match kept
-                        .and_then(|o| o.node_port)
-                        .and_then(|n| u16::try_from(n).ok())
-                    {
-                        Some(p) if !self.ports.contains_key(&p) => p,
-                        _ => {
-                            let used: HashSet<u16> = self.ports.keys().copied().collect();
-                            allocate::node_port(&range, &used).ok_or_else(|| {
-                                ApiError::new(ErrorCode::Unavailable, "no free NodePort left")
-                            })?
-                        }
-                    };
-                    port.node_port = Some(i32::from(p));
-                    self.ports.insert(p, key.clone());
-                }
-            }
-        }
-        self.record(key, svc);
-        Ok(())
     }
 }

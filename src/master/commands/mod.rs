@@ -28,6 +28,8 @@ pub struct Settings {
     pub node_port_range: RangeInclusive<u16>,
     pub broker_url: String,
     pub master_key: String,
+    /// The DNS domain of the cluster (`cluster.local`).
+    pub cluster_domain: String,
 }
 
 /// Who sent the command (already verified).

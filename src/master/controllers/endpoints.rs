@@ -1,7 +1,11 @@
 //! Endpoints controller: for every Service with a selector, an Endpoints object
 //! of the same name listing the matching pods' IPs and target ports, ready pods
-//! under `addresses`, the others under `notReadyAddresses`. Services without a
-//! selector keep the Endpoints their user writes.
+//! under `addresses`, the others under `notReadyAddresses` (all under
+//! `addresses` with `publishNotReadyAddresses`). A pod whose `subdomain` names
+//! the Service gets its `hostname` on its address, which is what DNS publishes
+//! as `<hostname>.<svc>.<ns>.svc.<domain>` (StatefulSet pods). Services without
+//! a selector keep the Endpoints their user writes; ExternalName Services have
+//! none.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +41,9 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
         let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
             continue;
         };
+        if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            continue;
+        }
         if selector.is_empty() {
             continue;
         }
@@ -107,7 +114,11 @@ fn named_port(pod: &Pod, name: &str) -> Option<(i32, String)> {
 /// Groups pods by the ports they resolve to, one subset per distinct set, as
 /// the Kubernetes endpoints controller does.
 fn subsets_for(svc: &Service, pods: &[&Pod]) -> Option<Vec<EndpointSubset>> {
-    let ports = svc.spec.as_ref()?.ports.clone().unwrap_or_default();
+    let spec = svc.spec.as_ref()?;
+    let ports = spec.ports.clone().unwrap_or_default();
+    // A headless Service without ports still publishes its pods' addresses.
+    let portless = ports.is_empty() && spec.cluster_ip.as_deref() == Some("None");
+    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
     // Resolved (name, port, protocol) per Service port → (ready, not ready).
     type Group = (Vec<EndpointAddress>, Vec<EndpointAddress>);
     let mut groups: BTreeMap<Vec<(String, i32, String)>, Group> = BTreeMap::new();
@@ -127,9 +138,16 @@ fn subsets_for(svc: &Service, pods: &[&Pod]) -> Option<Vec<EndpointSubset>> {
                 resolved.push((p.name.clone().unwrap_or_default(), port, proto));
             }
         }
-        if resolved.is_empty() {
+        if resolved.is_empty() && !portless {
             continue;
         }
+        let pod_spec = pod.spec.as_ref();
+        let hostname = pod_spec
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty())
+            .filter(|_| {
+                pod_spec.and_then(|s| s.subdomain.as_deref()) == svc.metadata.name.as_deref()
+            });
         let address = EndpointAddress {
             ip,
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -140,10 +158,10 @@ fn subsets_for(svc: &Service, pods: &[&Pod]) -> Option<Vec<EndpointSubset>> {
                 uid: pod.metadata.uid.clone(),
                 ..Default::default()
             }),
-            hostname: None,
+            hostname,
         };
         let entry = groups.entry(resolved).or_default();
-        if is_ready(pod) {
+        if publish_not_ready || is_ready(pod) {
             entry.0.push(address);
         } else {
             entry.1.push(address);
@@ -166,7 +184,7 @@ fn subsets_for(svc: &Service, pods: &[&Pod]) -> Option<Vec<EndpointSubset>> {
                 EndpointSubset {
                     addresses: (!ready.is_empty()).then_some(ready),
                     not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
-                    ports: Some(
+                    ports: (!ports.is_empty()).then(|| {
                         ports
                             .into_iter()
                             .map(|(name, port, protocol)| EndpointPort {
@@ -175,8 +193,8 @@ fn subsets_for(svc: &Service, pods: &[&Pod]) -> Option<Vec<EndpointSubset>> {
                                 protocol: Some(protocol),
                                 app_protocol: None,
                             })
-                            .collect(),
-                    ),
+                            .collect()
+                    }),
                 }
             })
             .collect(),
@@ -218,6 +236,84 @@ mod tests {
             8080,
             "named port resolved"
         );
+    }
+
+    fn endpoints_of(actions: &[Action]) -> &Endpoints {
+        match actions.first() {
+            Some(Action::Create(Object::Endpoints(ep))) => ep,
+            other => panic!("expected endpoints, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn subdomain_pods_get_hostnames_and_not_ready_can_be_published() {
+        let mut svc = service("db", "default", "web", 5432, IntOrString::Int(5432));
+        svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        let rs = replicaset("db", "default", 2);
+        let mut a = owned_pod("db-0", &rs, Some("n1"), true);
+        let mut b = owned_pod("db-1", &rs, Some("n1"), false);
+        set_ip(&mut a, "10.88.0.2");
+        set_ip(&mut b, "10.88.0.3");
+        for (p, name) in [(&mut a, "db-0"), (&mut b, "db-1")] {
+            let spec = p.spec.as_mut().unwrap();
+            spec.hostname = Some(name.into());
+            spec.subdomain = Some("db".into());
+        }
+        // Another subdomain: no hostname on the address.
+        let mut c = owned_pod("other-0", &rs, Some("n1"), true);
+        set_ip(&mut c, "10.88.0.4");
+        c.spec.as_mut().unwrap().hostname = Some("other-0".into());
+        c.spec.as_mut().unwrap().subdomain = Some("elsewhere".into());
+        let objects = vec![
+            Object::Pod(a.clone()),
+            Object::Pod(b.clone()),
+            Object::Pod(c.clone()),
+        ];
+        let mut with = objects.clone();
+        with.push(Object::Service(svc.clone()));
+        let actions = reconcile(&snapshot(with));
+        let subset = &endpoints_of(&actions).subsets.as_ref().unwrap()[0];
+        let ready = subset.addresses.as_ref().unwrap();
+        assert_eq!(ready[0].hostname.as_deref(), Some("db-0"));
+        assert_eq!(ready[1].ip, "10.88.0.4");
+        assert_eq!(ready[1].hostname, None);
+        assert_eq!(
+            subset.not_ready_addresses.as_ref().unwrap()[0]
+                .hostname
+                .as_deref(),
+            Some("db-1")
+        );
+
+        svc.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+        let mut with = objects;
+        with.push(Object::Service(svc));
+        let actions = reconcile(&snapshot(with));
+        let subset = &endpoints_of(&actions).subsets.as_ref().unwrap()[0];
+        assert_eq!(subset.addresses.as_ref().unwrap().len(), 3);
+        assert!(subset.not_ready_addresses.is_none());
+    }
+
+    #[test]
+    fn headless_without_ports_lists_addresses_and_external_name_has_none() {
+        let mut svc = service("db", "default", "web", 5432, IntOrString::Int(5432));
+        let spec = svc.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("None".into());
+        spec.ports = None;
+        let rs = replicaset("db", "default", 1);
+        let mut a = owned_pod("db-0", &rs, Some("n1"), true);
+        set_ip(&mut a, "10.88.0.2");
+        let actions = reconcile(&snapshot(vec![
+            Object::Service(svc.clone()),
+            Object::Pod(a.clone()),
+        ]));
+        let subset = &endpoints_of(&actions).subsets.as_ref().unwrap()[0];
+        assert_eq!(subset.addresses.as_ref().unwrap()[0].ip, "10.88.0.2");
+        assert_eq!(subset.ports, None);
+
+        let spec = svc.spec.as_mut().unwrap();
+        spec.type_ = Some("ExternalName".into());
+        spec.external_name = Some("example.org".into());
+        assert!(reconcile(&snapshot(vec![Object::Service(svc), Object::Pod(a)])).is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod loadbalancer;
 pub mod nodes;
 pub mod pods;
 pub mod replicaset;
@@ -99,6 +100,7 @@ pub fn reconcile_all(snap: &Snapshot, names: &mut dyn FnMut() -> String) -> Vec<
     actions.extend(replicaset::reconcile(snap, names));
     actions.extend(crate::master::scheduler::reconcile(snap));
     actions.extend(endpoints::reconcile(snap));
+    actions.extend(loadbalancer::reconcile(snap));
     actions.extend(gc::reconcile(snap));
     actions.extend(pods::reconcile(snap));
     actions.extend(events::reconcile(snap));

@@ -320,7 +320,10 @@ impl LibcontainerRuntime {
             hostname: dir.join("etc/hostname"),
         };
         fs::create_dir(dir.join("etc")).map_err(io_err("creating etc/"))?;
-        let resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
+        let resolv = match &config.resolv_conf {
+            Some(text) => text.clone().into_bytes(),
+            None => fs::read("/etc/resolv.conf").unwrap_or_default(),
+        };
         for (path, content) in [
             (&etc.hosts, spec::hosts_file(&config.hostname).into_bytes()),
             (&etc.resolv_conf, resolv),
