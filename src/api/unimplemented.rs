@@ -200,6 +200,8 @@ impl Table {
             Kind::Secret => t.allow("", SECRET),
             // Events are written by Bramble itself; all of one is its own.
             Kind::Event => t.allow("", EVENT),
+            // Written by the StatefulSet and DaemonSet controllers.
+            Kind::ControllerRevision => t.allow("", &["data", "revision"]),
             // Kinds whose controllers are not written yet: every field of
             // theirs warns, so nobody believes they act.
             Kind::PersistentVolumeClaim

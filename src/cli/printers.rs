@@ -168,6 +168,7 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
             &[],
         ),
         Kind::Namespace => (vec!["NAME", "STATUS", "AGE"], &[]),
+        Kind::ControllerRevision => (vec!["NAME", "CONTROLLER", "REVISION", "AGE"], &[]),
         Kind::Node => (
             vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
             &[

@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod publish;
 pub mod scheduler;
 pub mod status;
+pub mod usage;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -151,6 +152,8 @@ struct Master {
     drops: DropLog,
     last_seen: HashMap<String, jiff::Timestamp>,
     terminated: HashMap<String, HashSet<String>>,
+    /// Resource use per pod uid, from heartbeats (memory only).
+    usage: usage::Usage,
     published: Published,
     dirty: bool,
 }
@@ -179,6 +182,7 @@ pub async fn run(
         drops: DropLog::new(10),
         last_seen: HashMap::new(),
         terminated: HashMap::new(),
+        usage: usage::Usage::default(),
         published: Published::default(),
         dirty: true,
     };
@@ -235,6 +239,7 @@ impl Master {
             last_seen: self.last_seen.clone(),
             terminated: self.terminated.values().flatten().cloned().collect(),
             node_grace: self.cfg.node_grace,
+            usage: self.usage.pods(),
         }
     }
 
@@ -479,6 +484,7 @@ impl Master {
             if pr.terminated {
                 terminated.insert(pr.uid.clone());
             }
+            self.usage.record(&pr.uid, &pr.usage);
             if let Some(updated) = status::pod_with_report(pod, pr) {
                 ops.push(Op::Update(Object::Pod(updated)));
             }
@@ -526,6 +532,8 @@ impl Master {
             );
             ops.push(commands::to_op(action));
         }
+        let live: HashSet<&str> = report.pods.iter().map(|p| p.uid.as_str()).collect();
+        self.usage.forget_missing(node, &live);
         if self.terminated.get(node) != Some(&terminated) {
             self.terminated.insert(node.to_string(), terminated);
             self.dirty = true;

@@ -112,8 +112,22 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
     let mut out = Vec::new();
     for pod in pending.into_values() {
         let mut p = pod.clone();
-        match pick(&nodes, pod, &load, &spread) {
+        // A pod whose claims live on a node goes there (local volumes).
+        let picked = match crate::master::controllers::volumes::placement(snap, pod) {
+            Err(why) => Err(format!("0/{} nodes are available: {why}.", nodes.len())),
+            Ok(None) => pick(&nodes, pod, &load, &spread),
+            Ok(Some(n)) => {
+                let there: Vec<&Node> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|x| x.metadata.name.as_deref() == Some(n.as_str()))
+                    .collect();
+                pick(&there, pod, &load, &spread)
+            }
+        };
+        match picked {
             Ok(node) => {
+                crate::master::controllers::volumes::annotate(snap, &mut p);
                 *load.entry(node.to_string()).or_default() += 1;
                 if let Some(r) = controller_of(&pod.metadata) {
                     *spread.entry((node.to_string(), r.uid.clone())).or_default() += 1;

@@ -231,6 +231,24 @@ pub struct PodReport {
     pub status: PodStatus,
     /// All containers stopped and resources released: a deleted pod may go.
     pub terminated: bool,
+    /// What its running containers use, measured in their cgroups; filled in
+    /// heartbeats only (it changes all the time and must not make every
+    /// report differ).
+    #[serde(default)]
+    pub usage: Vec<ContainerUsage>,
+}
+
+/// One container's resource use, as its node measured it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUsage {
+    pub container: String,
+    /// CPU time used since the container started, in nanoseconds (the master
+    /// turns two samples into a rate).
+    pub cpu_nanos: u64,
+    /// Memory working set (usage less inactive file cache), in bytes.
+    pub memory_bytes: u64,
+    /// When it was read, Unix milliseconds by the node's clock.
+    pub at_ms: i64,
 }
 
 /// Stream control and data on `node/<n>/stream/<id>/{in,out}`.
