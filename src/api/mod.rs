@@ -8,6 +8,7 @@
 //! Must not touch: redb, MQTT, the runtime or the network. Everything here is pure
 //! data in, data out, so the store, the master and the CLI can all share it.
 
+pub mod cron;
 pub mod defaults;
 pub mod manifest;
 pub mod routing;

@@ -24,12 +24,29 @@ pub struct Args {
     /// Every object of the kind in the namespace.
     #[arg(long)]
     pub all: bool,
+    /// `background` (default), `foreground` (dependents first, then the
+    /// object), or `orphan` (dependents stay). `true`/`false` as kubectl.
+    #[arg(long, default_value = "background", num_args = 0..=1, default_missing_value = "background")]
+    pub cascade: String,
+    #[arg(long = "dry-run", default_value = "none", num_args = 0..=1, default_missing_value = "client")]
+    pub dry_run: String,
     /// Wait until the objects are gone.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub wait: bool,
 }
 
 pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
+    let propagation = match args.cascade.as_str() {
+        "background" | "true" => "background",
+        "foreground" => "foreground",
+        "orphan" | "false" => "orphan",
+        other => {
+            return Err(CliError::Usage(format!(
+                "--cascade={other}: must be background, foreground, or orphan"
+            )));
+        }
+    };
+    let dry = super::dry_run::parse(&args.dry_run)?;
     let ns = args
         .namespace
         .clone()
@@ -70,6 +87,8 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
             names,
             selector: None,
             all: false,
+            propagation: Some(propagation.to_string()),
+            dry_run: dry != super::dry_run::DryRun::None,
         })
         .collect();
     calls.extend(by_selector.into_iter().map(|kind| DeleteRequest {
@@ -78,12 +97,19 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
         names: vec![],
         selector: args.selector.clone(),
         all: args.all,
+        propagation: Some(propagation.to_string()),
+        dry_run: dry != super::dry_run::DryRun::None,
     }));
     for req in calls {
         match client.call(Request::Delete(req)).await {
             Ok(Response::Deleted(keys)) => {
                 for k in &keys {
-                    println!("{} \"{}\" deleted", k.kind.qualified(), k.name);
+                    println!(
+                        "{} \"{}\" deleted{}",
+                        k.kind.qualified(),
+                        k.name,
+                        super::dry_run::suffix(dry)
+                    );
                 }
                 deleted.extend(keys);
             }
@@ -97,7 +123,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
             }
         }
     }
-    if result.is_ok() && args.wait {
+    if result.is_ok() && args.wait && dry == super::dry_run::DryRun::None {
         result = wait_gone(&mut client, &deleted).await;
     }
     client.close().await;

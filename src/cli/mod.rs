@@ -13,12 +13,18 @@ pub mod client;
 pub mod cluster_info;
 pub mod delete;
 pub mod describe;
+pub mod diff;
+pub mod dry_run;
 pub mod get;
 pub mod image;
+pub mod label;
 pub mod logs;
 pub mod printers;
+pub mod rollout;
 pub mod scale;
+pub mod set;
 pub mod targets;
+pub mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,8 +100,22 @@ pub enum Cmd {
     Delete(delete::Args),
     /// Print a container's log.
     Logs(logs::Args),
-    /// Set the number of replicas of a Deployment or ReplicaSet.
+    /// Set the number of replicas of a Deployment, ReplicaSet or StatefulSet.
     Scale(scale::Args),
+    /// Manage rollouts: status, history, undo, pause, resume, restart.
+    #[command(subcommand)]
+    Rollout(rollout::Cmd),
+    /// Change fields of objects (`set image`).
+    #[command(subcommand)]
+    Set(set::Cmd),
+    /// Add, change or remove labels.
+    Label(label::Args),
+    /// Add, change or remove annotations.
+    Annotate(label::Args),
+    /// Show what `apply -f` would change.
+    Diff(diff::Args),
+    /// Show CPU and memory use of nodes or pods.
+    Top(top::Args),
     /// Show where the cluster is.
     ClusterInfo(cluster_info::Args),
     /// Manage the local node's images.
@@ -174,6 +194,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Delete(a) => delete::run(a, config).await,
         Cmd::Logs(a) => logs::run(a, config).await,
         Cmd::Scale(a) => scale::run(a, config).await,
+        Cmd::Rollout(c) => rollout::run(c, config).await,
+        Cmd::Set(c) => set::run(c, config).await,
+        Cmd::Label(a) => label::run(a, false, config).await,
+        Cmd::Annotate(a) => label::run(a, true, config).await,
+        Cmd::Diff(a) => diff::run(a, config).await,
+        Cmd::Top(a) => top::run(a, config).await,
         Cmd::ClusterInfo(a) => cluster_info::run(a, config).await,
         Cmd::Image(c) => image::run(c, config).await,
         Cmd::Version => {

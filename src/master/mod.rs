@@ -406,11 +406,13 @@ impl Master {
             key: caller_key.to_hex(),
         };
         let verb = cmd.request.verb();
+        let usage = self.usage.pods();
         let ctx = Ctx {
             store: &self.cfg.store,
             settings: &self.cfg.settings,
             caller: &caller,
             now: jiff::Timestamp::now(),
+            usage: &usage,
         };
         let (result, effects) = commands::handle(&ctx, cmd.request);
         if let Err(e) = &result {

@@ -6,8 +6,13 @@ pub mod apply;
 pub mod cluster_info;
 pub mod delete;
 pub mod get;
+pub mod label;
 pub mod logs;
+pub mod merge;
+pub mod rollout;
 pub mod scale;
+pub mod set_image;
+pub mod top;
 
 use std::ops::RangeInclusive;
 
@@ -39,6 +44,8 @@ pub struct Ctx<'a> {
     pub settings: &'a Settings,
     pub caller: &'a Caller,
     pub now: jiff::Timestamp,
+    /// Pod uid → resource use, from heartbeats (for `top`).
+    pub usage: &'a std::collections::HashMap<String, crate::master::controllers::PodUsage>,
 }
 
 /// Something the master must send because of a command.
@@ -54,6 +61,10 @@ pub fn handle(ctx: &Ctx, request: Request) -> (Result<Response, ApiError>, Vec<E
         Request::Delete(r) => (delete::handle(ctx, r), vec![]),
         Request::Scale(r) => (scale::handle(ctx, r), vec![]),
         Request::ClusterInfo => (cluster_info::handle(ctx), vec![]),
+        Request::Rollout(r) => (rollout::handle(ctx, r), vec![]),
+        Request::SetImage(r) => (set_image::handle(ctx, r), vec![]),
+        Request::Label(r) => (label::handle(ctx, r), vec![]),
+        Request::Top(r) => (top::handle(ctx, r), vec![]),
         Request::Logs(r) => match logs::handle(ctx, r) {
             Ok((resp, effect)) => (Ok(resp), vec![effect]),
             Err(e) => (Err(e), vec![]),
