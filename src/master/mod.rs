@@ -297,6 +297,23 @@ impl Master {
 
     async fn publish(&mut self, snap: &Snapshot) {
         let rv = self.cfg.store.resource_version();
+        // Routes first: a pod being deleted leaves the Service table before
+        // its node hears to stop it.
+        let routes = publish::service_routes(snap);
+        if self
+            .published
+            .services
+            .as_ref()
+            .is_none_or(|(_, r)| *r != routes)
+        {
+            let table = ServiceTable {
+                generation: rv,
+                routes: routes.clone(),
+            };
+            if self.send_services(&table).await {
+                self.published.services = Some((rv, routes));
+            }
+        }
         for node in snap.nodes() {
             let Some(name) = node.metadata.name.clone() else {
                 continue;
@@ -322,21 +339,6 @@ impl Master {
             };
             if self.send_assignment(&assignment).await {
                 self.published.assignments.insert(name, (rv, pods));
-            }
-        }
-        let routes = publish::service_routes(snap);
-        if self
-            .published
-            .services
-            .as_ref()
-            .is_none_or(|(_, r)| *r != routes)
-        {
-            let table = ServiceTable {
-                generation: rv,
-                routes: routes.clone(),
-            };
-            if self.send_services(&table).await {
-                self.published.services = Some((rv, routes));
             }
         }
     }
