@@ -100,6 +100,16 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
         propagation: Some(propagation.to_string()),
         dry_run: dry != super::dry_run::DryRun::None,
     }));
+    // The uids of what is named, to tell it from a successor of the same name.
+    let mut uids: BTreeMap<ObjectKey, String> = BTreeMap::new();
+    for req in &calls {
+        for name in &req.names {
+            let key = ObjectKey::new(req.kind, &req.namespace, name);
+            if let Ok(Some(u)) = uid_of(&mut client, &key).await {
+                uids.insert(key, u);
+            }
+        }
+    }
     for req in calls {
         match client.call(Request::Delete(req)).await {
             Ok(Response::Deleted(keys)) => {
@@ -124,25 +134,42 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
         }
     }
     if result.is_ok() && args.wait && dry == super::dry_run::DryRun::None {
-        result = wait_gone(&mut client, &deleted).await;
+        result = wait_gone(&mut client, &deleted, &uids).await;
     }
     client.close().await;
     result.map(|()| ExitCode::SUCCESS)
 }
 
-async fn wait_gone(client: &mut Client, keys: &[ObjectKey]) -> Result<(), CliError> {
+/// The uid an object has now, if it exists.
+async fn uid_of(client: &mut Client, key: &ObjectKey) -> Result<Option<String>, CliError> {
+    let req = GetRequest {
+        kind: key.kind,
+        namespace: Some(key.namespace.clone()),
+        name: Some(key.name.clone()),
+        selector: None,
+    };
+    match client.call(Request::Get(req)).await {
+        Err(CliError::Api(e)) if e.code == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+        Ok(Response::Objects(objs)) => Ok(objs.first().and_then(|o| o.meta().uid.clone())),
+        Ok(other) => Err(CliError::Unexpected(Box::new(other))),
+    }
+}
+
+/// Waits until each deleted object is gone: not found, or found with another
+/// uid (a controller made a new one under the same name, as a StatefulSet
+/// does), as kubectl compares uids.
+async fn wait_gone(
+    client: &mut Client,
+    keys: &[ObjectKey],
+    uids: &BTreeMap<ObjectKey, String>,
+) -> Result<(), CliError> {
     for key in keys {
         loop {
-            let req = GetRequest {
-                kind: key.kind,
-                namespace: Some(key.namespace.clone()),
-                name: Some(key.name.clone()),
-                selector: None,
-            };
-            match client.call(Request::Get(req)).await {
-                Err(CliError::Api(e)) if e.code == ErrorCode::NotFound => break,
-                Err(e) => return Err(e),
-                Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            match uid_of(client, key).await? {
+                None => break,
+                Some(u) if uids.get(key).is_some_and(|old| *old != u) => break,
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     }
