@@ -245,7 +245,10 @@ fn main() {
     let http_targets = [
         ("pod IP (direct)", format!("http://{web_pod}:8080/")),
         ("ClusterIP (proxy)", format!("http://{web_svc}/")),
-        ("NodePort 127.0.0.1 (proxy)", format!("http://127.0.0.1:{http_np}/")),
+        (
+            "NodePort 127.0.0.1 (proxy)",
+            format!("http://127.0.0.1:{http_np}/"),
+        ),
     ];
     for (_, url) in &http_targets {
         c.wait_for(url, Duration::from_secs(30), || curl(url).is_some());
@@ -265,12 +268,18 @@ fn main() {
     let bulk_targets = [
         ("pod IP (direct)", format!("http://{bulk_pod}:8080/")),
         ("ClusterIP (proxy)", format!("http://{bulk_svc}/")),
-        ("NodePort 127.0.0.1 (proxy)", format!("http://127.0.0.1:{bulk_np}/")),
+        (
+            "NodePort 127.0.0.1 (proxy)",
+            format!("http://127.0.0.1:{bulk_np}/"),
+        ),
     ];
     for (_, url) in &bulk_targets {
         c.wait_for(url, Duration::from_secs(30), || curl(url).is_some());
     }
-    println!("\nBulk, 1 MiB responses, wrk -t2 -c4 -d{}s:", settings.seconds);
+    println!(
+        "\nBulk, 1 MiB responses, wrk -t2 -c4 -d{}s:",
+        settings.seconds
+    );
     println!("| target | transfer/s | req/s | p50 |");
     println!("|---|---|---|---|");
     for (name, url) in &bulk_targets {

@@ -245,7 +245,10 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
             format!("mqtt://{}", args.listen)
         }
     };
-    let store = Store::open(&layout.master_db())?;
+    let store = Store::open_with_secret_key(
+        &layout.master_db(),
+        Some(cluster_key.derive_key("secrets-at-rest")),
+    )?;
     master::bootstrap(&store)?;
     let labels = BTreeMap::from([
         (

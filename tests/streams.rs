@@ -335,7 +335,7 @@ metadata:
 spec:
   containers:
     - name: t
-      image: bramble.local/demo:latest
+      image: bramble.local/demo:v1
       imagePullPolicy: Never
       command: ["sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 1; done"]
 ---
@@ -346,11 +346,11 @@ metadata:
 spec:
   containers:
     - name: a
-      image: bramble.local/demo:latest
+      image: bramble.local/demo:v1
       imagePullPolicy: Never
       command: ["sh", "-c", "echo run $(cat /proc/uptime); sleep 2; exit 1"]
     - name: b
-      image: bramble.local/demo:latest
+      image: bramble.local/demo:v1
       imagePullPolicy: Never
       command: ["sleep", "3600"]
 "#;

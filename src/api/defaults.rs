@@ -72,8 +72,112 @@ pub fn apply(obj: &mut Object) {
             let status = ns.status.get_or_insert_with(NamespaceStatus::default);
             status.phase.get_or_insert_with(|| "Active".to_string());
         }
-        // Kinds whose defaults come with their controllers.
+        Object::StatefulSet(set) => {
+            if let Some(spec) = &mut set.spec {
+                spec.replicas.get_or_insert(1);
+                spec.pod_management_policy
+                    .get_or_insert_with(|| "OrderedReady".into());
+                spec.revision_history_limit
+                    .get_or_insert(DEFAULT_REVISION_HISTORY_LIMIT);
+                let u = spec.update_strategy.get_or_insert_with(Default::default);
+                let t = u.type_.get_or_insert_with(|| "RollingUpdate".into());
+                if t == "RollingUpdate" {
+                    u.rolling_update
+                        .get_or_insert_with(Default::default)
+                        .partition
+                        .get_or_insert(0);
+                }
+                let p = spec
+                    .persistent_volume_claim_retention_policy
+                    .get_or_insert_with(Default::default);
+                p.when_deleted.get_or_insert_with(|| "Retain".into());
+                p.when_scaled.get_or_insert_with(|| "Retain".into());
+                for c in spec.volume_claim_templates.iter_mut().flatten() {
+                    claim(c);
+                }
+                template(&mut spec.template);
+            }
+        }
+        Object::DaemonSet(ds) => {
+            if let Some(spec) = &mut ds.spec {
+                spec.revision_history_limit
+                    .get_or_insert(DEFAULT_REVISION_HISTORY_LIMIT);
+                let u = spec.update_strategy.get_or_insert_with(Default::default);
+                let t = u.type_.get_or_insert_with(|| "RollingUpdate".into());
+                if t == "RollingUpdate" {
+                    let ru = u.rolling_update.get_or_insert_with(Default::default);
+                    ru.max_unavailable.get_or_insert(IntOrString::Int(1));
+                    ru.max_surge.get_or_insert(IntOrString::Int(0));
+                }
+                template(&mut spec.template);
+            }
+        }
+        Object::Job(job) => {
+            if let Some(spec) = &mut job.spec {
+                job_spec(spec);
+            }
+        }
+        Object::CronJob(cj) => {
+            if let Some(spec) = &mut cj.spec {
+                spec.concurrency_policy
+                    .get_or_insert_with(|| "Allow".into());
+                spec.suspend.get_or_insert(false);
+                spec.successful_jobs_history_limit.get_or_insert(3);
+                spec.failed_jobs_history_limit.get_or_insert(1);
+                if let Some(js) = &mut spec.job_template.spec {
+                    job_spec(js);
+                }
+            }
+        }
+        Object::HorizontalPodAutoscaler(h) => {
+            if let Some(spec) = &mut h.spec {
+                spec.min_replicas.get_or_insert(1);
+            }
+        }
+        Object::PersistentVolumeClaim(c) => {
+            claim(c);
+            let st = c.status.get_or_insert_with(Default::default);
+            st.phase.get_or_insert_with(|| "Pending".into());
+        }
+        Object::Secret(secret) => {
+            secret.type_.get_or_insert_with(|| "Opaque".into());
+            // `stringData` is write-only: it is merged into `data`, as the
+            // API server does.
+            if let Some(strings) = secret.string_data.take() {
+                let data = secret.data.get_or_insert_with(Default::default);
+                for (k, v) in strings {
+                    data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+                }
+            }
+        }
         _ => {}
+    }
+}
+
+fn job_spec(spec: &mut k8s_openapi::api::batch::v1::JobSpec) {
+    if spec.completions.is_none() && spec.parallelism.is_none() {
+        spec.completions = Some(1);
+        spec.parallelism = Some(1);
+    }
+    spec.parallelism.get_or_insert(1);
+    spec.backoff_limit.get_or_insert(6);
+    spec.completion_mode
+        .get_or_insert_with(|| "NonIndexed".into());
+    spec.suspend.get_or_insert(false);
+    spec.pod_replacement_policy
+        .get_or_insert_with(|| "TerminatingOrFailed".into());
+    if let Some(t) = &mut spec.template.spec {
+        // A Job's pods must not restart forever; Kubernetes insists on the
+        // field, so defaulting leaves it for validation to report.
+        let policy = t.restart_policy.take();
+        pod_spec(t);
+        t.restart_policy = policy;
+    }
+}
+
+fn claim(c: &mut k8s_openapi::api::core::v1::PersistentVolumeClaim) {
+    if let Some(spec) = &mut c.spec {
+        spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
     }
 }
 

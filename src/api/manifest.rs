@@ -54,6 +54,10 @@ impl fmt::Display for Origin {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Parsed {
     pub object: Object,
+    /// The object exactly as the manifest wrote it, before defaults: what
+    /// `apply` sends, so the master can merge it like kubectl's three-way
+    /// merge (a field the manifest drops is dropped from the object).
+    pub written: Object,
     /// Unknown fields (typos) and fields Bramble ignores, without the origin
     /// (`unknown field "spec.replicass"`); the caller prints them with it.
     pub warnings: Vec<String>,
@@ -227,6 +231,7 @@ fn finish(typed: Typed, origin: Origin, parsed: &mut Vec<Parsed>, errors: &mut V
         unknown,
         ..
     } = typed;
+    let written = object.clone();
     defaults::apply(&mut object);
     let field_errors = validate::validate(&object);
     let label = match object.name() {
@@ -251,6 +256,7 @@ fn finish(typed: Typed, origin: Origin, parsed: &mut Vec<Parsed>, errors: &mut V
     warnings.extend(unimplemented::check(&object));
     parsed.push(Parsed {
         object,
+        written,
         warnings,
         origin,
     });
@@ -874,8 +880,8 @@ data:
                 r#"multi.yaml:17:22: spec.containers[0].ports[0].containerPort: invalid type: string "http", expected i32"#,
                 r#"multi.yaml:19: apiVersion: Unsupported value: "apps/v1": Pod is served as apiVersion "v1""#,
                 r#"multi.yaml:24: apiVersion: Unsupported value: "extensions/v1beta1": Deployment is served as apiVersion "apps/v1""#,
-                "multi.yaml:29: kind: Required value: kind not set (supported kinds: Namespace, Node, ConfigMap, Secret, PersistentVolumeClaim, Service, Endpoints, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, HorizontalPodAutoscaler, Pod, Event, List)",
-                "multi.yaml:33: kind: Unsupported value: \"Widget\": kind not supported by Bramble (supported kinds: Namespace, Node, ConfigMap, Secret, PersistentVolumeClaim, Service, Endpoints, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, HorizontalPodAutoscaler, Pod, Event, List)",
+                "multi.yaml:29: kind: Required value: kind not set (supported kinds: Namespace, Node, ConfigMap, Secret, PersistentVolumeClaim, Service, Endpoints, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, HorizontalPodAutoscaler, ControllerRevision, Pod, Event, List)",
+                "multi.yaml:33: kind: Unsupported value: \"Widget\": kind not supported by Bramble (supported kinds: Namespace, Node, ConfigMap, Secret, PersistentVolumeClaim, Service, Endpoints, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, HorizontalPodAutoscaler, ControllerRevision, Pod, Event, List)",
                 "multi.yaml:36 (ConfigMap): metadata.name: Required value: name or generateName is required",
             ]
         );

@@ -8,6 +8,7 @@
 //! Must not touch: redb, MQTT, the runtime or the network. Everything here is pure
 //! data in, data out, so the store, the master and the CLI can all share it.
 
+pub mod cron;
 pub mod defaults;
 pub mod manifest;
 pub mod quantity;
@@ -23,7 +24,9 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
-pub use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+pub use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 pub use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 pub use k8s_openapi::api::batch::v1::{CronJob, Job};
 pub use k8s_openapi::api::core::v1::{
@@ -154,6 +157,7 @@ kinds! {
     Job, "batch/v1", "jobs", true, [];
     CronJob, "batch/v1", "cronjobs", true, ["cj"];
     HorizontalPodAutoscaler, "autoscaling/v2", "horizontalpodautoscalers", true, ["hpa"];
+    ControllerRevision, "apps/v1", "controllerrevisions", true, [];
     Pod, "v1", "pods", true, ["po"];
     Event, "v1", "events", true, ["ev"];
 }

@@ -218,6 +218,99 @@ const SERVICE_SPEC: &[&str] = &[
 const SERVICE_SPEC_DEFAULTS: &[(&str, KubeDefault)] =
     &[("externalTrafficPolicy", KubeDefault::Str("Cluster"))];
 
+const STATEFULSET_SPEC: &[&str] = &[
+    "replicas",
+    "selector",
+    "serviceName",
+    "podManagementPolicy",
+    "updateStrategy.type",
+    "updateStrategy.rollingUpdate.partition",
+    "revisionHistoryLimit",
+    "minReadySeconds",
+    "volumeClaimTemplates[].apiVersion",
+    "volumeClaimTemplates[].kind",
+    "volumeClaimTemplates[].metadata.name",
+    "volumeClaimTemplates[].metadata.labels",
+    "volumeClaimTemplates[].metadata.annotations",
+    "volumeClaimTemplates[].spec.accessModes",
+    "volumeClaimTemplates[].spec.resources.requests",
+    "volumeClaimTemplates[].spec.storageClassName",
+    "volumeClaimTemplates[].spec.volumeMode",
+    "volumeClaimTemplates[].status",
+];
+
+/// Retain is what Bramble does with claims; Delete would change meaning.
+const STATEFULSET_DEFAULTS: &[(&str, KubeDefault)] = &[
+    (
+        "persistentVolumeClaimRetentionPolicy.whenDeleted",
+        KubeDefault::Str("Retain"),
+    ),
+    (
+        "persistentVolumeClaimRetentionPolicy.whenScaled",
+        KubeDefault::Str("Retain"),
+    ),
+];
+
+const DAEMONSET_SPEC: &[&str] = &[
+    "selector",
+    "updateStrategy.type",
+    "updateStrategy.rollingUpdate.maxUnavailable",
+    "revisionHistoryLimit",
+    "minReadySeconds",
+];
+
+const DAEMONSET_DEFAULTS: &[(&str, KubeDefault)] =
+    &[("updateStrategy.rollingUpdate.maxSurge", KubeDefault::Int(0))];
+
+/// Relative to the Job spec.
+const JOB_SPEC: &[&str] = &[
+    "parallelism",
+    "completions",
+    "backoffLimit",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "suspend",
+    "selector",
+    "manualSelector",
+];
+
+const JOB_DEFAULTS: &[(&str, KubeDefault)] = &[
+    ("completionMode", KubeDefault::Str("NonIndexed")),
+    (
+        "podReplacementPolicy",
+        KubeDefault::Str("TerminatingOrFailed"),
+    ),
+];
+
+const CRONJOB_SPEC: &[&str] = &[
+    "schedule",
+    "timeZone",
+    "concurrencyPolicy",
+    "suspend",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+    "startingDeadlineSeconds",
+    "jobTemplate.metadata.labels",
+    "jobTemplate.metadata.annotations",
+];
+
+const HPA_SPEC: &[&str] = &[
+    "scaleTargetRef",
+    "minReplicas",
+    "maxReplicas",
+    "metrics[].type",
+    "metrics[].resource",
+    "behavior.scaleDown.stabilizationWindowSeconds",
+];
+
+const PVC: &[&str] = &[
+    "spec.accessModes",
+    "spec.resources.requests",
+    "spec.storageClassName",
+    "spec.volumeMode",
+    "spec.volumeName",
+];
+
 const CONFIGMAP: &[&str] = &["data", "binaryData", "immutable"];
 const NAMESPACE_SPEC: &[&str] = &["finalizers"];
 const ENDPOINTS: &[&str] = &["subsets"];
@@ -284,14 +377,36 @@ impl Table {
             Kind::Secret => t.allow("", SECRET),
             // Events are written by Bramble itself; all of one is its own.
             Kind::Event => t.allow("", EVENT),
-            // Kinds whose controllers are not written yet: every field of
-            // theirs warns, so nobody believes they act.
-            Kind::PersistentVolumeClaim
-            | Kind::StatefulSet
-            | Kind::DaemonSet
-            | Kind::Job
-            | Kind::CronJob
-            | Kind::HorizontalPodAutoscaler => {}
+            // Written by the StatefulSet and DaemonSet controllers.
+            Kind::ControllerRevision => t.allow("", &["data", "revision"]),
+            Kind::StatefulSet => {
+                t.allow("spec.", STATEFULSET_SPEC);
+                t.default("spec.", STATEFULSET_DEFAULTS);
+                pod_template(&mut t);
+            }
+            Kind::DaemonSet => {
+                t.allow("spec.", DAEMONSET_SPEC);
+                t.default("spec.", DAEMONSET_DEFAULTS);
+                pod_template(&mut t);
+            }
+            Kind::Job => {
+                t.allow("spec.", JOB_SPEC);
+                t.default("spec.", JOB_DEFAULTS);
+                pod_template(&mut t);
+            }
+            Kind::CronJob => {
+                t.allow("spec.", CRONJOB_SPEC);
+                t.allow("spec.jobTemplate.spec.", JOB_SPEC);
+                t.default("spec.jobTemplate.spec.", JOB_DEFAULTS);
+                t.allow(
+                    "spec.jobTemplate.spec.template.metadata.",
+                    TEMPLATE_METADATA,
+                );
+                t.allow("spec.jobTemplate.spec.template.spec.", POD_SPEC);
+                t.default("spec.jobTemplate.spec.template.spec.", POD_SPEC_DEFAULTS);
+            }
+            Kind::HorizontalPodAutoscaler => t.allow("spec.", HPA_SPEC),
+            Kind::PersistentVolumeClaim => t.allow("", PVC),
         }
         t
     }
@@ -313,7 +428,8 @@ impl Table {
     /// Whether some implemented path lies beneath `pattern`, so the walk must
     /// look inside it.
     fn leads_somewhere(&self, pattern: &str) -> bool {
-        self.allowed.iter().any(|a| {
+        let defaults = self.defaults.iter().map(|(p, _)| p);
+        self.allowed.iter().chain(defaults).any(|a| {
             a.strip_prefix(pattern)
                 .is_some_and(|rest| rest.starts_with('.') || rest.starts_with("[]"))
         })

@@ -162,10 +162,384 @@ pub fn validate_with(obj: &Object, opts: &ValidationOptions) -> Vec<FieldError> 
         Object::Service(svc) => validate_service(svc, opts, &mut errs),
         Object::Endpoints(ep) => validate_endpoints(ep, &mut errs),
         Object::ConfigMap(cm) => validate_config_map(cm, &mut errs),
-        // Kinds whose rules come with their controllers: names are checked above.
-        _ => {}
+        Object::StatefulSet(set) => validate_stateful_set(set, &mut errs),
+        Object::DaemonSet(ds) => validate_daemon_set(ds, &mut errs),
+        Object::Job(job) => {
+            if let Some(spec) = &job.spec {
+                validate_job_spec(spec, "spec", job.metadata.uid.is_some(), &mut errs);
+            }
+        }
+        Object::CronJob(cj) => validate_cron_job(cj, &mut errs),
+        Object::HorizontalPodAutoscaler(h) => validate_hpa(h, &mut errs),
+        Object::PersistentVolumeClaim(c) => validate_claim_spec(c.spec.as_ref(), "spec", &mut errs),
+        Object::Secret(secret) => {
+            for k in secret.data.iter().flat_map(|d| d.keys()) {
+                push_all(
+                    &mut errs,
+                    &format!("data[{k}]"),
+                    k,
+                    config_map_key_errors(k),
+                );
+            }
+        }
+        // Written by Bramble itself.
+        Object::Event(_) | Object::ControllerRevision(_) => {}
     }
     errs
+}
+
+// ---------------------------------------------------------------------------
+// StatefulSets, DaemonSets, Jobs, CronJobs, autoscalers, claims
+
+fn validate_stateful_set(
+    set: &k8s_openapi::api::apps::v1::StatefulSet,
+    errs: &mut Vec<FieldError>,
+) {
+    let spec = set.spec.clone().unwrap_or_default();
+    validate_workload(
+        spec.replicas,
+        Some(&spec.selector),
+        Some(&spec.template),
+        spec.min_ready_seconds,
+        errs,
+    );
+    one_of(
+        "spec.podManagementPolicy",
+        spec.pod_management_policy.as_deref(),
+        &["OrderedReady", "Parallel"],
+        errs,
+    );
+    non_negative(
+        "spec.revisionHistoryLimit",
+        spec.revision_history_limit,
+        errs,
+    );
+    if let Some(u) = &spec.update_strategy {
+        one_of(
+            "spec.updateStrategy.type",
+            u.type_.as_deref(),
+            &["RollingUpdate", "OnDelete"],
+            errs,
+        );
+        if u.type_.as_deref() == Some("OnDelete") && u.rolling_update.is_some() {
+            errs.push(FieldError::invalid(
+                "spec.updateStrategy.rollingUpdate",
+                json!({}),
+                "only allowed for updateStrategy 'RollingUpdate'",
+            ));
+        }
+        if let Some(ru) = &u.rolling_update {
+            non_negative(
+                "spec.updateStrategy.rollingUpdate.partition",
+                ru.partition,
+                errs,
+            );
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, c) in spec.volume_claim_templates.iter().flatten().enumerate() {
+        let path = format!("spec.volumeClaimTemplates[{i}]");
+        match c.metadata.name.as_deref() {
+            None | Some("") => errs.push(FieldError::required(format!("{path}.metadata.name"), "")),
+            Some(n) => {
+                push_all(
+                    errs,
+                    &format!("{path}.metadata.name"),
+                    n,
+                    dns1123_label_errors(n),
+                );
+                if !names.insert(n.to_string()) {
+                    errs.push(FieldError::duplicate(
+                        format!("{path}.metadata.name"),
+                        json!(n),
+                    ));
+                }
+            }
+        }
+        validate_claim_spec(c.spec.as_ref(), &format!("{path}.spec"), errs);
+    }
+}
+
+fn validate_daemon_set(ds: &k8s_openapi::api::apps::v1::DaemonSet, errs: &mut Vec<FieldError>) {
+    let spec = ds.spec.clone().unwrap_or_default();
+    validate_workload(
+        None,
+        Some(&spec.selector),
+        Some(&spec.template),
+        spec.min_ready_seconds,
+        errs,
+    );
+    if let Some(u) = &spec.update_strategy {
+        one_of(
+            "spec.updateStrategy.type",
+            u.type_.as_deref(),
+            &["RollingUpdate", "OnDelete"],
+            errs,
+        );
+        if let Some(ru) = &u.rolling_update {
+            let unavailable_zero = int_or_percent(
+                "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                ru.max_unavailable.as_ref(),
+                true,
+                errs,
+            );
+            let surge_zero = int_or_percent(
+                "spec.updateStrategy.rollingUpdate.maxSurge",
+                ru.max_surge.as_ref(),
+                true,
+                errs,
+            );
+            if unavailable_zero && surge_zero {
+                errs.push(FieldError::invalid(
+                    "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                    json!(0),
+                    "may not be 0 when `maxSurge` is 0",
+                ));
+            }
+        }
+    }
+}
+
+/// A Job's spec at `path` (`spec`, or `spec.jobTemplate.spec`).
+fn validate_job_spec(
+    spec: &k8s_openapi::api::batch::v1::JobSpec,
+    path: &str,
+    _stored: bool,
+    errs: &mut Vec<FieldError>,
+) {
+    non_negative(&format!("{path}.parallelism"), spec.parallelism, errs);
+    non_negative(&format!("{path}.completions"), spec.completions, errs);
+    non_negative(&format!("{path}.backoffLimit"), spec.backoff_limit, errs);
+    non_negative(
+        &format!("{path}.ttlSecondsAfterFinished"),
+        spec.ttl_seconds_after_finished,
+        errs,
+    );
+    if let Some(d) = spec.active_deadline_seconds.filter(|d| *d <= 0) {
+        errs.push(FieldError::invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            json!(d),
+            "must be greater than 0",
+        ));
+    }
+    one_of(
+        &format!("{path}.completionMode"),
+        spec.completion_mode.as_deref(),
+        &["NonIndexed", "Indexed"],
+        errs,
+    );
+    let tpath = format!("{path}.template");
+    if let Some(meta) = &spec.template.metadata {
+        validate_labels(
+            &format!("{tpath}.metadata.labels"),
+            meta.labels.as_ref(),
+            errs,
+        );
+    }
+    let pod = spec.template.spec.clone().unwrap_or_default();
+    validate_pod_spec(&pod, &format!("{tpath}.spec"), false, errs);
+    match pod.restart_policy.as_deref() {
+        Some("OnFailure") | Some("Never") => {}
+        None => errs.push(FieldError::required(
+            format!("{tpath}.spec.restartPolicy"),
+            "valid values: \"OnFailure\", \"Never\"",
+        )),
+        Some(other) => errs.push(FieldError::unsupported(
+            format!("{tpath}.spec.restartPolicy"),
+            other,
+            &["OnFailure", "Never"],
+        )),
+    }
+    if spec.manual_selector == Some(true) {
+        match &spec.selector {
+            None => errs.push(FieldError::required(format!("{path}.selector"), "")),
+            Some(sel) => {
+                validate_label_selector(sel, &format!("{path}.selector"), errs);
+                let labels = spec
+                    .template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.clone())
+                    .unwrap_or_default();
+                if !selector::matches(sel, &labels) {
+                    errs.push(FieldError::invalid(
+                        format!("{path}.selector"),
+                        serde_json::to_value(sel).unwrap_or(Value::Null),
+                        "selector does not match template labels",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn validate_cron_job(cj: &k8s_openapi::api::batch::v1::CronJob, errs: &mut Vec<FieldError>) {
+    let Some(spec) = &cj.spec else {
+        errs.push(FieldError::required("spec", ""));
+        return;
+    };
+    if spec.schedule.trim().is_empty() {
+        errs.push(FieldError::required("spec.schedule", ""));
+    } else {
+        match super::cron::Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
+            Ok(_) => {}
+            Err(super::cron::ScheduleError::TimeZone(tz)) => errs.push(FieldError::invalid(
+                "spec.timeZone",
+                json!(tz),
+                "unknown time zone",
+            )),
+            Err(e) => errs.push(FieldError::invalid(
+                "spec.schedule",
+                json!(spec.schedule),
+                &e.to_string(),
+            )),
+        }
+    }
+    one_of(
+        "spec.concurrencyPolicy",
+        spec.concurrency_policy.as_deref(),
+        &["Allow", "Forbid", "Replace"],
+        errs,
+    );
+    non_negative(
+        "spec.successfulJobsHistoryLimit",
+        spec.successful_jobs_history_limit,
+        errs,
+    );
+    non_negative(
+        "spec.failedJobsHistoryLimit",
+        spec.failed_jobs_history_limit,
+        errs,
+    );
+    if let Some(d) = spec.starting_deadline_seconds.filter(|d| *d < 0) {
+        errs.push(FieldError::invalid(
+            "spec.startingDeadlineSeconds",
+            json!(d),
+            "must be greater than or equal to 0",
+        ));
+    }
+    match &spec.job_template.spec {
+        Some(js) => validate_job_spec(js, "spec.jobTemplate.spec", false, errs),
+        None => errs.push(FieldError::required("spec.jobTemplate.spec", "")),
+    }
+}
+
+fn validate_hpa(
+    h: &k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(spec) = &h.spec else {
+        errs.push(FieldError::required("spec", ""));
+        return;
+    };
+    let r = &spec.scale_target_ref;
+    if r.kind.is_empty() {
+        errs.push(FieldError::required("spec.scaleTargetRef.kind", ""));
+    } else if !matches!(r.kind.as_str(), "Deployment" | "StatefulSet" | "ReplicaSet") {
+        errs.push(FieldError::unsupported(
+            "spec.scaleTargetRef.kind",
+            &r.kind,
+            &["Deployment", "ReplicaSet", "StatefulSet"],
+        ));
+    }
+    if r.name.is_empty() {
+        errs.push(FieldError::required("spec.scaleTargetRef.name", ""));
+    }
+    let min = spec.min_replicas.unwrap_or(1);
+    if min < 1 {
+        errs.push(FieldError::invalid(
+            "spec.minReplicas",
+            json!(min),
+            "must be greater than or equal to 1",
+        ));
+    }
+    if spec.max_replicas < min.max(1) {
+        errs.push(FieldError::invalid(
+            "spec.maxReplicas",
+            json!(spec.max_replicas),
+            "must be greater than or equal to `minReplicas`",
+        ));
+    }
+    for (i, m) in spec.metrics.iter().flatten().enumerate() {
+        let path = format!("spec.metrics[{i}]");
+        one_of(
+            &format!("{path}.type"),
+            Some(m.type_.as_str()),
+            &[
+                "ContainerResource",
+                "External",
+                "Object",
+                "Pods",
+                "Resource",
+            ],
+            errs,
+        );
+        if m.type_ == "Resource" {
+            let Some(res) = &m.resource else {
+                errs.push(FieldError::required(
+                    format!("{path}.resource"),
+                    "must populate information for the given metric source",
+                ));
+                continue;
+            };
+            one_of(
+                &format!("{path}.resource.target.type"),
+                Some(res.target.type_.as_str()),
+                &["AverageValue", "Utilization", "Value"],
+                errs,
+            );
+            if res.target.type_ == "Utilization"
+                && res.target.average_utilization.is_none_or(|u| u <= 0)
+            {
+                errs.push(FieldError::required(
+                    format!("{path}.resource.target.averageUtilization"),
+                    "must be set to a positive value when `type` is 'Utilization'",
+                ));
+            }
+        }
+    }
+}
+
+fn validate_claim_spec(
+    spec: Option<&k8s_openapi::api::core::v1::PersistentVolumeClaimSpec>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(spec) = spec else {
+        errs.push(FieldError::required(path, ""));
+        return;
+    };
+    let modes = spec.access_modes.clone().unwrap_or_default();
+    if modes.is_empty() {
+        errs.push(FieldError::required(
+            format!("{path}.accessModes"),
+            "at least 1 access mode is required",
+        ));
+    }
+    for (i, m) in modes.iter().enumerate() {
+        one_of(
+            &format!("{path}.accessModes[{i}]"),
+            Some(m.as_str()),
+            &[
+                "ReadOnlyMany",
+                "ReadWriteMany",
+                "ReadWriteOnce",
+                "ReadWriteOncePod",
+            ],
+            errs,
+        );
+    }
+    let storage = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"));
+    if storage.is_none() {
+        errs.push(FieldError::required(
+            format!("{path}.resources[storage]"),
+            "",
+        ));
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -97,7 +97,10 @@ pub fn read_manifests(files: &[String], namespace: Option<&str>) -> Result<Vec<P
                         ),
                     });
                 }
-                _ => p.object.meta_mut().namespace = Some(ns.to_string()),
+                _ => {
+                    p.object.meta_mut().namespace = Some(ns.to_string());
+                    p.written.meta_mut().namespace = Some(ns.to_string());
+                }
             }
         }
     }
@@ -125,24 +128,39 @@ pub fn print_warnings(parsed: &[Parsed]) {
 pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
     let parsed = read_manifests(&args.files, args.namespace.as_deref())?;
     print_warnings(&parsed);
-    match args.dry_run.as_str() {
-        "none" | "server" => {}
-        "client" => {
-            for p in &parsed {
-                println!("{} configured (dry run)", p.object.key());
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        other => {
-            return Err(CliError::Usage(format!(
-                "--dry-run={other}: must be one of none, client, server"
-            )));
-        }
-    }
-    let dry_run = args.dry_run == "server";
+    let mode = super::dry_run::parse(&args.dry_run)?;
     let cfg = super::load_config(config)?;
     let mut client = Client::connect(&cfg).await?;
-    let objects = parsed.into_iter().map(|p| p.object).collect();
+    if mode == super::dry_run::DryRun::Client {
+        // Checked here only; the master is asked whether each exists.
+        let mut result = Ok(ExitCode::SUCCESS);
+        for p in &parsed {
+            let key = p.object.key();
+            let req = crate::transport::messages::GetRequest {
+                kind: key.kind,
+                namespace: Some(key.namespace.clone()),
+                name: Some(key.name.clone()),
+                selector: None,
+            };
+            let word = match client.call(Request::Get(req)).await {
+                Ok(_) => "configured",
+                Err(CliError::Api(e))
+                    if e.code == crate::transport::messages::ErrorCode::NotFound =>
+                {
+                    "created"
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            println!("{key} {word} (dry run)");
+        }
+        client.close().await;
+        return result;
+    }
+    let dry_run = mode == super::dry_run::DryRun::Server;
+    let objects = parsed.into_iter().map(|p| p.written).collect();
     let response = client
         .call(Request::Apply(ApplyRequest { objects, dry_run }))
         .await;

@@ -13,15 +13,21 @@ pub mod client;
 pub mod cluster_info;
 pub mod delete;
 pub mod describe;
+pub mod diff;
+pub mod dry_run;
 pub mod exec;
 pub mod get;
 pub mod image;
+pub mod label;
 pub mod logs;
 pub mod port_forward;
 pub mod printers;
+pub mod rollout;
 pub mod scale;
+pub mod set;
 pub mod stream;
 pub mod targets;
+pub mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,8 +110,22 @@ pub enum Cmd {
     Exec(exec::Args),
     /// Forward local ports to a pod.
     PortForward(port_forward::Args),
-    /// Set the number of replicas of a Deployment or ReplicaSet.
+    /// Set the number of replicas of a Deployment, ReplicaSet or StatefulSet.
     Scale(scale::Args),
+    /// Manage rollouts: status, history, undo, pause, resume, restart.
+    #[command(subcommand)]
+    Rollout(rollout::Cmd),
+    /// Change fields of objects (`set image`).
+    #[command(subcommand)]
+    Set(set::Cmd),
+    /// Add, change or remove labels.
+    Label(label::Args),
+    /// Add, change or remove annotations.
+    Annotate(label::Args),
+    /// Show what `apply -f` would change.
+    Diff(diff::Args),
+    /// Show CPU and memory use of nodes or pods.
+    Top(top::Args),
     /// Show where the cluster is.
     ClusterInfo(cluster_info::Args),
     /// Manage the local node's images: pull, import, ls, rm.
@@ -189,6 +209,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Exec(a) => exec::run(a, config).await,
         Cmd::PortForward(a) => port_forward::run(a, config).await,
         Cmd::Scale(a) => scale::run(a, config).await,
+        Cmd::Rollout(c) => rollout::run(c, config).await,
+        Cmd::Set(c) => set::run(c, config).await,
+        Cmd::Label(a) => label::run(a, false, config).await,
+        Cmd::Annotate(a) => label::run(a, true, config).await,
+        Cmd::Diff(a) => diff::run(a, config).await,
+        Cmd::Top(a) => top::run(a, config).await,
         Cmd::ClusterInfo(a) => cluster_info::run(a, config).await,
         Cmd::Image(c) => image::run(c, config).await,
         Cmd::Version => {

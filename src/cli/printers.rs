@@ -8,10 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerState, Endpoints, Event, Namespace, Node, Pod, PodSpec,
-    PodTemplateSpec, Secret, Service,
+    ConfigMap, Container, ContainerState, Endpoints, Event, Namespace, Node, PersistentVolumeClaim,
+    Pod, PodSpec, PodTemplateSpec, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -168,6 +170,7 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
             &[],
         ),
         Kind::Namespace => (vec!["NAME", "STATUS", "AGE"], &[]),
+        Kind::ControllerRevision => (vec!["NAME", "CONTROLLER", "REVISION", "AGE"], &[]),
         Kind::Node => (
             vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
             &[
@@ -208,15 +211,28 @@ fn row(obj: &Object, opts: &TableOptions) -> Vec<String> {
             age(&s.metadata, opts.now),
         ],
         Object::Event(e) => event_row(e, opts),
-        // Kinds whose controllers are still to come: their columns, and what
-        // can be said before a controller fills in their status.
-        other => {
-            let columns = headers(other.kind(), false).len();
-            let mut cells = vec![name(other.meta())];
-            cells.resize(columns - 1, "<unknown>".into());
-            cells.push(age(other.meta(), opts.now));
-            cells
-        }
+        Object::StatefulSet(s) => stateful_set_row(s, opts),
+        Object::DaemonSet(d) => daemon_set_row(d, opts),
+        Object::Job(j) => job_row(j, opts),
+        Object::CronJob(c) => cron_job_row(c, opts),
+        Object::HorizontalPodAutoscaler(h) => hpa_row(h, opts),
+        Object::PersistentVolumeClaim(c) => claim_row(c, opts),
+        Object::ControllerRevision(r) => vec![
+            name(&r.metadata),
+            r.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| {
+                    let kind = crate::api::Kind::from_manifest(&o.kind)
+                        .map_or_else(|| o.kind.to_ascii_lowercase(), |k| k.qualified());
+                    format!("{kind}/{}", o.name)
+                })
+                .unwrap_or_else(|| "<none>".into()),
+            r.revision.to_string(),
+            age(&r.metadata, opts.now),
+        ],
     }
 }
 
@@ -590,6 +606,259 @@ fn replica_set_row(rs: &ReplicaSet, opts: &TableOptions) -> Vec<String> {
     cells
 }
 
+fn stateful_set_row(s: &StatefulSet, opts: &TableOptions) -> Vec<String> {
+    let spec = s.spec.clone().unwrap_or_default();
+    let status = s.status.clone().unwrap_or_default();
+    let mut cells = vec![
+        name(&s.metadata),
+        format!(
+            "{}/{}",
+            status.ready_replicas.unwrap_or(0),
+            spec.replicas.unwrap_or(1)
+        ),
+        age(&s.metadata, opts.now),
+    ];
+    if opts.wide {
+        let (containers, images) = containers_and_images(Some(&spec.template));
+        cells.extend([containers, images]);
+    }
+    cells
+}
+
+fn daemon_set_row(d: &DaemonSet, opts: &TableOptions) -> Vec<String> {
+    let spec = d.spec.clone().unwrap_or_default();
+    let st = d.status.clone().unwrap_or_default();
+    let selector = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_selector.as_ref());
+    let mut cells = vec![
+        name(&d.metadata),
+        st.desired_number_scheduled.to_string(),
+        st.current_number_scheduled.to_string(),
+        st.number_ready.to_string(),
+        st.updated_number_scheduled.unwrap_or(0).to_string(),
+        st.number_available.unwrap_or(0).to_string(),
+        format_labels(selector),
+        age(&d.metadata, opts.now),
+    ];
+    if opts.wide {
+        let (containers, images) = containers_and_images(Some(&spec.template));
+        cells.extend([
+            containers,
+            images,
+            format_label_selector(Some(&spec.selector)),
+        ]);
+    }
+    cells
+}
+
+/// kubectl's Job STATUS column.
+pub fn job_status(j: &Job) -> String {
+    let st = j.status.clone().unwrap_or_default();
+    let has = |t: &str| {
+        st.conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if j.metadata.deletion_timestamp.is_some() {
+        "Terminating"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else if j.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
+        "Suspended"
+    } else {
+        "Running"
+    }
+    .to_string()
+}
+
+fn job_row(j: &Job, opts: &TableOptions) -> Vec<String> {
+    let spec = j.spec.clone().unwrap_or_default();
+    let st = j.status.clone().unwrap_or_default();
+    let succeeded = st.succeeded.unwrap_or(0);
+    let completions = match spec.completions {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => {
+            let p = spec.parallelism.unwrap_or(1);
+            if p > 1 {
+                format!("{succeeded}/1 of {p}")
+            } else {
+                format!("{succeeded}/1")
+            }
+        }
+    };
+    let duration = match (&st.start_time, &st.completion_time) {
+        (Some(s), Some(c)) => human_duration(c.0.duration_since(s.0)),
+        (Some(s), None) => human_duration(opts.now.duration_since(s.0)),
+        _ => String::new(),
+    };
+    let mut cells = vec![
+        name(&j.metadata),
+        job_status(j),
+        completions,
+        duration,
+        age(&j.metadata, opts.now),
+    ];
+    if opts.wide {
+        let (containers, images) = containers_and_images(Some(&spec.template));
+        cells.extend([
+            containers,
+            images,
+            format_label_selector(spec.selector.as_ref()),
+        ]);
+    }
+    cells
+}
+
+fn cron_job_row(c: &CronJob, opts: &TableOptions) -> Vec<String> {
+    let spec = c.spec.clone().unwrap_or_default();
+    let st = c.status.clone().unwrap_or_default();
+    let suspend = if spec.suspend == Some(true) {
+        "True"
+    } else {
+        "False"
+    };
+    let last = match &st.last_schedule_time {
+        Some(t) => since(Some(t), opts.now),
+        None => "<none>".into(),
+    };
+    let mut cells = vec![
+        name(&c.metadata),
+        spec.schedule.clone(),
+        spec.time_zone.clone().unwrap_or_else(|| "<none>".into()),
+        suspend.into(),
+        st.active.as_ref().map_or(0, Vec::len).to_string(),
+        last,
+        age(&c.metadata, opts.now),
+    ];
+    if opts.wide {
+        let t = spec.job_template.spec.as_ref().map(|s| s.template.clone());
+        let (containers, images) = containers_and_images(t.as_ref());
+        let sel = spec
+            .job_template
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref());
+        cells.extend([containers, images, format_label_selector(sel)]);
+    }
+    cells
+}
+
+/// kubectl's HPA TARGETS: `cpu: 45%/50%, memory: 10Mi/100Mi`.
+pub fn hpa_targets(h: &HorizontalPodAutoscaler) -> String {
+    let spec = h.spec.clone().unwrap_or_default();
+    let current = h
+        .status
+        .as_ref()
+        .and_then(|s| s.current_metrics.clone())
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    for m in spec.metrics.iter().flatten() {
+        let Some(r) = m.resource.as_ref().filter(|_| m.type_ == "Resource") else {
+            parts.push(format!("<unknown>/{}", m.type_));
+            continue;
+        };
+        let cur = current
+            .iter()
+            .filter_map(|c| c.resource.as_ref())
+            .find(|c| c.name == r.name);
+        let text = match r.target.type_.as_str() {
+            "Utilization" => format!(
+                "{}/{}%",
+                cur.and_then(|c| c.current.average_utilization)
+                    .map_or("<unknown>".to_string(), |v| format!("{v}%")),
+                r.target.average_utilization.unwrap_or(0)
+            ),
+            _ => format!(
+                "{}/{}",
+                cur.and_then(|c| c.current.average_value.as_ref())
+                    .map_or("<unknown>".to_string(), |q| q.0.clone()),
+                r.target
+                    .average_value
+                    .as_ref()
+                    .map_or(String::new(), |q| q.0.clone())
+            ),
+        };
+        parts.push(format!("{}: {text}", r.name));
+    }
+    if parts.is_empty() {
+        return "<none>".into();
+    }
+    parts.join(", ")
+}
+
+fn hpa_row(h: &HorizontalPodAutoscaler, opts: &TableOptions) -> Vec<String> {
+    let spec = h.spec.clone().unwrap_or_default();
+    let st = h.status.clone().unwrap_or_default();
+    vec![
+        name(&h.metadata),
+        format!(
+            "{}/{}",
+            spec.scale_target_ref.kind, spec.scale_target_ref.name
+        ),
+        hpa_targets(h),
+        spec.min_replicas.unwrap_or(1).to_string(),
+        spec.max_replicas.to_string(),
+        st.current_replicas.unwrap_or(0).to_string(),
+        age(&h.metadata, opts.now),
+    ]
+}
+
+/// `RWO,ROX`.
+fn access_modes(modes: Option<&Vec<String>>) -> String {
+    modes
+        .into_iter()
+        .flatten()
+        .map(|m| match m.as_str() {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn claim_row(c: &PersistentVolumeClaim, opts: &TableOptions) -> Vec<String> {
+    let spec = c.spec.clone().unwrap_or_default();
+    let st = c.status.clone().unwrap_or_default();
+    let bound = st.phase.as_deref() == Some("Bound");
+    let mut cells = vec![
+        name(&c.metadata),
+        st.phase.clone().unwrap_or_else(|| "Pending".into()),
+        spec.volume_name.clone().unwrap_or_default(),
+        if bound {
+            st.capacity
+                .as_ref()
+                .and_then(|c| c.get("storage"))
+                .map_or(String::new(), |q| q.0.clone())
+        } else {
+            String::new()
+        },
+        if bound {
+            access_modes(st.access_modes.as_ref())
+        } else {
+            String::new()
+        },
+        spec.storage_class_name.clone().unwrap_or_default(),
+        age(&c.metadata, opts.now),
+    ];
+    if opts.wide {
+        cells.push(spec.volume_mode.unwrap_or_else(|| "Filesystem".into()));
+    }
+    cells
+}
+
 // ---------------------------------------------------------------------------
 // Services, Endpoints, ConfigMaps, Namespaces, Nodes
 
@@ -876,6 +1145,12 @@ pub fn describe(obj: &Object, events: &[String], now: Timestamp) -> String {
         Object::Namespace(n) => describe_namespace(&mut w, n),
         Object::Node(n) => describe_node(&mut w, n),
         Object::Secret(s) => describe_secret(&mut w, s),
+        Object::StatefulSet(s) => describe_stateful_set(&mut w, s),
+        Object::DaemonSet(d) => describe_daemon_set(&mut w, d),
+        Object::Job(j) => describe_job(&mut w, j, now),
+        Object::CronJob(c) => describe_cron_job(&mut w, c, now),
+        Object::HorizontalPodAutoscaler(h) => describe_hpa(&mut w, h),
+        Object::PersistentVolumeClaim(c) => describe_claim(&mut w, c),
         other => {
             w.meta(other.meta(), other.kind().namespaced());
         }
@@ -1243,6 +1518,311 @@ fn describe_replica_set(w: &mut Describe, rs: &ReplicaSet) {
             c.reason.clone().unwrap_or_default(),
         ]
     });
+}
+
+fn describe_stateful_set(w: &mut Describe, s: &StatefulSet) {
+    let spec = s.spec.clone().unwrap_or_default();
+    let st = s.status.clone().unwrap_or_default();
+    w.meta(&s.metadata, true);
+    w.field(0, "Selector", format_label_selector(Some(&spec.selector)));
+    w.field(
+        0,
+        "Replicas",
+        format!(
+            "{} desired | {} total",
+            spec.replicas.unwrap_or(1),
+            st.replicas
+        ),
+    );
+    let strategy = spec.update_strategy.clone().unwrap_or_default();
+    w.field(
+        0,
+        "Update Strategy",
+        strategy
+            .type_
+            .clone()
+            .unwrap_or_else(|| "RollingUpdate".into()),
+    );
+    if let Some(p) = strategy.rolling_update.as_ref().and_then(|r| r.partition) {
+        w.field(1, "Partition", p);
+    }
+    w.field(
+        0,
+        "Pod Management Policy",
+        spec.pod_management_policy
+            .clone()
+            .unwrap_or_else(|| "OrderedReady".into()),
+    );
+    w.field(
+        0,
+        "Pods Status",
+        format!(
+            "{} Running / {} Waiting / 0 Succeeded / 0 Failed",
+            st.ready_replicas.unwrap_or(0),
+            (st.replicas - st.ready_replicas.unwrap_or(0)).max(0)
+        ),
+    );
+    describe_template(w, Some(&spec.template));
+    match spec.volume_claim_templates.as_deref() {
+        None | Some([]) => w.field(0, "Volume Claims", "<none>"),
+        Some(claims) => {
+            w.line(0, "Volume Claims:");
+            for c in claims {
+                let cs = c.spec.clone().unwrap_or_default();
+                w.field(1, "Name", c.metadata.name.as_deref().unwrap_or(""));
+                w.field(
+                    1,
+                    "StorageClass",
+                    cs.storage_class_name.clone().unwrap_or_default(),
+                );
+                w.field(
+                    1,
+                    "Capacity",
+                    cs.resources
+                        .as_ref()
+                        .and_then(|r| r.requests.as_ref())
+                        .and_then(|r| r.get("storage"))
+                        .map_or(String::new(), |q| q.0.clone()),
+                );
+                w.field(1, "Access Modes", access_modes(cs.access_modes.as_ref()));
+            }
+        }
+    }
+}
+
+fn describe_daemon_set(w: &mut Describe, d: &DaemonSet) {
+    let spec = d.spec.clone().unwrap_or_default();
+    let st = d.status.clone().unwrap_or_default();
+    w.meta(&d.metadata, true);
+    w.field(0, "Selector", format_label_selector(Some(&spec.selector)));
+    let node_selector = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_selector.as_ref());
+    w.field(0, "Node-Selector", format_labels(node_selector));
+    w.field(
+        0,
+        "Desired Number of Nodes Scheduled",
+        st.desired_number_scheduled,
+    );
+    w.field(
+        0,
+        "Current Number of Nodes Scheduled",
+        st.current_number_scheduled,
+    );
+    w.field(
+        0,
+        "Number of Nodes Scheduled with Up-to-date Pods",
+        st.updated_number_scheduled.unwrap_or(0),
+    );
+    w.field(
+        0,
+        "Number of Nodes Scheduled with Available Pods",
+        st.number_available.unwrap_or(0),
+    );
+    w.field(0, "Number of Nodes Misscheduled", st.number_misscheduled);
+    w.field(
+        0,
+        "Pods Status",
+        format!(
+            "{} Running / {} Waiting / 0 Succeeded / 0 Failed",
+            st.number_ready,
+            (st.current_number_scheduled - st.number_ready).max(0)
+        ),
+    );
+    describe_template(w, Some(&spec.template));
+}
+
+fn describe_job(w: &mut Describe, j: &Job, now: Timestamp) {
+    let spec = j.spec.clone().unwrap_or_default();
+    let st = j.status.clone().unwrap_or_default();
+    w.meta(&j.metadata, true);
+    w.field(0, "Selector", format_label_selector(spec.selector.as_ref()));
+    w.controlled_by(&j.metadata);
+    w.field(0, "Parallelism", spec.parallelism.unwrap_or(1));
+    w.field(
+        0,
+        "Completions",
+        spec.completions.map_or("<unset>".into(), |c| c.to_string()),
+    );
+    w.field(
+        0,
+        "Completion Mode",
+        spec.completion_mode
+            .clone()
+            .unwrap_or_else(|| "NonIndexed".into()),
+    );
+    w.field(0, "Suspend", spec.suspend.unwrap_or(false));
+    w.field(0, "Backoff Limit", spec.backoff_limit.unwrap_or(6));
+    if let Some(t) = spec.ttl_seconds_after_finished {
+        w.field(0, "TTL Seconds After Finished", t);
+    }
+    if let Some(s) = &st.start_time {
+        w.field(0, "Start Time", format_time(s));
+    }
+    if let Some(c) = &st.completion_time {
+        w.field(0, "Completed At", format_time(c));
+        if let Some(s) = &st.start_time {
+            w.field(0, "Duration", human_duration(c.0.duration_since(s.0)));
+        }
+    } else if let Some(s) = &st.start_time {
+        w.field(0, "Duration", human_duration(now.duration_since(s.0)));
+    }
+    if let Some(d) = spec.active_deadline_seconds {
+        w.field(0, "Active Deadline Seconds", format!("{d}s"));
+    }
+    w.field(
+        0,
+        "Pods Statuses",
+        format!(
+            "{} Active ({} Ready) / {} Succeeded / {} Failed",
+            st.active.unwrap_or(0),
+            st.ready.unwrap_or(0),
+            st.succeeded.unwrap_or(0),
+            st.failed.unwrap_or(0)
+        ),
+    );
+    describe_template(w, Some(&spec.template));
+    describe_conditions(w, st.conditions.as_deref().unwrap_or_default(), |c| {
+        [
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone().unwrap_or_default(),
+        ]
+    });
+}
+
+fn describe_cron_job(w: &mut Describe, c: &CronJob, now: Timestamp) {
+    let spec = c.spec.clone().unwrap_or_default();
+    let st = c.status.clone().unwrap_or_default();
+    w.meta(&c.metadata, true);
+    w.field(0, "Schedule", &spec.schedule);
+    w.field(
+        0,
+        "Concurrency Policy",
+        spec.concurrency_policy
+            .clone()
+            .unwrap_or_else(|| "Allow".into()),
+    );
+    w.field(0, "Suspend", spec.suspend.unwrap_or(false));
+    w.field(
+        0,
+        "Successful Job History Limit",
+        spec.successful_jobs_history_limit.unwrap_or(3),
+    );
+    w.field(
+        0,
+        "Failed Job History Limit",
+        spec.failed_jobs_history_limit.unwrap_or(1),
+    );
+    w.field(
+        0,
+        "Starting Deadline Seconds",
+        spec.starting_deadline_seconds
+            .map_or("<unset>".into(), |s| format!("{s}s")),
+    );
+    w.field(
+        0,
+        "Time Zone",
+        spec.time_zone.clone().unwrap_or_else(|| "<unset>".into()),
+    );
+    let t = spec.job_template.spec.as_ref().map(|s| s.template.clone());
+    describe_template(w, t.as_ref());
+    w.field(
+        0,
+        "Last Schedule Time",
+        st.last_schedule_time
+            .as_ref()
+            .map_or("<unset>".into(), |t| {
+                format!(
+                    "{} ({} ago)",
+                    format_time(t),
+                    human_duration(now.duration_since(t.0))
+                )
+            }),
+    );
+    let active: Vec<String> = st
+        .active
+        .iter()
+        .flatten()
+        .filter_map(|r| r.name.clone())
+        .collect();
+    w.field(0, "Active Jobs", or_none(active.join(", ")));
+}
+
+fn describe_hpa(w: &mut Describe, h: &HorizontalPodAutoscaler) {
+    let spec = h.spec.clone().unwrap_or_default();
+    let st = h.status.clone().unwrap_or_default();
+    w.meta(&h.metadata, true);
+    w.field(
+        0,
+        "Reference",
+        format!(
+            "{}/{}",
+            spec.scale_target_ref.kind, spec.scale_target_ref.name
+        ),
+    );
+    w.line(0, "Metrics:\t( current / target )");
+    for part in hpa_targets(h).split(", ") {
+        w.line(1, &part.replacen(": ", ":\t", 1));
+    }
+    w.field(0, "Min replicas", spec.min_replicas.unwrap_or(1));
+    w.field(0, "Max replicas", spec.max_replicas);
+    w.field(
+        0,
+        &format!("{} pods", spec.scale_target_ref.kind),
+        format!(
+            "{} current / {} desired",
+            st.current_replicas.unwrap_or(0),
+            st.desired_replicas
+        ),
+    );
+    describe_conditions(w, st.conditions.as_deref().unwrap_or_default(), |c| {
+        [
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone().unwrap_or_default(),
+        ]
+    });
+}
+
+fn describe_claim(w: &mut Describe, c: &PersistentVolumeClaim) {
+    let spec = c.spec.clone().unwrap_or_default();
+    let st = c.status.clone().unwrap_or_default();
+    w.field(0, "Name", c.metadata.name.as_deref().unwrap_or(""));
+    w.field(
+        0,
+        "Namespace",
+        c.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    w.field(
+        0,
+        "StorageClass",
+        spec.storage_class_name.clone().unwrap_or_default(),
+    );
+    w.field(
+        0,
+        "Status",
+        st.phase.clone().unwrap_or_else(|| "Pending".into()),
+    );
+    w.field(0, "Volume", spec.volume_name.clone().unwrap_or_default());
+    w.map(0, "Labels", c.metadata.labels.as_ref(), "=");
+    w.map(0, "Annotations", c.metadata.annotations.as_ref(), ": ");
+    w.field(
+        0,
+        "Capacity",
+        st.capacity
+            .as_ref()
+            .and_then(|c| c.get("storage"))
+            .map_or(String::new(), |q| q.0.clone()),
+    );
+    w.field(0, "Access Modes", access_modes(st.access_modes.as_ref()));
+    w.field(
+        0,
+        "VolumeMode",
+        spec.volume_mode.unwrap_or_else(|| "Filesystem".into()),
+    );
 }
 
 fn describe_service(w: &mut Describe, s: &Service) {

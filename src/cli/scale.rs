@@ -16,10 +16,19 @@ pub struct Args {
     pub replicas: i32,
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    /// Only if the object is still at this resourceVersion.
+    #[arg(long = "resource-version")]
+    pub resource_version: Option<String>,
+    /// Only if it has this many replicas now.
+    #[arg(long = "current-replicas")]
+    pub current_replicas: Option<i32>,
+    #[arg(long = "dry-run", default_value = "none", num_args = 0..=1, default_missing_value = "client")]
+    pub dry_run: String,
 }
 
 pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError> {
     let targets = super::targets::parse(&args.what)?;
+    let dry = super::dry_run::parse(&args.dry_run)?;
     let ns = args
         .namespace
         .unwrap_or_else(|| crate::api::DEFAULT_NAMESPACE.to_string());
@@ -38,9 +47,12 @@ pub async fn run(args: Args, config: Option<&Path>) -> Result<ExitCode, CliError
             namespace: ns.clone(),
             name,
             replicas: args.replicas,
+            resource_version: args.resource_version.clone(),
+            current_replicas: args.current_replicas,
+            dry_run: dry != super::dry_run::DryRun::None,
         };
         match client.call(Request::Scale(req)).await {
-            Ok(Response::Scaled(key)) => println!("{key} scaled"),
+            Ok(Response::Scaled(key)) => println!("{key} scaled{}", super::dry_run::suffix(dry)),
             Ok(other) => {
                 result = Err(CliError::Unexpected(Box::new(other)));
                 break;

@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod services;
 pub mod status;
 pub mod tokens;
+pub mod usage;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -165,6 +166,8 @@ struct Master {
     drops: DropLog,
     last_seen: HashMap<String, jiff::Timestamp>,
     terminated: HashMap<String, HashSet<String>>,
+    /// Resource use per pod uid, from heartbeats (memory only).
+    usage: usage::Usage,
     published: Published,
     dirty: bool,
 }
@@ -193,6 +196,7 @@ pub async fn run(
         drops: DropLog::new(10),
         last_seen: HashMap::new(),
         terminated: HashMap::new(),
+        usage: usage::Usage::default(),
         published: Published::default(),
         dirty: true,
     };
@@ -249,6 +253,7 @@ impl Master {
             last_seen: self.last_seen.clone(),
             terminated: self.terminated.values().flatten().cloned().collect(),
             node_grace: self.cfg.node_grace,
+            usage: self.usage.pods(),
         }
     }
 
@@ -306,6 +311,24 @@ impl Master {
 
     async fn publish(&mut self, snap: &Snapshot) {
         let rv = self.cfg.store.resource_version();
+        // Routes first: a pod being deleted leaves the Service table before
+        // its node hears to stop it.
+        let routes = publish::service_routes(snap);
+        if self
+            .published
+            .services
+            .as_ref()
+            .is_none_or(|(_, r)| *r != routes)
+        {
+            let table = ServiceTable {
+                generation: rv,
+                routes: routes.clone(),
+                network: services::cluster_network(&self.cfg.settings),
+            };
+            if self.send_services(&table).await {
+                self.published.services = Some((rv, routes));
+            }
+        }
         for node in snap.nodes() {
             let Some(name) = node.metadata.name.clone() else {
                 continue;
@@ -335,22 +358,6 @@ impl Master {
             };
             if self.send_assignment(&assignment).await {
                 self.published.assignments.insert(name, (rv, content));
-            }
-        }
-        let routes = publish::service_routes(snap);
-        if self
-            .published
-            .services
-            .as_ref()
-            .is_none_or(|(_, r)| *r != routes)
-        {
-            let table = ServiceTable {
-                generation: rv,
-                routes: routes.clone(),
-                network: services::cluster_network(&self.cfg.settings),
-            };
-            if self.send_services(&table).await {
-                self.published.services = Some((rv, routes));
             }
         }
     }
@@ -420,11 +427,13 @@ impl Master {
             key: caller_key.to_hex(),
         };
         let verb = cmd.request.verb();
+        let usage = self.usage.pods();
         let ctx = Ctx {
             store: &self.cfg.store,
             settings: &self.cfg.settings,
             caller: &caller,
             now: jiff::Timestamp::now(),
+            usage: &usage,
         };
         let (result, effects) = commands::handle(&ctx, cmd.request);
         if let Err(e) = &result {
@@ -498,6 +507,7 @@ impl Master {
             if pr.terminated {
                 terminated.insert(pr.uid.clone());
             }
+            self.usage.record(&pr.uid, &pr.usage);
             if let Some(updated) = status::pod_with_report(pod, pr) {
                 ops.push(Op::Update(Object::Pod(updated)));
             }
@@ -545,6 +555,8 @@ impl Master {
             );
             ops.push(commands::to_op(action));
         }
+        let live: HashSet<&str> = report.pods.iter().map(|p| p.uid.as_str()).collect();
+        self.usage.forget_missing(node, &live);
         if self.terminated.get(node) != Some(&terminated) {
             self.terminated.insert(node.to_string(), terminated);
             self.dirty = true;

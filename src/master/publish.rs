@@ -167,6 +167,11 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
         .as_deref()
         .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
         .filter(|_| external_name.is_none());
+    let terminating: std::collections::HashSet<&str> = snap
+        .pods()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .filter_map(|p| p.metadata.uid.as_deref())
+        .collect();
     let eps: Option<&Endpoints> = snap.endpoints().find(|e| {
         e.metadata.namespace.as_deref() == Some(ns.as_str())
             && e.metadata.name.as_deref() == Some(name.as_str())
@@ -188,7 +193,15 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
                 }) else {
                     continue;
                 };
-                for addr in subset.addresses.iter().flatten() {
+                // A pod being deleted leaves the table in the same
+                // publication that tells its node to stop it, so no new
+                // connection reaches a container about to get SIGTERM.
+                for addr in subset.addresses.iter().flatten().filter(|a| {
+                    a.target_ref
+                        .as_ref()
+                        .and_then(|r| r.uid.as_deref())
+                        .is_none_or(|uid| !terminating.contains(uid))
+                }) {
                     if let (Ok(ip), Ok(port)) =
                         (addr.ip.parse::<Ipv4Addr>(), u16::try_from(ep_port.port))
                     {

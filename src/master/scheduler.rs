@@ -221,8 +221,22 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
     let mut out = Vec::new();
     for pod in pending.into_values() {
         let mut p = pod.clone();
-        match pick(&nodes, pod, &usage, &spread) {
+        // A pod whose claims live on a node goes there (local volumes).
+        let picked = match crate::master::controllers::volumes::placement(snap, pod) {
+            Err(why) => Err(format!("0/{} nodes are available: {why}.", nodes.len())),
+            Ok(None) => pick(&nodes, pod, &usage, &spread),
+            Ok(Some(n)) => {
+                let there: Vec<&Node> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|x| x.metadata.name.as_deref() == Some(n.as_str()))
+                    .collect();
+                pick(&there, pod, &usage, &spread)
+            }
+        };
+        match picked {
             Ok(node) => {
+                crate::master::controllers::volumes::annotate(snap, &mut p);
                 usage.entry(node.to_string()).or_default().add(pod);
                 if let Some(r) = controller_of(&pod.metadata) {
                     *spread.entry((node.to_string(), r.uid.clone())).or_default() += 1;

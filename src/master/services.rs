@@ -331,6 +331,7 @@ mod tests {
             settings: &e.settings,
             caller: &e.caller,
             now: jiff::Timestamp::now(),
+            usage: &Default::default(),
         };
         let mut a = Allocations::from_store(&ctx);
         a.prepare_service(&ctx, s, None).map_err(|e| e.message)

@@ -162,6 +162,7 @@ mod tests {
                 ..Default::default()
             },
             terminated: false,
+            usage: Vec::new(),
         };
         let updated = pod_with_report(&pod, &report).unwrap();
         let types: Vec<_> = updated

@@ -228,7 +228,12 @@ pub fn info(s: &Secret) -> Option<TokenInfo> {
     if s.type_.as_deref() != Some(SECRET_TYPE) {
         return None;
     }
-    let id = s.metadata.name.as_deref()?.strip_prefix(NAME_PREFIX)?.to_string();
+    let id = s
+        .metadata
+        .name
+        .as_deref()?
+        .strip_prefix(NAME_PREFIX)?
+        .to_string();
     let list = |k: &str| {
         field(s, k)
             .unwrap_or_default()
@@ -248,7 +253,9 @@ pub fn info(s: &Secret) -> Option<TokenInfo> {
         verbs: list("verbs"),
         namespaces: list("namespaces"),
         description: field(s, "description").unwrap_or_default(),
-        created: field(s, "created").and_then(|c| c.parse().ok()).unwrap_or(0),
+        created: field(s, "created")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
     })
 }
 
@@ -305,7 +312,15 @@ mod tests {
 
     #[test]
     fn join_tokens_round_trip_and_verify() {
-        let (secret, text, info) = create(TokenKind::Join, FP, Some(3600), vec![], vec![], "pi".into(), 1000);
+        let (secret, text, info) = create(
+            TokenKind::Join,
+            FP,
+            Some(3600),
+            vec![],
+            vec![],
+            "pi".into(),
+            1000,
+        );
         let t = JoinToken::parse(&text).unwrap();
         assert_eq!(t.fingerprint, FP);
         assert_eq!(t.id, info.id);
@@ -316,7 +331,13 @@ mod tests {
             Err(TokenError::Expired(t.id.clone()))
         );
         assert_eq!(
-            verify(Some(&secret), &t.id, "aaaaaaaaaaaaaaaa", TokenKind::Join, 2000),
+            verify(
+                Some(&secret),
+                &t.id,
+                "aaaaaaaaaaaaaaaa",
+                TokenKind::Join,
+                2000
+            ),
             Err(TokenError::BadSecret)
         );
         assert!(matches!(
@@ -330,7 +351,12 @@ mod tests {
         // Only the hash is stored.
         let stored = serde_json::to_string(&secret).unwrap();
         assert!(!stored.contains(&t.secret));
-        for bad in ["", "BRAMBLE1.x.y.z", "BRAMBLE2.0123456789abcdef0123456789abcdef.abcdef.0123456789abcdef", &text.to_uppercase()] {
+        for bad in [
+            "",
+            "BRAMBLE1.x.y.z",
+            "BRAMBLE2.0123456789abcdef0123456789abcdef.abcdef.0123456789abcdef",
+            &text.to_uppercase(),
+        ] {
             assert!(JoinToken::parse(bad).is_err(), "{bad}");
         }
     }

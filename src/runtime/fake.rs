@@ -48,6 +48,8 @@ struct State {
     exits: HashMap<String, (i32, Duration)>,
     calls: CallCounts,
     next_pid: i32,
+    /// Container name → what its containers report as their use.
+    stats: HashMap<String, super::ContainerStats>,
 }
 
 pub struct FakeRuntime {
@@ -130,6 +132,11 @@ impl FakeRuntime {
             self.tick();
         }
         Ok(())
+    }
+
+    /// Containers named `container_name` report `stats` from now on.
+    pub fn set_stats(&self, container_name: &str, stats: super::ContainerStats) {
+        self.lock().stats.insert(container_name.to_string(), stats);
     }
 
     pub fn calls(&self) -> CallCounts {
@@ -348,6 +355,18 @@ impl Runtime for FakeRuntime {
             context: format!("fake exec in {id}"),
             source,
         })
+    }
+
+    fn stats(&self, id: &str) -> Result<super::ContainerStats, RuntimeError> {
+        let s = self.lock();
+        let c = s
+            .containers
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        Ok(s.stats
+            .get(&c.config.container_name)
+            .copied()
+            .unwrap_or_default())
     }
 
     fn list_containers(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {

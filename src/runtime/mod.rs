@@ -172,6 +172,16 @@ pub struct ContainerInfo {
     pub state: ContainerState,
 }
 
+/// A container's resource use, read from its cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// CPU time used since the container started, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory working set: usage less inactive file cache, in bytes (what
+    /// Kubernetes' metrics and `top` show).
+    pub memory_bytes: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
@@ -369,4 +379,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// Ticks whenever a container changes state on its own (exits), so the sync
     /// loop wakes without polling.
     fn events(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// What a running container uses now, from its cgroup (cgroup v1 or v2).
+    fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;
 }

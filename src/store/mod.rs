@@ -24,6 +24,7 @@
 mod error;
 pub mod local;
 mod plan;
+mod sealed;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -140,6 +141,8 @@ struct Inner {
     commit_lock: Mutex<()>,
     events: broadcast::Sender<Arc<WatchEvent>>,
     write_transactions: AtomicU64,
+    /// Seals Secrets at rest ([`sealed`]); `None` stores them as they are.
+    secret_key: Option<[u8; 32]>,
 }
 
 /// The in-memory copy of the file.
@@ -191,6 +194,16 @@ impl Store {
     /// loads every object into memory. A file left by a crash is recovered; a file
     /// corrupted outside redb is reported, not trusted.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_secret_key(path, None)
+    }
+
+    /// Like [`Store::open`], with Secrets sealed at rest under `secret_key`
+    /// (the master derives it from the cluster key): the file never holds a
+    /// Secret's data in the clear.
+    pub fn open_with_secret_key(
+        path: &Path,
+        secret_key: Option<[u8; 32]>,
+    ) -> Result<Store, StoreError> {
         let db = open_db(path)?;
         let storage = |source: redb::Error| StoreError::Storage {
             path: path.to_path_buf(),
@@ -203,12 +216,22 @@ impl Store {
                 for entry in table.iter().map_err(|e| storage(e.into()))? {
                     let (key, value) = entry.map_err(|e| storage(e.into()))?;
                     let key = key.value().to_string();
-                    let obj =
-                        Object::from_cbor(value.value()).map_err(|source| StoreError::Decode {
-                            path: path.to_path_buf(),
-                            key: key.clone(),
-                            source,
-                        })?;
+                    let mut bytes = value.value().to_vec();
+                    if sealed::is_sealed(&bytes) {
+                        bytes = secret_key
+                            .and_then(|k| sealed::open(&k, &key, &bytes))
+                            .ok_or_else(|| StoreError::Corrupt {
+                                path: path.to_path_buf(),
+                                reason: format!(
+                                    "{key} is sealed under another cluster key (or damaged)"
+                                ),
+                            })?;
+                    }
+                    let obj = Object::from_cbor(&bytes).map_err(|source| StoreError::Decode {
+                        path: path.to_path_buf(),
+                        key: key.clone(),
+                        source,
+                    })?;
                     if obj.key().encode() != key {
                         return Err(StoreError::Corrupt {
                             path: path.to_path_buf(),
@@ -256,6 +279,7 @@ impl Store {
                 commit_lock: Mutex::new(()),
                 events: broadcast::channel(WATCH_CAPACITY).0,
                 write_transactions: AtomicU64::new(0),
+                secret_key,
             }),
         })
     }
@@ -382,8 +406,12 @@ impl Store {
             for (key, value) in writes {
                 match value {
                     Some(obj) => {
+                        let mut bytes = obj.to_cbor();
+                        if let (Object::Secret(_), Some(k)) = (&**obj, &self.inner.secret_key) {
+                            bytes = sealed::seal(k, key, &bytes);
+                        }
                         objects
-                            .insert(key.as_str(), obj.to_cbor().as_slice())
+                            .insert(key.as_str(), bytes.as_slice())
                             .map_err(|e| storage(e.into()))?;
                     }
                     None => {

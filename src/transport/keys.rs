@@ -53,6 +53,19 @@ impl KeyPair {
         PublicKey(self.signing.verifying_key())
     }
 
+    /// A 32-byte key for `purpose`, derived from this key pair's secret
+    /// (SHA-256 over a domain string and the seed): the cluster key seals
+    /// Secrets at rest with `derive_key("secrets-at-rest")`.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"bramble/v1/derive\0");
+        h.update(purpose.as_bytes());
+        h.update(b"\0");
+        h.update(self.signing.to_bytes());
+        h.finalize().into()
+    }
+
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
     }

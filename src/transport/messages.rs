@@ -32,6 +32,10 @@ pub enum Request {
     ClusterInfo,
     Exec(ExecRequest),
     PortForward(PortForwardRequest),
+    Rollout(RolloutRequest),
+    SetImage(SetImageRequest),
+    Label(LabelRequest),
+    Top(TopRequest),
 }
 
 impl Request {
@@ -46,12 +50,18 @@ impl Request {
             Request::ClusterInfo => "cluster-info",
             Request::Exec(_) => "exec",
             Request::PortForward(_) => "port-forward",
+            Request::Rollout(_) => "rollout",
+            Request::SetImage(_) => "set-image",
+            Request::Label(_) => "label",
+            Request::Top(_) => "top",
         }
     }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApplyRequest {
+    /// The objects as the manifests wrote them (not defaulted): the master
+    /// merges each with the live object and the last applied configuration.
     pub objects: Vec<Object>,
     pub dry_run: bool,
 }
@@ -74,6 +84,11 @@ pub struct DeleteRequest {
     pub names: Vec<String>,
     pub selector: Option<String>,
     pub all: bool,
+    /// `background` (the default), `foreground` or `orphan` (`--cascade`).
+    #[serde(default)]
+    pub propagation: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +97,99 @@ pub struct ScaleRequest {
     pub namespace: String,
     pub name: String,
     pub replicas: i32,
+    /// `--resource-version`: refuse unless the object is at this version.
+    #[serde(default)]
+    pub resource_version: Option<String>,
+    /// `--current-replicas`: refuse unless it has this many now.
+    #[serde(default)]
+    pub current_replicas: Option<i32>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `rollout undo|pause|resume|restart` of a Deployment, StatefulSet or
+/// DaemonSet (`status` and `history` are read-only and done with `get`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    pub action: RolloutAction,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RolloutAction {
+    /// Back to `to_revision`, or the revision before the current one.
+    Undo {
+        to_revision: Option<i64>,
+    },
+    Pause,
+    Resume,
+    Restart,
+}
+
+/// `set image KIND/NAME container=image…` (`*` for every container).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetImageRequest {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    pub images: Vec<(String, String)>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `label` and `annotate`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabelRequest {
+    pub kind: Kind,
+    pub namespace: String,
+    pub names: Vec<String>,
+    pub selector: Option<String>,
+    pub all: bool,
+    /// Annotations instead of labels.
+    pub annotations: bool,
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Keys to remove (`key-`).
+    pub remove: Vec<String>,
+    /// Replace values already set (`--overwrite`).
+    pub overwrite: bool,
+    /// `--resource-version`: refuse unless the object is at this version.
+    pub resource_version: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `top nodes` / `top pods`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopRequest {
+    pub nodes: bool,
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
+    pub selector: Option<String>,
+    pub containers: bool,
+}
+
+/// Resource use as `top` prints it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TopReport {
+    pub rows: Vec<TopRow>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TopRow {
+    /// Node name, or pod namespace.
+    pub namespace: String,
+    pub name: String,
+    /// Container name with `--containers`.
+    pub container: Option<String>,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    /// Nodes: allocatable, for the percentages.
+    pub cpu_capacity_millis: i64,
+    pub memory_capacity_bytes: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,6 +271,11 @@ pub enum Response {
         container: Option<String>,
     },
     ClusterInfo(ClusterInfo),
+    /// What a rollout, set image or label command did: each object and
+    /// kubectl's word for it (`rolled back`, `paused`, `image updated`,
+    /// `labeled`, `not labeled`…).
+    Done(Vec<(ObjectKey, String)>),
+    Top(TopReport),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -171,6 +284,9 @@ pub struct Applied {
     /// `created`, `configured`, `unchanged` as kubectl prints them.
     pub outcome: String,
     pub warnings: Vec<String>,
+    /// The object as stored (or, in a dry run, as it would be), for `diff`.
+    #[serde(default)]
+    pub object: Option<Object>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -314,6 +430,24 @@ pub struct PodReport {
     pub status: PodStatus,
     /// All containers stopped and resources released: a deleted pod may go.
     pub terminated: bool,
+    /// What its running containers use, measured in their cgroups; filled in
+    /// heartbeats only (it changes all the time and must not make every
+    /// report differ).
+    #[serde(default)]
+    pub usage: Vec<ContainerUsage>,
+}
+
+/// One container's resource use, as its node measured it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUsage {
+    pub container: String,
+    /// CPU time used since the container started, in nanoseconds (the master
+    /// turns two samples into a rate).
+    pub cpu_nanos: u64,
+    /// Memory working set (usage less inactive file cache), in bytes.
+    pub memory_bytes: u64,
+    /// When it was read, Unix milliseconds by the node's clock.
+    pub at_ms: i64,
 }
 
 /// Everything on `node/<n>/stream/<id>/{in,out}` (see ARCHITECTURE.md,

@@ -38,7 +38,7 @@ use crate::runtime::{ContainerState, Runtime, RuntimeError};
 use crate::store::{LocalOp, LocalStore, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID};
 use crate::transport::messages::{
-    Assignment, NodeFacts, NodeReport, PodEvent, PodReport, ServiceTable, StreamMsg,
+    Assignment, ContainerUsage, NodeFacts, NodeReport, PodEvent, PodReport, ServiceTable, StreamMsg,
 };
 use crate::transport::stream::MqttLink;
 use crate::transport::{
@@ -1240,6 +1240,45 @@ impl Agent {
         }
     }
 
+    /// Reads each running container's cgroup use into the heartbeat (for
+    /// `top` and the autoscaler); a container whose stats cannot be read is
+    /// left out.
+    async fn attach_usage(&self, pods: &mut [PodReport]) {
+        let wanted: Vec<(usize, String, String)> = pods
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, self.records.get(&p.uid)?)))
+            .flat_map(|(i, rec)| {
+                rec.containers.values().filter_map(move |c| {
+                    matches!(c.state, podsync::CState::Running { .. })
+                        .then(|| Some((i, c.name.clone(), c.runtime_id.clone()?)))
+                        .flatten()
+                })
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let read = self
+            .runtime_call(move |rt| {
+                Ok(wanted
+                    .into_iter()
+                    .filter_map(|(i, name, id)| Some((i, name, rt.stats(&id).ok()?)))
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap_or_default();
+        let at_ms = now_ms();
+        for (i, container, st) in read {
+            pods[i].usage.push(ContainerUsage {
+                container,
+                cpu_nanos: st.cpu_nanos,
+                memory_bytes: st.memory_bytes,
+                at_ms,
+            });
+        }
+    }
+
     /// Queues an Event about a pod for the next report.
     fn emit(&mut self, uid: &str, h: Happening, now: i64) {
         if let Some(rec) = self.records.get(uid) {
@@ -1267,18 +1306,23 @@ impl Agent {
                     name: rec.name.clone(),
                     status,
                     terminated: rec.released,
+                    usage: Vec::new(),
                 }
             })
             .collect();
         if !force && self.events.is_empty() && self.last_report.as_ref() == Some(&pods) {
             return;
         }
+        let mut sent = pods.clone();
+        if force {
+            self.attach_usage(&mut sent).await;
+        }
         let report = NodeReport {
             node: self.cfg.node_name.clone(),
             assignment_generation: self.assignment.as_ref().map_or(0, |a| a.generation),
             services_generation: self.services.generation,
             info: self.facts.clone(),
-            pods: pods.clone(),
+            pods: sent,
             events: self.events.clone(),
         };
         let topic = self.cfg.topics.status(&self.cfg.node_name);

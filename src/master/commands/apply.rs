@@ -1,10 +1,15 @@
-//! `apply`: create or replace objects, all of a request in one transaction.
+//! `apply`: create or update objects, all of a request in one transaction.
 //!
-//! The manifest owns what the user wrote; the server keeps what is its own:
-//! status, uid and creation time (the store), allocated ClusterIPs and
-//! NodePorts, a pod's node, a Deployment's revision, owner references. Every
-//! object is defaulted and validated again here: the CLI's checks are a
-//! courtesy, the master's are the rule.
+//! Each object arrives as the manifest wrote it and is merged with the live
+//! one like kubectl's three-way merge ([`super::merge`]): what the manifest
+//! sets wins, what the previous apply set and this one dropped is removed,
+//! everything else (status, uid, allocated ClusterIPs and NodePorts, a pod's
+//! node, a Deployment's revision, owner references, what `scale`, `label` or
+//! an autoscaler changed) stays. The configuration is kept in the
+//! `kubectl.kubernetes.io/last-applied-configuration` annotation. A manifest
+//! carrying a `resourceVersion` is refused with a conflict unless it is the
+//! stored one. Every object is defaulted and validated again here: the CLI's
+//! checks are a courtesy, the master's are the rule.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use crate::master::services::Allocations;
 use crate::store::{Mode, Op, Outcome};
 use crate::transport::messages::{ApiError, Applied, ApplyRequest, ErrorCode, Response};
 
+use super::merge::{self, LAST_APPLIED};
 use super::{Ctx, store_error};
 
 pub fn handle(ctx: &Ctx, req: ApplyRequest) -> Result<Response, ApiError> {
@@ -63,6 +69,7 @@ pub fn handle(ctx: &Ctx, req: ApplyRequest) -> Result<Response, ApiError> {
                     key: obj.key(),
                     outcome: word.to_string(),
                     warnings: Vec::new(),
+                    object: req.dry_run.then(|| (*obj).clone()),
                 }
             })
             .collect(),
@@ -81,12 +88,64 @@ fn invalid(obj: &Object, details: &[String]) -> ApiError {
     )
 }
 
+/// The manifest object merged with the live one (see the module doc).
+fn merged(ctx: &Ctx, mut written: Object) -> Result<Object, ApiError> {
+    let kind = written.kind();
+    if kind.namespaced()
+        && written
+            .meta()
+            .namespace
+            .as_deref()
+            .is_none_or(str::is_empty)
+    {
+        written.meta_mut().namespace = Some(api::DEFAULT_NAMESPACE.to_string());
+    }
+    if kind == Kind::Node {
+        return Ok(written);
+    }
+    let mut new = written.to_json();
+    if let Some(m) = new.as_object_mut() {
+        m.remove("status");
+    }
+    let text = merge::last_applied_text(&new);
+    if let Some(md) = new.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        let ann = md
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert(LAST_APPLIED.into(), serde_json::Value::String(text));
+        }
+    }
+    let merged = match ctx.store.get(&written.key()) {
+        Some(live) => {
+            let last: Option<serde_json::Value> = live
+                .meta()
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(LAST_APPLIED))
+                .and_then(|t| serde_json::from_str(t).ok());
+            merge::three_way(last.as_ref(), &new, &live.to_json())
+        }
+        None => new,
+    };
+    Object::from_json(kind, merged).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!(
+                "{kind} \"{}\" is invalid: merging with the live object: {e}",
+                written.name()
+            ),
+        )
+    })
+}
+
 fn prepare(
     ctx: &Ctx,
-    mut obj: Object,
+    written: Object,
     alloc: &mut Allocations,
     batch_namespaces: &HashSet<String>,
 ) -> Result<Object, ApiError> {
+    let mut obj = merged(ctx, written)?;
     api::defaults::apply(&mut obj);
     let errors: Vec<String> = api::validate::validate(&obj)
         .iter()

@@ -8,9 +8,14 @@ pub mod cluster_info;
 pub mod delete;
 pub mod exec;
 pub mod get;
+pub mod label;
 pub mod logs;
+pub mod merge;
 pub mod port_forward;
+pub mod rollout;
 pub mod scale;
+pub mod set_image;
+pub mod top;
 
 use std::ops::RangeInclusive;
 
@@ -44,6 +49,8 @@ pub struct Ctx<'a> {
     pub settings: &'a Settings,
     pub caller: &'a Caller,
     pub now: jiff::Timestamp,
+    /// Pod uid → resource use, from heartbeats (for `top`).
+    pub usage: &'a std::collections::HashMap<String, crate::master::controllers::PodUsage>,
 }
 
 /// Something the master must send because of a command.
@@ -59,6 +66,10 @@ pub fn handle(ctx: &Ctx, request: Request) -> (Result<Response, ApiError>, Vec<E
         Request::Delete(r) => (delete::handle(ctx, r), vec![]),
         Request::Scale(r) => (scale::handle(ctx, r), vec![]),
         Request::ClusterInfo => (cluster_info::handle(ctx), vec![]),
+        Request::Rollout(r) => (rollout::handle(ctx, r), vec![]),
+        Request::SetImage(r) => (set_image::handle(ctx, r), vec![]),
+        Request::Label(r) => (label::handle(ctx, r), vec![]),
+        Request::Top(r) => (top::handle(ctx, r), vec![]),
         Request::Logs(r) => with_effect(logs::handle(ctx, r)),
         Request::Exec(r) => with_effect(exec::handle(ctx, r)),
         Request::PortForward(r) => with_effect(port_forward::handle(ctx, r)),

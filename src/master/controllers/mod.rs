@@ -8,14 +8,23 @@
 //!
 //! Must not touch: the store, MQTT or clocks: everything comes in the snapshot.
 
+pub mod adoption;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod hpa;
+pub mod job;
 pub mod loadbalancer;
+pub mod namespace;
 pub mod nodes;
 pub mod pods;
 pub mod replicaset;
+pub mod revisions;
+pub mod statefulset;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -24,9 +33,12 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use crate::api::{
-    ConfigMap, Deployment, Endpoints, Event, Kind, Namespace, Node, Object, ObjectKey, Pod,
-    ReplicaSet, Secret, Service,
+    ConfigMap, ControllerRevision, CronJob, DaemonSet, Deployment, Endpoints, Event,
+    HorizontalPodAutoscaler, Job, Kind, Namespace, Node, Object, ObjectKey, PersistentVolumeClaim,
+    Pod, ReplicaSet, Secret, Service, StatefulSet,
 };
 
 /// Everything a reconcile pass may look at.
@@ -40,6 +52,21 @@ pub struct Snapshot {
     pub terminated: HashSet<String>,
     /// How long a silent node stays Ready.
     pub node_grace: std::time::Duration,
+    /// What each pod's containers use now, as their nodes measured it (in
+    /// memory only, like heartbeats), keyed by pod uid.
+    pub usage: HashMap<String, PodUsage>,
+}
+
+/// A pod's resource use: CPU in millicores (a rate over the last report
+/// interval) and memory working set in bytes, summed over its containers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodUsage {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    /// Per container name: (cpu millicores, memory bytes).
+    pub containers: BTreeMap<String, (i64, i64)>,
+    /// When it was measured.
+    pub at: Timestamp,
 }
 
 /// What a controller wants done. Updates carry the resourceVersion they were
@@ -90,21 +117,57 @@ impl Snapshot {
     typed!(configmaps, ConfigMap, ConfigMap);
     typed!(secrets, Secret, Secret);
     typed!(events, Event, Event);
+    typed!(statefulsets, StatefulSet, StatefulSet);
+    typed!(daemonsets, DaemonSet, DaemonSet);
+    typed!(jobs, Job, Job);
+    typed!(cronjobs, CronJob, CronJob);
+    typed!(hpas, HorizontalPodAutoscaler, HorizontalPodAutoscaler);
+    typed!(claims, PersistentVolumeClaim, PersistentVolumeClaim);
+    typed!(revisions, ControllerRevision, ControllerRevision);
+
+    /// Pods whose controller reference names `owner_uid`.
+    pub fn pods_of<'a>(&'a self, owner_uid: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods()
+            .filter(move |p| controller_of(&p.metadata).is_some_and(|r| r.uid == owner_uid))
+    }
 }
 
 /// Runs every controller once.
 pub fn reconcile_all(snap: &Snapshot, names: &mut dyn FnMut() -> String) -> Vec<Action> {
     let mut actions = Vec::new();
     actions.extend(nodes::reconcile(snap));
+    actions.extend(namespace::reconcile(snap));
+    actions.extend(hpa::reconcile(snap));
+    actions.extend(cronjob::reconcile(snap));
     actions.extend(deployment::reconcile(snap));
     actions.extend(replicaset::reconcile(snap, names));
+    actions.extend(statefulset::reconcile(snap));
+    actions.extend(daemonset::reconcile(snap, names));
+    actions.extend(job::reconcile(snap, names));
+    actions.extend(volumes::reconcile(snap));
     actions.extend(crate::master::scheduler::reconcile(snap));
     actions.extend(endpoints::reconcile(snap));
     actions.extend(loadbalancer::reconcile(snap));
     actions.extend(gc::reconcile(snap));
     actions.extend(pods::reconcile(snap));
     actions.extend(events::reconcile(snap));
+    dedupe(actions)
+}
+
+/// One action per object: a later update of an object another controller
+/// already updated in this pass is dropped (it was computed from the same
+/// stale copy and would fail its resourceVersion check anyway, costing the
+/// whole batch its single transaction).
+fn dedupe(actions: Vec<Action>) -> Vec<Action> {
+    let mut seen = HashSet::new();
     actions
+        .into_iter()
+        .filter(|a| match a {
+            Action::Create(_) => true,
+            Action::Update(o) => seen.insert(o.key()),
+            Action::Delete { key, .. } => seen.insert(key.clone()),
+        })
+        .collect()
 }
 
 // ---- helpers shared by the controllers ----
@@ -175,6 +238,44 @@ pub fn node_ready(node: &Node) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Kubernetes' `GetScaledValueFromIntOrPercent`: an absolute number, or a
+/// percentage of `total` rounded up or down.
+pub fn scaled_value(v: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
+    match v {
+        None => 0,
+        Some(IntOrString::Int(i)) => *i,
+        Some(IntOrString::String(s)) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            let num = pct * i64::from(total);
+            let v = if round_up {
+                (num + 99) / 100
+            } else {
+                num / 100
+            };
+            v as i32
+        }
+    }
+}
+
+/// Available: Ready for at least `min_ready_seconds` (Kubernetes'
+/// `IsPodAvailable`).
+pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+    let Some(c) = condition(pod, "Ready").filter(|c| c.status == "True") else {
+        return false;
+    };
+    if min_ready_seconds <= 0 {
+        return true;
+    }
+    let since = c.last_transition_time.as_ref().map(|t| t.0).unwrap_or(now);
+    now.duration_since(since).as_secs() >= i64::from(min_ready_seconds)
+}
+
+/// The object in a snapshot with this kind, namespace and name.
+pub fn find<'a>(snap: &'a Snapshot, kind: Kind, ns: &str, name: &str) -> Option<&'a Object> {
+    snap.of(kind)
+        .find(|o| o.name() == name && o.namespace() == if kind.namespaced() { ns } else { "" })
 }
 
 pub fn rv(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {

@@ -1,5 +1,7 @@
 //! ReplicaSet controller: keeps `spec.replicas` pods of the template alive and
-//! reports how many are ready.
+//! reports how many are ready and available (ready for `minReadySeconds`).
+//! It adopts orphan pods its selector matches (`matchLabels` and
+//! `matchExpressions`) and releases owned pods it no longer matches.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +10,10 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    Action, Snapshot, controller_of, events, is_finished, is_ready, is_terminating, owner_ref, uid,
+    Action, Snapshot, adoption, controller_of, events, is_available, is_finished, is_ready,
+    is_terminating, owner_ref, uid,
 };
+use crate::api::selector;
 use crate::api::{Kind, Object};
 
 const CONTROLLER: &str = "replicaset-controller";
@@ -26,11 +30,41 @@ pub fn reconcile(snap: &Snapshot, names: &mut dyn FnMut() -> String) -> Vec<Acti
         }
     }
     let mut out = Vec::new();
+    let mut claimed = std::collections::HashSet::new();
+    let no_labels = BTreeMap::new();
     for rs in snap.replicasets() {
         if rs.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let owned = by_owner.get(uid(&rs.metadata)).cloned().unwrap_or_default();
+        let Some(spec) = &rs.spec else { continue };
+        let mut owned = by_owner.get(uid(&rs.metadata)).cloned().unwrap_or_default();
+        // Owned pods the selector no longer matches are let go (and the
+        // ReplicaSet makes up for them); matching orphans are taken in.
+        let (keep, gone): (Vec<&Pod>, Vec<&Pod>) = owned.into_iter().partition(|p| {
+            selector::matches(
+                &spec.selector,
+                p.metadata.labels.as_ref().unwrap_or(&no_labels),
+            )
+        });
+        owned = keep;
+        for p in gone {
+            let mut released = p.clone();
+            adoption::release(&mut released.metadata, uid(&rs.metadata));
+            out.push(Action::Update(Object::Pod(released)));
+        }
+        let orphans = adoption::orphans(
+            snap.pods().filter(|p| !is_finished(p)),
+            rs.metadata.namespace.as_deref(),
+            &spec.selector,
+            |p| &p.metadata,
+            &mut claimed,
+        );
+        for p in orphans {
+            let mut adopted = p.clone();
+            adoption::adopt(&mut adopted.metadata, Kind::ReplicaSet, &rs.metadata);
+            out.push(Action::Update(Object::Pod(adopted)));
+            owned.push(p);
+        }
         out.extend(reconcile_one(snap, rs, &owned, names));
     }
     out
@@ -103,11 +137,20 @@ fn reconcile_one(
         .filter(|p| !is_terminating(p) && !is_finished(p))
         .collect();
     let ready = counted.iter().filter(|p| is_ready(p)).count() as i32;
+    let min_ready = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
+    let available = counted
+        .iter()
+        .filter(|p| is_available(p, min_ready, snap.now))
+        .count() as i32;
     let status = ReplicaSetStatus {
         replicas: counted.len() as i32,
         fully_labeled_replicas: Some(counted.len() as i32),
         ready_replicas: Some(ready),
-        available_replicas: Some(ready),
+        available_replicas: Some(available),
         observed_generation: rs.metadata.generation,
         ..Default::default()
     };
@@ -207,6 +250,94 @@ mod tests {
             !actions
                 .iter()
                 .any(|a| matches!(a, Action::Delete { key, .. } if key.name == "web-abc-a"))
+        );
+    }
+
+    #[test]
+    fn adopts_matching_orphans_and_releases_mismatches() {
+        let rs = replicaset("web-abc", "default", 2);
+        let mut orphan = owned_pod("stray", &rs, Some("n1"), true);
+        orphan.metadata.owner_references = None;
+        let mut other = owned_pod("other", &rs, Some("n1"), true);
+        other.metadata.owner_references = None;
+        other.metadata.labels = labels("db");
+        let mut relabelled = owned_pod("web-abc-r", &rs, Some("n1"), true);
+        relabelled.metadata.labels = labels("db");
+        let snap = snapshot(vec![
+            Object::ReplicaSet(rs.clone()),
+            Object::Pod(orphan),
+            Object::Pod(other),
+            Object::Pod(relabelled),
+        ]);
+        let mut n = 0;
+        let actions = reconcile(&snap, &mut || {
+            n += 1;
+            format!("p{n}")
+        });
+        let adopted = actions.iter().any(|a| {
+            matches!(a, Action::Update(Object::Pod(p))
+            if p.metadata.name.as_deref() == Some("stray")
+            && controller_of(&p.metadata).is_some_and(|r| r.uid == "uid-web-abc"))
+        });
+        assert!(adopted, "{actions:?}");
+        let released = actions.iter().any(|a| matches!(a, Action::Update(Object::Pod(p))
+            if p.metadata.name.as_deref() == Some("web-abc-r") && p.metadata.owner_references.is_none()));
+        assert!(released, "{actions:?}");
+        assert!(!actions.iter().any(|a| matches!(a, Action::Update(Object::Pod(p)) if p.metadata.name.as_deref() == Some("other"))));
+        // The adopted pod counts: one more is created, not two.
+        let created = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Create(Object::Pod(_))))
+            .count();
+        assert_eq!(created, 1);
+    }
+
+    #[test]
+    fn match_expressions_select() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let mut rs = replicaset("web-abc", "default", 1);
+        rs.spec.as_mut().unwrap().selector =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["web".into(), "www".into()]),
+                }]),
+            };
+        let mut orphan = owned_pod("stray", &rs, Some("n1"), true);
+        orphan.metadata.owner_references = None;
+        let snap = snapshot(vec![Object::ReplicaSet(rs), Object::Pod(orphan)]);
+        let actions = reconcile(&snap, &mut || unreachable!("the orphan is enough"));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Update(Object::Pod(_))))
+        );
+    }
+
+    #[test]
+    fn min_ready_seconds_delays_availability() {
+        let mut rs = replicaset("web-abc", "default", 1);
+        rs.spec.as_mut().unwrap().min_ready_seconds = Some(30);
+        let mut a = owned_pod("web-abc-a", &rs, Some("n1"), true);
+        let snap0 = snapshot(vec![]);
+        a.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_transition_time =
+            Some(super::super::time(
+                snap0
+                    .now
+                    .checked_sub(jiff::SignedDuration::from_secs(10))
+                    .unwrap(),
+            ));
+        let snap = snapshot(vec![Object::ReplicaSet(rs), Object::Pod(a)]);
+        let actions = reconcile(&snap, &mut || unreachable!());
+        let Some(Action::Update(Object::ReplicaSet(r))) = actions.first() else {
+            panic!("{actions:?}")
+        };
+        let st = r.status.as_ref().unwrap();
+        assert_eq!(
+            (st.ready_replicas, st.available_replicas),
+            (Some(1), Some(0))
         );
     }
 

@@ -110,6 +110,65 @@ fn counter(text: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time and memory working set of the cgroup `rel`, wherever its
+/// controllers are mounted: v1 `cpuacct.usage` and `memory.usage_in_bytes`
+/// less `total_inactive_file`, or v2 `cpu.stat`'s `usage_usec` and
+/// `memory.current` less `inactive_file` (the files libcgroups' stats read).
+pub(crate) fn stats(rel: &Path) -> io::Result<crate::runtime::ContainerStats> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let mut cpu = None;
+    let mut mem = None;
+    for mount in hierarchies() {
+        let dir = mount.join(rel);
+        if !dir.is_dir() {
+            continue;
+        }
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        if cpu.is_none() {
+            if let Some(v) = read("cpuacct.usage").and_then(|t| t.trim().parse::<u64>().ok()) {
+                cpu = Some(v);
+            } else if let Some(v) = read("cpu.stat").and_then(|t| stat_value(&t, "usage_usec")) {
+                cpu = Some(v * 1000);
+            }
+        }
+        if mem.is_none() {
+            if let Some(usage) =
+                read("memory.usage_in_bytes").and_then(|t| t.trim().parse::<u64>().ok())
+            {
+                let inactive = read("memory.stat")
+                    .and_then(|t| stat_value(&t, "total_inactive_file"))
+                    .unwrap_or(0);
+                mem = Some(usage.saturating_sub(inactive));
+            } else if let Some(usage) =
+                read("memory.current").and_then(|t| t.trim().parse::<u64>().ok())
+            {
+                let inactive = read("memory.stat")
+                    .and_then(|t| stat_value(&t, "inactive_file"))
+                    .unwrap_or(0);
+                mem = Some(usage.saturating_sub(inactive));
+            }
+        }
+    }
+    match (cpu, mem) {
+        (None, None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no cgroup {} on any hierarchy", rel.display()),
+        )),
+        (cpu, mem) => Ok(crate::runtime::ContainerStats {
+            cpu_nanos: cpu.unwrap_or(0),
+            memory_bytes: mem.unwrap_or(0),
+        }),
+    }
+}
+
+/// A `key value` line's value from a cgroup stat file.
+fn stat_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
 /// Removes `rel` (a cgroup path like `bramble/run/id`) on every hierarchy.
 /// A cgroup with processes cannot be removed; the error says which.
 pub(crate) fn remove_everywhere(rel: &Path) -> io::Result<()> {
@@ -190,6 +249,15 @@ mod tests {
         assert_eq!(counter(v1, "oom_kill"), 0);
         assert_eq!(counter("", "oom_kill"), 0);
         assert!(!oom_killed(Path::new("/bramble-no-such-cgroup/x")));
+    }
+
+    #[test]
+    fn stat_files() {
+        let v2 = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n";
+        assert_eq!(stat_value(v2, "usage_usec"), Some(1500));
+        let v1 = "cache 4096\ntotal_inactive_file 8192\n";
+        assert_eq!(stat_value(v1, "total_inactive_file"), Some(8192));
+        assert_eq!(stat_value(v1, "inactive_file"), None);
     }
 
     #[test]

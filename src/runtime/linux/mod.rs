@@ -689,6 +689,17 @@ impl Runtime for LibcontainerRuntime {
     fn events(&self) -> watch::Receiver<u64> {
         self.inner.events.subscribe()
     }
+
+    fn stats(&self, id: &str) -> Result<super::ContainerStats, RuntimeError> {
+        if !self.inner.exists(id) {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        cgroups::stats(&self.inner.cgroup_path(id)).map_err(|e| RuntimeError::Operation {
+            op: "reading the cgroup of",
+            id: id.to_string(),
+            reason: e.to_string(),
+        })
+    }
 }
 
 /// Runtime ids: `[a-z0-9-]`, 1 to 63 characters (a DNS label's alphabet).

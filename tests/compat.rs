@@ -1,0 +1,334 @@
+//! Manifests in the shape of the Kubernetes documentation's examples for the
+//! workload kinds (apps/v1, v1, batch/v1, autoscaling/v2) apply unchanged:
+//! they parse, default and validate, and every field Bramble does not act
+//! on is named in a warning with its path, never dropped silently.
+
+use bramble::api::manifest;
+
+const EXAMPLES: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+---
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: frontend
+  labels:
+    app: guestbook
+    tier: frontend
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      tier: frontend
+    matchExpressions:
+    - {key: tier, operator: In, values: [frontend]}
+    - {key: environment, operator: NotIn, values: [dev]}
+    - {key: legacy, operator: DoesNotExist}
+  template:
+    metadata:
+      labels:
+        tier: frontend
+    spec:
+      containers:
+      - name: php-redis
+        image: us-docker.pkg.dev/google-samples/containers/gke/gb-frontend:v5
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: nginx
+  labels:
+    app: nginx
+spec:
+  ports:
+  - port: 80
+    name: web
+  clusterIP: None
+  selector:
+    app: nginx
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels:
+      app: nginx
+  serviceName: "nginx"
+  replicas: 3
+  minReadySeconds: 10
+  updateStrategy:
+    type: RollingUpdate
+    rollingUpdate:
+      partition: 0
+  podManagementPolicy: OrderedReady
+  persistentVolumeClaimRetentionPolicy:
+    whenDeleted: Retain
+    whenScaled: Retain
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: nginx
+        image: registry.k8s.io/nginx-slim:0.24
+        ports:
+        - containerPort: 80
+          name: web
+  volumeClaimTemplates:
+  - metadata:
+      name: www
+    spec:
+      accessModes: [ "ReadWriteOnce" ]
+      storageClassName: "my-storage-class"
+      resources:
+        requests:
+          storage: 1Gi
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: fluentd-elasticsearch
+  labels:
+    k8s-app: fluentd-logging
+spec:
+  selector:
+    matchLabels:
+      name: fluentd-elasticsearch
+  updateStrategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 1
+  template:
+    metadata:
+      labels:
+        name: fluentd-elasticsearch
+    spec:
+      tolerations:
+      - key: node-role.kubernetes.io/control-plane
+        operator: Exists
+        effect: NoSchedule
+      containers:
+      - name: fluentd-elasticsearch
+        image: quay.io/fluentd_elasticsearch/fluentd:v2.5.2
+      terminationGracePeriodSeconds: 30
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: pi
+spec:
+  template:
+    spec:
+      containers:
+      - name: pi
+        image: perl:5.34.0
+        command: ["perl",  "-Mbignum=bpi", "-wle", "print bpi(2000)"]
+      restartPolicy: Never
+  backoffLimit: 4
+  activeDeadlineSeconds: 100
+  ttlSecondsAfterFinished: 100
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: work-queue
+spec:
+  parallelism: 2
+  completions: 8
+  template:
+    spec:
+      containers:
+      - name: worker
+        image: busybox:1.28
+        command: ["sh", "-c", "sleep 1"]
+      restartPolicy: OnFailure
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: hello
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: Forbid
+  successfulJobsHistoryLimit: 3
+  failedJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers:
+          - name: hello
+            image: busybox:1.28
+            imagePullPolicy: IfNotPresent
+            command:
+            - /bin/sh
+            - -c
+            - date; echo Hello from the Kubernetes cluster
+          restartPolicy: OnFailure
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: in-paris
+spec:
+  schedule: "0 9 * * 1-5"
+  timeZone: "Europe/Paris"
+  startingDeadlineSeconds: 200
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers:
+          - name: hello
+            image: busybox:1.28
+          restartPolicy: Never
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: php-apache
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: php-apache
+  minReplicas: 1
+  maxReplicas: 10
+  metrics:
+  - type: Resource
+    resource:
+      name: cpu
+      target:
+        type: Utilization
+        averageUtilization: 50
+  - type: Resource
+    resource:
+      name: memory
+      target:
+        type: AverageValue
+        averageValue: 500Mi
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: 300
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: task-pv-claim
+spec:
+  storageClassName: manual
+  accessModes:
+    - ReadWriteOnce
+  resources:
+    requests:
+      storage: 3Gi
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: mysecret
+type: Opaque
+stringData:
+  username: admin
+data:
+  password: MWYyZDFlMmU2N2Rm
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: game-demo
+data:
+  player_initial_lives: "3"
+  ui_properties_file_name: "user-interface.properties"
+"#;
+
+#[test]
+fn documentation_examples_apply_unchanged() {
+    let parsed = manifest::parse("examples.yaml", EXAMPLES).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.len(), 13);
+    let mut warnings = Vec::new();
+    for p in &parsed {
+        for w in &p.warnings {
+            assert!(
+                w.ends_with(": not implemented by Bramble, ignored"),
+                "{} {}: {w}",
+                p.object.kind(),
+                p.object.name()
+            );
+            warnings.push(format!("{} {}: {w}", p.object.kind(), p.object.name()));
+        }
+    }
+    // What Bramble implements for these kinds never warns; what it does not
+    // (tolerations here) warns with its path.
+    assert_eq!(
+        warnings,
+        vec![
+            "DaemonSet fluentd-elasticsearch: spec.template.spec.tolerations: not implemented by Bramble, ignored"
+        ],
+    );
+}
+
+#[test]
+fn workload_mistakes_name_their_field() {
+    let bad = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: j}
+spec:
+  template:
+    spec:
+      containers: [{name: c, image: busybox}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: c}
+spec:
+  schedule: "every minute"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers: [{name: c, image: busybox}]
+          restartPolicy: Never
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: h}
+spec:
+  scaleTargetRef: {kind: Deployment, name: web}
+  minReplicas: 3
+  maxReplicas: 2
+"#;
+    let err = manifest::parse("bad.yaml", bad).unwrap_err().to_string();
+    for what in [
+        "spec.template.spec.restartPolicy: Required value",
+        "spec.schedule: Invalid value: \"every minute\"",
+        "spec.maxReplicas: Invalid value: 2",
+    ] {
+        assert!(err.contains(what), "{what:?} in:\n{err}");
+    }
+}
