@@ -60,8 +60,25 @@ fn pids_running(argv: &[&str]) -> Vec<i32> {
         .collect()
 }
 
+/// `pid state comm` of each child of `pid`, for failure messages.
+fn ps_children(pid: i32) -> String {
+    common::entries(std::path::Path::new("/proc"))
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(p.join("stat")).ok())
+        .filter(|stat| {
+            let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+            rest.split_whitespace().nth(1) == Some(pid.to_string().as_str())
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Zombie children of `pid`.
 fn zombies_of(pid: i32) -> usize {
+    zombie_stats(pid).len()
+}
+
+fn zombie_stats(pid: i32) -> Vec<String> {
     common::entries(std::path::Path::new("/proc"))
         .into_iter()
         .filter_map(|p| std::fs::read_to_string(p.join("stat")).ok())
@@ -70,7 +87,7 @@ fn zombies_of(pid: i32) -> usize {
             let f: Vec<&str> = rest.split_whitespace().collect();
             f.first() == Some(&"Z") && f.get(1) == Some(&pid.to_string().as_str())
         })
-        .count()
+        .collect()
 }
 
 fn exec_basics(c: &Cluster, pod: &str) {
@@ -237,9 +254,17 @@ fn exec_client_killed(c: &Cluster, pod: &str) {
             Duration::from_secs(60),
             || pids_running(&argv).is_empty(),
         );
-        c.wait_for("no zombie under the agent", Duration::from_secs(10), || {
-            zombies_of(agent) == 0
-        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while zombies_of(agent) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a zombie under the agent after signal {signal}: {:?}; children: {}\n{}",
+                zombie_stats(agent),
+                ps_children(agent),
+                c.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
     let scratch = c.layout().container_state().join(".exec");
     assert!(common::entries(&scratch).is_empty(), "exec scratch left");

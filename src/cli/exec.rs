@@ -238,6 +238,21 @@ async fn exec(
         end
     });
     let mut winch = signal(SignalKind::window_change()).ok();
+    // The source channel may be full of keystrokes when the size changes; a
+    // resize must wait its turn rather than be lost, and only the latest
+    // size matters.
+    let (resize_tx, mut resize_rx) = tokio::sync::watch::channel(size);
+    let resize_source = source_tx.clone();
+    tokio::spawn(async move {
+        while resize_rx.changed().await.is_ok() {
+            let latest = *resize_rx.borrow_and_update();
+            if let Some(size) = latest
+                && resize_source.send(FrameBody::Resize(size)).await.is_err()
+            {
+                break;
+            }
+        }
+    });
     let mut term = signal(SignalKind::terminate()).ok();
     let run = engine.run(Ends {
         source,
@@ -251,7 +266,7 @@ async fn exec(
             // The terminal changed size: so does the container's.
             Some(()) = recv_opt(&mut winch), if tty => {
                 if let Some(size) = window_size(stdin_fd()) {
-                    let _ = source_tx.try_send(FrameBody::Resize(size));
+                    let _ = resize_tx.send(Some(size));
                 }
             }
             // ^C without a terminal (with one, ^C is a key for the container),

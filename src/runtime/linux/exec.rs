@@ -129,7 +129,10 @@ pub fn exec_helper_main(args: &[String]) -> ExitCode {
         [json] => match serde_json::from_str::<ExecRequest>(json) {
             Ok(request) => match exec_in(&request) {
                 Ok(pid) => CreateReply::Started { pid },
-                Err(error) => CreateReply::Failed { error },
+                Err(error) => {
+                    reap_children(Duration::from_secs(2));
+                    CreateReply::Failed { error }
+                }
             },
             Err(e) => CreateReply::Failed {
                 error: format!("bad request: {e}"),
@@ -140,6 +143,26 @@ pub fn exec_helper_main(args: &[String]) -> ExitCode {
         },
     };
     super::helper::print_reply(&reply)
+}
+
+/// After a failed exec, libcontainer's intermediate and init processes may be
+/// left unreaped; once this helper exits they would be reparented to the
+/// agent (a subreaper) as zombies nobody waits for. No tenant process exists
+/// on this path, so every child is ours to reap.
+fn reap_children(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match waitpid(
+            Pid::from_raw(-1),
+            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+        ) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Runs in the helper: the container's own process settings (user, cwd,
