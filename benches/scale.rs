@@ -110,6 +110,7 @@ async fn run(nodes: usize, pods: usize) {
             cluster_domain: "cluster.local".into(),
         },
         node_grace: Duration::from_secs(30),
+        pod_eviction: Duration::from_secs(30),
         resync: Duration::from_secs(5),
         clock_window: Duration::from_secs(600),
     };

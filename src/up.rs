@@ -56,6 +56,8 @@ pub enum UpError {
     Demo(String),
     #[error("network cleanup: {0}")]
     Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Join(#[from] crate::worker::join::JoinError),
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -87,48 +89,87 @@ pub struct UpArgs {
     /// The static busybox the demo image is made of (Debian's busybox-static).
     #[arg(long, default_value = "/bin/busybox")]
     pub busybox: PathBuf,
+    #[command(flatten)]
+    pub master: MasterArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// `bramble master`: the cluster's brain, with its embedded broker unless
+/// `--broker` names another, and optionally a worker for its own machine.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MasterRoleArgs {
+    /// Also run a worker on this machine (as `bramble up` does).
+    #[arg(long)]
+    pub with_worker: bool,
+    /// Settings file (master.toml); flags given on the command line win.
+    #[arg(long = "config-file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub master: MasterArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// What the master needs, shared by `up` and `master`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MasterArgs {
     /// Where the cluster's state lives.
     #[arg(long, default_value = ".bramble")]
     pub data_dir: PathBuf,
-    /// Address the embedded MQTT broker listens on.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    pub listen: SocketAddr,
+    /// Address the embedded MQTT broker listens on (default 127.0.0.1:1883
+    /// for `up`, 0.0.0.0:1883 for `master`, which workers must reach).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// Use this broker (`mqtt://[user:pass@]host:port`, e.g. Mosquitto)
     /// instead of starting the embedded one.
     #[arg(long)]
     pub broker: Option<String>,
-    /// This node's name (default: the hostname).
-    #[arg(long)]
-    pub node_name: Option<String>,
-    /// The pod bridge.
-    #[arg(long, default_value = "bramble0")]
-    pub bridge: String,
     #[arg(long, default_value = "10.88.0.0/16")]
     pub cluster_cidr: Ipv4Net,
     #[arg(long, default_value = "10.96.0.0/16")]
     pub service_cidr: Ipv4Net,
     #[arg(long, default_value = "30000-32767", value_parser = parse_range)]
     pub service_node_port_range: RangeInclusive<u16>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = crate::api::routing::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
+    /// Topic prefix on the broker.
+    #[arg(long, default_value = crate::transport::topics::DEFAULT_PREFIX)]
+    pub topic_prefix: String,
+    /// How long a silent node stays Ready, in seconds (its Last Will ends it
+    /// at once when its connection drops).
+    #[arg(long, default_value_t = 5)]
+    pub node_grace_seconds: u64,
+    /// How long a node stays NotReady before its pods are evicted and
+    /// replaced elsewhere, in seconds (pods may tolerate longer).
+    #[arg(long, default_value_t = 2)]
+    pub pod_eviction_seconds: u64,
+}
+
+/// What a worker needs, shared by `up`, `master --with-worker` and `worker`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The pod bridge.
+    #[arg(long, default_value = "bramble0")]
+    pub bridge: String,
     /// Address NodePorts listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub node_port_address: IpAddr,
     /// The address this node reports (default: the default route's).
     #[arg(long)]
     pub node_ip: Option<Ipv4Addr>,
-    /// The cluster's DNS domain.
-    #[arg(long, default_value = crate::api::routing::DEFAULT_CLUSTER_DOMAIN)]
-    pub cluster_domain: String,
     /// The node's resolver configuration: the cluster DNS forwards names
     /// outside the cluster to its nameservers, and `dnsPolicy: Default` pods
     /// get it.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Topic prefix on the broker.
-    #[arg(long, default_value = crate::transport::topics::DEFAULT_PREFIX)]
-    pub topic_prefix: String,
-    /// How long a silent node stays Ready, in seconds.
-    #[arg(long, default_value_t = 15)]
-    pub node_grace_seconds: u64,
+    /// How often the node reports to the master, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
     /// Kept back from pods for the system and the agent, like the kubelet's
     /// `--system-reserved`: allocatable is capacity minus this.
     #[arg(long, default_value = "cpu=100m,memory=128Mi")]
@@ -146,6 +187,37 @@ pub struct UpArgs {
     /// Image collection stops once that disk is below this (percent).
     #[arg(long, default_value_t = 80)]
     pub image_gc_low_threshold: u8,
+}
+
+/// `bramble worker`: a node that joins a cluster through its broker.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerRoleArgs {
+    /// The join token (`bramble token create` on the master, or the master's
+    /// `<data dir>/join-token`); only needed the first time.
+    #[arg(long, env = "BRAMBLE_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
+    /// The cluster's broker, `mqtt://[user:pass@]host[:port]`.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Settings file (worker.toml); flags given on the command line win.
+    #[arg(long = "config-file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Where the node's state lives.
+    #[arg(long, default_value = ".bramble")]
+    pub data_dir: PathBuf,
+    /// Topic prefix on the broker.
+    #[arg(long, default_value = crate::transport::topics::DEFAULT_PREFIX)]
+    pub topic_prefix: String,
+    /// A label for this node (`KEY=VALUE`), repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -191,6 +263,101 @@ fn hostname() -> String {
 }
 
 pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError> {
+    let demo = args
+        .demo
+        .then(|| (args.demo_node_port, args.busybox.clone()));
+    let listen = args
+        .master
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883)));
+    run_master(args.master, listen, Some(args.node), demo, config).await
+}
+
+/// `bramble master`.
+pub async fn master(mut args: MasterRoleArgs, config: Option<&Path>) -> Result<ExitCode, UpError> {
+    if let Some(path) = args.config_file.clone() {
+        let file: crate::config::MasterFile = crate::config::load_toml(&path)?;
+        apply_master_file(&mut args, file, &path)?;
+    }
+    let listen = args
+        .master
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883)));
+    let node = args.with_worker.then_some(args.node);
+    run_master(args.master, listen, node, None, config).await
+}
+
+/// Values from master.toml for what the command line left at its default.
+fn apply_master_file(
+    args: &mut MasterRoleArgs,
+    file: crate::config::MasterFile,
+    path: &Path,
+) -> Result<(), UpError> {
+    let bad = |field: &str, reason: String| {
+        UpError::Config(ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: format!("{field}: {reason}"),
+        })
+    };
+    let m = &mut args.master;
+    if m.listen.is_none() {
+        m.listen = file.listen;
+    }
+    if m.broker.is_none() {
+        m.broker = file.broker;
+    }
+    if m.data_dir == Path::new(".bramble")
+        && let Some(d) = file.data_dir
+    {
+        m.data_dir = d;
+    }
+    if let Some(c) = file.cluster_cidr {
+        m.cluster_cidr = c
+            .parse()
+            .map_err(|e| bad("cluster_cidr", format!("{c:?}: {e}")))?;
+    }
+    if let Some(c) = file.service_cidr {
+        m.service_cidr = c
+            .parse()
+            .map_err(|e| bad("service_cidr", format!("{c:?}: {e}")))?;
+    }
+    if let Some(t) = file.topic_prefix {
+        m.topic_prefix = t;
+    }
+    args.with_worker |= file.with_worker;
+    Ok(())
+}
+
+fn check_node_args(node: &NodeArgs) -> Result<String, UpError> {
+    if node.bridge.is_empty() || node.bridge.len() > 15 {
+        return Err(UpError::Flag {
+            flag: "bridge",
+            reason: "an interface name has 1 to 15 characters".into(),
+        });
+    }
+    let node_name = node.node_name.clone().unwrap_or_else(hostname);
+    if !crate::transport::topics::valid_level(&node_name)
+        || !crate::api::validate::dns1123_label_errors(&node_name).is_empty()
+    {
+        return Err(UpError::Flag {
+            flag: "node-name",
+            reason: format!(
+                "{node_name:?} must be a DNS label (lower case letters, digits and '-')"
+            ),
+        });
+    }
+    Ok(node_name)
+}
+
+/// The master (with its embedded broker unless told otherwise) and, with
+/// `node`, a worker for this machine, until SIGTERM or Ctrl-C.
+async fn run_master(
+    args: MasterArgs,
+    listen: SocketAddr,
+    node: Option<NodeArgs>,
+    demo: Option<(u16, PathBuf)>,
+    config: Option<&Path>,
+) -> Result<ExitCode, UpError> {
     let layout = Layout::new(&args.data_dir)?;
     if let Some(pid) = running_agent(&layout) {
         return Err(UpError::AlreadyRunning {
@@ -198,13 +365,7 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
             pid,
         });
     }
-    let image_settings = image_settings(&args)?;
-    if args.bridge.is_empty() || args.bridge.len() > 15 {
-        return Err(UpError::Flag {
-            flag: "bridge",
-            reason: "an interface name has 1 to 15 characters".into(),
-        });
-    }
+    let node_name = node.as_ref().map(check_node_args).transpose()?;
     let domain = args.cluster_domain.trim_end_matches('.');
     if !crate::api::validate::dns1123_subdomain_errors(domain).is_empty() {
         return Err(UpError::Flag {
@@ -217,20 +378,8 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         move |source| ConfigError::Io { path, source }
     };
     std::fs::create_dir_all(&layout.run_dir).map_err(io(&layout.run_dir))?;
-    let node_name = args.node_name.clone().unwrap_or_else(hostname);
-    if !crate::transport::topics::valid_level(&node_name)
-        || !crate::api::validate::dns1123_label_errors(&node_name).is_empty()
-    {
-        return Err(UpError::Flag {
-            flag: "node-name",
-            reason: format!(
-                "{node_name:?} must be a DNS label (lower case letters, digits and '-')"
-            ),
-        });
-    }
     let (cluster_key, created) = KeyPair::load_or_create(&layout.cluster_key())?;
     let (admin_key, _) = KeyPair::load_or_create(&layout.admin_key())?;
-    let (node_key, _) = KeyPair::load_or_create(&layout.node_key())?;
     if created {
         tracing::info!(data_dir = %layout.data_dir.display(), "created a new cluster");
     }
@@ -241,8 +390,13 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
             url.clone()
         }
         None => {
-            broker::start(args.listen)?;
-            format!("mqtt://{}", args.listen)
+            broker::start(listen)?;
+            let host = if listen.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], listen.port()))
+            } else {
+                listen
+            };
+            format!("mqtt://{host}")
         }
     };
     let store = Store::open_with_secret_key(
@@ -250,36 +404,47 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         Some(cluster_key.derive_key("secrets-at-rest")),
     )?;
     master::bootstrap(&store)?;
-    let labels = BTreeMap::from([
-        (
-            "node-role.kubernetes.io/control-plane".to_string(),
-            "true".to_string(),
-        ),
-        (
-            "node-role.kubernetes.io/master".to_string(),
-            "true".to_string(),
-        ),
-    ]);
-    let pod_cidr = master::register_node(
-        &store,
-        &node_name,
-        &node_key.public(),
-        args.cluster_cidr,
-        labels,
-    )?;
-    tracing::info!(node = %node_name, %pod_cidr, broker = %broker_url, "node registered");
-    let settings = NodeSettings {
-        bridge: args.bridge.clone(),
-        node_name: node_name.clone(),
-        pod_cidr,
-    };
-    write_atomic(
-        &settings_path(&layout),
-        toml::to_string(&settings).unwrap_or_default().as_bytes(),
-    )?;
+    let token_file = initial_join_token(&store, &layout, &cluster_key)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let topics = Topics::new(&args.topic_prefix);
+    let mut node_line = String::new();
+    let worker_task = match (&node, &node_name) {
+        (Some(node), Some(node_name)) => {
+            let (node_key, _) = KeyPair::load_or_create(&layout.node_key())?;
+            let labels = BTreeMap::from([
+                (
+                    "node-role.kubernetes.io/control-plane".to_string(),
+                    "true".to_string(),
+                ),
+                (
+                    "node-role.kubernetes.io/master".to_string(),
+                    "true".to_string(),
+                ),
+            ]);
+            let pod_cidr = master::register_node(
+                &store,
+                node_name,
+                &node_key.public(),
+                args.cluster_cidr,
+                labels,
+            )?;
+            tracing::info!(node = %node_name, %pod_cidr, broker = %broker_url, "node registered");
+            save_node_settings(&layout, &node.bridge, node_name, pod_cidr)?;
+            node_line = format!("node {node_name}, ");
+            Some(start_worker(
+                &layout,
+                node,
+                node_name,
+                node_key,
+                cluster_key.public(),
+                &topics,
+                &broker_url,
+                stop_rx.clone(),
+            )?)
+        }
+        _ => None,
+    };
     let master_cfg = MasterConfig {
         store,
         cluster_key: cluster_key.clone(),
@@ -294,42 +459,11 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
             master_key: cluster_key.public().to_hex(),
         },
         node_grace: Duration::from_secs(args.node_grace_seconds),
-        resync: Duration::from_secs(5),
+        pod_eviction: Duration::from_secs(args.pod_eviction_seconds),
+        resync: Duration::from_secs(1),
         clock_window: Duration::from_secs(600),
     };
-    let master_task = tokio::spawn(master::run(master_cfg, stop_rx.clone()));
-
-    let images = ImageStore::open(&layout.images())?;
-    let runtime = LibcontainerRuntime::new(RuntimeConfig {
-        state_dir: layout.container_state(),
-        containers_dir: layout.containers(),
-        images: images.clone(),
-        cgroup_prefix: layout.cgroup_prefix(),
-        helper_exe: std::env::current_exe().map_err(|source| ConfigError::Io {
-            path: "/proc/self/exe".into(),
-            source,
-        })?,
-    })?
-    .with_image_settings(image_settings);
-    let worker_cfg = WorkerConfig {
-        node_name: node_name.clone(),
-        node_key,
-        master_key: cluster_key.public(),
-        topics: topics.clone(),
-        broker_url: broker_url.clone(),
-        layout: layout.clone(),
-        runtime: Arc::new(runtime),
-        bridge: Some(args.bridge.clone()),
-        node_port_addr: args.node_port_address,
-        node_ip: args.node_ip,
-        resolv_conf: args.resolv_conf.clone(),
-        heartbeat: Duration::from_secs(5),
-        log_max_bytes: 10 * 1024 * 1024,
-        clock_window: Duration::from_secs(600),
-        reserved: args.system_reserved,
-        pids_limit: Some(args.pod_pids_limit).filter(|l| *l > 0),
-    };
-    let worker_task = tokio::spawn(worker::run(worker_cfg, stop_rx));
+    let master_task = tokio::spawn(master::run(master_cfg, stop_rx));
 
     let client_config = ClientConfig {
         broker: broker_url.clone(),
@@ -344,39 +478,260 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         &layout.pid_file(),
         std::process::id().to_string().as_bytes(),
     )?;
-    println!("Bramble is up: node {node_name}, broker {broker_url}");
+    println!("Bramble is up: {node_line}broker {broker_url}");
     println!("CLI config written to {}", config_path.display());
+    println!(
+        "Workers join with: bramble worker --broker mqtt://<this host>:{} --join \"$(cat {})\"",
+        listen.port(),
+        token_file.display()
+    );
 
-    if args.demo {
-        match deploy_demo(&args, &images, &client_config).await {
-            Ok(()) => println!(
-                "Demo applied: curl http://127.0.0.1:{}/   (bramble get pods -o wide)",
-                args.demo_node_port
-            ),
+    if let Some((port, busybox)) = &demo {
+        let images = ImageStore::open(&layout.images())?;
+        match deploy_demo(*port, busybox, &images, &client_config).await {
+            Ok(()) => {
+                println!("Demo applied: curl http://127.0.0.1:{port}/   (bramble get pods -o wide)")
+            }
             Err(e) => eprintln!("error: {e}"),
         }
     }
 
+    wait_for_stop().await?;
+    tracing::info!("stopping the agent; pods keep running (`bramble down` removes them)");
+    let _ = stop_tx.send(true);
+    if let Ok(Err(e)) = master_task.await {
+        tracing::error!(error = %e, "master");
+    }
+    if let Some(w) = worker_task
+        && let Ok(Err(e)) = w.await
+    {
+        tracing::error!(error = %e, "worker");
+    }
+    let _ = std::fs::remove_file(layout.pid_file());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop() -> Result<(), UpError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| UpError::Demo(format!("cannot watch SIGTERM: {e}")))?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("stopping the agent; pods keep running (`bramble down` removes them)");
-    let _ = stop_tx.send(true);
-    let (m, w) = tokio::join!(master_task, worker_task);
-    let _ = std::fs::remove_file(layout.pid_file());
-    if let Ok(Err(e)) = m {
-        tracing::error!(error = %e, "master");
+    Ok(())
+}
+
+/// On a fresh cluster, a join token with no expiry, kept (0600) in the data
+/// dir as k3s keeps its node token; `bramble token` makes and revokes others.
+fn initial_join_token(
+    store: &Store,
+    layout: &Layout,
+    cluster_key: &KeyPair,
+) -> Result<PathBuf, UpError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = layout.data_dir.join("join-token");
+    if path.exists() {
+        return Ok(path);
     }
-    if let Ok(Err(e)) = w {
+    let (secret, text, _) = master::tokens::create(
+        master::tokens::TokenKind::Join,
+        &cluster_key.public().fingerprint(),
+        None,
+        vec![],
+        vec![],
+        "the master's initial join token".into(),
+        jiff::Timestamp::now().as_second(),
+    );
+    store.commit(
+        vec![crate::store::Op::Create(crate::api::Object::Secret(secret))],
+        crate::store::Mode::Commit,
+    )?;
+    write_atomic(&path, format!("{text}\n").as_bytes())?;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    Ok(path)
+}
+
+fn save_node_settings(
+    layout: &Layout,
+    bridge: &str,
+    node_name: &str,
+    pod_cidr: Ipv4Net,
+) -> Result<(), UpError> {
+    let settings = NodeSettings {
+        bridge: bridge.to_string(),
+        node_name: node_name.to_string(),
+        pod_cidr,
+    };
+    write_atomic(
+        &settings_path(layout),
+        toml::to_string(&settings).unwrap_or_default().as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The worker agent for this machine, running until `stop` flips.
+#[allow(clippy::too_many_arguments)]
+fn start_worker(
+    layout: &Layout,
+    node: &NodeArgs,
+    node_name: &str,
+    node_key: KeyPair,
+    master_key: crate::transport::PublicKey,
+    topics: &Topics,
+    broker_url: &str,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), WorkerError>>, UpError> {
+    let images = ImageStore::open(&layout.images())?;
+    let runtime = LibcontainerRuntime::new(RuntimeConfig {
+        state_dir: layout.container_state(),
+        containers_dir: layout.containers(),
+        images,
+        cgroup_prefix: layout.cgroup_prefix(),
+        helper_exe: std::env::current_exe().map_err(|source| ConfigError::Io {
+            path: "/proc/self/exe".into(),
+            source,
+        })?,
+    })?
+    .with_image_settings(image_settings(node)?);
+    let worker_cfg = WorkerConfig {
+        node_name: node_name.to_string(),
+        node_key,
+        master_key,
+        topics: topics.clone(),
+        broker_url: broker_url.to_string(),
+        layout: layout.clone(),
+        runtime: Arc::new(runtime),
+        bridge: Some(node.bridge.clone()),
+        node_port_addr: node.node_port_address,
+        node_ip: node.node_ip,
+        resolv_conf: node.resolv_conf.clone(),
+        heartbeat: Duration::from_millis(node.heartbeat_ms.max(100)),
+        log_max_bytes: 10 * 1024 * 1024,
+        clock_window: Duration::from_secs(600),
+        reserved: node.system_reserved,
+        pids_limit: Some(node.pod_pids_limit).filter(|l| *l > 0),
+    };
+    Ok(tokio::spawn(worker::run(worker_cfg, stop)))
+}
+
+/// `bramble worker`: join (the first time) and run the agent.
+pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
+    let mut file_labels = BTreeMap::new();
+    if let Some(path) = &args.config_file {
+        let file: crate::config::WorkerFile = crate::config::load_toml(path)?;
+        if args.broker.is_none() {
+            args.broker = Some(file.broker);
+        }
+        if args.join.is_none() {
+            args.join = file.join_token;
+        }
+        if args.node.node_name.is_none() {
+            args.node.node_name = file.node_name;
+        }
+        if args.node.node_ip.is_none() {
+            args.node.node_ip = file.node_ip;
+        }
+        if args.data_dir == Path::new(".bramble")
+            && let Some(d) = file.data_dir
+        {
+            args.data_dir = d;
+        }
+        if let Some(t) = file.topic_prefix {
+            args.topic_prefix = t;
+        }
+        args.node
+            .insecure_registries
+            .extend(file.insecure_registries);
+        file_labels = file.labels;
+    }
+    let broker_url = args.broker.clone().ok_or(UpError::Flag {
+        flag: "broker",
+        reason: "the cluster's broker is needed (mqtt://host:port)".into(),
+    })?;
+    crate::transport::client::parse_url(&broker_url)?;
+    let node_name = check_node_args(&args.node)?;
+    let layout = Layout::new(&args.data_dir)?;
+    if let Some(pid) = running_agent(&layout) {
+        return Err(UpError::AlreadyRunning {
+            data_dir: layout.data_dir.clone(),
+            pid,
+        });
+    }
+    std::fs::create_dir_all(&layout.run_dir).map_err(|source| ConfigError::Io {
+        path: layout.run_dir.clone(),
+        source,
+    })?;
+    let (node_key, _) = KeyPair::load_or_create(&layout.node_key())?;
+    let topics = Topics::new(&args.topic_prefix);
+    let mut labels = file_labels;
+    labels.extend(args.labels.iter().cloned());
+    let membership = match (worker::join::load(&layout.data_dir)?, &args.join) {
+        (Some(m), _) if m.node_name == node_name => m,
+        (_, Some(token)) => {
+            tracing::info!(node = %node_name, broker = %broker_url, "joining");
+            worker::join::join(
+                &broker_url,
+                &topics,
+                &node_name,
+                &node_key,
+                token,
+                labels,
+                &layout.data_dir,
+            )
+            .await?
+        }
+        (Some(m), None) => {
+            return Err(UpError::Flag {
+                flag: "node-name",
+                reason: format!(
+                    "this data dir joined as {:?}; a new name needs --join TOKEN",
+                    m.node_name
+                ),
+            });
+        }
+        (None, None) => {
+            return Err(UpError::Flag {
+                flag: "join",
+                reason: "this node has not joined a cluster yet: give --join TOKEN".into(),
+            });
+        }
+    };
+    let pod_cidr: Ipv4Net = membership.pod_cidr.parse().map_err(|_| UpError::Flag {
+        flag: "join",
+        reason: format!("the master gave a bad pod CIDR {:?}", membership.pod_cidr),
+    })?;
+    save_node_settings(&layout, &args.node.bridge, &node_name, pod_cidr)?;
+    let master_key = membership.master_key(&layout.data_dir)?;
+    write_atomic(
+        &layout.pid_file(),
+        std::process::id().to_string().as_bytes(),
+    )?;
+    println!("Bramble worker {node_name} is up (pod CIDR {pod_cidr}, broker {broker_url})");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = start_worker(
+        &layout,
+        &args.node,
+        &node_name,
+        node_key,
+        master_key,
+        &topics,
+        &broker_url,
+        stop_rx,
+    )?;
+    tokio::select! {
+        r = wait_for_stop() => r?,
+        // The agent ended by itself (its broker connection is gone for good).
+        _ = async { while !task.is_finished() { tokio::time::sleep(Duration::from_millis(500)).await } } => {}
+    }
+    let _ = stop_tx.send(true);
+    if let Ok(Err(e)) = task.await {
         tracing::error!(error = %e, "worker");
     }
+    let _ = std::fs::remove_file(layout.pid_file());
     Ok(ExitCode::SUCCESS)
 }
 
-fn image_settings(args: &UpArgs) -> Result<ImageSettings, UpError> {
+fn image_settings(args: &NodeArgs) -> Result<ImageSettings, UpError> {
     let (high, low) = (args.image_gc_high_threshold, args.image_gc_low_threshold);
     if high > 100 || low > high {
         return Err(UpError::Flag {
@@ -408,11 +763,12 @@ fn image_settings(args: &UpArgs) -> Result<ImageSettings, UpError> {
 }
 
 async fn deploy_demo(
-    args: &UpArgs,
+    node_port: u16,
+    busybox: &Path,
     images: &ImageStore,
     cfg: &ClientConfig,
 ) -> Result<(), UpError> {
-    let busybox = args.busybox.clone();
+    let busybox = busybox.to_path_buf();
     let store = images.clone();
     let image = tokio::task::spawn_blocking(move || {
         crate::runtime::demo::build_demo_image(&store, &busybox)
@@ -420,10 +776,8 @@ async fn deploy_demo(
     .await
     .map_err(|e| UpError::Demo(e.to_string()))??;
     tracing::info!(%image, "demo image ready");
-    let manifest = include_str!("../examples/demo.yaml").replace(
-        "nodePort: 30080",
-        &format!("nodePort: {}", args.demo_node_port),
-    );
+    let manifest = include_str!("../examples/demo.yaml")
+        .replace("nodePort: 30080", &format!("nodePort: {node_port}"));
     let parsed = crate::api::manifest::parse("demo.yaml", &manifest)
         .map_err(|e| UpError::Demo(e.to_string()))?;
     let objects = parsed.into_iter().map(|p| p.object).collect();

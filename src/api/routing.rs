@@ -113,6 +113,17 @@ pub struct ClusterNetwork {
     pub dns_ip: Option<Ipv4Addr>,
     /// `cluster.local` unless configured otherwise.
     pub domain: String,
+    /// Every node's pod CIDR and address: each worker routes the others'
+    /// pod CIDRs through their addresses (host-gw).
+    #[serde(default)]
+    pub nodes: Vec<NodeRoute>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeRoute {
+    pub name: String,
+    pub pod_cidr: Ipv4Net,
+    pub address: Ipv4Addr,
 }
 
 /// The default cluster domain, as in Kubernetes.

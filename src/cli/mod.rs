@@ -94,6 +94,11 @@ pub struct Cli {
 pub enum Cmd {
     /// Run a one-machine cluster: broker, master and worker in one process.
     Up(crate::up::UpArgs),
+    /// Run the master (with its embedded broker unless --broker names one),
+    /// optionally with a worker for this machine.
+    Master(crate::up::MasterRoleArgs),
+    /// Run a worker that joins a cluster through its broker.
+    Worker(crate::up::WorkerRoleArgs),
     /// Stop a local cluster's agent and remove its pods, network and mounts.
     Down(crate::up::DownArgs),
     /// Create or update objects from manifests.
@@ -150,7 +155,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The broker logs every connection and libcgroups every controller it
     // skips: useful when debugging them, noise otherwise.
-    let verbose_default = if matches!(cli.command, Cmd::Up(_) | Cmd::Down(_)) {
+    let verbose_default = if matches!(
+        cli.command,
+        Cmd::Up(_) | Cmd::Master(_) | Cmd::Worker(_) | Cmd::Down(_)
+    ) {
         "info,rumqttd=warn,libcgroups=error,libcontainer=warn"
     } else {
         "warn,libcgroups=error"
@@ -200,6 +208,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let config = cli.config.as_deref();
     match cli.command {
         Cmd::Up(a) => crate::up::up(a, config).await.map_err(CliError::from),
+        Cmd::Master(a) => crate::up::master(a, config).await.map_err(CliError::from),
+        Cmd::Worker(a) => crate::up::worker(a).await.map_err(CliError::from),
         Cmd::Down(a) => crate::up::down(a).await.map_err(CliError::from),
         Cmd::Apply(a) => apply::run(a, config).await,
         Cmd::Get(a) => get::run(a, config).await,

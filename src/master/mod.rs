@@ -10,6 +10,7 @@
 pub mod allocate;
 pub mod commands;
 pub mod controllers;
+pub mod join;
 pub mod publish;
 pub mod scheduler;
 pub mod services;
@@ -26,11 +27,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::api::routing::ServiceRoute;
+use crate::api::routing::{ClusterNetwork, ServiceRoute};
 use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::store::{Mode, Op, Store, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
-use crate::transport::messages::{Assignment, Command, NodeReport, Reply, ServiceTable, StreamMsg};
+use crate::transport::messages::{
+    Assignment, Command, JoinReply, JoinRequest, Joined, NodeReport, Online, Reply, ServiceTable,
+    StreamMsg,
+};
 use crate::transport::{
     KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
 };
@@ -56,6 +60,8 @@ pub struct MasterConfig {
     pub settings: Settings,
     /// How long a silent node stays Ready.
     pub node_grace: Duration,
+    /// How long a node is NotReady before its pods are evicted.
+    pub pod_eviction: Duration,
     /// Period of the full reconcile pass that runs even when nothing changed.
     pub resync: Duration,
     /// How far a message's timestamp may be from our clock.
@@ -153,7 +159,7 @@ struct Published {
     /// Per node: the generation, and the assignment's content (pods,
     /// ConfigMaps, Secrets) it was published with.
     assignments: HashMap<String, (u64, AssignedContent)>,
-    services: Option<(u64, Vec<ServiceRoute>)>,
+    services: Option<(u64, Vec<ServiceRoute>, ClusterNetwork)>,
     /// Last time a lagging worker got a republish, to not answer every heartbeat.
     republished: HashMap<String, Instant>,
 }
@@ -163,8 +169,12 @@ struct Master {
     mqtt: Mqtt,
     sealer: Sealer,
     verifier: Verifier,
+    /// Checks join requests (signed by keys not trusted yet).
+    join_verifier: Verifier,
     drops: DropLog,
     last_seen: HashMap<String, jiff::Timestamp>,
+    /// Each node's current agent session (from its reports).
+    sessions: HashMap<String, u64>,
     terminated: HashMap<String, HashSet<String>>,
     /// Resource use per pod uid, from heartbeats (memory only).
     usage: usage::Usage,
@@ -182,6 +192,9 @@ pub async fn run(
         Mqtt::connect(MqttOptions::new(&cfg.settings.broker_url, &client_id), None).await?;
     mqtt.subscribe(&cfg.topics.cmd_filter()).await?;
     mqtt.subscribe(&cfg.topics.status_filter()).await?;
+    mqtt.subscribe(&cfg.topics.online_filter()).await?;
+    mqtt.subscribe(&cfg.topics.join_filter()).await?;
+    let m_window = cfg.clock_window;
     let mut verifier = Verifier::new(&[MASTER_ID], cfg.clock_window);
     for key in &cfg.admin_keys {
         verifier.trust(envelope::admin_id(key), *key);
@@ -193,8 +206,10 @@ pub async fn run(
         mqtt,
         sealer,
         verifier,
+        join_verifier: Verifier::new(&[MASTER_ID], m_window),
         drops: DropLog::new(10),
         last_seen: HashMap::new(),
+        sessions: HashMap::new(),
         terminated: HashMap::new(),
         usage: usage::Usage::default(),
         published: Published::default(),
@@ -253,6 +268,7 @@ impl Master {
             last_seen: self.last_seen.clone(),
             terminated: self.terminated.values().flatten().cloned().collect(),
             node_grace: self.cfg.node_grace,
+            pod_eviction: self.cfg.pod_eviction,
             usage: self.usage.pods(),
         }
     }
@@ -314,19 +330,21 @@ impl Master {
         // Routes first: a pod being deleted leaves the Service table before
         // its node hears to stop it.
         let routes = publish::service_routes(snap);
+        let mut network = services::cluster_network(&self.cfg.settings);
+        network.nodes = publish::node_routes(snap);
         if self
             .published
             .services
             .as_ref()
-            .is_none_or(|(_, r)| *r != routes)
+            .is_none_or(|(_, r, n)| *r != routes || *n != network)
         {
             let table = ServiceTable {
                 generation: rv,
                 routes: routes.clone(),
-                network: services::cluster_network(&self.cfg.settings),
+                network: network.clone(),
             };
             if self.send_services(&table).await {
-                self.published.services = Some((rv, routes));
+                self.published.services = Some((rv, routes, network));
             }
         }
         for node in snap.nodes() {
@@ -392,8 +410,90 @@ impl Master {
     async fn on_message(&mut self, topic: &str, payload: &[u8]) {
         if self.cfg.topics.verb_of(topic).is_some() {
             self.on_command(topic, payload).await;
+        } else if let Some(node) = self.cfg.topics.joining_node(topic).map(str::to_string) {
+            self.on_join(&node, topic, payload).await;
         } else if let Some(node) = self.cfg.topics.node_of(topic).map(str::to_string) {
-            self.on_status(&node, topic, payload).await;
+            if topic == self.cfg.topics.online(&node) {
+                self.on_online(&node, topic, payload);
+            } else {
+                self.on_status(&node, topic, payload).await;
+            }
+        }
+    }
+
+    /// A node asks to join: verify it is signed by the key it presents,
+    /// admit it (token, name), trust its key, answer signed by the cluster key.
+    async fn on_join(&mut self, node: &str, topic: &str, payload: &[u8]) {
+        let (from, req) = match envelope::peek::<JoinRequest>(payload) {
+            Ok(x) => x,
+            Err(e) => return self.drops.dropped(topic, &e),
+        };
+        let Ok(key) = req.key.parse::<PublicKey>() else {
+            return self
+                .drops
+                .dropped(topic, &"join request with a malformed key");
+        };
+        if from != envelope::node_id(node) || req.node != node {
+            return self
+                .drops
+                .dropped(topic, &format!("{from} asking to join as {node}"));
+        }
+        // A verifier of its own: the node is not trusted for anything else
+        // until it is admitted, and its replay window is separate.
+        self.join_verifier.trust(from.clone(), key);
+        let opened = self.join_verifier.open::<JoinRequest>(topic, payload);
+        self.join_verifier.untrust(&from);
+        let req = match opened {
+            Ok(o) => o.body,
+            Err(e) => return self.drops.dropped(topic, &e),
+        };
+        let result = join::admit(
+            &self.cfg.store,
+            &req,
+            self.cfg.settings.cluster_cidr,
+            jiff::Timestamp::now().as_second(),
+        );
+        match &result {
+            Ok(cidr) => {
+                tracing::info!(%node, pod_cidr = %cidr, "node joined");
+                self.verifier.trust(envelope::node_id(node), key);
+                self.dirty = true;
+            }
+            Err(e) => tracing::warn!(%node, error = %e, "join refused"),
+        }
+        let reply = JoinReply {
+            nonce: req.nonce,
+            master_key: self.cfg.cluster_key.public().to_hex(),
+            result: result.map(|cidr| Joined {
+                pod_cidr: cidr.to_string(),
+            }),
+        };
+        let t = self.cfg.topics.join_reply(node);
+        let bytes = self.sealer.seal(&t, &envelope::node_id(node), &reply);
+        if let Err(e) = self.mqtt.publish(&t, bytes, false).await {
+            tracing::warn!(%node, error = %e, "could not answer a join");
+        }
+    }
+
+    /// A node's retained online flag or its Last Will. Only a `false` for
+    /// the session the node last reported counts: the node is gone now, not
+    /// at the end of the grace period.
+    fn on_online(&mut self, node: &str, topic: &str, payload: &[u8]) {
+        let opened = match self.verifier.open_any_age::<Online>(topic, payload) {
+            Ok(o) => o,
+            Err(e) => return self.drops.dropped(topic, &e),
+        };
+        if opened.from != envelope::node_id(node) {
+            return self
+                .drops
+                .dropped(topic, &format!("{} speaking for node {node}", opened.from));
+        }
+        let Online { online, session } = opened.body;
+        if !online && self.sessions.get(node) == Some(&session) {
+            tracing::info!(%node, "node disconnected (last will)");
+            self.last_seen.remove(node);
+            self.sessions.remove(node);
+            self.dirty = true;
         }
     }
 
@@ -473,6 +573,7 @@ impl Master {
                 .dropped(topic, &format!("{} reporting for node {node}", opened.from));
         }
         let report = opened.body;
+        self.sessions.insert(node.to_string(), report.session);
         let now = jiff::Timestamp::now();
         let was_fresh = self
             .last_seen
@@ -582,7 +683,7 @@ impl Master {
             .published
             .services
             .as_ref()
-            .is_some_and(|(g, _)| report.services_generation < *g);
+            .is_some_and(|(g, _, _)| report.services_generation < *g);
         let recently = self
             .published
             .republished
@@ -615,11 +716,11 @@ impl Master {
                 })
                 .await;
             }
-            if behind_services && let Some((g, routes)) = self.published.services.clone() {
+            if behind_services && let Some((g, routes, network)) = self.published.services.clone() {
                 self.send_services(&ServiceTable {
                     generation: g,
                     routes,
-                    network: services::cluster_network(&self.cfg.settings),
+                    network,
                 })
                 .await;
             }

@@ -263,6 +263,36 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
     })
 }
 
+/// Every node's pod CIDR behind its reported address, for host-gw routes.
+/// Nodes that are not Ready stay listed: their pods may still be serving on
+/// the LAN, and a route to a dead node costs nothing.
+pub fn node_routes(snap: &Snapshot) -> Vec<crate::api::routing::NodeRoute> {
+    let mut out: Vec<crate::api::routing::NodeRoute> = snap
+        .nodes()
+        .filter_map(|n| {
+            let name = n.metadata.name.clone()?;
+            let pod_cidr = n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
+            let address = n
+                .status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find(|a| a.type_ == "InternalIP")?
+                .address
+                .parse()
+                .ok()?;
+            Some(crate::api::routing::NodeRoute {
+                name,
+                pod_cidr,
+                address,
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ pub fn cluster_network(settings: &Settings) -> ClusterNetwork {
         service_cidr: Some(settings.service_cidr),
         dns_ip: cluster_dns_ip(settings.service_cidr),
         domain: settings.cluster_domain.clone(),
+        nodes: Vec::new(),
     }
 }
 

@@ -295,13 +295,61 @@ pub fn verify(
 }
 
 /// The HMAC-SHA256 a joining node sends to prove it knows the join token's
-/// secret without sending it: over its name, its public key and a nonce.
+/// secret without sending it: over its name, its public key and a nonce. The
+/// MAC key is the secret's SHA-256, which is what the master keeps, so the
+/// master can check a proof without ever holding the secret.
 pub fn join_proof(secret: &str, node: &str, public_key: &str, nonce: u64) -> String {
+    proof_with_key(&hash(secret), node, public_key, nonce)
+}
+
+fn proof_with_key(key_hex: &str, node: &str, public_key: &str, nonce: u64) -> String {
     use hmac::{KeyInit, Mac};
-    let mut mac =
-        hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key_hex.as_bytes())
+        .expect("HMAC takes any key length");
     mac.update(format!("bramble-join\0{node}\0{public_key}\0{nonce}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a join request's proof for token `id` against its stored Secret:
+/// the token must exist, be a join token, be unexpired, and the proof must be
+/// over exactly this node name, key and nonce.
+pub fn verify_join(
+    stored: Option<&Secret>,
+    id: &str,
+    node: &str,
+    public_key: &str,
+    nonce: u64,
+    proof: &str,
+    now: i64,
+) -> Result<TokenInfo, TokenError> {
+    let stored = stored.ok_or_else(|| TokenError::Unknown(id.to_string()))?;
+    let info = info(stored).ok_or_else(|| TokenError::Unknown(id.to_string()))?;
+    if info.kind != TokenKind::Join {
+        return Err(TokenError::WrongKind {
+            id: id.to_string(),
+            actual: info.kind.as_str(),
+            wanted: TokenKind::Join.as_str(),
+        });
+    }
+    let want = proof_with_key(
+        &field(stored, "secret-sha256").unwrap_or_default(),
+        node,
+        public_key,
+        nonce,
+    );
+    let same = want.len() == proof.len()
+        && want
+            .bytes()
+            .zip(proof.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(TokenError::BadSecret);
+    }
+    if info.expired(now) {
+        return Err(TokenError::Expired(id.to_string()));
+    }
+    Ok(info)
 }
 
 #[cfg(test)]
@@ -389,5 +437,52 @@ mod tests {
         assert_ne!(p, join_proof("s3cret", "pi2", "k", 1));
         assert_ne!(p, join_proof("s3cret", "pi1", "j", 1));
         assert_ne!(p, join_proof("other", "pi1", "k", 1));
+    }
+
+    #[test]
+    fn join_proofs_verify_against_the_stored_hash_only() {
+        let (secret, text, _) = create(
+            TokenKind::Join,
+            &"a".repeat(32),
+            None,
+            vec![],
+            vec![],
+            String::new(),
+            100,
+        );
+        let t = JoinToken::parse(&text).unwrap();
+        let proof = join_proof(&t.secret, "pi1", "key", 7);
+        assert!(verify_join(Some(&secret), &t.id, "pi1", "key", 7, &proof, 200).is_ok());
+        // Bound to name, key and nonce.
+        for (n, k, nonce) in [("pi2", "key", 7), ("pi1", "other", 7), ("pi1", "key", 8)] {
+            assert_eq!(
+                verify_join(Some(&secret), &t.id, n, k, nonce, &proof, 200),
+                Err(TokenError::BadSecret)
+            );
+        }
+        assert_eq!(
+            verify_join(None, &t.id, "pi1", "key", 7, &proof, 200),
+            Err(TokenError::Unknown(t.id.clone()))
+        );
+        let (expiring, text, _) = create(
+            TokenKind::Join,
+            &"a".repeat(32),
+            Some(10),
+            vec![],
+            vec![],
+            String::new(),
+            100,
+        );
+        let t = JoinToken::parse(&text).unwrap();
+        let proof = join_proof(&t.secret, "pi1", "key", 7);
+        assert_eq!(
+            verify_join(Some(&expiring), &t.id, "pi1", "key", 7, &proof, 111),
+            Err(TokenError::Expired(t.id.clone()))
+        );
+        let (api, _, _) = create(TokenKind::Api, "", None, vec![], vec![], String::new(), 100);
+        assert!(matches!(
+            verify_join(Some(&api), "x", "pi1", "key", 7, &proof, 111),
+            Err(TokenError::WrongKind { .. })
+        ));
     }
 }

@@ -9,10 +9,13 @@
 //! table `bramble_<bridge>`. Links and addresses are done through rtnetlink;
 //! nothing here spawns `ip` (nftables rules go through `nft`).
 //!
-//! Must not touch: other interfaces, routes outside pod namespaces, other
-//! nftables or iptables rules, or containers (the runtime joins a pod's
-//! namespace through [`PodNet::netns_path`]). Cross-node routes are not done
-//! yet.
+//! Also owns the node's host-gw routes to other nodes' pod CIDRs (main table,
+//! marked with protocol [`ROUTE_PROTOCOL`] so they can be told from the
+//! rest): a flat home LAN needs no overlay.
+//!
+//! Must not touch: other interfaces, other routes, other nftables or iptables
+//! rules, or containers (the runtime joins a pod's namespace through
+//! [`PodNet::netns_path`]).
 //!
 //! Every operation is idempotent and safe after an agent restart: the bridge, a
 //! veth or a namespace file that already exists is checked and reused, one that
@@ -37,6 +40,10 @@ use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 pub use ipam::{MAX_POD_PREFIX, allocate_ip, gateway_ip, is_pod_ip};
+
+/// The routing protocol number marking our host-gw routes (`ip route` shows
+/// `proto 186`); 186 is unassigned in /etc/iproute2/rt_protos.
+pub const ROUTE_PROTOCOL: u8 = 186;
 use link::netlink_err;
 use netns::NsConn;
 
@@ -410,6 +417,80 @@ impl PodNetwork {
         Ok(())
     }
 
+    /// Makes exactly `routes` (pod CIDR → the node address it lives behind)
+    /// present as our host-gw routes: replaces changed ones, removes ours that
+    /// are no longer wanted, and leaves every other route alone.
+    pub async fn set_node_routes(
+        &self,
+        routes: &std::collections::BTreeMap<Ipv4Net, Ipv4Addr>,
+    ) -> Result<(), NetError> {
+        use futures::TryStreamExt;
+        use rtnetlink::packet_route::route::{
+            RouteAddress, RouteAttribute, RouteMessage, RouteProtocol,
+        };
+        let handle = &self.host.handle;
+        let mut listing = handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut present = BTreeSet::new();
+        let mut stale: Vec<RouteMessage> = Vec::new();
+        while let Some(msg) = listing
+            .try_next()
+            .await
+            .map_err(netlink_err("list routes", "ipv4"))?
+        {
+            if msg.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+                continue;
+            }
+            let addr = |want_gateway: bool| {
+                msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) if !want_gateway => {
+                        Some(*ip)
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) if want_gateway => Some(*ip),
+                    _ => None,
+                })
+            };
+            let net = addr(false)
+                .and_then(|d| Ipv4Net::new(d, msg.header.destination_prefix_length).ok());
+            match (net, addr(true)) {
+                (Some(net), Some(gw)) if routes.get(&net) == Some(&gw) => {
+                    present.insert(net);
+                }
+                _ => stale.push(msg),
+            }
+        }
+        for msg in stale {
+            debug!(?msg.header, "removing a host-gw route");
+            handle
+                .route()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(netlink_err("delete route", "host-gw"))?;
+        }
+        for (net, gw) in routes {
+            if present.contains(net) {
+                continue;
+            }
+            info!(%net, via = %gw, "route to another node's pods");
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.addr(), net.prefix_len())
+                .gateway(*gw)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .build();
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink_err("add route", format!("{net} via {gw}")))?;
+        }
+        Ok(())
+    }
+
     /// Lets pods reach addresses outside `cluster_cidr` through the node's
     /// address (see [`masq`]). Installs once per agent run and CIDR; the
     /// install replaces whatever an earlier run left.
@@ -427,6 +508,7 @@ impl PodNetwork {
     /// bridge, the masquerade table, and the bridge with its ClusterIPs. The
     /// network is unusable after; [`PodNetwork::new`] builds it again.
     pub async fn teardown_all(&self) -> Result<(), NetError> {
+        self.set_node_routes(&Default::default()).await?;
         let _serial = self.lock.lock().await;
         masq::remove(&self.config.bridge).await?;
         *self.masquerade.lock().await = None;

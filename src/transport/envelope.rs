@@ -224,7 +224,27 @@ impl Verifier {
         })
     }
 
-    fn check(&mut self, topic: &str, bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+    /// Like [`Verifier::open`] without the freshness checks: for a Last
+    /// Will, which is sealed when the connection opens and published by the
+    /// broker whenever it closes. The caller must tie it to something current
+    /// (the session id) instead.
+    pub fn open_any_age<T: DeserializeOwned>(
+        &mut self,
+        topic: &str,
+        bytes: &[u8],
+    ) -> Result<Opened<T>, EnvelopeError> {
+        let env = self.authentic(topic, bytes)?;
+        let body = ciborium::from_reader(env.body.as_slice()).map_err(|e| EnvelopeError::Body {
+            from: env.from.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Opened {
+            from: env.from,
+            body,
+        })
+    }
+
+    fn authentic(&self, topic: &str, bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let env: Envelope =
             ciborium::from_reader(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if env.v != PROTOCOL_VERSION {
@@ -245,6 +265,11 @@ impl Verifier {
         if env.to != TO_ANYONE && !self.me.contains(&env.to) {
             return Err(EnvelopeError::WrongRecipient { to: env.to });
         }
+        Ok(env)
+    }
+
+    fn check(&mut self, topic: &str, bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let env = self.authentic(topic, bytes)?;
         let now = now_ms();
         let skew = env.ts - now;
         if skew.abs() > self.window_ms {
@@ -268,6 +293,19 @@ impl Verifier {
         self.order.push_back((now, env.from.clone(), env.seq));
         Ok(env)
     }
+}
+
+/// The sender id and decoded body of an envelope, unverified: for a join
+/// request, which carries the key it is signed with (verify it with that key
+/// before believing anything else in it).
+pub fn peek<T: DeserializeOwned>(bytes: &[u8]) -> Result<(String, T), EnvelopeError> {
+    let env: Envelope =
+        ciborium::from_reader(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let body = ciborium::from_reader(env.body.as_slice()).map_err(|e| EnvelopeError::Body {
+        from: env.from.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((env.from, body))
 }
 
 /// Logs dropped messages without letting a flood of forgeries flood the log:

@@ -4,6 +4,8 @@
 //! correlation id. Assignments and the service table are full states with a
 //! generation, never deltas, so a receiver that missed one just takes the next.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::api::routing::{ClusterNetwork, ServiceRoute};
@@ -371,6 +373,50 @@ pub struct NodeReport {
     /// What happened to pods since the last report (`describe` shows them).
     #[serde(default)]
     pub events: Vec<PodEvent>,
+    /// This run of the agent (random at start): a Last Will names the
+    /// session it belongs to, so an old one cannot mark a live node offline.
+    #[serde(default)]
+    pub session: u64,
+}
+
+/// Node → master on `join/<node>`, signed by the node's new key: "register
+/// this key under this name". `proof` shows knowledge of the join token's
+/// secret without sending it (see `master::tokens::join_proof`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node: String,
+    /// The node's ed25519 public key, hex.
+    pub key: String,
+    pub token_id: String,
+    pub nonce: u64,
+    pub proof: String,
+    /// Labels the node asks for (`--label`, worker.toml).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Master → node on `join/<node>/reply`, signed by the cluster key (whose
+/// fingerprint the token pins).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinReply {
+    pub nonce: u64,
+    /// The cluster (master) key, hex: the node checks it against the
+    /// fingerprint its token pins before believing anything else here.
+    pub master_key: String,
+    pub result: Result<Joined, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    pub pod_cidr: String,
+}
+
+/// Node → everyone, retained on `node/<n>/online`: `true` while connected;
+/// the Last Will, sealed at connect time, says `false` for the same session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Online {
+    pub online: bool,
+    pub session: u64,
 }
 
 /// Something that happened to a pod on its node, for an Event object.

@@ -82,6 +82,26 @@ impl Topics {
         format!("{}/node/+/stream/{id}/out", self.prefix)
     }
 
+    /// Node → master: a join request (the node is not trusted yet).
+    pub fn join(&self, node: &str) -> String {
+        format!("{}/join/{node}", self.prefix)
+    }
+
+    pub fn join_filter(&self) -> String {
+        format!("{}/join/+", self.prefix)
+    }
+
+    /// Master → joining node: the answer.
+    pub fn join_reply(&self, node: &str) -> String {
+        format!("{}/join/{node}/reply", self.prefix)
+    }
+
+    /// The node name in `…/join/<node>`.
+    pub fn joining_node<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/join/")?;
+        (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+    }
+
     /// Master → every worker: the Service routing table (retained).
     pub fn services(&self) -> String {
         format!("{}/services", self.prefix)

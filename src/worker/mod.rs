@@ -12,6 +12,7 @@
 pub mod containers;
 pub mod facts;
 pub mod images;
+pub mod join;
 pub mod podsync;
 pub mod probes;
 pub mod status;
@@ -36,9 +37,10 @@ use crate::proxy::{Proxy, ProxyConfig};
 use crate::runtime::log_times::LogClock;
 use crate::runtime::{ContainerState, Runtime, RuntimeError};
 use crate::store::{LocalOp, LocalStore, StoreError};
-use crate::transport::envelope::{self, DropLog, MASTER_ID};
+use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
-    Assignment, ContainerUsage, NodeFacts, NodeReport, PodEvent, PodReport, ServiceTable, StreamMsg,
+    Assignment, ContainerUsage, NodeFacts, NodeReport, Online, PodEvent, PodReport, ServiceTable,
+    StreamMsg,
 };
 use crate::transport::stream::MqttLink;
 use crate::transport::{
@@ -143,6 +145,8 @@ struct StreamHandle {
 }
 
 struct Agent {
+    /// This run's random id (reports and the Last Will carry it).
+    session: u64,
     cfg: WorkerConfig,
     db: LocalStore,
     mqtt: Mqtt,
@@ -195,16 +199,27 @@ pub async fn run(
     }
     let node = cfg.node_name.clone();
     let online = cfg.topics.online(&node);
+    let me = envelope::node_id(&node);
+    let sealer = Arc::new(Sealer::new(cfg.node_key.clone(), me.clone()));
+    // The Last Will is sealed now and published by the broker whenever the
+    // connection dies; the session ties it to this run of the agent.
+    let session: u64 = rand::random();
+    let online_msg = |online: bool| {
+        sealer.seal(
+            &cfg.topics.online(&node),
+            TO_ANYONE,
+            &Online { online, session },
+        )
+    };
     let mut opts = MqttOptions::new(&cfg.broker_url, &format!("bramble-node-{node}"));
-    opts.last_will = Some((online.clone(), b"false".to_vec()));
+    opts.last_will = Some((online.clone(), online_msg(false)));
+    let (online_true, online_false) = (online_msg(true), online_msg(false));
     let (mqtt, mut events) = Mqtt::connect(opts, None).await?;
     mqtt.subscribe(&cfg.topics.assign(&node)).await?;
     mqtt.subscribe(&cfg.topics.services()).await?;
     mqtt.subscribe(&cfg.topics.stream_in_filter(&node)).await?;
-    let me = envelope::node_id(&node);
     let mut verifier = Verifier::new(&[me.as_str()], cfg.clock_window);
     verifier.trust(MASTER_ID, cfg.master_key);
-    let sealer = Arc::new(Sealer::new(cfg.node_key.clone(), me));
     let facts = facts::gather(cfg.node_ip, &cfg.layout.data_dir, cfg.reserved);
     let proxy = cfg.bridge.as_ref().map(|_| {
         Proxy::new(ProxyConfig {
@@ -216,6 +231,7 @@ pub async fn run(
     let (task_tx, mut task_rx) = mpsc::unbounded_channel();
     let (pulls, mut pull_done) = images::ImagePulls::new();
     let mut agent = Agent {
+        session,
         cfg,
         db,
         mqtt,
@@ -277,7 +293,7 @@ pub async fn run(
                 }
                 Some(MqttEvent::Connected) => {
                     // Tell the master where we are: it republishes what we lack.
-                    let _ = agent.mqtt.publish(&online, b"true".to_vec(), true).await;
+                    let _ = agent.mqtt.publish(&online, online_true.clone(), true).await;
                     agent.report(true).await;
                 }
                 Some(MqttEvent::Subscribed) => {}
@@ -311,7 +327,7 @@ pub async fn run(
     if let Some(p) = &agent.proxy {
         p.shutdown().await;
     }
-    let _ = agent.mqtt.publish(&online, b"false".to_vec(), true).await;
+    let _ = agent.mqtt.publish(&online, online_false, true).await;
     agent.mqtt.disconnect().await;
     tracing::info!(node = %node, "worker stopped; pods keep running");
     Ok(())
@@ -399,6 +415,20 @@ impl Agent {
         routes.extend(host_ports.iter().cloned());
         for e in proxy.apply(&routes).await {
             tracing::warn!(error = %e, "proxy");
+        }
+        // host-gw: the other nodes' pods are behind the other nodes.
+        let own_pod_cidr = net.config().pod_cidr;
+        let node_routes: BTreeMap<ipnet::Ipv4Net, Ipv4Addr> = self
+            .services
+            .network
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.cfg.node_name && n.pod_cidr != own_pod_cidr)
+            .filter(|n| !self.facts.addresses.contains(&n.address.to_string()))
+            .map(|n| (n.pod_cidr, n.address))
+            .collect();
+        if let Err(e) = net.set_node_routes(&node_routes).await {
+            tracing::warn!(error = %e, "pods cannot reach other nodes' pods");
         }
         // Egress failing (no `nft`) must not keep Services and DNS down; it
         // is tried again with the next table.
@@ -1324,6 +1354,7 @@ impl Agent {
             info: self.facts.clone(),
             pods: sent,
             events: self.events.clone(),
+            session: self.session,
         };
         let topic = self.cfg.topics.status(&self.cfg.node_name);
         let bytes = self.sealer.seal(&topic, MASTER_ID, &report);

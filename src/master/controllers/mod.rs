@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub terminated: HashSet<String>,
     /// How long a silent node stays Ready.
     pub node_grace: std::time::Duration,
+    /// How long a node stays NotReady before its pods are evicted (pods
+    /// that tolerate `node.kubernetes.io/unreachable` may stay longer).
+    pub pod_eviction: std::time::Duration,
     /// What each pod's containers use now, as their nodes measured it (in
     /// memory only, like heartbeats), keyed by pod uid.
     pub usage: HashMap<String, PodUsage>,
@@ -436,6 +439,7 @@ pub mod tests_support {
         let mut snap = Snapshot {
             now: jiff::Timestamp::from_second(1_800_000_000).unwrap(),
             node_grace: std::time::Duration::from_secs(15),
+            pod_eviction: std::time::Duration::from_secs(2),
             ..Default::default()
         };
         let ns = Namespace {

@@ -420,6 +420,7 @@ mod tests {
             service_cidr: Some("10.96.0.0/16".parse().unwrap()),
             dns_ip: Some("10.96.0.10".parse().unwrap()),
             domain: "cluster.local".into(),
+            nodes: Vec::new(),
         }
     }
 
