@@ -215,6 +215,18 @@ pub async fn run(
         published: Published::default(),
         dirty: true,
     };
+    // A restarted master has heard from nobody yet: the nodes that were
+    // Ready get a full grace period from now to report, instead of being
+    // declared lost (and their pods evicted) on the first pass.
+    let started = jiff::Timestamp::now();
+    for node in m.cfg.store.list(Kind::Node, None) {
+        if let Object::Node(n) = &*node
+            && controllers::node_ready(n)
+            && let Some(name) = &n.metadata.name
+        {
+            m.last_seen.insert(name.clone(), started);
+        }
+    }
     let mut resync = tokio::time::interval(m.cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(broker = %m.cfg.settings.broker_url, "master running");

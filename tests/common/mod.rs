@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod multi;
 pub mod registry;
 
 use std::fs::OpenOptions;

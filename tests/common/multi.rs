@@ -1,0 +1,413 @@
+//! A many-node cluster on one machine: a master and N workers, each a real
+//! `bramble` process in its own network namespace, joined by veths to a test
+//! bridge that plays the home LAN. Everything is named after a per-test tag
+//! and removed on drop, even when the test panics.
+//!
+//! Processes enter their namespace with `nsenter --net` only (not `ip netns
+//! exec`, which also makes a mount namespace): pod namespaces and rootfs
+//! mounts stay visible to the host, so a restarted agent and `bramble down`
+//! find them.
+
+use std::fs::OpenOptions;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{BIN, NetLease};
+
+/// One node: its namespace, address, data dir and process.
+pub struct TestNode {
+    pub name: String,
+    pub netns: String,
+    /// Our end of its LAN cable (`ip link set … down` is a pulled cable).
+    pub host_veth: String,
+    pub ip: Ipv4Addr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+    pub child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let from = all.len().saturating_sub(lines);
+        format!("--- {} ---\n{}", self.name, all[from..].join("\n"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts the node's process (again) with its arguments.
+    pub fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(BIN)
+            .args(&self.args)
+            .env("RUST_LOG", "info,bramble=debug,rumqttd=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("nsenter runs bramble");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a command inside the node's network namespace.
+    pub fn run_in(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter runs")
+    }
+
+    /// Pulls (`false`) or plugs back (`true`) the node's LAN cable.
+    pub fn set_link(&self, up: bool) {
+        sh(&[
+            "ip",
+            "link",
+            "set",
+            &self.host_veth,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0]).args(&args[1..]).output();
+}
+
+pub struct TestCluster {
+    pub tag: String,
+    pub dir: PathBuf,
+    /// The CLI's config (the admin key, the broker on the master's address).
+    pub config: PathBuf,
+    pub lan_bridge: String,
+    pub net: NetLease,
+    pub master: TestNode,
+    pub workers: Vec<TestNode>,
+    pub broker: String,
+}
+
+pub struct TestClusterOptions {
+    pub workers: usize,
+    /// More `bramble master` arguments.
+    pub master_args: Vec<String>,
+    /// An external broker URL instead of the master's embedded one (the
+    /// broker must be reachable from the nodes' namespaces).
+    pub broker: Option<String>,
+}
+
+impl TestCluster {
+    /// The LAN's /24: inside this test's 10.X.0.0/16 lease, clear of the
+    /// cluster (10.X.0.0/17) and service (10.X.128.0/24) ranges.
+    fn lan_ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net.octet, 200, host)
+    }
+
+    pub fn start(opts: TestClusterOptions) -> TestCluster {
+        let tag = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
+        let dir = std::env::temp_dir().join(format!("bramble-multi-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let net = NetLease::take();
+        let lan_bridge = format!("bl{tag}");
+        let mk_node = |name: &str, suffix: &str, ip: Ipv4Addr| TestNode {
+            name: name.to_string(),
+            netns: format!("bn{tag}{suffix}"),
+            host_veth: format!("bh{tag}{suffix}"),
+            ip,
+            data_dir: dir.join(name).join("data"),
+            log: dir.join(format!("{name}.log")),
+            args: Vec::new(),
+            child: None,
+        };
+        let octet = net.octet;
+        let ip = |h: u8| Ipv4Addr::new(10, octet, 200, h);
+        let master = mk_node("master", "m", ip(2));
+        let workers = (0..opts.workers)
+            .map(|i| {
+                mk_node(
+                    &format!("w{}", i + 1),
+                    &(i + 1).to_string(),
+                    ip(10 + i as u8),
+                )
+            })
+            .collect();
+        let mut c = TestCluster {
+            config: dir.join("config.toml"),
+            broker: opts
+                .broker
+                .clone()
+                .unwrap_or_else(|| format!("mqtt://{}:1883", ip(2))),
+            tag,
+            dir,
+            lan_bridge,
+            net,
+            master,
+            workers,
+        };
+        // The LAN first; from here on Drop cleans up whatever exists.
+        sh(&["ip", "link", "add", &c.lan_bridge, "type", "bridge"]);
+        let host_ip = format!("{}/24", c.lan_ip(1));
+        sh(&["ip", "addr", "add", &host_ip, "dev", &c.lan_bridge]);
+        sh(&["ip", "link", "set", &c.lan_bridge, "up"]);
+        let gateway = c.lan_ip(1).to_string();
+        let nodes: Vec<(String, String, Ipv4Addr)> = std::iter::once(&c.master)
+            .chain(c.workers.iter())
+            .map(|n| (n.netns.clone(), n.host_veth.clone(), n.ip))
+            .collect();
+        for (ns, veth, ip) in nodes {
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            sh(&["ip", "link", "set", &veth, "master", &c.lan_bridge, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            sh(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
+        }
+
+        let mut args: Vec<String> = vec![
+            "master".into(),
+            "--data-dir".into(),
+            c.master.data_dir.display().to_string(),
+            "--listen".into(),
+            format!("{}:1883", c.master.ip),
+            "--cluster-cidr".into(),
+            c.net.cluster_cidr(),
+            "--service-cidr".into(),
+            c.net.service_cidr(),
+        ];
+        if let Some(b) = &opts.broker {
+            args.extend(["--broker".into(), b.clone()]);
+        }
+        args.extend(opts.master_args.iter().cloned());
+        args.extend(["--config".into(), c.config.display().to_string()]);
+        c.master.args = args;
+        c.master.spawn();
+        let token_file = c.master.data_dir.join("join-token");
+        c.wait_for(
+            "the master's config and join token",
+            Duration::from_secs(60),
+            || {
+                token_file.exists()
+                    && c.config.exists()
+                    && c.bramble(&["get", "nodes"]).status.success()
+            },
+        );
+        let token = std::fs::read_to_string(&token_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        let broker = c.broker.clone();
+        for w in &mut c.workers {
+            // The demo image, built into each node's own store (images across
+            // the cluster are another test's business).
+            let layout = bramble::config::Layout::new(&w.data_dir).unwrap();
+            let store = bramble::runtime::ImageStore::open(&layout.images()).unwrap();
+            bramble::runtime::demo::build_demo_image(&store, std::path::Path::new("/bin/busybox"))
+                .unwrap();
+            w.args = vec![
+                "worker".into(),
+                "--join".into(),
+                token.clone(),
+                "--broker".into(),
+                broker.clone(),
+                "--data-dir".into(),
+                w.data_dir.display().to_string(),
+                "--node-name".into(),
+                w.name.clone(),
+                "--node-ip".into(),
+                w.ip.to_string(),
+            ];
+            w.spawn();
+        }
+        let names: Vec<String> = c.workers.iter().map(|w| w.name.clone()).collect();
+        c.wait_for("every worker Ready", Duration::from_secs(90), || {
+            names.iter().all(|n| c.node_ready(n))
+        });
+        c
+    }
+
+    pub fn join_token(&self) -> String {
+        std::fs::read_to_string(self.master.data_dir.join("join-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn worker(&self, name: &str) -> &TestNode {
+        self.workers.iter().find(|w| w.name == name).unwrap()
+    }
+
+    pub fn worker_mut(&mut self, name: &str) -> &mut TestNode {
+        self.workers.iter_mut().find(|w| w.name == name).unwrap()
+    }
+
+    pub fn bramble(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("BRAMBLE_CONFIG", &self.config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("bramble runs")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.bramble(args);
+        assert!(
+            out.status.success(),
+            "bramble {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// The `Ready` condition of node `name` is True.
+    pub fn node_ready(&self, name: &str) -> bool {
+        let out = self.bramble(&["get", "node", name, "-o", "json"]);
+        if !out.status.success() {
+            return false;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    }
+
+    pub fn pods(&self, selector: &str) -> Vec<serde_json::Value> {
+        self.json(&["get", "pods", "-l", selector])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Running, Ready and not being deleted.
+    pub fn running_ready(&self, selector: &str) -> Vec<serde_json::Value> {
+        self.pods(selector)
+            .into_iter()
+            .filter(|p| {
+                p["status"]["phase"] == "Running"
+                    && p["metadata"]["deletionTimestamp"].is_null()
+                    && p["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+            })
+            .collect()
+    }
+
+    pub fn logs(&self) -> String {
+        std::iter::once(&self.master)
+            .chain(self.workers.iter())
+            .map(|n| n.log_tail(25))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("timed out waiting for {what}\n{}", self.logs());
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in std::iter::once(&mut self.master).chain(self.workers.iter_mut()) {
+            n.kill9();
+            // Containers, cgroups, mounts and the node's pod network go with
+            // `down`, run where the node's links are.
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", n.netns))
+                .arg("--")
+                .arg(BIN)
+                .args(["down", "--purge", "--data-dir"])
+                .arg(&n.data_dir)
+                .output();
+            if let Ok(o) = out
+                && !o.status.success()
+            {
+                eprintln!(
+                    "bramble down ({}): {}",
+                    n.name,
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            sh_quiet(&["ip", "link", "del", &n.host_veth]);
+            sh_quiet(&["ip", "netns", "del", &n.netns]);
+        }
+        sh_quiet(&["ip", "link", "del", &self.lan_bridge]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
