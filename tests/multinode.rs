@@ -143,6 +143,28 @@ fn cluster_of_three_workers() {
 /// Service's ClusterIP; a NodePort on any node answers. (No `wget -T`:
 /// Debian's static busybox wget crashes on it.)
 fn cross_node_traffic(c: &TestCluster) {
+    // host-gw: w1 routes the other two nodes' pod CIDRs via their addresses.
+    let nodes = c.json(&["get", "nodes"]);
+    let mut want: Vec<String> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["metadata"]["name"] != "w1")
+        .map(|n| {
+            let ip = c.worker(n["metadata"]["name"].as_str().unwrap()).ip;
+            format!("{} via {ip}", n["spec"]["podCIDR"].as_str().unwrap())
+        })
+        .collect();
+    want.sort();
+    let out = c
+        .worker("w1")
+        .run_in("ip", &["route", "show", "proto", "77"]);
+    let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(" dev ").next().unwrap().trim().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
     let pods = c.running_ready("app=web");
     let on = |node: &str| {
         pods.iter()

@@ -42,8 +42,9 @@ use tracing::{debug, info};
 pub use ipam::{MAX_POD_PREFIX, allocate_ip, gateway_ip, is_pod_ip};
 
 /// The routing protocol number marking our host-gw routes (`ip route` shows
-/// `proto 186`); 186 is unassigned in /etc/iproute2/rt_protos.
-pub const ROUTE_PROTOCOL: u8 = 186;
+/// `proto 77`): unassigned in iproute2's rt_protos, unlike 186 (bgp) and
+/// its neighbours.
+pub const ROUTE_PROTOCOL: u8 = 77;
 use link::netlink_err;
 use netns::NsConn;
 
@@ -440,7 +441,7 @@ impl PodNetwork {
             .await
             .map_err(netlink_err("list routes", "ipv4"))?
         {
-            if msg.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+            if u8::from(msg.header.protocol) != ROUTE_PROTOCOL {
                 continue;
             }
             let addr = |want_gateway: bool| {
@@ -478,7 +479,7 @@ impl PodNetwork {
             let route = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(net.addr(), net.prefix_len())
                 .gateway(*gw)
-                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
                 .build();
             handle
                 .route()
