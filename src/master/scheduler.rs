@@ -4,13 +4,21 @@
 //! `nodeSelector` (which is how `kubernetes.io/arch` pins a pod to arm64 or
 //! armv7 Pis), its allocatable CPU, memory and pod count cover the pod's
 //! requests on top of what its bound pods request, and none of its pods holds
-//! a `hostPort` the pod asks for (same protocol and host IP). Scores: fewest pods of the same owner (spread a workload's
-//! replicas), then fewest pods overall (least allocated), then name, so the
-//! result is deterministic.
+//! a `hostPort` the pod asks for (same protocol and host IP), its required
+//! node affinity holds (`nodeSelectorTerms`: In, NotIn, Exists,
+//! DoesNotExist, Gt, Lt, and `matchFields` on `metadata.name`), and the pod
+//! tolerates every NoSchedule and NoExecute taint of the node. Scores, in
+//! order: fewest pods of the same owner (spread a workload's replicas), the
+//! highest sum of matched preferred-affinity weights, fewest untolerated
+//! PreferNoSchedule taints, least allocated (the requested share of CPU and
+//! memory after placing the pod, as kube-scheduler's LeastAllocated), fewest
+//! pods, then name, so the result is deterministic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodCondition, Taint, Toleration,
+};
 
 use crate::api::Object;
 use crate::api::quantity;
@@ -82,6 +90,127 @@ fn allocatable(node: &Node) -> (Option<i64>, Option<i64>, Option<i64>) {
     )
 }
 
+/// Whether one requirement holds for `values` (the label's value, or the
+/// node name for `matchFields`).
+fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let vals = r.values.as_deref().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| vals.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !vals.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                vals.first().and_then(|b| b.parse::<i64>().ok()),
+            ) else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// A term holds when all its expressions and fields do; an empty term
+/// matches nothing, as in Kubernetes.
+fn term_holds(term: &NodeSelectorTerm, node: &Node) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    let labels = node.metadata.labels.as_ref();
+    exprs
+        .iter()
+        .all(|r| requirement_holds(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str)))
+        && fields.iter().all(|r| {
+            r.key == "metadata.name" && requirement_holds(r, node.metadata.name.as_deref())
+        })
+}
+
+/// The pod's required node affinity holds on `node` (any term).
+pub fn affinity_allows(pod: &Pod, node: &Node) -> bool {
+    let required = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_holds(t, node)))
+}
+
+/// The sum of the weights of the pod's preferred terms `node` matches.
+fn affinity_preference(pod: &Pod, node: &Node) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .into_iter()
+        .flatten()
+        .filter(|p| term_holds(&p.preference, node))
+        .map(|p| i64::from(p.weight))
+        .sum()
+}
+
+/// Whether toleration `t` covers taint `taint`.
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key_ok = match t.operator.as_deref() {
+        Some("Exists") => t
+            .key
+            .as_deref()
+            .is_none_or(|k| k.is_empty() || k == taint.key),
+        _ => {
+            t.key.as_deref() == Some(taint.key.as_str())
+                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
+    };
+    effect_ok && key_ok
+}
+
+/// The node's taints of `effects` that the pod does not tolerate.
+fn untolerated<'a>(pod: &Pod, node: &'a Node, effects: &[&str]) -> Vec<&'a Taint> {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default();
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| effects.contains(&t.effect.as_str()))
+        .filter(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+        .collect()
+}
+
+/// kube-scheduler's LeastAllocated, inverted so lower is better: the mean
+/// share (per mille) of allocatable CPU and memory requested once the pod is
+/// placed. A resource the node does not report counts as empty.
+fn allocated_share(used: &NodeUsage, want: (i64, i64), alloc: (Option<i64>, Option<i64>)) -> i64 {
+    let share = |used: i64, want: i64, cap: Option<i64>| match cap {
+        Some(c) if c > 0 => ((used + want) * 1000 / c).min(1000),
+        _ => 0,
+    };
+    (share(used.cpu_millis, want.0, alloc.0) + share(used.memory_bytes, want.1, alloc.1)) / 2
+}
+
 /// Why no node fits, in the words `kubectl describe` uses.
 pub fn pick<'a>(
     nodes: &[&'a Node],
@@ -102,7 +231,8 @@ pub fn pick<'a>(
         .unwrap_or_default();
     let (mut not_ready, mut unschedulable, mut mismatched) = (0, 0, 0);
     let (mut no_cpu, mut no_memory, mut no_pods, mut no_ports) = (0, 0, 0, 0);
-    let mut best: Option<(usize, usize, &str)> = None;
+    let mut tainted: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(usize, i64, usize, i64, usize, &str)> = None;
     for node in nodes {
         let name = node.metadata.name.as_deref().unwrap_or("");
         if !node_ready(node) {
@@ -114,8 +244,16 @@ pub fn pick<'a>(
             continue;
         }
         let labels = node.metadata.labels.clone().unwrap_or_default();
-        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) || !affinity_allows(pod, node) {
             mismatched += 1;
+            continue;
+        }
+        if let Some(t) = untolerated(pod, node, &["NoSchedule", "NoExecute"]).first() {
+            let shown = match &t.value {
+                Some(v) => format!("{{{}: {v}}}", t.key),
+                None => format!("{{{}: }}", t.key),
+            };
+            *tainted.entry(shown).or_default() += 1;
             continue;
         }
         let used = usage.get(name).unwrap_or(&no_usage);
@@ -150,6 +288,9 @@ pub fn pick<'a>(
                 .get(&(name.to_string(), owner.clone()))
                 .copied()
                 .unwrap_or(0),
+            -affinity_preference(pod, node),
+            untolerated(pod, node, &["PreferNoSchedule"]).len(),
+            allocated_share(used, (want_cpu, want_mem), (cpu, mem)),
             used.pods as usize,
             name,
         );
@@ -157,7 +298,7 @@ pub fn pick<'a>(
             best = Some(score);
         }
     }
-    if let Some((_, _, name)) = best {
+    if let Some((.., name)) = best {
         return Ok(name);
     }
     let mut reasons = Vec::new();
@@ -171,6 +312,9 @@ pub fn pick<'a>(
         reasons.push(format!(
             "{mismatched} node(s) didn't match Pod's node affinity/selector"
         ));
+    }
+    for (taint, n) in &tainted {
+        reasons.push(format!("{n} node(s) had untolerated taint {taint}"));
     }
     if no_ports > 0 {
         reasons.push(format!(
@@ -548,5 +692,172 @@ mod tests {
             &("TCP".into(), "10.0.0.2".into(), 1),
             &("TCP".into(), "10.0.0.1".into(), 1)
         ));
+    }
+
+    fn labelled(name: &str, labels: &[(&str, &str)]) -> Node {
+        let mut n = node(name, true);
+        let l = n.metadata.labels.get_or_insert_with(Default::default);
+        for (k, v) in labels {
+            l.insert(k.to_string(), v.to_string());
+        }
+        n
+    }
+
+    fn bare_pod() -> Pod {
+        let rs = replicaset("x", "default", 1);
+        owned_pod("p", &rs, None, false)
+    }
+
+    fn term(key: &str, op: &str, values: &[&str]) -> NodeSelectorTerm {
+        NodeSelectorTerm {
+            match_expressions: Some(vec![NodeSelectorRequirement {
+                key: key.into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            match_fields: None,
+        }
+    }
+
+    #[test]
+    fn required_and_preferred_node_affinity() {
+        use k8s_openapi::api::core::v1::{
+            Affinity, NodeAffinity, NodeSelector, PreferredSchedulingTerm,
+        };
+        let pi4 = labelled("pi4", &[("kubernetes.io/arch", "arm64"), ("ram", "8")]);
+        let pi3 = labelled("pi3", &[("kubernetes.io/arch", "arm"), ("ram", "1")]);
+        let x86 = labelled("nuc", &[("kubernetes.io/arch", "amd64"), ("ram", "16")]);
+        let nodes = [&pi3, &pi4, &x86];
+        let mut pod = bare_pod();
+        pod.spec.as_mut().unwrap().affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![term("kubernetes.io/arch", "In", &["arm64", "arm"])],
+                }),
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    PreferredSchedulingTerm {
+                        weight: 10,
+                        preference: term("ram", "Gt", &["4"]),
+                    },
+                ]),
+            }),
+            ..Default::default()
+        });
+        let none = HashMap::new();
+        assert_eq!(pick(&nodes, &pod, &none, &HashMap::new()), Ok("pi4"));
+        // NotIn / DoesNotExist exclude; an impossible term explains itself.
+        pod.spec.as_mut().unwrap().affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![term("kubernetes.io/arch", "In", &["riscv64"])],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = pick(&nodes, &pod, &none, &HashMap::new()).unwrap_err();
+        assert!(
+            err.contains("3 node(s) didn't match Pod's node affinity/selector"),
+            "{err}"
+        );
+        assert!(requirement_holds(
+            &NodeSelectorRequirement {
+                key: "k".into(),
+                operator: "DoesNotExist".into(),
+                values: None
+            },
+            None
+        ));
+    }
+
+    #[test]
+    fn taints_need_tolerations() {
+        let mut tainted = labelled("gpu", &[]);
+        tainted.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            taints: Some(vec![Taint {
+                key: "dedicated".into(),
+                value: Some("ml".into()),
+                effect: "NoSchedule".into(),
+                time_added: None,
+            }]),
+            ..Default::default()
+        });
+        let mut soft = labelled("soft", &[]);
+        soft.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            taints: Some(vec![Taint {
+                key: "busy".into(),
+                value: None,
+                effect: "PreferNoSchedule".into(),
+                time_added: None,
+            }]),
+            ..Default::default()
+        });
+        let none = HashMap::new();
+        let mut pod = bare_pod();
+        let err = pick(&[&tainted], &pod, &none, &HashMap::new()).unwrap_err();
+        assert!(
+            err.contains("1 node(s) had untolerated taint {dedicated: ml}"),
+            "{err}"
+        );
+        // A soft taint only scores: the pod still lands there when it must.
+        assert_eq!(pick(&[&soft], &pod, &none, &HashMap::new()), Ok("soft"));
+        pod.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Equal".into()),
+            value: Some("ml".into()),
+            effect: Some("NoSchedule".into()),
+            toleration_seconds: None,
+        }]);
+        // Tolerated: the hard taint passes and beats the soft one.
+        assert_eq!(
+            pick(&[&soft, &tainted], &pod, &none, &HashMap::new()),
+            Ok("gpu")
+        );
+    }
+
+    #[test]
+    fn least_allocated_wins_between_equal_nodes() {
+        let a = labelled("a", &[]);
+        let b = labelled("b", &[]);
+        let mut usage = HashMap::new();
+        usage.insert(
+            "a".to_string(),
+            NodeUsage {
+                cpu_millis: 0,
+                memory_bytes: 0,
+                pods: 0,
+                host_ports: Default::default(),
+            },
+        );
+        // b has fewer pods but more of its capacity requested.
+        let mut with_alloc = |n: &Node| {
+            let mut n = n.clone();
+            n.status.as_mut().unwrap().allocatable = Some(BTreeMap::from([
+                (
+                    "cpu".into(),
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity("4".into()),
+                ),
+                (
+                    "memory".into(),
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity("4Gi".into()),
+                ),
+            ]));
+            n
+        };
+        let (a, b) = (with_alloc(&a), with_alloc(&b));
+        usage.get_mut("a").unwrap().pods = 3;
+        usage.insert(
+            "b".to_string(),
+            NodeUsage {
+                cpu_millis: 3000,
+                memory_bytes: 3 << 30,
+                pods: 1,
+                host_ports: Default::default(),
+            },
+        );
+        assert_eq!(
+            pick(&[&a, &b], &bare_pod(), &usage, &HashMap::new()),
+            Ok("a")
+        );
     }
 }
