@@ -830,7 +830,7 @@ mod tests {
             },
         );
         // b has fewer pods but more of its capacity requested.
-        let mut with_alloc = |n: &Node| {
+        let with_alloc = |n: &Node| {
             let mut n = n.clone();
             n.status.as_mut().unwrap().allocatable = Some(BTreeMap::from([
                 (
