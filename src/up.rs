@@ -126,6 +126,13 @@ pub struct UpArgs {
     /// Topic prefix on the broker.
     #[arg(long, default_value = crate::transport::topics::DEFAULT_PREFIX)]
     pub topic_prefix: String,
+    /// Home Assistant's MQTT discovery prefix: the master publishes nodes
+    /// and opted-in Deployments under it (docs/automation.md).
+    #[arg(long, default_value = crate::master::discovery::DEFAULT_PREFIX)]
+    pub home_assistant_prefix: String,
+    /// Publish no Home Assistant discovery.
+    #[arg(long)]
+    pub no_home_assistant: bool,
     /// How long a silent node stays Ready, in seconds.
     #[arg(long, default_value_t = 15)]
     pub node_grace_seconds: u64,
@@ -296,6 +303,8 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         node_grace: Duration::from_secs(args.node_grace_seconds),
         resync: Duration::from_secs(5),
         clock_window: Duration::from_secs(600),
+        home_assistant_prefix: (!args.no_home_assistant)
+            .then(|| args.home_assistant_prefix.clone()),
     };
     let master_task = tokio::spawn(master::run(master_cfg, stop_rx.clone()));
 
