@@ -543,3 +543,351 @@ fn manifest_objects(cmd: &JsonCommand, namespace: &str) -> Result<Vec<Object>, A
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::commands::token::lookup;
+    use crate::master::controllers::tests_support::deployment;
+    use crate::store::{Mode, Op};
+    use crate::transport::KeyPair;
+    use crate::transport::messages::{TokenCreate, TokenRequest};
+
+    struct World {
+        _dir: tempfile::TempDir,
+        store: Store,
+        settings: Settings,
+        topics: Topics,
+        usage: HashMap<String, PodUsage>,
+    }
+
+    impl World {
+        fn new() -> World {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("m.redb")).unwrap();
+            crate::master::bootstrap(&store).unwrap();
+            let mut ns = Object::Namespace(Default::default());
+            ns.meta_mut().name = Some("home".into());
+            let mut web = Object::Deployment(deployment("web", "home", 1));
+            crate::api::defaults::apply(&mut web);
+            let mut opted = Object::Deployment(deployment("lamp", "home", 1));
+            opted.meta_mut().labels =
+                Some([("bramble.io/home-assistant".to_string(), "true".to_string())].into());
+            crate::api::defaults::apply(&mut opted);
+            store
+                .commit(
+                    vec![Op::Create(ns), Op::Create(web), Op::Create(opted)],
+                    Mode::Commit,
+                )
+                .unwrap();
+            World {
+                _dir: dir,
+                store,
+                settings: Settings {
+                    cluster_cidr: "10.88.0.0/16".parse().unwrap(),
+                    service_cidr: "10.96.0.0/16".parse().unwrap(),
+                    node_port_range: 30000..=32767,
+                    broker_url: "mqtt://127.0.0.1:1883".into(),
+                    master_key: KeyPair::generate().public().to_hex(),
+                    cluster_domain: "cluster.local".into(),
+                },
+                topics: Topics::new("bramble/v1"),
+                usage: HashMap::new(),
+            }
+        }
+
+        fn env(&self, now: i64) -> Env<'_> {
+            Env {
+                store: &self.store,
+                settings: &self.settings,
+                topics: &self.topics,
+                usage: &self.usage,
+                now: jiff::Timestamp::from_second(now).unwrap(),
+            }
+        }
+
+        fn token(&self, verbs: &[&str], ns: &[&str], ttl: Option<i64>) -> String {
+            let caller = Caller {
+                id: "admin:x".into(),
+                key: String::new(),
+            };
+            let ctx = Ctx {
+                store: &self.store,
+                settings: &self.settings,
+                caller: &caller,
+                now: jiff::Timestamp::now(),
+                usage: &self.usage,
+            };
+            match commands::token::handle(
+                &ctx,
+                TokenRequest::Create(TokenCreate {
+                    api: true,
+                    ttl_seconds: ttl,
+                    verbs: verbs.iter().map(|s| s.to_string()).collect(),
+                    namespaces: ns.iter().map(|s| s.to_string()).collect(),
+                    description: String::new(),
+                }),
+            ) {
+                Ok(Response::TokenCreated { token, .. }) => token,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn replicas(&self, name: &str) -> Option<i32> {
+            match self
+                .store
+                .get(&ObjectKey::new(Kind::Deployment, "home", name))?
+                .as_ref()
+            {
+                Object::Deployment(d) => d.spec.as_ref()?.replicas,
+                _ => None,
+            }
+        }
+    }
+
+    fn send(api: &mut JsonApi, w: &World, verb: &str, body: Value) -> Value {
+        let now = jiff::Timestamp::now().as_second();
+        api.handle(
+            &w.env(now),
+            &w.topics.api(verb),
+            body.to_string().as_bytes(),
+        )
+        .map(|a| {
+            assert_eq!(a.topic, "bramble/v1/reply/t");
+            a.body
+        })
+        .unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn scoped_tokens_do_what_they_allow_and_nothing_else() {
+        let w = World::new();
+        let mut api = JsonApi::default();
+        let token = w.token(&["scale", "get", "restart"], &["home"], None);
+        let cmd = |extra: Value| {
+            let mut v = json!({"token": token, "reply_to": "bramble/v1/reply/t", "namespace": "home", "name": "web"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        let r = send(&mut api, &w, "scale", cmd(json!({"replicas": 3, "id": 1})));
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["id"], 1);
+        assert_eq!(w.replicas("web"), Some(3));
+        // A template renders strings: "2" works too.
+        let r = send(
+            &mut api,
+            &w,
+            "scale",
+            cmd(json!({"replicas": "2", "kind": "deploy"})),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(w.replicas("web"), Some(2));
+        // Replayed id.
+        let r = send(&mut api, &w, "scale", cmd(json!({"replicas": 5, "id": 1})));
+        assert_eq!(
+            (r["ok"].clone(), r["code"].clone()),
+            (json!(false), json!("conflict")),
+            "{r}"
+        );
+        assert_eq!(w.replicas("web"), Some(2));
+        // Out of scope: verb, namespace, cluster-scoped kind, secrets.
+        for (verb, extra, code) in [
+            ("delete", json!({}), "forbidden"),
+            (
+                "scale",
+                json!({"namespace": "default", "replicas": 1}),
+                "forbidden",
+            ),
+            ("get", json!({"kind": "Node", "name": null}), "forbidden"),
+            ("get", json!({"kind": "Secret", "name": "x"}), "forbidden"),
+            ("scale", json!({"replicas": -1}), "bad_request"),
+            ("scale", json!({"replicas": 1, "name": "nope"}), "not_found"),
+            ("exec", json!({}), "bad_request"),
+        ] {
+            let r = send(&mut api, &w, verb, cmd(extra.clone()));
+            assert_eq!(r["ok"], false, "{verb} {extra}: {r}");
+            assert_eq!(r["code"], code, "{verb} {extra}: {r}");
+            assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()));
+        }
+        assert_eq!(w.replicas("web"), Some(2));
+        // get and restart.
+        let r = send(&mut api, &w, "get", cmd(json!({})));
+        assert_eq!(r["result"]["object"]["spec"]["replicas"], 2, "{r}");
+        let r = send(&mut api, &w, "get", cmd(json!({"name": null})));
+        assert_eq!(
+            r["result"]["items"].as_array().map(Vec::len),
+            Some(2),
+            "{r}"
+        );
+        let r = send(&mut api, &w, "restart", cmd(json!({})));
+        assert_eq!(r["ok"], true, "{r}");
+        let Object::Deployment(d) = &*w
+            .store
+            .get(&ObjectKey::new(Kind::Deployment, "home", "web"))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let ann = d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .clone()
+            .unwrap();
+        assert!(ann.contains_key("kubectl.kubernetes.io/restartedAt"));
+    }
+
+    #[test]
+    fn bad_tokens_and_bad_input_are_refused() {
+        let w = World::new();
+        let mut api = JsonApi::default();
+        let token = w.token(&["*"], &["*"], Some(60));
+        let base = json!({"token": token, "reply_to": "bramble/v1/reply/t", "namespace": "home", "name": "web", "replicas": 4});
+        // Expired: an hour later.
+        let later = jiff::Timestamp::now().as_second() + 3600;
+        let a = api
+            .handle(
+                &w.env(later),
+                "bramble/v1/api/scale",
+                base.to_string().as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(a.body["code"], "forbidden");
+        assert!(
+            a.body["error"].as_str().unwrap().contains("expired"),
+            "{}",
+            a.body
+        );
+        // Forged secret, unknown token, not a token.
+        let (id, _) = tokens::parse_api(&token).unwrap();
+        for t in [
+            format!("bramble_{id}_aaaaaaaaaaaaaaaa"),
+            "bramble_zzzzzz_aaaaaaaaaaaaaaaa".into(),
+            "hunter2".into(),
+        ] {
+            let mut c = base.clone();
+            c["token"] = json!(t);
+            let r = send(&mut api, &w, "scale", c);
+            assert_eq!(r["code"], "forbidden", "{r}");
+        }
+        // Malformed JSON with a readable reply_to gets an error; without one, nothing.
+        let now = jiff::Timestamp::now().as_second();
+        let a = api
+            .handle(
+                &w.env(now),
+                "bramble/v1/api/scale",
+                br#"{"reply_to": "bramble/v1/reply/t", "token": 5}"#,
+            )
+            .unwrap();
+        assert_eq!(a.body["code"], "bad_request");
+        assert!(
+            api.handle(&w.env(now), "bramble/v1/api/scale", b"{not json")
+                .is_none()
+        );
+        assert!(
+            api.handle(&w.env(now), "bramble/v1/api/scale", b"")
+                .is_none()
+        );
+        // Unknown field (typo) refused; reply topics outside reply/ ignored.
+        let mut c = base.clone();
+        c["replica"] = json!(3);
+        assert_eq!(send(&mut api, &w, "scale", c)["code"], "bad_request");
+        let mut c = base.clone();
+        c["reply_to"] = json!("homeassistant/sensor/x/config");
+        assert!(
+            api.handle(
+                &w.env(now),
+                "bramble/v1/api/scale",
+                c.to_string().as_bytes()
+            )
+            .is_none()
+        );
+        assert_eq!(w.replicas("web"), Some(1));
+        // Revoked: nothing.
+        let r = send(&mut api, &w, "scale", base.clone());
+        assert_eq!(r["ok"], true, "{r}");
+        w.store
+            .commit(
+                vec![Op::Delete {
+                    key: ObjectKey::new(Kind::Secret, tokens::NAMESPACE, &tokens::secret_name(&id)),
+                    expected_rv: None,
+                }],
+                Mode::Commit,
+            )
+            .unwrap();
+        assert!(lookup(&w.store, &tokens::secret_name(&id)).is_none());
+        let mut c = base.clone();
+        c["replicas"] = json!(0);
+        let r = send(&mut api, &w, "scale", c);
+        assert_eq!(r["code"], "forbidden", "{r}");
+        assert_eq!(w.replicas("web"), Some(4));
+    }
+
+    #[test]
+    fn apply_and_delete_within_scope() {
+        let w = World::new();
+        let mut api = JsonApi::default();
+        let token = w.token(&["apply", "delete", "get"], &["home"], None);
+        let yaml =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: lights\ndata:\n  level: \"3\"\n";
+        let r = send(
+            &mut api,
+            &w,
+            "apply",
+            json!({"token": token, "reply_to": "bramble/v1/reply/t", "namespace": "home", "manifest": yaml}),
+        );
+        assert_eq!(r["result"]["applied"][0]["outcome"], "created", "{r}");
+        assert_eq!(r["result"]["applied"][0]["namespace"], "home", "{r}");
+        // As a JSON object, into a namespace outside the scope: refused.
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "default"}});
+        let r = send(
+            &mut api,
+            &w,
+            "apply",
+            json!({"token": token, "reply_to": "bramble/v1/reply/t", "manifest": obj}),
+        );
+        assert_eq!(r["code"], "forbidden", "{r}");
+        let r = send(
+            &mut api,
+            &w,
+            "apply",
+            json!({"token": token, "reply_to": "bramble/v1/reply/t", "manifest": "kind: Nope"}),
+        );
+        assert_eq!(r["ok"], false, "{r}");
+        let r = send(
+            &mut api,
+            &w,
+            "delete",
+            json!({"token": token, "reply_to": "bramble/v1/reply/t", "namespace": "home", "kind": "ConfigMap", "name": "lights"}),
+        );
+        assert_eq!(r["result"]["deleted"][0]["name"], "lights", "{r}");
+    }
+
+    #[test]
+    fn a_selector_token_acts_on_labelled_objects_only() {
+        let w = World::new();
+        let mut api = JsonApi::default();
+        let token =
+            crate::master::discovery::ensure_token(&w.store, jiff::Timestamp::now().as_second())
+                .unwrap();
+        // Stable while it verifies.
+        assert_eq!(
+            crate::master::discovery::ensure_token(&w.store, jiff::Timestamp::now().as_second())
+                .unwrap(),
+            token
+        );
+        let cmd = |name: &str| json!({"token": token, "reply_to": "bramble/v1/reply/t", "namespace": "home", "name": name, "replicas": 2});
+        let r = send(&mut api, &w, "scale", cmd("lamp"));
+        assert_eq!(r["ok"], true, "{r}");
+        let r = send(&mut api, &w, "scale", cmd("web"));
+        assert_eq!(r["code"], "forbidden", "{r}");
+        assert_eq!(w.replicas("web"), Some(1));
+    }
+}

@@ -176,7 +176,9 @@ impl Mqtt {
                     }
                     Ok(Event::Incoming(Packet::Publish(p)))
                         if p.retain
-                            && ignore_retained.iter().any(|pre| p.topic.starts_with(pre.as_str())) =>
+                            && ignore_retained
+                                .iter()
+                                .any(|pre| p.topic.starts_with(pre.as_str())) =>
                     {
                         tracing::warn!(topic = %p.topic, "dropped a retained message on a command topic");
                     }
