@@ -889,5 +889,24 @@ mod tests {
         let r = send(&mut api, &w, "scale", cmd("web"));
         assert_eq!(r["code"], "forbidden", "{r}");
         assert_eq!(w.replicas("web"), Some(1));
+        // Revoked: the master makes another, and the old one does nothing.
+        let (id, _) = tokens::parse_api(&token).unwrap();
+        w.store
+            .commit(
+                vec![Op::Delete {
+                    key: ObjectKey::new(Kind::Secret, tokens::NAMESPACE, &tokens::secret_name(&id)),
+                    expected_rv: None,
+                }],
+                Mode::Commit,
+            )
+            .unwrap();
+        let fresh =
+            crate::master::discovery::ensure_token(&w.store, jiff::Timestamp::now().as_second())
+                .unwrap();
+        assert_ne!(fresh, token);
+        assert_eq!(
+            send(&mut api, &w, "scale", cmd("lamp"))["code"],
+            "forbidden"
+        );
     }
 }

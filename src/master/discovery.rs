@@ -381,7 +381,8 @@ pub fn desired(
         scale["state_topic"] = json!(state_topic);
         scale["value_template"] = json!("{{ value_json.desired }}");
         scale["min"] = json!(0);
-        scale["max"] = json!(d.max_replicas);
+        // Never below what it has now, or Home Assistant shows it out of range.
+        scale["max"] = json!(d.max_replicas.max(d.desired as i64));
         scale["step"] = json!(1);
         scale["mode"] = json!("box");
         scale["icon"] = json!("mdi:counter");

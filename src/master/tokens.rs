@@ -416,6 +416,52 @@ pub fn join_proof(secret: &str, node: &str, public_key: &str, nonce: u64) -> Str
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// The SHA-256 (hex) of a token's secret part: what the master stores, and
+/// so the key a joining node should use for [`join_proof`] if the master is
+/// to check the proof without the secret (see [`verify_join_proof`]).
+pub fn digest(secret: &str) -> String {
+    hash(secret)
+}
+
+/// Checks a join proof made as `join_proof(&digest(secret), node,
+/// public_key, nonce)` against the stored Secret of join token `id`: known,
+/// a join token, not expired, and the HMAC matching (constant time). The
+/// master keeps only the digest, so the digest is the HMAC key.
+pub fn verify_join_proof(
+    stored: Option<&Secret>,
+    id: &str,
+    node: &str,
+    public_key: &str,
+    nonce: u64,
+    proof: &str,
+    now: i64,
+) -> Result<TokenInfo, TokenError> {
+    let stored = stored.ok_or_else(|| TokenError::Unknown(id.to_string()))?;
+    let info = info(stored).ok_or_else(|| TokenError::Unknown(id.to_string()))?;
+    if info.kind != TokenKind::Join {
+        return Err(TokenError::WrongKind {
+            id: id.to_string(),
+            actual: info.kind.as_str(),
+            wanted: TokenKind::Join.as_str(),
+        });
+    }
+    let key = field(stored, "secret-sha256").unwrap_or_default();
+    let want = join_proof(&key, node, public_key, nonce);
+    let same = want.len() == proof.len()
+        && want
+            .bytes()
+            .zip(proof.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if key.is_empty() || !same {
+        return Err(TokenError::BadSecret);
+    }
+    if info.expired(now) {
+        return Err(TokenError::Expired(id.to_string()));
+    }
+    Ok(info)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,5 +547,38 @@ mod tests {
         assert_ne!(p, join_proof("s3cret", "pi2", "k", 1));
         assert_ne!(p, join_proof("s3cret", "pi1", "j", 1));
         assert_ne!(p, join_proof("other", "pi1", "k", 1));
+    }
+
+    #[test]
+    fn join_proofs_verify_against_the_stored_digest() {
+        let (stored, text, _) = create(
+            TokenKind::Join,
+            FP,
+            Some(60),
+            vec![],
+            vec![],
+            String::new(),
+            0,
+        );
+        let t = JoinToken::parse(&text).unwrap();
+        let proof = join_proof(&digest(&t.secret), "pi1", "key", 7);
+        assert!(verify_join_proof(Some(&stored), &t.id, "pi1", "key", 7, &proof, 10).is_ok());
+        assert_eq!(
+            verify_join_proof(Some(&stored), &t.id, "pi2", "key", 7, &proof, 10),
+            Err(TokenError::BadSecret)
+        );
+        let forged = join_proof("guess", "pi1", "key", 7);
+        assert_eq!(
+            verify_join_proof(Some(&stored), &t.id, "pi1", "key", 7, &forged, 10),
+            Err(TokenError::BadSecret)
+        );
+        assert_eq!(
+            verify_join_proof(Some(&stored), &t.id, "pi1", "key", 7, &proof, 60),
+            Err(TokenError::Expired(t.id.clone()))
+        );
+        assert_eq!(
+            verify_join_proof(None, &t.id, "pi1", "key", 7, &proof, 10),
+            Err(TokenError::Unknown(t.id.clone()))
+        );
     }
 }
