@@ -113,6 +113,7 @@ async fn run(nodes: usize, pods: usize) {
         pod_eviction: Duration::from_secs(30),
         resync: Duration::from_secs(5),
         clock_window: Duration::from_secs(600),
+        home_assistant_prefix: None,
     };
     let master_task = tokio::spawn(master::run(master_cfg, stop_rx.clone()));
     // Every node Ready first.

@@ -141,6 +141,13 @@ pub struct MasterArgs {
     /// at once when its connection drops).
     #[arg(long, default_value_t = 5)]
     pub node_grace_seconds: u64,
+    /// Home Assistant's MQTT discovery prefix: the master publishes nodes
+    /// and opted-in Deployments under it (docs/automation.md).
+    #[arg(long, default_value = crate::master::discovery::DEFAULT_PREFIX)]
+    pub home_assistant_prefix: String,
+    /// Publish no Home Assistant discovery.
+    #[arg(long)]
+    pub no_home_assistant: bool,
     /// How long a node stays NotReady before its pods are evicted and
     /// replaced elsewhere, in seconds (pods may tolerate longer).
     #[arg(long, default_value_t = 2)]
@@ -462,6 +469,8 @@ async fn run_master(
         pod_eviction: Duration::from_secs(args.pod_eviction_seconds),
         resync: Duration::from_secs(1),
         clock_window: Duration::from_secs(600),
+        home_assistant_prefix: (!args.no_home_assistant)
+            .then(|| args.home_assistant_prefix.clone()),
     };
     let master_task = tokio::spawn(master::run(master_cfg, stop_rx));
 

@@ -268,16 +268,12 @@ fn forged_status_is_dropped(c: &TestCluster) {
 
 /// A token deleted (revoked) on the master joins nothing, with a clear error.
 fn revoked_token_joins_nothing(c: &TestCluster) {
-    // Tokens are Secrets in kube-system; deleting one revokes it.
-    let token = c.join_token();
+    let token = c
+        .ok(&["token", "create", "--ttl", "1h", "-q"])
+        .trim()
+        .to_string();
     let id = token.split('.').nth(2).unwrap().to_string();
-    c.ok(&[
-        "delete",
-        "secret",
-        &format!("bramble-token-{id}"),
-        "-n",
-        "kube-system",
-    ]);
+    c.ok(&["token", "revoke", &id]);
     let w1 = c.worker("w1");
     let dir = c.dir.join("late-data");
     let out = w1.run_in(

@@ -27,6 +27,7 @@ pub mod scale;
 pub mod set;
 pub mod stream;
 pub mod targets;
+pub mod token;
 pub mod top;
 
 use std::path::PathBuf;
@@ -133,6 +134,9 @@ pub enum Cmd {
     Top(top::Args),
     /// Show where the cluster is.
     ClusterInfo(cluster_info::Args),
+    /// Manage join tokens and API tokens: create, list, revoke.
+    #[command(subcommand)]
+    Token(token::Cmd),
     /// Manage the local node's images: pull, import, ls, rm.
     #[command(subcommand)]
     Image(image::Cmd),
@@ -227,6 +231,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Top(a) => top::run(a, config).await,
         Cmd::ClusterInfo(a) => cluster_info::run(a, config).await,
         Cmd::Image(c) => image::run(c, config).await,
+        Cmd::Token(c) => token::run(c, config).await,
         Cmd::Version => {
             println!("bramble {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -8,9 +8,11 @@
 //! business). Heartbeats stay in memory; only changes reach the store.
 
 pub mod allocate;
+pub mod api_json;
 pub mod commands;
 pub mod controllers;
 pub mod join;
+pub mod discovery;
 pub mod publish;
 pub mod scheduler;
 pub mod services;
@@ -66,6 +68,9 @@ pub struct MasterConfig {
     pub resync: Duration,
     /// How far a message's timestamp may be from our clock.
     pub clock_window: Duration,
+    /// Home Assistant's discovery prefix (`homeassistant`); `None` turns
+    /// discovery off.
+    pub home_assistant_prefix: Option<String>,
 }
 
 /// Namespaces every cluster has: `default` for users, `kube-system` for what
@@ -180,6 +185,9 @@ struct Master {
     usage: usage::Usage,
     published: Published,
     dirty: bool,
+    /// JSON commands from automation tools (`api/<verb>`).
+    api: api_json::JsonApi,
+    discovery: Option<discovery::Discovery>,
 }
 
 pub async fn run(
@@ -188,13 +196,26 @@ pub async fn run(
 ) -> Result<(), MasterError> {
     bootstrap(&cfg.store)?;
     let client_id = format!("bramble-master-{:08x}", rand::random::<u32>());
-    let (mqtt, mut events) =
-        Mqtt::connect(MqttOptions::new(&cfg.settings.broker_url, &client_id), None).await?;
+    let mut opts = MqttOptions::new(&cfg.settings.broker_url, &client_id);
+    opts.last_will = Some((cfg.topics.master_online(), b"false".to_vec()));
+    opts.ignore_retained = vec![format!("{}/api/", cfg.topics.prefix())];
+    let (mqtt, mut events) = Mqtt::connect(opts, None).await?;
     mqtt.subscribe(&cfg.topics.cmd_filter()).await?;
     mqtt.subscribe(&cfg.topics.status_filter()).await?;
     mqtt.subscribe(&cfg.topics.online_filter()).await?;
     mqtt.subscribe(&cfg.topics.join_filter()).await?;
     let m_window = cfg.clock_window;
+    mqtt.subscribe(&cfg.topics.api_filter()).await?;
+    let discovery = cfg.home_assistant_prefix.as_deref().map(|prefix| {
+        discovery::Discovery::new(discovery::Ids::new(
+            cfg.topics.clone(),
+            prefix,
+            &cfg.settings.master_key,
+        ))
+    });
+    for filter in discovery.iter().flat_map(|d| d.ids.filters()) {
+        mqtt.subscribe(&filter).await?;
+    }
     let mut verifier = Verifier::new(&[MASTER_ID], cfg.clock_window);
     for key in &cfg.admin_keys {
         verifier.trust(envelope::admin_id(key), *key);
@@ -214,6 +235,8 @@ pub async fn run(
         usage: usage::Usage::default(),
         published: Published::default(),
         dirty: true,
+        api: api_json::JsonApi::default(),
+        discovery,
     };
     // A restarted master has heard from nobody yet: the nodes that were
     // Ready get a full grace period from now to report, instead of being
@@ -245,6 +268,13 @@ pub async fn run(
                     // The broker may have restarted and lost our retained
                     // messages: publish everything again.
                     m.published = Published::default();
+                    if let Some(d) = &mut m.discovery {
+                        d.reset();
+                    }
+                    let online = m.cfg.topics.master_online();
+                    if let Err(e) = m.mqtt.publish(&online, b"true".to_vec(), true).await {
+                        tracing::warn!(error = %e, "could not publish the master's online state");
+                    }
                     m.dirty = true;
                 }
                 Some(MqttEvent::Subscribed) => {}
@@ -263,6 +293,10 @@ pub async fn run(
             _ = resync.tick() => m.dirty = true,
         }
     }
+    let _ = m
+        .mqtt
+        .publish(&m.cfg.topics.master_online(), b"false".to_vec(), true)
+        .await;
     m.mqtt.disconnect().await;
     tracing::info!("master stopped");
     Ok(())
@@ -297,6 +331,50 @@ impl Master {
         }
         self.sync_node_keys(&snap);
         self.publish(&snap).await;
+        self.publish_discovery(&snap).await;
+    }
+
+    /// Home Assistant discovery configs and state topics, changes only.
+    async fn publish_discovery(&mut self, snap: &Snapshot) {
+        let Some(d) = &mut self.discovery else {
+            return;
+        };
+        let token = if discovery::wants_token(snap) {
+            match discovery::ensure_token(&self.cfg.store, snap.now.as_second()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not create the Home Assistant token");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        for (topic, payload) in d.plan(snap, token.as_deref()) {
+            if let Err(e) = self.mqtt.publish(&topic, payload, true).await {
+                tracing::warn!(%topic, error = %e, "could not publish discovery");
+            }
+        }
+    }
+
+    /// A JSON command from an automation tool: answered on its reply topic.
+    async fn on_api(&mut self, topic: &str, payload: &[u8]) {
+        let usage = self.usage.pods();
+        let env = api_json::Env {
+            store: &self.cfg.store,
+            settings: &self.cfg.settings,
+            topics: &self.cfg.topics,
+            usage: &usage,
+            now: jiff::Timestamp::now(),
+        };
+        if let Some(answer) = self.api.handle(&env, topic, payload)
+            && let Err(e) = self
+                .mqtt
+                .publish(&answer.topic, answer.body.to_string().into_bytes(), false)
+                .await
+        {
+            tracing::warn!(error = %e, "could not send a JSON reply");
+        }
     }
 
     fn commit_actions(&self, actions: Vec<controllers::Action>) {
@@ -420,7 +498,13 @@ impl Master {
     }
 
     async fn on_message(&mut self, topic: &str, payload: &[u8]) {
-        if self.cfg.topics.verb_of(topic).is_some() {
+        if self.cfg.topics.api_verb_of(topic).is_some() {
+            self.on_api(topic, payload).await;
+        } else if let Some(d) = self.discovery.as_mut().filter(|d| d.ids.owns(topic)) {
+            if d.on_retained(topic, payload) {
+                self.dirty = true;
+            }
+        } else if self.cfg.topics.verb_of(topic).is_some() {
             self.on_command(topic, payload).await;
         } else if let Some(node) = self.cfg.topics.joining_node(topic).map(str::to_string) {
             self.on_join(&node, topic, payload).await;
@@ -586,6 +670,9 @@ impl Master {
         }
         let report = opened.body;
         self.sessions.insert(node.to_string(), report.session);
+        if let Some(d) = &mut self.discovery {
+            d.observe_temperature(node, report.info.temperature_millicelsius);
+        }
         let now = jiff::Timestamp::now();
         let was_fresh = self
             .last_seen

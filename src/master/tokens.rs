@@ -59,6 +59,10 @@ pub struct TokenInfo {
     pub namespaces: Vec<String>,
     pub description: String,
     pub created: i64,
+    /// API tokens: a label selector the objects it acts on must match
+    /// (`bramble.io/home-assistant=true`); `None` for any object in scope.
+    #[serde(default)]
+    pub selector: Option<String>,
 }
 
 impl TokenInfo {
@@ -72,7 +76,22 @@ impl TokenInfo {
             && self.verbs.iter().any(|v| v == verb || v == "*")
             && self.namespaces.iter().any(|n| n == namespace || n == "*")
     }
+
+    /// Whether an API token may act on an object with these labels (its
+    /// selector, if it has one, matches them). A selector that does not parse
+    /// allows nothing.
+    pub fn allows_object(&self, labels: &BTreeMap<String, String>) -> bool {
+        match &self.selector {
+            None => true,
+            Some(s) => {
+                crate::api::selector::Selector::parse(s).is_ok_and(|sel| sel.matches(labels))
+            }
+        }
+    }
 }
+
+/// The verbs an API token can be given (`*` gives them all).
+pub const API_VERBS: [&str; 5] = ["get", "scale", "restart", "delete", "apply"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -93,6 +112,94 @@ pub enum TokenError {
     BadSecret,
     #[error("token {id} does not belong to this cluster (it pins master key {pinned})")]
     WrongCluster { id: String, pinned: String },
+    #[error("ttl {0:?}: expected a duration like 24h, 90m, 1h30m, 7d or 0 (never expires)")]
+    BadTtl(String),
+    #[error(
+        "verb {0:?} cannot be given to an API token (known: get, scale, restart, delete, apply, or *)"
+    )]
+    UnknownVerb(String),
+    #[error("namespace {0:?} is not a namespace name or *")]
+    BadNamespace(String),
+}
+
+/// Parses a token lifetime: `24h`, `90m`, `1h30m`, `45s`, `7d`; `0` means
+/// the token never expires (`None`).
+pub fn parse_ttl(text: &str) -> Result<Option<i64>, TokenError> {
+    let bad = || TokenError::BadTtl(text.to_string());
+    let t = text.trim();
+    if t == "0" {
+        return Ok(None);
+    }
+    let (mut total, mut number) = (0i64, String::new());
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: i64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || total <= 0 {
+        return Err(bad());
+    }
+    Ok(Some(total))
+}
+
+/// Checks an API token's scope as `token create` gives it: known verbs and
+/// namespace names (or `*`).
+pub fn check_scope(verbs: &[String], namespaces: &[String]) -> Result<(), TokenError> {
+    for v in verbs {
+        if v != "*" && !API_VERBS.contains(&v.as_str()) {
+            return Err(TokenError::UnknownVerb(v.clone()));
+        }
+    }
+    for n in namespaces {
+        if n != "*" && !crate::api::validate::dns1123_label_errors(n).is_empty() {
+            return Err(TokenError::BadNamespace(n.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Restricts a new API token to objects matching a label `selector`
+/// (written into its Secret and its info).
+pub fn set_selector(secret: &mut Secret, info: &mut TokenInfo, selector: &str) {
+    info.selector = Some(selector.to_string());
+    secret
+        .data
+        .get_or_insert_with(BTreeMap::new)
+        .insert("selector".into(), ByteString(selector.as_bytes().to_vec()));
+}
+
+/// The id of a token text of either format, without checking it.
+pub fn id_of(text: &str) -> Option<String> {
+    JoinToken::parse(text)
+        .map(|t| t.id)
+        .or_else(|_| parse_api(text).map(|(id, _)| id))
+        .ok()
+}
+
+/// Checks a whole API token text (`bramble_<id>_<secret>`) against its stored
+/// Secret, which `lookup` finds by name in [`NAMESPACE`].
+pub fn verify_api(
+    lookup: impl Fn(&str) -> Option<Secret>,
+    text: &str,
+    now: i64,
+) -> Result<TokenInfo, TokenError> {
+    let (id, secret) = parse_api(text)?;
+    let stored = lookup(&secret_name(&id));
+    verify(stored.as_ref(), &id, &secret, TokenKind::Api, now)
 }
 
 fn random(n: usize) -> String {
@@ -175,6 +282,7 @@ pub fn create(
         namespaces,
         description,
         created: now,
+        selector: None,
     };
     let text = match kind {
         TokenKind::Join => JoinToken {
@@ -198,6 +306,9 @@ pub fn create(
     put("verbs", info.verbs.join(","));
     put("namespaces", info.namespaces.join(","));
     put("description", info.description.clone());
+    if let Some(sel) = &info.selector {
+        put("selector", sel.clone());
+    }
     let obj = Secret {
         metadata: ObjectMeta {
             name: Some(format!("{NAME_PREFIX}{id}")),
@@ -256,6 +367,7 @@ pub fn info(s: &Secret) -> Option<TokenInfo> {
         created: field(s, "created")
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
+        selector: field(s, "selector").filter(|v| !v.is_empty()),
     })
 }
 
@@ -331,19 +443,15 @@ pub fn verify_join(
             wanted: TokenKind::Join.as_str(),
         });
     }
-    let want = proof_with_key(
-        &field(stored, "secret-sha256").unwrap_or_default(),
-        node,
-        public_key,
-        nonce,
-    );
+    let key = field(stored, "secret-sha256").unwrap_or_default();
+    let want = proof_with_key(&key, node, public_key, nonce);
     let same = want.len() == proof.len()
         && want
             .bytes()
             .zip(proof.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
-    if !same {
+    if key.is_empty() || !same {
         return Err(TokenError::BadSecret);
     }
     if info.expired(now) {

@@ -26,6 +26,10 @@ pub struct MqttOptions {
     /// Topic and payload published (retained) by the broker if we vanish.
     pub last_will: Option<(String, Vec<u8>)>,
     pub keep_alive: Duration,
+    /// Topic prefixes whose retained messages are dropped (and logged) rather
+    /// than delivered: a command left retained on the broker must not run
+    /// again at every (re)subscription.
+    pub ignore_retained: Vec<String>,
 }
 
 impl MqttOptions {
@@ -35,6 +39,7 @@ impl MqttOptions {
             client_id: client_id.to_string(),
             last_will: None,
             keep_alive: Duration::from_secs(10),
+            ignore_retained: Vec::new(),
         }
     }
 }
@@ -143,6 +148,7 @@ impl Mqtt {
         let loop_client = client.clone();
         let loop_subs = subs.clone();
         let waiting = wait.is_some();
+        let ignore_retained = opts.ignore_retained.clone();
         tokio::spawn(async move {
             let mut first = Some(first_tx);
             let mut backoff = Duration::from_millis(200);
@@ -167,6 +173,14 @@ impl Mqtt {
                         if tx.send(MqttEvent::Subscribed).await.is_err() {
                             break;
                         }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p)))
+                        if p.retain
+                            && ignore_retained
+                                .iter()
+                                .any(|pre| p.topic.starts_with(pre.as_str())) =>
+                    {
+                        tracing::warn!(topic = %p.topic, "dropped a retained message on a command topic");
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let ev = MqttEvent::Message {

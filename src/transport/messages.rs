@@ -38,6 +38,7 @@ pub enum Request {
     SetImage(SetImageRequest),
     Label(LabelRequest),
     Top(TopRequest),
+    Token(TokenRequest),
 }
 
 impl Request {
@@ -56,6 +57,7 @@ impl Request {
             Request::SetImage(_) => "set-image",
             Request::Label(_) => "label",
             Request::Top(_) => "top",
+            Request::Token(_) => "token",
         }
     }
 }
@@ -174,6 +176,27 @@ pub struct TopRequest {
     pub containers: bool,
 }
 
+/// `token create | list | revoke` (admin callers only).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TokenRequest {
+    Create(TokenCreate),
+    List,
+    Revoke { id: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreate {
+    /// An API token (for automation tools) rather than a join token.
+    pub api: bool,
+    /// Lifetime in seconds; `None` never expires.
+    pub ttl_seconds: Option<i64>,
+    /// API tokens: the verbs it may use (`get`, `scale`, `restart`, `delete`, `apply`, `*`).
+    pub verbs: Vec<String>,
+    /// API tokens: the namespaces it may act in (`*` for all).
+    pub namespaces: Vec<String>,
+    pub description: String,
+}
+
 /// Resource use as `top` prints it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TopReport {
@@ -278,6 +301,12 @@ pub enum Response {
     /// `labeled`, `not labeled`…).
     Done(Vec<(ObjectKey, String)>),
     Top(TopReport),
+    /// A new token: its text (shown once, never stored) and what it allows.
+    TokenCreated {
+        token: String,
+        info: crate::master::tokens::TokenInfo,
+    },
+    Tokens(Vec<crate::master::tokens::TokenInfo>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -455,6 +484,12 @@ pub struct NodeFacts {
     pub reserved_cpu_millis: i64,
     #[serde(default)]
     pub reserved_memory_bytes: i64,
+    /// The SoC's temperature in millidegrees Celsius
+    /// (`/sys/class/thermal/thermal_zone0/temp`), read for every report;
+    /// `None` where the machine has no thermal zone. Kept in the master's
+    /// memory only (Home Assistant discovery), never stored.
+    #[serde(default)]
+    pub temperature_millicelsius: Option<i64>,
 }
 
 impl NodeFacts {

@@ -107,6 +107,45 @@ impl Topics {
         format!("{}/services", self.prefix)
     }
 
+    /// Automation tool → master: a JSON command carrying an API token.
+    pub fn api(&self, verb: &str) -> String {
+        format!("{}/api/{verb}", self.prefix)
+    }
+
+    pub fn api_filter(&self) -> String {
+        format!("{}/api/+", self.prefix)
+    }
+
+    /// The verb in `…/api/<verb>`.
+    pub fn api_verb_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic.strip_prefix(&self.prefix)?.strip_prefix("/api/")
+    }
+
+    /// Whether `topic` is under `…/reply/` with no wildcards: the only
+    /// topics the master answers JSON commands on.
+    pub fn is_reply_topic(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(&self.prefix)
+            .and_then(|r| r.strip_prefix("/reply/"))
+            .is_some_and(|rest| rest.split('/').all(valid_level))
+    }
+
+    /// Retained `true` while the master is connected; its Last Will sets
+    /// `false` (Home Assistant's availability for what the master reports).
+    pub fn master_online(&self) -> String {
+        format!("{}/master/online", self.prefix)
+    }
+
+    /// Master → anyone (retained JSON): a node's state for dashboards.
+    pub fn state_node(&self, node: &str) -> String {
+        format!("{}/state/node/{node}", self.prefix)
+    }
+
+    /// Master → anyone (retained JSON): a Deployment's replicas.
+    pub fn state_deployment(&self, namespace: &str, name: &str) -> String {
+        format!("{}/state/deployment/{namespace}/{name}", self.prefix)
+    }
+
     /// The node name in `…/node/<node>/…`, if `topic` is one of ours.
     pub fn node_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/node/")?;
@@ -147,5 +186,11 @@ mod tests {
         assert!(valid_level("pi-1"));
         assert!(!valid_level("a/b"));
         assert!(!valid_level("#"));
+        assert_eq!(t.api_verb_of(&t.api("scale")), Some("scale"));
+        assert!(t.is_reply_topic("bramble/v1/reply/x"));
+        assert!(t.is_reply_topic("bramble/v1/reply/ha/1"));
+        assert!(!t.is_reply_topic("bramble/v1/reply/"));
+        assert!(!t.is_reply_topic("bramble/v1/reply/+"));
+        assert!(!t.is_reply_topic("bramble/v1/node/x/assign"));
     }
 }

@@ -113,6 +113,15 @@ fn filesystem_bytes(dir: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+/// Where a Raspberry Pi (and most Linux boards) reports its SoC temperature.
+pub const THERMAL_ZONE: &str = "/sys/class/thermal/thermal_zone0/temp";
+
+/// The temperature in `path` (millidegrees Celsius, as sysfs writes it), if
+/// the machine has that thermal zone.
+pub fn temperature_millicelsius(path: &Path) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 pub fn gather(address: Option<Ipv4Addr>, data_dir: &Path, reserved: Reserved) -> NodeFacts {
     let address = address.or_else(primary_ipv4);
     NodeFacts {
@@ -135,12 +144,24 @@ pub fn gather(address: Option<Ipv4Addr>, data_dir: &Path, reserved: Reserved) ->
         ephemeral_storage_bytes: filesystem_bytes(data_dir),
         reserved_cpu_millis: reserved.cpu_millis,
         reserved_memory_bytes: reserved.memory_bytes,
+        temperature_millicelsius: temperature_millicelsius(Path::new(THERMAL_ZONE)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temperature_from_a_thermal_zone_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("temp");
+        std::fs::write(&f, "48312\n").unwrap();
+        assert_eq!(temperature_millicelsius(&f), Some(48312));
+        std::fs::write(&f, "n/a").unwrap();
+        assert_eq!(temperature_millicelsius(&f), None);
+        assert_eq!(temperature_millicelsius(&dir.path().join("absent")), None);
+    }
 
     #[test]
     fn facts_of_this_machine() {

@@ -1351,7 +1351,12 @@ impl Agent {
             node: self.cfg.node_name.clone(),
             assignment_generation: self.assignment.as_ref().map_or(0, |a| a.generation),
             services_generation: self.services.generation,
-            info: self.facts.clone(),
+            info: NodeFacts {
+                temperature_millicelsius: facts::temperature_millicelsius(std::path::Path::new(
+                    facts::THERMAL_ZONE,
+                )),
+                ..self.facts.clone()
+            },
             pods: sent,
             events: self.events.clone(),
             session: self.session,

@@ -15,6 +15,7 @@ pub mod port_forward;
 pub mod rollout;
 pub mod scale;
 pub mod set_image;
+pub mod token;
 pub mod top;
 
 use std::ops::RangeInclusive;
@@ -70,6 +71,7 @@ pub fn handle(ctx: &Ctx, request: Request) -> (Result<Response, ApiError>, Vec<E
         Request::SetImage(r) => (set_image::handle(ctx, r), vec![]),
         Request::Label(r) => (label::handle(ctx, r), vec![]),
         Request::Top(r) => (top::handle(ctx, r), vec![]),
+        Request::Token(r) => (token::handle(ctx, r), vec![]),
         Request::Logs(r) => with_effect(logs::handle(ctx, r)),
         Request::Exec(r) => with_effect(exec::handle(ctx, r)),
         Request::PortForward(r) => with_effect(port_forward::handle(ctx, r)),
