@@ -134,6 +134,8 @@ pub struct TestCluster {
     pub master: TestNode,
     pub workers: Vec<TestNode>,
     pub broker: String,
+    /// From starting the workers until all were Ready.
+    pub joined_in: Duration,
 }
 
 pub struct TestClusterOptions {
@@ -192,6 +194,7 @@ impl TestCluster {
             net,
             master,
             workers,
+            joined_in: Duration::ZERO,
         };
         // The LAN first; from here on Drop cleans up whatever exists.
         sh(&["ip", "link", "add", &c.lan_bridge, "type", "bridge"]);
@@ -257,13 +260,16 @@ impl TestCluster {
             .trim()
             .to_string();
         let broker = c.broker.clone();
-        for w in &mut c.workers {
-            // The demo image, built into each node's own store (images across
-            // the cluster are another test's business).
+        // The demo image, built into each node's own store first, so the
+        // join time is the join's alone.
+        for w in &c.workers {
             let layout = bramble::config::Layout::new(&w.data_dir).unwrap();
             let store = bramble::runtime::ImageStore::open(&layout.images()).unwrap();
             bramble::runtime::demo::build_demo_image(&store, std::path::Path::new("/bin/busybox"))
                 .unwrap();
+        }
+        let started = Instant::now();
+        for w in &mut c.workers {
             w.args = vec![
                 "worker".into(),
                 "--join".into(),
@@ -283,6 +289,7 @@ impl TestCluster {
         c.wait_for("every worker Ready", Duration::from_secs(90), || {
             names.iter().all(|n| c.node_ready(n))
         });
+        c.joined_in = started.elapsed();
         c
     }
 
