@@ -137,6 +137,36 @@ fn cluster_of_three_workers() {
     partition(&mut c);
     worker_killed(&mut c);
     master_killed(&mut c);
+    cordon_and_drain(&c);
+}
+
+/// `drain` refuses a pod nothing would replace, then empties a node of
+/// managed pods; `uncordon` makes it schedulable again.
+fn cordon_and_drain(c: &TestCluster) {
+    let out = c.bramble(&["drain", "w2", "--timeout", "60s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("declare no controller") && err.contains("default/steady"),
+        "{err}"
+    );
+    let w2 = c.json(&["get", "node", "w2"]);
+    assert_eq!(w2["spec"]["unschedulable"], true, "left cordoned: {w2}");
+    c.ok(&["uncordon", "w2"]);
+
+    let out = c.ok(&["drain", "w1", "--ignore-daemonsets", "--timeout", "60s"]);
+    assert!(out.contains("node/w1 drained"), "{out}");
+    c.wait_for("web Running off w1", Duration::from_secs(60), || {
+        let pods = c.running_ready("app=web");
+        pods.len() == 6 && !nodes_of(&pods).contains_key("w1")
+    });
+    assert_eq!(
+        c.json(&["get", "node", "w1"])["spec"]["unschedulable"],
+        true
+    );
+    let out = c.ok(&["uncordon", "w1"]);
+    assert!(out.contains("node/w1 uncordoned"), "{out}");
+    assert!(c.json(&["get", "node", "w1"])["spec"]["unschedulable"].is_null());
 }
 
 /// A pod reaches a pod on another node by its IP (host-gw routes) and the

@@ -20,6 +20,7 @@ pub mod get;
 pub mod image;
 pub mod label;
 pub mod logs;
+pub mod node;
 pub mod port_forward;
 pub mod printers;
 pub mod rollout;
@@ -130,6 +131,12 @@ pub enum Cmd {
     Annotate(label::Args),
     /// Show what `apply -f` would change.
     Diff(diff::Args),
+    /// Mark nodes unschedulable.
+    Cordon(node::CordonArgs),
+    /// Mark nodes schedulable again.
+    Uncordon(node::CordonArgs),
+    /// Cordon a node and evict its pods (their controllers replace them elsewhere).
+    Drain(node::DrainArgs),
     /// Show CPU and memory use of nodes or pods.
     Top(top::Args),
     /// Show where the cluster is.
@@ -228,6 +235,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Label(a) => label::run(a, false, config).await,
         Cmd::Annotate(a) => label::run(a, true, config).await,
         Cmd::Diff(a) => diff::run(a, config).await,
+        Cmd::Cordon(a) => node::run_cordon(a, true, config).await,
+        Cmd::Uncordon(a) => node::run_cordon(a, false, config).await,
+        Cmd::Drain(a) => node::run_drain(a, config).await,
         Cmd::Top(a) => top::run(a, config).await,
         Cmd::ClusterInfo(a) => cluster_info::run(a, config).await,
         Cmd::Image(c) => image::run(c, config).await,

@@ -37,6 +37,7 @@ pub enum Request {
     Rollout(RolloutRequest),
     SetImage(SetImageRequest),
     Label(LabelRequest),
+    Cordon(CordonRequest),
     Top(TopRequest),
     Token(TokenRequest),
 }
@@ -56,6 +57,7 @@ impl Request {
             Request::Rollout(_) => "rollout",
             Request::SetImage(_) => "set-image",
             Request::Label(_) => "label",
+            Request::Cordon(_) => "cordon",
             Request::Top(_) => "top",
             Request::Token(_) => "token",
         }
@@ -141,6 +143,16 @@ pub struct SetImageRequest {
     pub namespace: String,
     pub name: String,
     pub images: Vec<(String, String)>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `cordon` and `uncordon` (`drain` is a cordon, then deletes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonRequest {
+    pub nodes: Vec<String>,
+    /// `true` cordons, `false` uncordons.
+    pub unschedulable: bool,
     #[serde(default)]
     pub dry_run: bool,
 }

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod cluster_info;
+pub mod cordon;
 pub mod delete;
 pub mod exec;
 pub mod get;
@@ -70,6 +71,7 @@ pub fn handle(ctx: &Ctx, request: Request) -> (Result<Response, ApiError>, Vec<E
         Request::Rollout(r) => (rollout::handle(ctx, r), vec![]),
         Request::SetImage(r) => (set_image::handle(ctx, r), vec![]),
         Request::Label(r) => (label::handle(ctx, r), vec![]),
+        Request::Cordon(r) => (cordon::handle(ctx, r), vec![]),
         Request::Top(r) => (top::handle(ctx, r), vec![]),
         Request::Token(r) => (token::handle(ctx, r), vec![]),
         Request::Logs(r) => with_effect(logs::handle(ctx, r)),
