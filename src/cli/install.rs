@@ -151,7 +151,9 @@ pub async fn run(cmd: Cmd) -> Result<ExitCode, CliError> {
             let config = if a.settings.any() || a.node_name.is_some() {
                 let file = a.settings.settings(a.node_name.clone())?.to_file()?;
                 if file.join_token.is_none() {
-                    eprintln!("warning: no --token: the worker cannot join a cluster it is not registered with yet");
+                    eprintln!(
+                        "warning: no --token: the worker cannot join a cluster it is not registered with yet"
+                    );
                 }
                 Some(install::to_toml(&file, &Role::Worker.config_path())?)
             } else {
@@ -191,7 +193,9 @@ pub async fn run(cmd: Cmd) -> Result<ExitCode, CliError> {
             match name::first_boot(&a.root, a.node_name_rule.as_deref())? {
                 name::FirstBoot::AlreadyDone => println!("first boot already done"),
                 name::FirstBoot::Named(Some(n)) => println!("node name and hostname: {n}"),
-                name::FirstBoot::Named(None) => println!("no node name set: the worker uses the hostname"),
+                name::FirstBoot::Named(None) => {
+                    println!("no node name set: the worker uses the hostname")
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -237,7 +241,11 @@ fn install_role(role: Role, config: Option<&str>, target: &Target) -> Result<Exi
             install::systemctl(&["enable", &unit])?;
             // A changed binary, settings file or unit takes a restart
             // (which starts a stopped unit too); pods keep running through it.
-            let verb = if written.changed.is_empty() { "start" } else { "restart" };
+            let verb = if written.changed.is_empty() {
+                "start"
+            } else {
+                "restart"
+            };
             install::systemctl(&[verb, &unit])?;
             println!("enabled and started {unit}");
         }

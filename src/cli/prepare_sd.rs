@@ -83,7 +83,10 @@ pub fn run(a: Args) -> Result<ExitCode, CliError> {
         FirstBootHook::Firstrun => "firstrun.sh (systemd.run= in cmdline.txt)",
     };
     println!("  first boot: {hook}, marked {MARKER}");
-    match (&rule, prepared.root.changed.is_empty() && prepared.boot.changed.is_empty()) {
+    match (
+        &rule,
+        prepared.root.changed.is_empty() && prepared.boot.changed.is_empty(),
+    ) {
         (_, true) => println!("  nothing changed: the image was already prepared this way"),
         (Some(rule), false) => println!("  the node names itself {rule} on first boot"),
         (None, false) => {}

@@ -146,7 +146,10 @@ fn sh_quote(word: &str) -> String {
 }
 
 fn first_boot_line(rule: Option<&str>) -> String {
-    let cmd: Vec<String> = first_boot_command(rule).iter().map(|w| sh_quote(w)).collect();
+    let cmd: Vec<String> = first_boot_command(rule)
+        .iter()
+        .map(|w| sh_quote(w))
+        .collect();
     format!("{} # {MARKER}", cmd.join(" "))
 }
 
@@ -178,11 +181,12 @@ pub fn merge_firstrun(existing: &str, rule: Option<&str>) -> Result<String, Stri
         return Err("not a script (no #! line)".into());
     }
     let ours = first_boot_line(rule);
-    let mut lines: Vec<&str> = existing
-        .lines()
-        .filter(|l| !l.trim_end().ends_with(&format!("# {MARKER}")))
-        .collect();
-    lines.insert(1, &ours);
+    let is_ours = |l: &str| l.trim_end().ends_with(&format!("# {MARKER}"));
+    let mut lines: Vec<&str> = existing.lines().collect();
+    // Where our line already is, it stays (replaced if the rule changed).
+    let at = lines.iter().position(|l| is_ours(l)).unwrap_or(1);
+    lines.retain(|l| !is_ours(l));
+    lines.insert(at.min(lines.len()), &ours);
     let mut out = lines.join("\n");
     out.push('\n');
     Ok(out)
@@ -313,18 +317,36 @@ mod tests {
     #[test]
     fn kernel_versions_from_module_dirs() {
         assert_eq!(k("6.6.51+rpt-rpi-v8"), KernelVersion { major: 6, minor: 6 });
-        assert_eq!(k("5.10.103-v7l+"), KernelVersion { major: 5, minor: 10 });
-        assert_eq!(k("4.19.97+"), KernelVersion { major: 4, minor: 19 });
+        assert_eq!(
+            k("5.10.103-v7l+"),
+            KernelVersion {
+                major: 5,
+                minor: 10
+            }
+        );
+        assert_eq!(
+            k("4.19.97+"),
+            KernelVersion {
+                major: 4,
+                minor: 19
+            }
+        );
         assert_eq!(KernelVersion::parse("extramodules"), None);
     }
 
     #[test]
     fn cgroup_args_by_kernel() {
         assert_eq!(cgroup_args(&[]), [CGROUP_ENABLE_MEMORY, CGROUP_MEMORY_1]);
-        assert_eq!(cgroup_args(&[k("4.14.98-v7+")]), [CGROUP_ENABLE_MEMORY, CGROUP_MEMORY_1]);
+        assert_eq!(
+            cgroup_args(&[k("4.14.98-v7+")]),
+            [CGROUP_ENABLE_MEMORY, CGROUP_MEMORY_1]
+        );
         assert!(cgroup_args(&[k("4.19.97-v7l+")]).is_empty());
         assert_eq!(cgroup_args(&[k("5.4.51-v7l+")]), [CGROUP_ENABLE_MEMORY]);
-        assert_eq!(cgroup_args(&[k("6.12.34+rpt-rpi-2712"), k("6.12.34+rpt-rpi-v8")]), [CGROUP_ENABLE_MEMORY]);
+        assert_eq!(
+            cgroup_args(&[k("6.12.34+rpt-rpi-2712"), k("6.12.34+rpt-rpi-v8")]),
+            [CGROUP_ENABLE_MEMORY]
+        );
         // One image, two kernels of different eras: the union.
         assert_eq!(
             cgroup_args(&[k("4.19.97+"), k("5.10.103-v7l+")]),
@@ -335,13 +357,20 @@ mod tests {
     #[test]
     fn cmdline_edit_is_idempotent_and_keeps_one_line() {
         let once = edit_cmdline(PI_CMDLINE, &[CGROUP_ENABLE_MEMORY, CGROUP_MEMORY_1], None);
-        assert!(once.ends_with("firstboot cgroup_enable=memory cgroup_memory=1\n"), "{once}");
+        assert!(
+            once.ends_with("firstboot cgroup_enable=memory cgroup_memory=1\n"),
+            "{once}"
+        );
         assert_eq!(once.lines().count(), 1);
         assert_eq!(
             edit_cmdline(&once, &[CGROUP_ENABLE_MEMORY, CGROUP_MEMORY_1], None),
             once
         );
-        let off = edit_cmdline("root=x cgroup_disable=memory rootwait", &[CGROUP_ENABLE_MEMORY], None);
+        let off = edit_cmdline(
+            "root=x cgroup_disable=memory rootwait",
+            &[CGROUP_ENABLE_MEMORY],
+            None,
+        );
         assert_eq!(off, "root=x rootwait cgroup_enable=memory\n");
     }
 
@@ -359,16 +388,27 @@ mod tests {
             ),
             "{with_run}"
         );
-        assert_eq!(firstrun_script(&with_run), Some("/boot/firmware/firstrun.sh"));
+        assert_eq!(
+            firstrun_script(&with_run),
+            Some("/boot/firmware/firstrun.sh")
+        );
         // Again: nothing doubles.
-        let again = edit_cmdline(&with_run, &[CGROUP_ENABLE_MEMORY], Some("/boot/firmware/firstrun.sh"));
+        let again = edit_cmdline(
+            &with_run,
+            &[CGROUP_ENABLE_MEMORY],
+            Some("/boot/firmware/firstrun.sh"),
+        );
         assert_eq!(again, with_run);
         // Imager's cleanup (`sed 's| systemd.run.*||g'`) keeps our argument.
         let cleaned = &with_run[..with_run.find(" systemd.run").unwrap()];
         assert!(cleaned.ends_with(CGROUP_ENABLE_MEMORY));
         // An existing Imager first run gets our args in front of it, and no second run.
         let imager = "root=x rootwait systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target";
-        let merged = edit_cmdline(imager, &[CGROUP_ENABLE_MEMORY], Some("/boot/firmware/firstrun.sh"));
+        let merged = edit_cmdline(
+            imager,
+            &[CGROUP_ENABLE_MEMORY],
+            Some("/boot/firmware/firstrun.sh"),
+        );
         assert_eq!(
             merged,
             "root=x rootwait cgroup_enable=memory systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n"
@@ -377,22 +417,41 @@ mod tests {
 
     #[test]
     fn firstrun_script_cleans_up_after_itself() {
-        let sh = firstrun_sh("/boot/firmware", "/boot/firmware/firstrun.sh", Some("pi-{serial}"));
+        let sh = firstrun_sh(
+            "/boot/firmware",
+            "/boot/firmware/firstrun.sh",
+            Some("pi-{serial}"),
+        );
         assert!(sh.starts_with("#!/bin/sh\n"));
         assert!(sh.contains(
             "/usr/local/bin/bramble install first-boot --node-name-rule 'pi-{serial}' # bramble-first-boot\n"
         ));
         assert!(sh.contains("rm -f /boot/firmware/firstrun.sh\n"));
+        // Preparing again merges into our own script: nothing moves.
+        assert_eq!(merge_firstrun(&sh, Some("pi-{serial}")).unwrap(), sh);
+        let renamed = merge_firstrun(&sh, Some("node-{mac}")).unwrap();
+        assert_eq!(renamed, sh.replace("pi-{serial}", "node-{mac}"));
         // The cleanup, run through sed, removes exactly our three arguments.
-        let line = edit_cmdline("root=x rootwait", &[CGROUP_ENABLE_MEMORY], Some("/boot/firmware/firstrun.sh"));
+        let line = edit_cmdline(
+            "root=x rootwait",
+            &[CGROUP_ENABLE_MEMORY],
+            Some("/boot/firmware/firstrun.sh"),
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cmdline.txt");
         std::fs::write(&path, &line).unwrap();
         let sed = sh.lines().find(|l| l.starts_with("sed ")).unwrap();
         let script = sed.replace("/boot/firmware/cmdline.txt", &path.display().to_string());
-        let st = std::process::Command::new("sh").arg("-c").arg(&script).status().unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .unwrap();
         assert!(st.success());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "root=x rootwait cgroup_enable=memory\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "root=x rootwait cgroup_enable=memory\n"
+        );
     }
 
     #[test]
@@ -418,7 +477,10 @@ mod tests {
             v["bootcmd"][0],
             serde_yaml_ng::to_value(first_boot_command(Some("pi-{serial}"))).unwrap()
         );
-        assert_eq!(merge_user_data(Some(&fresh), Some("pi-{serial}")).unwrap(), fresh);
+        assert_eq!(
+            merge_user_data(Some(&fresh), Some("pi-{serial}")).unwrap(),
+            fresh
+        );
 
         // Imager's user-data: kept word for word, comments included.
         let imager = "#cloud-config\n# set by Imager\nhostname: attic\nusers:\n  - name: pi\n    groups: users,adm\n";
@@ -437,7 +499,10 @@ mod tests {
         assert_eq!(cmds.len(), 2);
         assert_eq!(cmds[0], "echo hello");
         assert_eq!(cmds[1][4], "pi-{serial}");
-        assert_eq!(merge_user_data(Some(&merged), Some("pi-{serial}")).unwrap(), merged);
+        assert_eq!(
+            merge_user_data(Some(&merged), Some("pi-{serial}")).unwrap(),
+            merged
+        );
 
         assert!(merge_user_data(Some("#!/bin/sh\necho\n"), None).is_err());
         assert!(merge_user_data(Some("#cloud-config\nbootcmd: 3\n"), None).is_err());
@@ -451,11 +516,20 @@ mod tests {
         h[5] = 1;
         h[18..20].copy_from_slice(&183u16.to_le_bytes());
         let a = ElfArch::parse(&h).unwrap();
-        assert_eq!(a, ElfArch { class64: true, machine: 183 });
+        assert_eq!(
+            a,
+            ElfArch {
+                class64: true,
+                machine: 183
+            }
+        );
         assert_eq!(a.to_string(), "arm64 (aarch64)");
         h[4] = 1;
         h[18..20].copy_from_slice(&40u16.to_le_bytes());
-        assert_eq!(ElfArch::parse(&h).unwrap().to_string(), "32-bit ARM (armhf)");
+        assert_eq!(
+            ElfArch::parse(&h).unwrap().to_string(),
+            "32-bit ARM (armhf)"
+        );
         assert_eq!(ElfArch::parse(b"#!/bin/sh\n echo hello there"), None);
         let me = std::fs::read("/proc/self/exe").unwrap();
         let host = ElfArch::parse(&me[..64]).unwrap();

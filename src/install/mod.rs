@@ -122,7 +122,10 @@ impl Role {
     }
     /// The link `systemctl enable` makes.
     pub fn wants_link(self) -> String {
-        format!("/etc/systemd/system/multi-user.target.wants/{}", self.unit_name())
+        format!(
+            "/etc/systemd/system/multi-user.target.wants/{}",
+            self.unit_name()
+        )
     }
 }
 
@@ -135,8 +138,13 @@ pub fn under(root: &Path, path: &str) -> PathBuf {
 /// already holds exactly that (and has `mode`). `mode` is `None` on
 /// filesystems without permissions (the FAT boot partition). Returns whether
 /// anything was written.
-pub fn write_if_changed(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<bool, InstallError> {
-    let same_mode = |m: &fs::Metadata| mode.is_none_or(|mode| m.permissions().mode() & 0o7777 == mode);
+pub fn write_if_changed(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+) -> Result<bool, InstallError> {
+    let same_mode =
+        |m: &fs::Metadata| mode.is_none_or(|mode| m.permissions().mode() & 0o7777 == mode);
     if let Ok(m) = fs::symlink_metadata(path)
         && m.is_file()
         && m.len() == bytes.len() as u64
@@ -148,7 +156,10 @@ pub fn write_if_changed(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.bramble-tmp"));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     if let Some(mode) = mode {
@@ -232,7 +243,10 @@ pub fn install_files(root: &Path, plan: &InstallPlan<'_>) -> Result<Written, Ins
     let config_path = plan.role.config_path();
     if let Some(text) = plan.config {
         let dest = under(root, &config_path);
-        w.note(&config_path, write_if_changed(&dest, text.as_bytes(), Some(0o600))?);
+        w.note(
+            &config_path,
+            write_if_changed(&dest, text.as_bytes(), Some(0o600))?,
+        );
     } else if !under(root, &config_path).exists() {
         return Err(InstallError::Invalid {
             field: "broker",
@@ -299,12 +313,15 @@ pub struct WorkerSettings {
 impl WorkerSettings {
     /// Checks every setting (naming the flag at fault) and builds the file.
     pub fn to_file(&self) -> Result<WorkerFile, InstallError> {
-        use crate::api::validate::{dns1123_subdomain_errors, label_value_errors, qualified_name_errors};
+        use crate::api::validate::{
+            dns1123_subdomain_errors, label_value_errors, qualified_name_errors,
+        };
         let invalid = |field, reason: String| InstallError::Invalid { field, reason };
         crate::transport::client::parse_url(&self.broker)
             .map_err(|e| invalid("broker", e.to_string()))?;
         if let Some(t) = &self.token {
-            crate::master::tokens::JoinToken::parse(t).map_err(|e| invalid("token", e.to_string()))?;
+            crate::master::tokens::JoinToken::parse(t)
+                .map_err(|e| invalid("token", e.to_string()))?;
         }
         if let Some(n) = &self.node_name {
             let errs = dns1123_subdomain_errors(n);

@@ -54,8 +54,17 @@ pub fn expand(rule: &str, facts: &Facts) -> Result<String, InstallError> {
         let key = &rest[open + 1..open + close];
         let missing = |what: &str| bad(format!("this machine reports no {what}"));
         let value = match key {
-            "serial" => tail_hex(facts.serial.as_deref().ok_or_else(|| missing("serial number"))?, 8),
-            "mac" => tail_hex(facts.mac.as_deref().ok_or_else(|| missing("MAC address"))?, 6),
+            "serial" => tail_hex(
+                facts
+                    .serial
+                    .as_deref()
+                    .ok_or_else(|| missing("serial number"))?,
+                8,
+            ),
+            "mac" => tail_hex(
+                facts.mac.as_deref().ok_or_else(|| missing("MAC address"))?,
+                6,
+            ),
             "hostname" => facts.hostname.clone().ok_or_else(|| missing("hostname"))?,
             other => {
                 return Err(bad(format!(
@@ -100,7 +109,9 @@ impl Facts {
     pub fn read(root: &Path) -> Facts {
         let read = |p: &str| std::fs::read_to_string(under(root, p)).ok();
         let clean = |s: String| {
-            let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string();
+            let s = s
+                .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .to_string();
             (!s.is_empty()).then_some(s)
         };
         let serial = read("/sys/firmware/devicetree/base/serial-number")
@@ -179,14 +190,22 @@ pub fn first_boot(root: &Path, rule: Option<&str>) -> Result<FirstBoot, InstallE
 fn set_hostname(root: &Path, name: &str) -> Result<(), InstallError> {
     let old = std::fs::read_to_string(under(root, "/etc/hostname")).unwrap_or_default();
     let old = old.trim();
-    write_if_changed(&under(root, "/etc/hostname"), format!("{name}\n").as_bytes(), Some(0o644))?;
+    write_if_changed(
+        &under(root, "/etc/hostname"),
+        format!("{name}\n").as_bytes(),
+        Some(0o644),
+    )?;
     let hosts_path: PathBuf = under(root, "/etc/hosts");
     let hosts = match std::fs::read_to_string(&hosts_path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io_err(&hosts_path)(e)),
     };
-    write_if_changed(&hosts_path, edit_hosts(&hosts, old, name).as_bytes(), Some(0o644))?;
+    write_if_changed(
+        &hosts_path,
+        edit_hosts(&hosts, old, name).as_bytes(),
+        Some(0o644),
+    )?;
     if root == Path::new("/") {
         nix::unistd::sethostname(name).map_err(|e| io_err(Path::new("sethostname"))(e.into()))?;
     }
@@ -255,7 +274,9 @@ mod tests {
             let err = expand(rule, &facts()).unwrap_err().to_string();
             assert!(err.contains(want) && err.contains(rule), "{rule}: {err}");
         }
-        let err = expand("pi-{serial}", &Facts::default()).unwrap_err().to_string();
+        let err = expand("pi-{serial}", &Facts::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no serial number"), "{err}");
         assert!(check_rule("pi-{serial}").is_ok());
         assert!(check_rule("{nope}").is_err());
@@ -269,7 +290,10 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, s).unwrap();
         };
-        w("/proc/cpuinfo", "processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 100000001234abcd\nModel\t\t: Raspberry Pi 4\n");
+        w(
+            "/proc/cpuinfo",
+            "processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 100000001234abcd\nModel\t\t: Raspberry Pi 4\n",
+        );
         w("/sys/class/net/wlan0/address", "dc:a6:32:00:00:02\n");
         w("/sys/class/net/lo/address", "00:00:00:00:00:00\n");
         w("/etc/hostname", "raspberrypi\n");
@@ -278,7 +302,10 @@ mod tests {
         assert_eq!(f.mac.as_deref(), Some("dc:a6:32:00:00:02"));
         assert_eq!(f.hostname.as_deref(), Some("raspberrypi"));
         // The device tree wins over cpuinfo; eth0 over other interfaces.
-        w("/sys/firmware/devicetree/base/serial-number", "00000000cafe0001\0");
+        w(
+            "/sys/firmware/devicetree/base/serial-number",
+            "00000000cafe0001\0",
+        );
         w("/sys/class/net/eth0/address", "dc:a6:32:00:00:01\n");
         let f = Facts::read(root.path());
         assert_eq!(f.serial.as_deref(), Some("00000000cafe0001"));
@@ -287,11 +314,18 @@ mod tests {
 
     #[test]
     fn hosts_name_the_machine_once() {
-        let hosts = "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n\n127.0.1.1\t\traspberrypi\n";
+        let hosts =
+            "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n\n127.0.1.1\t\traspberrypi\n";
         let out = edit_hosts(hosts, "raspberrypi", "pi-1");
-        assert_eq!(out, "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n\n127.0.1.1\tpi-1\n");
+        assert_eq!(
+            out,
+            "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n\n127.0.1.1\tpi-1\n"
+        );
         assert_eq!(edit_hosts(&out, "pi-1", "pi-1"), out);
-        assert_eq!(edit_hosts("127.0.0.1 localhost\n", "x", "pi-1"), "127.0.0.1 localhost\n127.0.1.1\tpi-1\n");
+        assert_eq!(
+            edit_hosts("127.0.0.1 localhost\n", "x", "pi-1"),
+            "127.0.0.1 localhost\n127.0.1.1\tpi-1\n"
+        );
     }
 
     #[test]
@@ -303,9 +337,15 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, s).unwrap();
         };
-        w("/etc/bramble/worker.toml", "broker = \"mqtt://10.0.0.1:1883\"\njoin_token = \"t\"\n[labels]\nroom = \"attic\"\n");
+        w(
+            "/etc/bramble/worker.toml",
+            "broker = \"mqtt://10.0.0.1:1883\"\njoin_token = \"t\"\n[labels]\nroom = \"attic\"\n",
+        );
         w("/etc/hostname", "raspberrypi\n");
-        w("/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n");
+        w(
+            "/etc/hosts",
+            "127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n",
+        );
         w("/proc/cpuinfo", "Serial\t\t: 10000000deadbeef\n");
         let got = first_boot(r, Some("pi-{serial}")).unwrap();
         assert_eq!(got, FirstBoot::Named(Some("pi-deadbeef".into())));
@@ -313,13 +353,29 @@ mod tests {
         assert_eq!(file.node_name.as_deref(), Some("pi-deadbeef"));
         assert_eq!(file.labels["room"], "attic");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(under(r, "/etc/bramble/worker.toml")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(under(r, "/etc/bramble/worker.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(std::fs::read_to_string(under(r, "/etc/hostname")).unwrap(), "pi-deadbeef\n");
-        assert!(std::fs::read_to_string(under(r, "/etc/hosts")).unwrap().contains("127.0.1.1\tpi-deadbeef\n"));
+        assert_eq!(
+            std::fs::read_to_string(under(r, "/etc/hostname")).unwrap(),
+            "pi-deadbeef\n"
+        );
+        assert!(
+            std::fs::read_to_string(under(r, "/etc/hosts"))
+                .unwrap()
+                .contains("127.0.1.1\tpi-deadbeef\n")
+        );
         // Later boots change nothing, even if the user renamed the machine.
         w("/etc/hostname", "renamed\n");
-        assert_eq!(first_boot(r, Some("pi-{serial}")).unwrap(), FirstBoot::AlreadyDone);
-        assert_eq!(std::fs::read_to_string(under(r, "/etc/hostname")).unwrap(), "renamed\n");
+        assert_eq!(
+            first_boot(r, Some("pi-{serial}")).unwrap(),
+            FirstBoot::AlreadyDone
+        );
+        assert_eq!(
+            std::fs::read_to_string(under(r, "/etc/hostname")).unwrap(),
+            "renamed\n"
+        );
     }
 }

@@ -1,9 +1,12 @@
 //! `bramble image prepare-sd`: makes a Raspberry Pi OS image (`.img`,
 //! `.img.xz`) or an SD card join a cluster on first boot.
 //!
-//! The image's two partitions are mounted (an image through a loop device):
-//! first read-only, to check everything (layout, architecture, free space)
-//! before a byte is written, then read-write. Onto the root filesystem go
+//! The image's partitions are reached through a loop device (an SD card
+//! directly). The ext4 root is mounted, first read-only to check everything
+//! (layout, architecture, free space) before a byte is written, then
+//! read-write. The FAT boot partition is read and written with mtools, not
+//! mounted: kernels built without `vfat` (minimal VMs, this project's CI)
+//! cannot mount it, and mtools needs no kernel support. Onto the root filesystem go
 //! the binary, `/etc/bramble/worker.toml` (0600: it holds the join token),
 //! the unit and its enable link, as `bramble install worker` writes them;
 //! onto the boot partition the memory cgroup kernel arguments and the first
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{MntFlags, MsFlags};
 
 use super::boot::{self, ElfArch, KernelVersion};
-use super::{InstallError, InstallPlan, Role, Written, install_files, io_err, under, write_if_changed};
+use super::{InstallError, InstallPlan, Role, Written, install_files, io_err, under};
 use crate::config::WorkerFile;
 
 /// What to prepare, and with what.
@@ -85,7 +88,10 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared, InstallError> {
     if !meta.is_file() {
         return Err(InstallError::Invalid {
             field: "target",
-            reason: format!("{} is neither an image file nor a block device", opts.target.display()),
+            reason: format!(
+                "{} is neither an image file nor a block device",
+                opts.target.display()
+            ),
         });
     }
     let is_xz = opts.target.extension().is_some_and(|e| e == "xz");
@@ -93,7 +99,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared, InstallError> {
         if opts.output.is_some() {
             return Err(InstallError::Invalid {
                 field: "output",
-                reason: "only an .img.xz is unpacked to an output file; an .img is prepared in place".into(),
+                reason:
+                    "only an .img.xz is unpacked to an output file; an .img is prepared in place"
+                        .into(),
             });
         }
         let lo = LoopDevice::attach(&opts.target)?;
@@ -239,10 +247,81 @@ impl Drop for WorkDir {
     }
 }
 
+/// A FAT filesystem on a device or file, read and written through mtools.
+pub struct Fat {
+    pub dev: PathBuf,
+}
+
+impl Fat {
+    fn mtools(&self, tool: &str, args: &[&str]) -> Result<std::process::Output, InstallError> {
+        Command::new(tool)
+            .arg("-i")
+            .arg(&self.dev)
+            .args(args)
+            // Partitions of images have no meaningful disk geometry.
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .map_err(|e| InstallError::Command {
+                command: format!("{tool} -i {} {}", self.dev.display(), args.join(" ")),
+                detail: format!("{e} (mtools comes with the mtools package)"),
+            })
+    }
+
+    /// A file's bytes, `None` when it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, InstallError> {
+        let src = format!("::/{name}");
+        let out = self.mtools("mcopy", &["-n", &src, "-"])?;
+        if out.status.success() {
+            return Ok(Some(out.stdout));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("not found") {
+            return Ok(None);
+        }
+        Err(InstallError::Command {
+            command: format!("mcopy -i {} {src} -", self.dev.display()),
+            detail: err.trim().to_string(),
+        })
+    }
+
+    pub fn read_text(&self, name: &str) -> Result<Option<String>, InstallError> {
+        Ok(self
+            .read(name)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Writes `bytes` as `name` unless it already holds exactly that.
+    pub fn write_if_changed(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        scratch: &Path,
+    ) -> Result<bool, InstallError> {
+        if self.read(name)?.as_deref() == Some(bytes) {
+            return Ok(false);
+        }
+        let tmp = scratch.join("fat-file");
+        fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+        let dst = format!("::/{name}");
+        let out = self.mtools("mcopy", &["-o", "-n", &tmp.to_string_lossy(), &dst])?;
+        let _ = fs::remove_file(&tmp);
+        if !out.status.success() {
+            return Err(InstallError::Command {
+                command: format!("mcopy -o -i {} {dst}", self.dev.display()),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(true)
+    }
+}
+
 /// The partitions of a block device, by number, as the kernel lists them.
 pub fn partitions(dev: &Path) -> Result<Vec<(u32, PathBuf)>, InstallError> {
     let real = fs::canonicalize(dev).map_err(io_err(dev))?;
-    let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let sys = PathBuf::from("/sys/class/block").join(&name);
     let mut parts = Vec::new();
     for entry in fs::read_dir(&sys).map_err(io_err(&sys))? {
@@ -279,7 +358,11 @@ fn fs_kind(first_2k: &[u8]) -> FsKind {
         return FsKind::Ext;
     }
     let sig = first_2k[510..512] == [0x55, 0xAA];
-    if sig && (first_2k[54..59] == *b"FAT12" || first_2k[54..59] == *b"FAT16" || first_2k[82..87] == *b"FAT32") {
+    if sig
+        && (first_2k[54..59] == *b"FAT12"
+            || first_2k[54..59] == *b"FAT16"
+            || first_2k[82..87] == *b"FAT32")
+    {
         return FsKind::Fat;
     }
     FsKind::Other
@@ -292,7 +375,8 @@ fn refuse_mounted(device: &Path) -> Result<(), InstallError> {
     let real = fs::canonicalize(device).map_err(io_err(device))?;
     let mut devs = vec![real.clone()];
     devs.extend(partitions(&real)?.into_iter().map(|(_, p)| p));
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(io_err(Path::new("/proc/self/mountinfo")))?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_err(Path::new("/proc/self/mountinfo")))?;
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
@@ -303,7 +387,11 @@ fn refuse_mounted(device: &Path) -> Result<(), InstallError> {
             return Err(InstallError::Mounted {
                 device: device.to_path_buf(),
                 partition: source,
-                mountpoint: left.split_whitespace().nth(4).unwrap_or_default().to_string(),
+                mountpoint: left
+                    .split_whitespace()
+                    .nth(4)
+                    .unwrap_or_default()
+                    .to_string(),
             });
         }
     }
@@ -313,8 +401,11 @@ fn refuse_mounted(device: &Path) -> Result<(), InstallError> {
 /// `path` (absolute on the image) resolved inside `root`: symlinks are
 /// followed as the Pi would follow them, an absolute target from `root`.
 pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
-    let mut queue: std::collections::VecDeque<String> =
-        path.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect();
+    let mut queue: std::collections::VecDeque<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
     let mut current: Vec<String> = Vec::new();
     let mut hops = 0;
     while let Some(c) = queue.pop_front() {
@@ -378,29 +469,41 @@ pub fn boot_mountpoint(fstab: &str) -> Option<String> {
 }
 
 fn inspect(
-    boot_dir: &Path,
+    boot: &Fat,
     root_dir: &Path,
     image: &Path,
     opts: &PrepareOptions,
     arch: ElfArch,
 ) -> Result<Inspection, InstallError> {
-    let cmdline_path = boot_dir.join("cmdline.txt");
-    let cmdline = fs::read_to_string(&cmdline_path)
-        .map_err(|_| layout(image, "the boot partition (1) has no cmdline.txt"))?;
+    let cmdline = boot
+        .read_text("cmdline.txt")?
+        .ok_or_else(|| layout(image, "the boot partition (1) has no cmdline.txt"))?;
     if cmdline.lines().filter(|l| !l.trim().is_empty()).count() != 1 {
-        return Err(layout(image, "cmdline.txt is not one line of kernel arguments"));
+        return Err(layout(
+            image,
+            "cmdline.txt is not one line of kernel arguments",
+        ));
     }
     let fstab = resolve_in_root(root_dir, "/etc/fstab")
         .and_then(|p| fs::read_to_string(p).ok())
         .ok_or_else(|| layout(image, "the root filesystem (partition 2) has no /etc/fstab"))?;
-    let boot_path = boot_mountpoint(&fstab)
-        .ok_or_else(|| layout(image, "the image's /etc/fstab mounts no vfat boot partition under /boot"))?;
+    let boot_path = boot_mountpoint(&fstab).ok_or_else(|| {
+        layout(
+            image,
+            "the image's /etc/fstab mounts no vfat boot partition under /boot",
+        )
+    })?;
 
     let image_arch = ["/bin/sh", "/usr/bin/env", "/sbin/init"]
         .iter()
         .filter_map(|p| resolve_in_root(root_dir, p))
         .find_map(|p| binary_arch(&p).ok())
-        .ok_or_else(|| layout(image, "no /bin/sh, /usr/bin/env or /sbin/init program in the root filesystem"))?;
+        .ok_or_else(|| {
+            layout(
+                image,
+                "no /bin/sh, /usr/bin/env or /sbin/init program in the root filesystem",
+            )
+        })?;
     if image_arch != arch {
         return Err(InstallError::ArchMismatch {
             binary: opts.binary.clone(),
@@ -418,7 +521,10 @@ fn inspect(
         .filter(|n| KernelVersion::parse(n).is_some())
         .collect();
     kernel_names.sort();
-    let kernels = kernel_names.iter().filter_map(|n| KernelVersion::parse(n)).collect();
+    let kernels = kernel_names
+        .iter()
+        .filter_map(|n| KernelVersion::parse(n))
+        .collect();
 
     let hook = if ["/usr/bin/cloud-init", "/etc/cloud/cloud.cfg"]
         .iter()
@@ -450,7 +556,9 @@ fn inspect(
     let installed = resolve_in_root(root_dir, super::BINARY_PATH)
         .and_then(|p| fs::metadata(p).ok())
         .map_or(0, |m| m.len());
-    let size = fs::metadata(&opts.binary).map_err(io_err(&opts.binary))?.len();
+    let size = fs::metadata(&opts.binary)
+        .map_err(io_err(&opts.binary))?
+        .len();
     let free = free_bytes(root_dir)?;
     let needed = size.saturating_sub(installed) + (1 << 20);
     if free < needed {
@@ -485,16 +593,22 @@ fn free_bytes(dir: &Path) -> Result<u64, InstallError> {
     Ok(free)
 }
 
-/// Waits for a freshly attached loop device's partition nodes.
-fn wait_for_partitions(dev: &Path) -> Result<Vec<(u32, PathBuf)>, InstallError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let parts = partitions(dev)?;
-        if parts.len() >= 2 && parts.iter().all(|(_, p)| p.exists()) || Instant::now() > deadline {
-            return Ok(parts);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// The device's partitions, with their nodes in `/dev`. A kernel without
+/// the partition table's parser (minimal VM kernels) lists none even with
+/// `--partscan`: then `partx` reads the table and adds them.
+fn ensure_partitions(dev: &Path) -> Result<Vec<(u32, PathBuf)>, InstallError> {
+    let mut parts = partitions(dev)?;
+    if parts.is_empty() {
+        // No table at all is reported as a layout error by the caller.
+        let _ = super::run_tool("partx", &["--add", &dev.to_string_lossy()]);
+        parts = partitions(dev)?;
     }
+    // The nodes come from devtmpfs (or udev, which may lag a little).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !parts.iter().all(|(_, p)| p.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(parts)
 }
 
 fn prepare_device(
@@ -503,7 +617,7 @@ fn prepare_device(
     opts: &PrepareOptions,
     arch: ElfArch,
 ) -> Result<Prepared, InstallError> {
-    let parts = wait_for_partitions(dev)?;
+    let parts = ensure_partitions(dev)?;
     let part = |n: u32| parts.iter().find(|(k, _)| *k == n).map(|(_, p)| p.clone());
     let (Some(p1), Some(p2)) = (part(1), part(2)) else {
         return Err(layout(
@@ -517,25 +631,30 @@ fn prepare_device(
     match (probe(&p1)?, probe(&p2)?) {
         (FsKind::Fat, FsKind::Ext) => {}
         (FsKind::Fat, other) => {
-            return Err(layout(image, format!("partition 2 is not ext4 (found {other:?})")));
+            return Err(layout(
+                image,
+                format!("partition 2 is not ext4 (found {other:?})"),
+            ));
         }
         (other, _) => {
-            return Err(layout(image, format!("partition 1 is not a FAT boot partition (found {other:?})")));
+            return Err(layout(
+                image,
+                format!("partition 1 is not a FAT boot partition (found {other:?})"),
+            ));
         }
     }
     let work = WorkDir::new()?;
-    let (boot_dir, root_dir) = (work.0.join("boot"), work.0.join("root"));
+    let root_dir = work.0.join("root");
+    let boot = Fat { dev: p1 };
     let found = {
-        let boot = Mounted::mount(&p1, &boot_dir, "vfat", true, None)?;
         let root = Mounted::mount(&p2, &root_dir, "ext4", true, Some("noload"))?;
-        inspect(&boot.dir, &root.dir, image, opts, arch)?
+        inspect(&boot, &root.dir, image, opts, arch)?
     };
-    let boot = Mounted::mount(&p1, &boot_dir, "vfat", false, None)?;
     let root = Mounted::mount(&p2, &root_dir, "ext4", false, None)?;
     let root_written = write_root(&root.dir, opts)?;
-    let boot_written = write_boot(&boot.dir, image, opts, &found)?;
+    let boot_written = write_boot(&boot, &work.0, image, opts, &found)?;
+    drop(root);
     nix::unistd::sync();
-    drop((boot, root));
     Ok(Prepared {
         image: image.to_path_buf(),
         boot_path: found.boot_path.clone(),
@@ -569,48 +688,55 @@ fn write_root(root: &Path, opts: &PrepareOptions) -> Result<Written, InstallErro
     Ok(written)
 }
 
-fn write_boot(boot: &Path, image: &Path, opts: &PrepareOptions, found: &Inspection) -> Result<Written, InstallError> {
+fn write_boot(
+    boot: &Fat,
+    scratch: &Path,
+    image: &Path,
+    opts: &PrepareOptions,
+    found: &Inspection,
+) -> Result<Written, InstallError> {
     let mut w = Written::default();
     let rule = opts.node_name_rule.as_deref();
-    let bad = |path: &Path, reason: String| InstallError::BadBootFile {
-        path: path.to_path_buf(),
+    let bad = |name: &str, reason: String| InstallError::BadBootFile {
+        path: PathBuf::from(format!("{}/{name}", found.boot_path)),
         reason: format!("{reason} (in {})", image.display()),
     };
-    let cmdline_path = boot.join("cmdline.txt");
-    let cmdline = fs::read_to_string(&cmdline_path).map_err(io_err(&cmdline_path))?;
+    let cmdline = boot
+        .read_text("cmdline.txt")?
+        .ok_or_else(|| bad("cmdline.txt", "gone".into()))?;
     let new_cmdline = boot::edit_cmdline(
         &cmdline,
         &boot::cgroup_args(&found.kernels),
         found.firstrun_script.as_deref(),
     );
-    w.note("cmdline.txt", write_if_changed(&cmdline_path, new_cmdline.as_bytes(), None)?);
+    w.note(
+        "cmdline.txt",
+        boot.write_if_changed("cmdline.txt", new_cmdline.as_bytes(), scratch)?,
+    );
     match (found.hook, &found.firstrun_script) {
         (FirstBootHook::CloudInit, _) => {
-            let path = boot.join("user-data");
-            let existing = match fs::read_to_string(&path) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            let text = boot::merge_user_data(existing.as_deref(), rule).map_err(|r| bad(&path, r))?;
-            w.note("user-data", write_if_changed(&path, text.as_bytes(), None)?);
-            let meta = boot.join("meta-data");
-            if !meta.exists() {
-                write_if_changed(&meta, boot::meta_data("bramble-node").as_bytes(), None)?;
-                w.note("meta-data", true);
+            let existing = boot.read_text("user-data")?;
+            let text = boot::merge_user_data(existing.as_deref(), rule)
+                .map_err(|r| bad("user-data", r))?;
+            w.note(
+                "user-data",
+                boot.write_if_changed("user-data", text.as_bytes(), scratch)?,
+            );
+            if boot.read("meta-data")?.is_none() {
+                let meta = boot::meta_data("bramble-node");
+                w.note(
+                    "meta-data",
+                    boot.write_if_changed("meta-data", meta.as_bytes(), scratch)?,
+                );
             }
         }
         (FirstBootHook::Firstrun, Some(script)) => {
             let rel = on_boot_partition(&found.boot_path, script).unwrap_or("firstrun.sh");
-            let path = boot.join(rel);
-            let text = match fs::read_to_string(&path) {
-                Ok(existing) => boot::merge_firstrun(&existing, rule).map_err(|r| bad(&path, r))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    boot::firstrun_sh(&found.boot_path, script, rule)
-                }
-                Err(e) => return Err(io_err(&path)(e)),
+            let text = match boot.read_text(rel)? {
+                Some(existing) => boot::merge_firstrun(&existing, rule).map_err(|r| bad(rel, r))?,
+                None => boot::firstrun_sh(&found.boot_path, script, rule),
             };
-            w.note(rel, write_if_changed(&path, text.as_bytes(), None)?);
+            w.note(rel, boot.write_if_changed(rel, text.as_bytes(), scratch)?);
         }
         (FirstBootHook::Firstrun, None) => {}
     }
@@ -627,15 +753,27 @@ mod tests {
         assert_eq!(boot_mountpoint(bookworm).as_deref(), Some("/boot/firmware"));
         let bullseye = "PARTUUID=1-01  /boot           vfat    defaults          0       2\n";
         assert_eq!(boot_mountpoint(bullseye).as_deref(), Some("/boot"));
-        assert_eq!(boot_mountpoint("# /boot vfat\n/dev/sda1 /mnt vfat defaults 0 0\n"), None);
+        assert_eq!(
+            boot_mountpoint("# /boot vfat\n/dev/sda1 /mnt vfat defaults 0 0\n"),
+            None
+        );
     }
 
     #[test]
     fn first_run_scripts_must_sit_on_the_boot_partition() {
-        assert_eq!(on_boot_partition("/boot/firmware", "/boot/firmware/firstrun.sh"), Some("firstrun.sh"));
-        assert_eq!(on_boot_partition("/boot", "/boot/firstrun.sh"), Some("firstrun.sh"));
+        assert_eq!(
+            on_boot_partition("/boot/firmware", "/boot/firmware/firstrun.sh"),
+            Some("firstrun.sh")
+        );
+        assert_eq!(
+            on_boot_partition("/boot", "/boot/firstrun.sh"),
+            Some("firstrun.sh")
+        );
         assert_eq!(on_boot_partition("/boot/firmware", "/usr/lib/x.sh"), None);
-        assert_eq!(on_boot_partition("/boot/firmware", "/boot/firmware/../etc/x"), None);
+        assert_eq!(
+            on_boot_partition("/boot/firmware", "/boot/firmware/../etc/x"),
+            None
+        );
         assert_eq!(on_boot_partition("/boot", "/bootx/firstrun.sh"), None);
     }
 
