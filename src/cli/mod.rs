@@ -196,7 +196,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("{}", render_error(&e));
             match e {
-                CliError::Usage(_) => ExitCode::from(64),
+                CliError::Usage(_)
+                | CliError::Install(crate::install::InstallError::Invalid { .. }) => {
+                    ExitCode::from(64)
+                }
                 _ => ExitCode::FAILURE,
             }
         }

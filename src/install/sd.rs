@@ -588,9 +588,7 @@ fn on_boot_partition<'a>(boot_path: &str, path: &'a str) -> Option<&'a str> {
 fn free_bytes(dir: &Path) -> Result<u64, InstallError> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| io_err(dir)(e.into()))?;
     // The counters are 32-bit on armv7: widen before multiplying.
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    let free = u64::from(st.blocks_available()) * u64::from(st.fragment_size());
-    Ok(free)
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// The device's partitions, with their nodes in `/dev`. A kernel without
