@@ -448,6 +448,58 @@ fn prepare_sd_on_a_firstrun_image_then_its_block_device_is_idempotent() {
     assert_eq!(first.root, second.root);
     assert_released(&image);
 
+    // The Pi's first boot, played on the prepared root filesystem: the
+    // binary's own `install first-boot` with the rule firstrun.sh names,
+    // reading a board serial from a stand-in for /proc/cpuinfo.
+    {
+        let lo = Loop::attach(&image, false);
+        let root = Mount::new(&lo.part(2), &tmp.path().join("pi-root"), "rw");
+        fs::create_dir_all(root.0.join("proc")).unwrap();
+        fs::write(
+            root.0.join("proc/cpuinfo"),
+            "Hardware\t: BCM2835\nSerial\t\t: 10000000c0ffee42\n",
+        )
+        .unwrap();
+        let out = ok(&bramble(&[
+            "install",
+            "first-boot",
+            "--root",
+            root.0.to_str().unwrap(),
+            "--node-name-rule",
+            "pi-{serial}",
+        ]));
+        assert!(out.contains("pi-c0ffee42"), "{out}");
+        let file: WorkerFile = load_toml(&root.0.join("etc/bramble/worker.toml")).unwrap();
+        assert_eq!(file.node_name.as_deref(), Some("pi-c0ffee42"));
+        assert_eq!(file.join_token.as_deref(), Some(TOKEN));
+        assert_eq!(
+            fs::metadata(root.0.join("etc/bramble/worker.toml"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_to_string(root.0.join("etc/hostname")).unwrap(),
+            "pi-c0ffee42\n"
+        );
+        assert!(
+            fs::read_to_string(root.0.join("etc/hosts"))
+                .unwrap()
+                .contains("127.0.1.1\tpi-c0ffee42\n")
+        );
+        let again = ok(&bramble(&[
+            "install",
+            "first-boot",
+            "--root",
+            root.0.to_str().unwrap(),
+        ]));
+        assert!(again.contains("already done"), "{again}");
+        fs::remove_dir_all(root.0.join("proc")).unwrap();
+    }
+    assert_released(&image);
+
     // A device with a mounted partition is refused, and left alone.
     let lo = Loop::attach(&image, false);
     let mounted = Mount::new(&lo.part(2), &tmp.path().join("busy"), "ro,noload");
