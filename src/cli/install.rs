@@ -48,7 +48,8 @@ pub struct WorkerFlags {
     /// `mqtt://[user:pass@]host[:port]` of the cluster's broker.
     #[arg(long)]
     pub broker: Option<String>,
-    /// The join token (`bramble token create` on the master).
+    /// The join token (the master's `/var/lib/bramble/join-token`, or
+    /// `bramble token create`).
     #[arg(long)]
     pub token: Option<String>,
     /// A label the node registers with (`KEY=VALUE`); repeatable.
@@ -171,13 +172,21 @@ pub async fn run(cmd: Cmd) -> Result<ExitCode, CliError> {
             let file = MasterFile {
                 listen: a.listen,
                 broker: a.broker.clone(),
-                data_dir: a.data_dir.clone(),
+                data_dir: Some(
+                    a.data_dir
+                        .clone()
+                        .unwrap_or_else(|| install::DATA_DIR.into()),
+                ),
                 cluster_cidr: a.cluster_cidr.map(|c| c.to_string()),
                 service_cidr: a.service_cidr.map(|c| c.to_string()),
                 with_worker: a.with_worker,
                 topic_prefix: a.topic_prefix.clone(),
             };
-            let given = file != MasterFile::default();
+            let given = file
+                != MasterFile {
+                    data_dir: Some(install::DATA_DIR.into()),
+                    ..MasterFile::default()
+                };
             let exists = install::under(&a.target.root, &Role::Master.config_path()).exists();
             let config = if given || !exists {
                 Some(install::to_toml(&file, &Role::Master.config_path())?)
@@ -252,7 +261,7 @@ fn install_role(role: Role, config: Option<&str>, target: &Target) -> Result<Exi
     } else if target.root == Path::new("/") {
         println!(
             "systemd is not running on this machine (PID 1 is {}): enabled {unit} for the next \
-             boot under systemd, and did not start it; run `bramble {} --config {}` meanwhile",
+             boot under systemd, and did not start it; run `bramble {} --config-file {}` meanwhile",
             pid1_name(),
             role.name(),
             role.config_path()

@@ -44,8 +44,9 @@ pub fn run(a: Args) -> Result<ExitCode, CliError> {
     if a.settings.token.is_none() {
         return Err(InstallError::Invalid {
             field: "token",
-            reason: "required: a flashed Pi joins with it (`bramble token create` on the master)"
-                .into(),
+            reason:
+                "required: a flashed Pi joins with it (the master's /var/lib/bramble/join-token)"
+                    .into(),
         }
         .into());
     }

@@ -97,6 +97,11 @@ pub const WORKER_UNIT: &str = include_str!("../../systemd/bramble-worker.service
 /// Where the units expect the binary.
 pub const BINARY_PATH: &str = "/usr/local/bin/bramble";
 
+/// The data directory installed roles use unless told otherwise (the roles'
+/// own default, `.bramble`, is relative to the working directory, which is
+/// `/` under systemd).
+pub const DATA_DIR: &str = "/var/lib/bramble";
+
 impl Role {
     pub fn name(self) -> &'static str {
         match self {
@@ -348,7 +353,7 @@ impl WorkerSettings {
             join_token: self.token.as_ref().map(|t| t.trim().to_string()),
             node_name: self.node_name.clone(),
             labels,
-            data_dir: self.data_dir.clone(),
+            data_dir: Some(self.data_dir.clone().unwrap_or_else(|| DATA_DIR.into())),
             node_ip: self.node_ip,
             insecure_registries: self.insecure_registries.clone(),
             topic_prefix: self.topic_prefix.clone(),
@@ -362,4 +367,134 @@ pub fn to_toml<T: serde::Serialize>(file: &T, path: &str) -> Result<String, Inst
         path: PathBuf::from(path),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn directives(unit: &str) -> Vec<(&str, &str)> {
+        unit.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+            .filter_map(|l| l.split_once('='))
+            .collect()
+    }
+
+    #[test]
+    fn units_keep_pods_across_restarts_and_wait_for_the_network() {
+        for role in [Role::Master, Role::Worker] {
+            let d = directives(role.unit_text());
+            for want in [
+                ("Delegate", "yes"),
+                ("KillMode", "process"),
+                ("Restart", "on-failure"),
+                ("Wants", "network-online.target"),
+                ("WantedBy", "multi-user.target"),
+            ] {
+                assert!(d.contains(&want), "{role:?}: {want:?}");
+            }
+            assert!(
+                d.iter()
+                    .any(|(k, v)| *k == "After"
+                        && v.split(' ').any(|u| u == "network-online.target")),
+                "{role:?}"
+            );
+        }
+    }
+
+    /// The unit's command line is one the binary parses, reading the settings
+    /// file the installer writes (not the client config, `--config`).
+    #[test]
+    fn units_run_the_role_with_its_settings_file() {
+        for role in [Role::Master, Role::Worker] {
+            let exec = directives(role.unit_text())
+                .into_iter()
+                .find(|(k, _)| *k == "ExecStart")
+                .map(|(_, v)| v)
+                .unwrap();
+            let argv: Vec<&str> = exec.split_whitespace().collect();
+            assert_eq!(argv[0], BINARY_PATH);
+            let cli = crate::cli::Cli::try_parse_from(&argv).unwrap();
+            let config_file = match (role, cli.command) {
+                (Role::Master, crate::cli::Cmd::Master(a)) => a.config_file,
+                (Role::Worker, crate::cli::Cmd::Worker(a)) => a.config_file,
+                (_, other) => panic!("{role:?} unit runs {other:?}"),
+            };
+            assert_eq!(config_file, Some(PathBuf::from(role.config_path())));
+            assert_eq!(cli.config, None, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn worker_settings_name_the_bad_flag_and_default_the_data_dir() {
+        let ok = WorkerSettings {
+            broker: "mqtt://10.0.0.1:1883".into(),
+            token: Some("BRAMBLE1.0123456789abcdef0123456789abcdef.abc123.0123456789abcdef".into()),
+            labels: vec!["room=attic".into()],
+            ..Default::default()
+        };
+        let file = ok.to_file().unwrap();
+        assert_eq!(file.data_dir.as_deref(), Some(Path::new(DATA_DIR)));
+        assert_eq!(file.labels["room"], "attic");
+        for (bad, field) in [
+            (
+                WorkerSettings {
+                    broker: "http://x".into(),
+                    ..ok.clone()
+                },
+                "--broker",
+            ),
+            (
+                WorkerSettings {
+                    token: Some("BRAMBLE1.x".into()),
+                    ..ok.clone()
+                },
+                "--token",
+            ),
+            (
+                WorkerSettings {
+                    node_name: Some("Pi_1".into()),
+                    ..ok.clone()
+                },
+                "--node-name",
+            ),
+            (
+                WorkerSettings {
+                    labels: vec!["a".into()],
+                    ..ok.clone()
+                },
+                "--label",
+            ),
+            (
+                WorkerSettings {
+                    labels: vec!["a=b c".into()],
+                    ..ok.clone()
+                },
+                "--label",
+            ),
+        ] {
+            let err = bad.to_file().unwrap_err().to_string();
+            assert!(err.starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn writes_happen_only_on_change_and_set_the_mode_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("etc/bramble/worker.toml");
+        assert!(write_if_changed(&p, b"a", Some(0o600)).unwrap());
+        assert!(!write_if_changed(&p, b"a", Some(0o600)).unwrap());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A wrong mode alone is fixed.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(write_if_changed(&p, b"a", Some(0o600)).unwrap());
+        assert!(write_if_changed(&p, b"b", Some(0o600)).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"b");
+        let leftovers: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left");
+    }
 }
