@@ -78,6 +78,15 @@ impl Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["--detach", &self.0]).status();
+        // A detach is deferred while another program has the device open.
+        let name = Path::new(&self.0).file_name().unwrap().to_owned();
+        let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+        for _ in 0..250 {
+            if !backing.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -332,10 +341,21 @@ fn busybox_sha() -> String {
     sha_file(Path::new("/bin/busybox"))
 }
 
-/// No loop device is left over `image`.
+/// No loop device is left over `image`. A detach while another program
+/// has the device open completes at its last close, so this waits a little.
 fn assert_released(image: &Path) {
-    let held = sh("losetup", &["--associated", image.to_str().unwrap()]);
-    assert!(held.trim().is_empty(), "loop devices left over: {held}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let held = sh("losetup", &["--associated", image.to_str().unwrap()]);
+        if held.trim().is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loop devices left over: {held}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn assert_installed_worker(s: &Snapshot) {

@@ -178,6 +178,19 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         if let Err(e) = super::run_tool("losetup", &["--detach", &self.dev.to_string_lossy()]) {
             tracing::warn!(device = %self.dev.display(), "cannot detach loop device: {e}");
+            return;
+        }
+        // While anything else holds the device open (a probe by another
+        // program), the kernel defers the detach to the last close: wait for
+        // it, so the image is free when we return.
+        let name = self.dev.file_name().unwrap_or_default();
+        let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while backing.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if backing.exists() {
+            tracing::warn!(device = %self.dev.display(), "still attached: something holds it open");
         }
     }
 }
