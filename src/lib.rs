@@ -23,10 +23,13 @@
 //! - [`cli`]: the kubectl-like client: one file per verb, kubectl's columns.
 //! - [`up`]: `bramble up`, broker + master + worker in one process.
 //! - [`config`]: on-disk configuration and paths shared by the roles and the CLI.
+//! - [`install`]: systemd units and settings files (`bramble install`), Pi
+//!   images prepared to join on first boot (`bramble image prepare-sd`).
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod install;
 pub mod master;
 pub mod net;
 pub mod proxy;

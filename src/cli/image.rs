@@ -52,6 +52,9 @@ pub enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Prepare a Raspberry Pi OS image or SD card to join the cluster on
+    /// first boot (binary, worker settings, unit, kernel arguments).
+    PrepareSd(super::prepare_sd::Args),
     /// Remove an image reference.
     Rm {
         reference: String,
@@ -113,6 +116,11 @@ pub async fn run(cmd: Cmd, config: Option<&Path>) -> Result<ExitCode, CliError> 
         } => {
             store(data_dir, config)?.remove(&reference)?;
             println!("removed {reference}");
+        }
+        Cmd::PrepareSd(a) => {
+            return tokio::task::spawn_blocking(move || super::prepare_sd::run(a))
+                .await
+                .map_err(|e| CliError::Usage(format!("prepare-sd task failed: {e}")))?;
         }
     }
     Ok(ExitCode::SUCCESS)

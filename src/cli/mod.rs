@@ -18,10 +18,12 @@ pub mod dry_run;
 pub mod exec;
 pub mod get;
 pub mod image;
+pub mod install;
 pub mod label;
 pub mod logs;
 pub mod node;
 pub mod port_forward;
+pub mod prepare_sd;
 pub mod printers;
 pub mod rollout;
 pub mod scale;
@@ -67,6 +69,8 @@ pub enum CliError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Up(Box<crate::up::UpError>),
+    #[error(transparent)]
+    Install(#[from] crate::install::InstallError),
     /// A stream (logs, exec, port-forward) ended badly.
     #[error("{0}")]
     Stream(String),
@@ -147,6 +151,9 @@ pub enum Cmd {
     /// Manage the local node's images: pull, import, ls, rm.
     #[command(subcommand)]
     Image(image::Cmd),
+    /// Install the master or a worker as a systemd service.
+    #[command(subcommand)]
+    Install(install::Cmd),
     /// Print the version.
     Version,
 }
@@ -196,7 +203,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("{}", render_error(&e));
             match e {
-                CliError::Usage(_) => ExitCode::from(64),
+                CliError::Usage(_)
+                | CliError::Install(crate::install::InstallError::Invalid { .. }) => {
+                    ExitCode::from(64)
+                }
                 _ => ExitCode::FAILURE,
             }
         }
@@ -242,6 +252,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::ClusterInfo(a) => cluster_info::run(a, config).await,
         Cmd::Image(c) => image::run(c, config).await,
         Cmd::Token(c) => token::run(c, config).await,
+        Cmd::Install(c) => install::run(c).await,
         Cmd::Version => {
             println!("bramble {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

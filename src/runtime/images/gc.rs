@@ -52,10 +52,11 @@ impl DiskUsage {
             context: format!("statvfs {}", path.display()),
             source: e.into(),
         })?;
-        let frag = st.fragment_size().max(1);
+        // The counters are 32-bit on armv7: widen before multiplying.
+        let frag = (st.fragment_size() as u64).max(1);
         Ok(DiskUsage {
-            total: st.blocks() * frag,
-            available: st.blocks_available() * frag,
+            total: st.blocks() as u64 * frag,
+            available: st.blocks_available() as u64 * frag,
         })
     }
 
