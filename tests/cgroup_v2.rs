@@ -15,50 +15,54 @@ use bramble::runtime::{ContainerConfig, Resources};
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use oci_spec::image::ImageConfiguration;
 
-/// The files a v2 cgroup directory holds (the ones a limit is written to),
-/// at the kernel's defaults.
-const V2_FILES: &[(&str, &str)] = &[
-    ("cgroup.controllers", "cpuset cpu io memory hugetlb pids"),
-    ("cgroup.subtree_control", ""),
-    ("cgroup.procs", ""),
-    ("cpu.max", "max 100000"),
-    ("cpu.weight", "100"),
-    ("cpu.idle", "0"),
-    ("memory.max", "max"),
-    ("memory.swap.max", "max"),
-    ("memory.low", "0"),
-    ("memory.high", "max"),
-    ("pids.max", "max"),
+/// The files of a v2 cgroup a limit is written to. They start empty (a
+/// write to a regular file does not replace it as a cgroup file's does), so
+/// what is read back is exactly what was written.
+const V2_FILES: &[&str] = &[
+    "cgroup.subtree_control",
+    "cgroup.procs",
+    "cpu.max",
+    "cpu.weight",
+    "cpu.idle",
+    "memory.max",
+    "memory.swap.max",
+    "memory.low",
+    "memory.high",
+    "pids.max",
 ];
 
 /// A cgroup v2 root at `root` with the container's cgroup `rel` in it.
 fn v2_tree(root: &Path, rel: &Path) -> PathBuf {
+    std::fs::write(
+        root.join("cgroup.controllers"),
+        "cpuset cpu io memory hugetlb pids",
+    )
+    .unwrap();
     let mut dir = root.to_path_buf();
-    for (name, value) in V2_FILES {
-        std::fs::write(dir.join(name), value).unwrap();
-    }
     for part in rel.components().skip(1) {
         dir = dir.join(part);
         std::fs::create_dir_all(&dir).unwrap();
-        for (name, value) in V2_FILES {
-            std::fs::write(dir.join(name), value).unwrap();
+        for name in V2_FILES {
+            std::fs::write(dir.join(name), "").unwrap();
         }
     }
     dir
 }
 
-fn read_all(dir: &Path) -> BTreeMap<String, String> {
-    ["memory.max", "memory.swap.max", "cpu.max", "cpu.weight", "pids.max"]
+/// The limit files written, and what was written to them.
+fn written(dir: &Path) -> BTreeMap<String, String> {
+    V2_FILES
         .iter()
-        .map(|f| {
+        .filter(|f| !f.starts_with("cgroup."))
+        .filter_map(|f| {
             let v = std::fs::read_to_string(dir.join(f)).unwrap();
-            (f.to_string(), v.trim().to_string())
+            (!v.is_empty()).then(|| (f.to_string(), v.trim().to_string()))
         })
         .collect()
 }
 
 /// Applies the spec Bramble builds for `resources` with libcgroups' v2
-/// manager, and returns the files it left.
+/// manager, and returns the files it wrote.
 fn apply_v2(resources: Resources, limit_swap: bool) -> BTreeMap<String, String> {
     let image: ImageConfiguration = serde_json::from_value(serde_json::json!({
         "architecture": "arm64", "os": "linux",
@@ -107,7 +111,7 @@ fn apply_v2(resources: Resources, limit_swap: bool) -> BTreeMap<String, String> 
             freezer_state: None,
         })
         .unwrap();
-    read_all(&dir)
+    written(&dir)
 }
 
 fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -148,14 +152,9 @@ fn best_effort_gets_the_minimum_weight_and_no_limits() {
     let got = apply_v2(Resources::default(), true);
     assert_eq!(
         got,
-        files(&[
-            ("memory.max", "max"),
-            ("memory.swap.max", "max"),
-            ("cpu.max", "max 100000"),
-            // shares 2 (the kubelet's minimum) → weight 1.
-            ("cpu.weight", "1"),
-            ("pids.max", "max"),
-        ])
+        // shares 2 (the kubelet's minimum) → weight 1; nothing else is
+        // limited, so the kernel's defaults (`max`) stay.
+        files(&[("cpu.weight", "1")])
     );
 }
 
@@ -173,12 +172,11 @@ fn without_swap_accounting_swap_is_left_alone() {
     assert_eq!(
         got,
         files(&[
+            // memory.swap.max not written: the kernel's default stays.
             ("memory.max", "67108864"),
-            ("memory.swap.max", "max"),
             ("cpu.max", "150000 100000"),
             // shares 1024 (one CPU) → weight 100, the v2 default.
             ("cpu.weight", "100"),
-            ("pids.max", "max"),
         ])
     );
 }
