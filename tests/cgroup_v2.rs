@@ -98,7 +98,10 @@ fn apply_v2(resources: Resources, limit_swap: bool) -> BTreeMap<String, String> 
     })
     .unwrap();
     let linux = spec.linux().as_ref().unwrap();
-    assert_eq!(linux.cgroups_path().as_deref(), Some(cgroups_path.as_path()));
+    assert_eq!(
+        linux.cgroups_path().as_deref(),
+        Some(cgroups_path.as_path())
+    );
     let root = tempfile::tempdir().unwrap();
     let dir = v2_tree(root.path(), &cgroups_path);
     let manager =

@@ -365,17 +365,23 @@ fn exec_probes_and_hooks_run_in_the_container() {
     });
     assert!(!ready(&c, "exec-probed"));
     c.ok(&["exec", "exec-probed", "--", "touch", "/tmp/ready"]);
-    c.wait_for("ready once the file exists", Duration::from_secs(30), || {
-        ready(&c, "exec-probed")
-    });
+    c.wait_for(
+        "ready once the file exists",
+        Duration::from_secs(30),
+        || ready(&c, "exec-probed"),
+    );
     let ip = pod(&c, "exec-probed")["status"]["podIP"]
         .as_str()
         .unwrap()
         .to_string();
-    c.wait_for("in the Service's endpoints", Duration::from_secs(30), || {
-        let ep = c.json(&["get", "endpoints", "exec-probed"]);
-        ep["subsets"][0]["addresses"][0]["ip"] == ip.as_str()
-    });
+    c.wait_for(
+        "in the Service's endpoints",
+        Duration::from_secs(30),
+        || {
+            let ep = c.json(&["get", "endpoints", "exec-probed"]);
+            ep["subsets"][0]["addresses"][0]["ip"] == ip.as_str()
+        },
+    );
     c.ok(&["exec", "exec-probed", "--", "rm", "/tmp/ready"]);
     c.wait_for("not ready once it is gone", Duration::from_secs(30), || {
         !ready(&c, "exec-probed")

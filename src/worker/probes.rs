@@ -283,8 +283,10 @@ fn collect(handle: &mut ExecHandle, deadline: Instant) -> (bool, String) {
             break;
         }
         // Rounded up: a timeout that truncates to 0 ms would spin.
-        let wait = PollTimeout::try_from((until - now + Duration::from_millis(1)).min(Duration::from_secs(60)))
-            .unwrap_or(PollTimeout::ZERO);
+        let wait = PollTimeout::try_from(
+            (until - now + Duration::from_millis(1)).min(Duration::from_secs(60)),
+        )
+        .unwrap_or(PollTimeout::ZERO);
         let (ready, exit_ready) = {
             let mut fds: Vec<PollFd> = pipes
                 .iter()
@@ -477,7 +479,10 @@ mod tests {
         let err = check(&exec_probe(&["cat", "/tmp/ready"]), &container(), &t)
             .await
             .unwrap_err();
-        assert!(err.starts_with("command \"cat /tmp/ready\" could not run"), "{err}");
+        assert!(
+            err.starts_with("command \"cat /tmp/ready\" could not run"),
+            "{err}"
+        );
         let hook = LifecycleHandler {
             exec: Some(ExecAction {
                 command: Some(vec!["true".into()]),
