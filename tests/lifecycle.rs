@@ -1,6 +1,9 @@
 //! The pod lifecycle on real containers: init containers in order before the
-//! app, readiness deciding Endpoints, a failing liveness probe restarting a
-//! container, and postStart/preStop hooks reaching a server the test runs.
+//! app (sharing a volume with it), readiness deciding Endpoints, a failing
+//! liveness probe restarting a container, postStart/preStop hooks reaching a
+//! server the test runs, and exec probes and hooks run inside the container
+//! (a readiness file toggled with `bramble exec`, a liveness command that
+//! times out, hooks writing to a hostPath the test reads).
 
 mod common;
 
@@ -32,17 +35,22 @@ kind: Pod
 metadata:
   name: inits
 spec:
+  volumes:
+  - name: work
+    emptyDir: {}
   initContainers:
   - name: first
     image: bramble.local/demo:v1
-    command: ["sh", "-c", "echo first; sleep 1"]
+    command: ["sh", "-c", "echo first; echo from-first > /work/seed; sleep 1"]
+    volumeMounts: [{name: work, mountPath: /work}]
   - name: second
     image: bramble.local/demo:v1
     command: ["sh", "-c", "echo second"]
   containers:
   - name: app
     image: bramble.local/demo:v1
-    command: ["sh", "-c", "echo app; sleep 3600"]
+    command: ["sh", "-c", "echo app; cat /work/seed; sleep 3600"]
+    volumeMounts: [{name: work, mountPath: /work}]
 ---
 apiVersion: v1
 kind: Pod
@@ -87,6 +95,10 @@ fn init_containers_run_in_order_and_a_failed_one_fails_the_pod() {
         .to_string();
     assert!(second >= first, "{first} then {second}");
     assert_eq!(status_column(&c, "inits"), "Running");
+    // What the first init container wrote, the app reads.
+    c.wait_for("the app read the seed", Duration::from_secs(30), || {
+        c.ok(&["logs", "inits", "-c", "app"]).contains("from-first")
+    });
 
     c.wait_for("badinit Failed", Duration::from_secs(60), || {
         pod(&c, "badinit")["status"]["phase"] == "Failed"
@@ -269,6 +281,136 @@ spec:
     c.ok(&["delete", "pod", "hooked"]);
     assert!(
         seen.lock().unwrap().contains(&"/pre-stop".to_string()),
+        "preStop ran before the pod was gone"
+    );
+}
+
+fn exec_manifest(out: &std::path::Path) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: exec-probed
+  labels: {{app: exec-probed}}
+spec:
+  terminationGracePeriodSeconds: 10
+  volumes:
+  - name: out
+    hostPath: {{path: {out}, type: Directory}}
+  containers:
+  - name: web
+    image: bramble.local/demo:v1
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    readinessProbe:
+      exec: {{command: [cat, /tmp/ready]}}
+      periodSeconds: 1
+    lifecycle:
+      postStart:
+        exec: {{command: [sh, -c, "id -u > /out/post-start"]}}
+      preStop:
+        exec: {{command: [sh, -c, "echo pre-stop > /out/pre-stop"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: slow-live
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: bramble.local/demo:v1
+    livenessProbe:
+      exec: {{command: [sleep, "30"]}}
+      timeoutSeconds: 1
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: exec-probed
+spec:
+  selector: {{app: exec-probed}}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#,
+        out = out.display()
+    )
+}
+
+fn ready(c: &Cluster, name: &str) -> bool {
+    pod(c, name)["status"]["containerStatuses"][0]["ready"] == true
+}
+
+#[test]
+fn exec_probes_and_hooks_run_in_the_container() {
+    let c = Cluster::start(ClusterOptions {
+        demo: true,
+        broker: None,
+    });
+    let out = c.dir.join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    apply(&c, "exec.yaml", &exec_manifest(&out));
+
+    // postStart ran in the container (as its user), once it started.
+    c.wait_for("the postStart hook's file", Duration::from_secs(60), || {
+        std::fs::read_to_string(out.join("post-start")).is_ok_and(|s| s == "0\n")
+    });
+    // No /tmp/ready: running, not ready, and the command's own words say why.
+    c.wait_for("a failed readiness probe", Duration::from_secs(30), || {
+        c.ok(&["describe", "pod", "exec-probed"])
+            .contains("Readiness probe failed: cat: can't open '/tmp/ready'")
+    });
+    assert!(!ready(&c, "exec-probed"));
+    c.ok(&["exec", "exec-probed", "--", "touch", "/tmp/ready"]);
+    c.wait_for(
+        "ready once the file exists",
+        Duration::from_secs(30),
+        || ready(&c, "exec-probed"),
+    );
+    let ip = pod(&c, "exec-probed")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.wait_for(
+        "in the Service's endpoints",
+        Duration::from_secs(30),
+        || {
+            let ep = c.json(&["get", "endpoints", "exec-probed"]);
+            ep["subsets"][0]["addresses"][0]["ip"] == ip.as_str()
+        },
+    );
+    c.ok(&["exec", "exec-probed", "--", "rm", "/tmp/ready"]);
+    c.wait_for("not ready once it is gone", Duration::from_secs(30), || {
+        !ready(&c, "exec-probed")
+    });
+
+    // A liveness command that outlives timeoutSeconds fails, and restarts
+    // the container.
+    c.wait_for(
+        "slow-live restarted by its liveness probe",
+        Duration::from_secs(90),
+        || {
+            pod(&c, "slow-live")["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    let described = c.ok(&["describe", "pod", "slow-live"]);
+    assert!(
+        described.contains("Liveness probe failed: command \"sleep 30\" timed out"),
+        "{described}"
+    );
+
+    // preStop runs in the container before it is stopped.
+    assert!(!out.join("pre-stop").exists());
+    c.ok(&["delete", "pod", "exec-probed"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("pre-stop")).unwrap(),
+        "pre-stop\n",
         "preStop ran before the pod was gone"
     );
 }

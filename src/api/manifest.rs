@@ -988,7 +988,7 @@ items:
             .replace("replicas: 2", "replicass: 2")
             .replace(
                 "          ports:",
-                "          livenessProbe:\n            exec:\n              command: [\"true\"]\n          imagePullPolicyy: Always\n          ports:",
+                "          livenessProbe:\n            grpc:\n              port: 9000\n          imagePullPolicyy: Always\n          ports:",
             );
         let parsed = parse("demo.yaml", &text).unwrap();
         assert_eq!(
@@ -996,7 +996,7 @@ items:
             vec![
                 r#"unknown field "spec.replicass""#,
                 r#"unknown field "spec.template.spec.containers[0].imagePullPolicyy""#,
-                "spec.template.spec.containers[0].livenessProbe.exec: not implemented by Bramble, ignored",
+                "spec.template.spec.containers[0].livenessProbe.grpc: not implemented by Bramble, ignored",
             ]
         );
         assert!(parsed[1].warnings.is_empty());

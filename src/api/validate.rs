@@ -1052,6 +1052,62 @@ fn validate_container(
             validate_probe(p, &format!("{path}.{field}"), single_success, errs);
         }
     }
+    if let Some(l) = &c.lifecycle {
+        for (field, hook) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+            if let Some(h) = hook {
+                validate_hook(h, &format!("{path}.lifecycle.{field}"), errs);
+            }
+        }
+    }
+}
+
+/// An `exec` handler runs a command: it must name one.
+fn validate_exec(
+    e: &k8s_openapi::api::core::v1::ExecAction,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    if e.command.as_ref().is_none_or(|c| c.is_empty()) {
+        errs.push(FieldError::required(format!("{path}.exec.command"), ""));
+    }
+}
+
+/// A lifecycle hook has exactly one handler, as a probe does.
+fn validate_hook(
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let handlers = [
+        h.exec.is_some(),
+        h.http_get.is_some(),
+        h.tcp_socket.is_some(),
+        h.sleep.is_some(),
+    ]
+    .iter()
+    .filter(|h| **h)
+    .count();
+    if handlers == 0 {
+        errs.push(FieldError::required(
+            path.to_string(),
+            "must specify a handler type",
+        ));
+    } else if handlers > 1 {
+        errs.push(FieldError::forbidden(
+            path.to_string(),
+            "may not specify more than 1 handler type",
+        ));
+    }
+    if let Some(e) = &h.exec {
+        validate_exec(e, path, errs);
+    }
+    if let Some(s) = h.sleep.as_ref().filter(|s| s.seconds < 0) {
+        errs.push(FieldError::invalid(
+            format!("{path}.sleep.seconds"),
+            json!(s.seconds),
+            "must be greater than or equal to 0",
+        ));
+    }
 }
 
 /// A probe has exactly one handler and sane thresholds; liveness and startup
@@ -1076,6 +1132,9 @@ fn validate_probe(p: &Probe, path: &str, single_success: bool, errs: &mut Vec<Fi
             path.to_string(),
             "may not specify more than 1 handler type",
         ));
+    }
+    if let Some(e) = &p.exec {
+        validate_exec(e, path, errs);
     }
     for (field, v, min) in [
         ("initialDelaySeconds", p.initial_delay_seconds, 0),
@@ -1736,6 +1795,37 @@ mod tests {
             json!({"metadata": {"name": "n", "namespace": "x"}}),
         ));
         assert!(has(&e, "metadata.namespace: Forbidden"), "{e:?}");
+    }
+
+    #[test]
+    fn exec_handlers_need_a_command_and_hooks_one_handler() {
+        let pod = |container: Value| {
+            obj(
+                Kind::Pod,
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [container]}}),
+            )
+        };
+        let e = messages(&pod(json!({"name": "c", "image": "i",
+            "readinessProbe": {"exec": {"command": []}},
+            "lifecycle": {
+                "postStart": {"exec": {}, "sleep": {"seconds": 1}},
+                "preStop": {"sleep": {"seconds": -1}}
+            }
+        })));
+        assert_eq!(
+            e,
+            vec![
+                "spec.containers[0].readinessProbe.exec.command: Required value",
+                "spec.containers[0].lifecycle.postStart: Forbidden: may not specify more than 1 handler type",
+                "spec.containers[0].lifecycle.postStart.exec.command: Required value",
+                "spec.containers[0].lifecycle.preStop.sleep.seconds: Invalid value: -1: must be greater than or equal to 0",
+            ]
+        );
+        let ok = pod(json!({"name": "c", "image": "i",
+            "livenessProbe": {"exec": {"command": ["cat", "/tmp/ok"]}},
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "sleep 1"]}}}
+        }));
+        assert_eq!(messages(&ok), Vec::<String>::new());
     }
 
     #[test]

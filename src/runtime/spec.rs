@@ -542,9 +542,15 @@ fn resources(
     if let Some(limit) = r.memory_limit_bytes {
         let mut memory = LinuxMemoryBuilder::default().limit(limit);
         if limit_swap {
-            // OCI's swap is memory+swap (v1 semantics); libcontainer writes
-            // swap - limit = 0 to memory.swap.max on v2.
+            // OCI's swap is memory+swap (v1 semantics): v1 gets
+            // memory.memsw.limit_in_bytes = limit. libcgroups' v2 translation
+            // skips a swap of 0 (swap - limit) instead of writing it, so v2
+            // gets memory.swap.max through `unified` (which v1 ignores).
             memory = memory.swap(limit);
+            b = b.unified(std::collections::HashMap::from([(
+                "memory.swap.max".to_string(),
+                "0".to_string(),
+            )]));
         }
         b = b.memory(memory.build().map_err(|e| e.to_string())?);
     }
@@ -733,6 +739,7 @@ mod tests {
         let r = linux.resources().as_ref().unwrap();
         assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
         assert_eq!(r.memory().as_ref().unwrap().swap(), Some(64 << 20));
+        assert_eq!(r.unified().as_ref().unwrap()["memory.swap.max"], "0");
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(25_000));
         assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(102));
         assert_eq!(

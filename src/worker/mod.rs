@@ -136,6 +136,12 @@ enum TaskDone {
         container: String,
         result: Result<(), String>,
     },
+    /// A preStop hook failed (the container is stopped all the same).
+    PreStopFailed {
+        uid: String,
+        container: String,
+        message: String,
+    },
 }
 
 struct StreamHandle {
@@ -1137,7 +1143,11 @@ impl Agent {
         else {
             return;
         };
-        let ip = rec.ip.map(IpAddr::V4);
+        let target = probes::Target {
+            pod_ip: rec.ip.map(IpAddr::V4),
+            runtime: self.cfg.runtime.clone(),
+            container_id: id.clone(),
+        };
         if reason == "Stopping" {
             self.emit(
                 uid,
@@ -1153,12 +1163,19 @@ impl Agent {
             .cloned();
         let runtime = self.cfg.runtime.clone();
         let limit = Duration::from_millis(grace_ms.max(0) as u64);
+        let done = self.tasks.clone();
+        let uid = uid.to_string();
         tokio::spawn(async move {
-            if let (Some(spec), Some(ip)) = (&spec, ip)
+            if let Some(spec) = &spec
                 && let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
-                && let Err(e) = probes::run_hook(hook, spec, ip, limit).await
+                && let Err(e) = probes::run_hook(hook, spec, &target, limit).await
             {
                 tracing::info!(container = %spec.name, error = %e, "preStop hook failed");
+                let _ = done.send(TaskDone::PreStopFailed {
+                    uid,
+                    container: spec.name.clone(),
+                    message: e,
+                });
             }
             let _ = tokio::task::spawn_blocking(move || runtime.kill_container(&id, libc::SIGTERM))
                 .await;
@@ -1171,21 +1188,31 @@ impl Agent {
             return;
         };
         rec.on_post_started(container);
-        let (Some(spec), Some(ip)) = (
-            pod.and_then(|p| podsync::container_spec(p, container))
-                .cloned(),
-            rec.ip,
-        ) else {
+        let Some(spec) = pod
+            .and_then(|p| podsync::container_spec(p, container))
+            .cloned()
+        else {
             return;
         };
         let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) else {
             return;
         };
+        let Some(container_id) = rec
+            .containers
+            .get(container)
+            .and_then(|c| c.runtime_id.clone())
+        else {
+            return;
+        };
+        let target = probes::Target {
+            pod_ip: rec.ip.map(IpAddr::V4),
+            runtime: self.cfg.runtime.clone(),
+            container_id,
+        };
         let done = self.tasks.clone();
         let uid = uid.to_string();
         tokio::spawn(async move {
-            let result =
-                probes::run_hook(&hook, &spec, IpAddr::V4(ip), Duration::from_secs(30)).await;
+            let result = probes::run_hook(&hook, &spec, &target, Duration::from_secs(30)).await;
             let _ = done.send(TaskDone::PostStart {
                 uid,
                 container: spec.name.clone(),
@@ -1205,11 +1232,23 @@ impl Agent {
                 let Some(spec) = podsync::container_spec(pod, &task.container).cloned() else {
                     continue;
                 };
+                let Some(container_id) = rec
+                    .containers
+                    .get(&task.container)
+                    .and_then(|c| c.runtime_id.clone())
+                else {
+                    continue;
+                };
+                let target = probes::Target {
+                    pod_ip: Some(IpAddr::V4(ip)),
+                    runtime: self.cfg.runtime.clone(),
+                    container_id,
+                };
                 rec.on_probe_started(&task.container, task.kind);
                 let done = self.tasks.clone();
                 let uid = uid.clone();
                 tokio::spawn(async move {
-                    let result = probes::check(&task.probe, &spec, IpAddr::V4(ip)).await;
+                    let result = probes::check(&task.probe, &spec, &target).await;
                     let _ = done.send(TaskDone::Probe {
                         uid,
                         container: task.container,
@@ -1252,6 +1291,17 @@ impl Agent {
                 self.emit(&uid, h, now);
             }
             TaskDone::PostStart { .. } => {}
+            TaskDone::PreStopFailed {
+                uid,
+                container,
+                message,
+            } => {
+                let h = Happening::warning(
+                    "FailedPreStopHook",
+                    format!("PreStopHook failed for container {container}: {message}"),
+                );
+                self.emit(&uid, h, now);
+            }
         }
     }
 

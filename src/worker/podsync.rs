@@ -153,6 +153,10 @@ pub struct ContainerRecord {
     /// A failed liveness or startup probe asks for a restart (the message).
     #[serde(default)]
     pub kill_reason: Option<String>,
+    /// The failed probe's own `terminationGracePeriodSeconds`, which then
+    /// replaces the pod's (in ms).
+    #[serde(default)]
+    pub kill_grace_ms: Option<i64>,
     #[serde(default)]
     pub stopping: Option<Stopping>,
     #[serde(skip)]
@@ -323,6 +327,7 @@ impl ContainerRecord {
             started: false,
             post_started: false,
             kill_reason: None,
+            kill_grace_ms: None,
             stopping: None,
             probes: BTreeMap::new(),
             pull_failures: 0,
@@ -487,6 +492,7 @@ impl PodRecord {
             c.ready = false;
             c.started = false;
             c.kill_reason = None;
+            c.kill_grace_ms = None;
             c.stopping = None;
             c.probes.clear();
             if restart && delay > 0 {
@@ -591,14 +597,10 @@ impl PodRecord {
         for c in self.containers.values().filter(|c| c.is_running()) {
             let Some(id) = &c.runtime_id else { continue };
             if let Some(reason) = &c.kill_reason {
-                let spec_grace = container_spec(pod, &c.name)
-                    .and_then(|s| ProbeKind::Liveness.of(s))
-                    .and_then(|p| p.termination_grace_period_seconds)
-                    .map(|s| s.max(0) * 1000);
                 steps.extend(self.stop_steps(
                     c,
                     id,
-                    spec_grace.unwrap_or(grace_ms(Some(pod))),
+                    c.kill_grace_ms.unwrap_or(grace_ms(Some(pod))),
                     reason,
                     now,
                 ));
@@ -782,6 +784,9 @@ impl PodRecord {
                             );
                             happened.push(Happening::normal("Killing", msg.clone()));
                             c.kill_reason = Some(msg);
+                            c.kill_grace_ms = probe
+                                .termination_grace_period_seconds
+                                .map(|s| s.max(0) * 1000);
                         }
                     }
                 }
@@ -827,6 +832,7 @@ impl PodRecord {
             c.started = false;
             c.post_started = false;
             c.kill_reason = None;
+            c.kill_grace_ms = None;
             c.stopping = None;
             c.probes.clear();
         }
@@ -1390,6 +1396,70 @@ mod tests {
             due.iter().map(|t| t.kind).collect::<Vec<_>>(),
             vec![ProbeKind::Liveness]
         );
+    }
+
+    #[test]
+    fn a_failed_startup_probe_stops_with_its_own_grace_period() {
+        let mut p = pod("Always");
+        let c = &mut p.spec.as_mut().unwrap().containers[0];
+        let mut startup = tcp_probe(1, 1);
+        startup.termination_grace_period_seconds = Some(2);
+        c.startup_probe = Some(startup);
+        let mut live = tcp_probe(1, 1);
+        live.termination_grace_period_seconds = Some(7);
+        c.liveness_probe = Some(live);
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        let due = r.due_probes(&p, 5_000);
+        r.on_probe_result(
+            "main",
+            ProbeKind::Startup,
+            &due[0].probe,
+            Err("refused".into()),
+            5_000,
+        );
+        let alive = HashMap::from([("x".to_string(), running(1))]);
+        assert!(
+            matches!(&r.next_steps(Some(&p), &alive, 5_001)[..],
+                [Step::Stop { grace_ms: 2_000, reason, .. }] if reason.contains("failed startup probe")),
+            "{:?}",
+            r.next_steps(Some(&p), &alive, 5_001)
+        );
+    }
+
+    #[test]
+    fn exec_probes_are_run_and_grpc_ones_are_not() {
+        let mut p = pod("Always");
+        let c = &mut p.spec.as_mut().unwrap().containers[0];
+        c.readiness_probe = Some(Probe {
+            exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                command: Some(vec!["cat".into(), "/tmp/ready".into()]),
+            }),
+            period_seconds: Some(1),
+            ..Default::default()
+        });
+        c.liveness_probe = Some(Probe {
+            grpc: Some(k8s_openapi::api::core::v1::GRPCAction {
+                port: 9000,
+                service: None,
+            }),
+            ..Default::default()
+        });
+        let spec = container_spec(&p, "main").cloned();
+        let mut r = PodRecord::new(&p, 0);
+        r.network_ready = true;
+        r.on_started("main", "x".into(), 0);
+        let due = r.due_probes(&p, 0);
+        assert_eq!(
+            due.iter().map(|t| t.kind).collect::<Vec<_>>(),
+            vec![ProbeKind::Readiness]
+        );
+        assert!(!r.containers["main"].is_ready(spec.as_ref()));
+        r.on_probe_result("main", ProbeKind::Readiness, &due[0].probe, Ok(()), 0);
+        assert!(r.containers["main"].is_ready(spec.as_ref()));
+        assert!(r.due_probes(&p, 999).is_empty());
+        assert_eq!(r.due_probes(&p, 1_000).len(), 1);
     }
 
     #[test]

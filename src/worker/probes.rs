@@ -1,25 +1,61 @@
 //! Probes and lifecycle hooks, as the node runs them: TCP connects and HTTP
 //! GETs from the agent to the pod's address (the agent sits on the pod
-//! bridge, as the kubelet sits on the node), and `sleep` hooks. The verdicts
-//! go back into the pod state machine (`podsync`); nothing here decides what a
-//! result means.
+//! bridge, as the kubelet sits on the node), commands run in the container
+//! through [`Runtime::exec`], and `sleep` hooks. The verdicts go back into
+//! the pod state machine (`podsync`); nothing here decides what a result
+//! means.
 //!
-//! `exec` and `grpc` handlers and HTTPS are not run yet: [`supported`] says
-//! so, and such probes act as if absent (their fields warn when applied).
+//! `grpc` probes and HTTPS are not run: [`supported`] says so, and such
+//! probes act as if absent (their fields warn when applied).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    Container, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
+    Container, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::runtime::{ExecHandle, ExecSpec, Runtime};
+
+/// What a probe or hook acts on: the pod's address for the network handlers,
+/// the container's current attempt for `exec`.
+#[derive(Clone)]
+pub struct Target {
+    /// `None` until the pod has an address (network handlers then fail).
+    pub pod_ip: Option<IpAddr>,
+    pub runtime: Arc<dyn Runtime>,
+    /// The runtime id of the container's current attempt.
+    pub container_id: String,
+}
+
+impl Target {
+    fn ip(&self) -> Result<IpAddr, String> {
+        self.pod_ip
+            .ok_or_else(|| "the pod has no IP address yet".to_string())
+    }
+}
+
+/// How much of an exec probe's or hook's output is kept for its message (the
+/// kubelet's limit); the rest is read and dropped so the command never blocks
+/// on a full pipe.
+const EXEC_OUTPUT_LIMIT: usize = 10 * 1024;
+
+/// How long the output of a command that has exited is still read (a
+/// background child may hold its pipes open for good).
+const EXEC_DRAIN: Duration = Duration::from_millis(100);
 
 /// Whether Bramble runs this probe.
 pub fn supported(p: &Probe) -> bool {
     p.tcp_socket.is_some()
+        || p.exec
+            .as_ref()
+            .is_some_and(|e| e.command.as_ref().is_some_and(|c| !c.is_empty()))
         || p.http_get
             .as_ref()
             .is_some_and(|h| h.scheme.as_deref().unwrap_or("HTTP") == "HTTP")
@@ -39,9 +75,9 @@ fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String
     }
 }
 
-fn host(h: Option<&String>, pod_ip: IpAddr) -> Result<IpAddr, String> {
+fn host(h: Option<&String>, target: &Target) -> Result<IpAddr, String> {
     match h.filter(|h| !h.is_empty()) {
-        None => Ok(pod_ip),
+        None => target.ip(),
         Some(h) => h
             .parse()
             .map_err(|_| format!("host {h:?} is not an IP address")),
@@ -51,11 +87,11 @@ fn host(h: Option<&String>, pod_ip: IpAddr) -> Result<IpAddr, String> {
 async fn tcp(
     action: &TCPSocketAction,
     container: &Container,
-    pod_ip: IpAddr,
+    target: &Target,
     timeout: Duration,
 ) -> Result<(), String> {
     let addr = SocketAddr::new(
-        host(action.host.as_ref(), pod_ip)?,
+        host(action.host.as_ref(), target)?,
         resolve_port(&action.port, container)?,
     );
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -69,11 +105,11 @@ async fn tcp(
 async fn http(
     action: &HTTPGetAction,
     container: &Container,
-    pod_ip: IpAddr,
+    target: &Target,
     timeout: Duration,
 ) -> Result<(), String> {
     let addr = SocketAddr::new(
-        host(action.host.as_ref(), pod_ip)?,
+        host(action.host.as_ref(), target)?,
         resolve_port(&action.port, container)?,
     );
     let path = action
@@ -131,14 +167,17 @@ async fn http(
     }
 }
 
-/// Runs one probe against a container of a pod at `pod_ip`.
-pub async fn check(probe: &Probe, container: &Container, pod_ip: IpAddr) -> Result<(), String> {
+/// Runs one probe against a container.
+pub async fn check(probe: &Probe, container: &Container, target: &Target) -> Result<(), String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    if let Some(e) = &probe.exec {
+        return exec(e, target, timeout).await;
+    }
     if let Some(t) = &probe.tcp_socket {
-        return tcp(t, container, pod_ip, timeout).await;
+        return tcp(t, container, target, timeout).await;
     }
     if let Some(h) = &probe.http_get {
-        return http(h, container, pod_ip, timeout).await;
+        return http(h, container, target, timeout).await;
     }
     Ok(())
 }
@@ -147,28 +186,181 @@ pub async fn check(probe: &Probe, container: &Container, pod_ip: IpAddr) -> Resu
 pub async fn run_hook(
     handler: &LifecycleHandler,
     container: &Container,
-    pod_ip: IpAddr,
+    target: &Target,
     limit: Duration,
 ) -> Result<(), String> {
     if let Some(s) = &handler.sleep {
         tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(limit)).await;
         return Ok(());
     }
+    if let Some(e) = &handler.exec {
+        return exec(e, target, limit).await;
+    }
     if let Some(h) = &handler.http_get {
-        return http(h, container, pod_ip, limit.min(Duration::from_secs(30))).await;
+        return http(h, container, target, limit.min(Duration::from_secs(30))).await;
     }
     if let Some(t) = &handler.tcp_socket {
-        return tcp(t, container, pod_ip, limit.min(Duration::from_secs(30))).await;
+        return tcp(t, container, target, limit.min(Duration::from_secs(30))).await;
     }
-    // exec hooks need exec in containers: reported as not implemented when
-    // applied, and skipped here.
     Ok(())
+}
+
+/// The command line as the kubelet quotes it in messages.
+fn quoted(command: &[String]) -> String {
+    format!("{:?}", command.join(" "))
+}
+
+/// Runs `action`'s command in the container; exit code 0 is a success. The
+/// failure message is the command's output, as the kubelet's is (or the exit
+/// code, when it printed nothing). `timeout` runs from the moment the command
+/// is started, not from when the runtime was asked: exec helpers take turns,
+/// and waiting for one's turn is not the command being slow.
+async fn exec(action: &ExecAction, target: &Target, timeout: Duration) -> Result<(), String> {
+    let command = action.command.clone().unwrap_or_default();
+    if command.is_empty() {
+        return Err("exec: no command given".into());
+    }
+    let runtime = target.runtime.clone();
+    let id = target.container_id.clone();
+    tokio::task::spawn_blocking(move || run_command(&*runtime, &id, &command, timeout))
+        .await
+        .map_err(|e| format!("exec task failed: {e}"))?
+}
+
+fn run_command(
+    runtime: &dyn Runtime,
+    id: &str,
+    command: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    let spec = ExecSpec {
+        command: command.to_vec(),
+        ..ExecSpec::default()
+    };
+    let mut handle = runtime
+        .exec(id, &spec)
+        .map_err(|e| format!("command {} could not run: {e}", quoted(command)))?;
+    let deadline = Instant::now() + timeout;
+    let (exited, output) = collect(&mut handle, deadline);
+    if !exited {
+        // Dropping the handle kills the process group and reaps it.
+        let _ = handle.process.signal(libc::SIGKILL);
+        return Err(format!("command {} timed out", quoted(command)));
+    }
+    match handle.process.try_wait() {
+        Ok(Some(0)) => Ok(()),
+        Ok(Some(code)) => {
+            let output = output.trim_end();
+            Err(if output.is_empty() {
+                format!("command {} exited with code {code}", quoted(command))
+            } else {
+                output.to_string()
+            })
+        }
+        Ok(None) => Err(format!("command {}: exit status lost", quoted(command))),
+        Err(e) => Err(format!("command {}: {e}", quoted(command))),
+    }
+}
+
+/// Reads the process's stdout and stderr (the first [`EXEC_OUTPUT_LIMIT`]
+/// bytes kept, interleaved as they come) until it exits or `deadline`
+/// passes. Returns whether it exited, and the output.
+fn collect(handle: &mut ExecHandle, deadline: Instant) -> (bool, String) {
+    let mut pipes: Vec<OwnedFd> = std::iter::once(handle.stdout.try_clone().ok())
+        .chain(std::iter::once(handle.stderr.take()))
+        .flatten()
+        .collect();
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut exited_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let until = match exited_at {
+            Some(t) => t + EXEC_DRAIN,
+            None => deadline,
+        };
+        if now >= until || (exited_at.is_some() && pipes.is_empty()) {
+            break;
+        }
+        // Rounded up: a timeout that truncates to 0 ms would spin.
+        let wait = PollTimeout::try_from(
+            (until - now + Duration::from_millis(1)).min(Duration::from_secs(60)),
+        )
+        .unwrap_or(PollTimeout::ZERO);
+        let (ready, exit_ready) = {
+            let mut fds: Vec<PollFd> = pipes
+                .iter()
+                .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
+                .collect();
+            if exited_at.is_none() {
+                fds.push(PollFd::new(handle.process.exit_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, wait) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            let flags: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            let exit_ready = exited_at.is_none() && flags.last().copied().unwrap_or(false);
+            let ready: Vec<bool> = flags.into_iter().take(pipes.len()).collect();
+            (ready, exit_ready)
+        };
+        if exit_ready {
+            exited_at = Some(Instant::now());
+        }
+        let mut closed = Vec::new();
+        for (i, r) in ready.into_iter().enumerate() {
+            if !r {
+                continue;
+            }
+            match nix::unistd::read(&pipes[i], &mut buf) {
+                Ok(0) | Err(_) => closed.push(i),
+                Ok(n) => {
+                    let room = EXEC_OUTPUT_LIMIT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+        }
+        for i in closed.into_iter().rev() {
+            pipes.remove(i);
+        }
+    }
+    (
+        exited_at.is_some(),
+        String::from_utf8_lossy(&kept).into_owned(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{ContainerConfig, PullPolicy};
     use k8s_openapi::api::core::v1::{ContainerPort, HTTPHeader};
+
+    /// A target at loopback, with a running container in the fake runtime.
+    fn target() -> Target {
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime
+            .ensure_image("busybox", PullPolicy::IfNotPresent, &[])
+            .unwrap();
+        runtime
+            .run_container(&ContainerConfig {
+                id: "p-c-0".into(),
+                container_name: "c".into(),
+                image: "busybox".into(),
+                ..ContainerConfig::default()
+            })
+            .unwrap();
+        Target {
+            pod_ip: Some("127.0.0.1".parse().unwrap()),
+            runtime,
+            container_id: "p-c-0".into(),
+        }
+    }
 
     fn container() -> Container {
         Container {
@@ -214,11 +406,11 @@ mod tests {
 
     #[tokio::test]
     async fn http_probe_success_failure_and_named_ports() {
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo = target();
         let (port, req) = server(204).await;
         let mut c = container();
         c.ports.as_mut().unwrap()[0].container_port = i32::from(port);
-        check(&http_probe(IntOrString::String("http".into())), &c, lo)
+        check(&http_probe(IntOrString::String("http".into())), &c, &lo)
             .await
             .unwrap();
         let sent = req.await.unwrap();
@@ -227,11 +419,11 @@ mod tests {
             "{sent}"
         );
         let (port, _) = server(503).await;
-        let err = check(&http_probe(IntOrString::Int(i32::from(port))), &c, lo)
+        let err = check(&http_probe(IntOrString::Int(i32::from(port))), &c, &lo)
             .await
             .unwrap_err();
         assert_eq!(err, "HTTP probe failed with statuscode: 503");
-        let err = check(&http_probe(IntOrString::String("nope".into())), &c, lo)
+        let err = check(&http_probe(IntOrString::String("nope".into())), &c, &lo)
             .await
             .unwrap_err();
         assert!(err.contains("no port named"), "{err}");
@@ -239,7 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_probe_refused_is_a_failure() {
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo = target();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -252,7 +444,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let err = check(&p, &container(), lo).await.unwrap_err();
+        let err = check(&p, &container(), &lo).await.unwrap_err();
         assert!(err.contains("dial tcp"), "{err}");
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let p = Probe {
@@ -262,6 +454,59 @@ mod tests {
             }),
             ..Default::default()
         };
-        check(&p, &container(), lo).await.unwrap();
+        check(&p, &container(), &lo).await.unwrap();
+    }
+
+    fn exec_probe(command: &[&str]) -> Probe {
+        Probe {
+            exec: Some(ExecAction {
+                command: Some(command.iter().map(|s| s.to_string()).collect()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_probe_runs_in_the_container_and_fails_when_it_cannot() {
+        let t = target();
+        assert!(supported(&exec_probe(&["cat", "/tmp/ready"])));
+        assert!(!supported(&exec_probe(&[])));
+        check(&exec_probe(&["cat", "/tmp/ready"]), &container(), &t)
+            .await
+            .unwrap();
+        // The container's attempt is gone: a failure that names the command.
+        t.runtime.kill_container("p-c-0", libc::SIGKILL).unwrap();
+        let err = check(&exec_probe(&["cat", "/tmp/ready"]), &container(), &t)
+            .await
+            .unwrap_err();
+        assert!(
+            err.starts_with("command \"cat /tmp/ready\" could not run"),
+            "{err}"
+        );
+        let hook = LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec!["true".into()]),
+            }),
+            ..Default::default()
+        };
+        let err = run_hook(&hook, &container(), &t, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.contains("could not run"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn network_handlers_need_the_pod_ip() {
+        let mut t = target();
+        t.pod_ip = None;
+        let p = Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(80),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        let err = check(&p, &container(), &t).await.unwrap_err();
+        assert_eq!(err, "the pod has no IP address yet");
     }
 }
