@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::{Cluster, ClusterOptions};
 
 const DEMO: &str = "app=demo";
-const IMAGE: &str = "bramble.local/demo:latest";
+const IMAGE: &str = "bramble.local/demo:v1";
 
 fn apply(c: &Cluster, name: &str, yaml: &str) -> String {
     let path = c.dir.join(name);
