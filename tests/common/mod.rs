@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod prober;
 pub mod registry;
 
 use std::fs::OpenOptions;
