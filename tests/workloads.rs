@@ -4,7 +4,8 @@
 //! impossible rollout that stops at maxUnavailable and reports
 //! ProgressDeadlineExceeded until `rollout undo` restores it, a Job that
 //! completes 3 times, a StatefulSet that starts in order with a bound claim
-//! per pod, a CronJob that runs, an autoscaler that scales a CPU-burning
+//! per pod (its data kept for the next pod, names resolved through the
+//! headless Service), a CronJob that runs, an autoscaler that scales a CPU-burning
 //! Deployment, apply's three-way merge, a stale resourceVersion refused,
 //! namespace deletion, and Secrets not readable in the redb file.
 
@@ -65,6 +66,17 @@ fn images_of(c: &Cluster) -> Vec<String> {
         .collect()
 }
 
+/// Fails the test when a request failed, naming each failure.
+fn no_failures(during: &str, ok: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during {during}:\n{}",
+        failures.len(),
+        ok + failures.len() as u64,
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn deployment_rollouts_behind_a_service() {
     let c = Cluster::start(ClusterOptions {
@@ -96,18 +108,14 @@ fn deployment_rollouts_behind_a_service() {
     let rollout_time = started.elapsed();
     assert!(status.contains("successfully rolled out"), "{status}");
     std::thread::sleep(Duration::from_secs(1));
-    let (ok, failed) = prober.finish();
+    let (ok, failures) = prober.finish_with_failures();
     eprintln!(
-        "rolling update of 10 replicas: {:.1} s, {ok} requests answered, {failed} failed",
-        rollout_time.as_secs_f64()
+        "rolling update of 10 replicas: {:.1} s, {ok} requests answered, {} failed",
+        rollout_time.as_secs_f64(),
+        failures.len()
     );
     assert!(ok > 20, "the client kept asking: {ok}");
-    assert_eq!(
-        failed,
-        0,
-        "no request failed during the rolling update ({ok} answered)\n{}",
-        c.log_tail()
-    );
+    no_failures("the rolling update", ok, &failures);
     let new_pods: Vec<String> = c
         .running_ready(DEMO)
         .iter()
@@ -199,14 +207,9 @@ fn deployment_rollouts_behind_a_service() {
         imgs.len() == 10 && imgs.iter().all(|i| i == IMAGE) && c.pods(DEMO).len() == 10
     });
     assert_eq!(revision(&c), "4");
-    let (ok, failed) = prober.finish();
+    let (ok, failures) = prober.finish_with_failures();
     assert!(ok > 20, "the client kept asking: {ok}");
-    assert_eq!(
-        failed,
-        0,
-        "no request failed during the impossible rollout and its undo ({ok} answered)\n{}",
-        c.log_tail()
-    );
+    no_failures("the impossible rollout and its undo", ok, &failures);
 
     // ---- A stale resourceVersion is refused, nothing applied.
     let out = c.bramble(&[
@@ -412,6 +415,9 @@ spec:
         - name: web
           image: {IMAGE}
           imagePullPolicy: Never
+          volumeMounts:
+            - name: data
+              mountPath: /data
   volumeClaimTemplates:
     - metadata:
         name: data
@@ -462,6 +468,25 @@ spec:
         p0["metadata"]["annotations"]["volumes.bramble.io/data"],
         claim_uid.as_str()
     );
+    // Stable names through the headless Service, from inside a pod.
+    let ip1 = p1["status"]["podIP"].as_str().unwrap().to_string();
+    let looked_up = c.ok(&[
+        "exec",
+        "store-0",
+        "--",
+        "nslookup",
+        "store-1.store.default.svc.cluster.local",
+    ]);
+    assert!(looked_up.contains(&ip1), "{looked_up}");
+    // What a pod writes to its claim is there for the next pod of its ordinal.
+    c.ok(&[
+        "exec",
+        "store-0",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /data/file",
+    ]);
     // The pod comes back with the same claim on the same node.
     let old_uid = p0["metadata"]["uid"].as_str().unwrap().to_string();
     c.ok(&["delete", "pod", "store-0"]);
@@ -479,6 +504,10 @@ spec:
         claim_uid.as_str()
     );
     assert_eq!(p0["spec"]["nodeName"], c.node.as_str());
+    assert_eq!(
+        c.ok(&["exec", "store-0", "--", "cat", "/data/file"]).trim(),
+        "kept"
+    );
     c.ok(&["scale", "statefulset/store", "--replicas=1"]);
     c.wait_for("store-1 gone", Duration::from_secs(60), || {
         c.pods("app=store").len() == 1

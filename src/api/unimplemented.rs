@@ -103,6 +103,8 @@ const POD_SPEC: &[&str] = &[
     "volumes[].projected.sources[].configMap",
     "volumes[].projected.sources[].secret",
     "volumes[].projected.sources[].downwardAPI",
+    // A local-path directory on the claim's node (master/controllers/volumes.rs).
+    "volumes[].persistentVolumeClaim.claimName",
     "securityContext.runAsUser",
     "securityContext.runAsGroup",
     "securityContext.runAsNonRoot",

@@ -1,40 +1,71 @@
 //! A client that sends HTTP requests one after another until stopped and
 //! counts answers and failures: what "no failed request during a rolling
-//! update" is measured with.
+//! update" is measured with. Each failure is kept with its time and cause.
 
-use std::sync::Arc;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct Prober {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One request on a new connection: the response, or why there was none.
+fn ask(addr: &str) -> Result<String, String> {
+    let sock = addr.parse().map_err(|e| format!("address {addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| format!("set_read_timeout: {e}"))?;
+    write!(s, "GET / HTTP/1.0\r\nHost: bramble\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)
+        .map_err(|e| format!("read after {} bytes: {e}", body.len()))?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 impl Prober {
     /// Starts asking `addr` (`ip:port`), a new connection per request, with
     /// `pause` between an answer and the next request. An answer counts when
-    /// it is an HTTP response whose text contains `expect`.
+    /// its text contains `expect`.
     pub fn start(addr: String, expect: &'static str, pause: Duration) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                match super::http_get(&addr) {
-                    Some(body) if body.contains(expect) => o.fetch_add(1, Ordering::Relaxed),
-                    _ => f.fetch_add(1, Ordering::Relaxed),
-                };
+                let started = Instant::now();
+                match ask(&addr) {
+                    Ok(body) if body.contains(expect) => {
+                        o.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(body) => format!("unexpected answer {body:?}"),
+                            Err(e) => e,
+                        };
+                        let at = SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        f.lock().unwrap().push(format!(
+                            "request sent at unix {:.3} ({} ms): {why}",
+                            at.as_secs_f64() - started.elapsed().as_secs_f64(),
+                            started.elapsed().as_millis()
+                        ));
+                    }
+                }
                 std::thread::sleep(pause);
             }
         });
         Prober {
             stop,
             ok,
-            failed,
+            failures,
             thread: Some(thread),
         }
     }
@@ -43,17 +74,26 @@ impl Prober {
     pub fn counts(&self) -> (u64, u64) {
         (
             self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
+            self.failures.lock().unwrap().len() as u64,
         )
     }
 
     /// Stops the client; (answered, failed).
-    pub fn finish(mut self) -> (u64, u64) {
+    pub fn finish(self) -> (u64, u64) {
+        let (ok, failures) = self.finish_with_failures();
+        (ok, failures.len() as u64)
+    }
+
+    /// Stops the client; answered, and each failure with its time and cause.
+    pub fn finish_with_failures(mut self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.counts()
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failures.lock().unwrap().clone(),
+        )
     }
 }
 
