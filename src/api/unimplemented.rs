@@ -581,7 +581,7 @@ mod tests {
         let p = obj(
             Kind::Pod,
             json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "hostIPC": true, "nodeName": "pi1",
-                "volumes": [{"name": "d", "emptyDir": {}}, {"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}}],
+                "volumes": [{"name": "d", "emptyDir": {}}, {"name": "pvc", "persistentVolumeClaim": {"claimName": "x", "readOnly": true}}],
                 "containers": [{"name": "c", "image": "i", "command": ["sh"], "workingDir": "/",
                     "volumeMounts": [{"name": "d", "mountPath": "/d", "subPathExpr": "$(X)"}]}]}}),
         );
@@ -590,7 +590,7 @@ mod tests {
             vec![
                 "spec.containers[0].volumeMounts[0].subPathExpr: not implemented by Bramble, ignored",
                 "spec.hostIPC: not implemented by Bramble, ignored",
-                "spec.volumes[1].persistentVolumeClaim: not implemented by Bramble, ignored",
+                "spec.volumes[1].persistentVolumeClaim.readOnly: not implemented by Bramble, ignored",
             ]
         );
     }
