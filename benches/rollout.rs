@@ -54,6 +54,10 @@ fn main() {
         rt.block_on(deployment(client))
             .is_some_and(|d| status_message(&d).is_ok_and(|(_, done)| done))
     };
+    // `up --demo` applies the demo once its node is Ready.
+    c.wait_for("the demo Deployment", Duration::from_secs(60), || {
+        rt.block_on(deployment(&mut client)).is_some()
+    });
     c.ok(&[
         "scale",
         "deployment/demo",
