@@ -103,6 +103,8 @@ const POD_SPEC: &[&str] = &[
     "volumes[].projected.sources[].configMap",
     "volumes[].projected.sources[].secret",
     "volumes[].projected.sources[].downwardAPI",
+    // A local-path directory on the claim's node (master/controllers/volumes.rs).
+    "volumes[].persistentVolumeClaim.claimName",
     "securityContext.runAsUser",
     "securityContext.runAsGroup",
     "securityContext.runAsNonRoot",
@@ -644,7 +646,7 @@ mod tests {
         let p = obj(
             Kind::Pod,
             json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "hostIPC": true, "nodeName": "pi1",
-                "volumes": [{"name": "d", "emptyDir": {}}, {"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}}],
+                "volumes": [{"name": "d", "emptyDir": {}}, {"name": "pvc", "persistentVolumeClaim": {"claimName": "x", "readOnly": true}}],
                 "containers": [{"name": "c", "image": "i", "command": ["sh"], "workingDir": "/",
                     "volumeMounts": [{"name": "d", "mountPath": "/d", "subPathExpr": "$(X)"}]}]}}),
         );
@@ -653,7 +655,7 @@ mod tests {
             vec![
                 "spec.containers[0].volumeMounts[0].subPathExpr: not implemented by Bramble, ignored",
                 "spec.hostIPC: not implemented by Bramble, ignored",
-                "spec.volumes[1].persistentVolumeClaim: not implemented by Bramble, ignored",
+                "spec.volumes[1].persistentVolumeClaim.readOnly: not implemented by Bramble, ignored",
             ]
         );
     }

@@ -166,6 +166,33 @@ pub(crate) async fn add_addr(
     }
 }
 
+/// Forgets what the host's neighbour (ARP) table holds for `ip` on the link
+/// `index` (the bridge). A new pod may get the address of one just gone; the
+/// old entry would send its first packets to the old veth's MAC for seconds.
+pub(crate) async fn forget_neighbour(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    ip: Ipv4Addr,
+) -> Result<(), NetError> {
+    use rtnetlink::packet_route::neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+    };
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = index;
+    message
+        .attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    match handle.neighbours().del(message).execute().await {
+        Ok(()) => Ok(()),
+        Err(err) if errno(&err) == Some(libc::ENOENT) => Ok(()),
+        Err(err) => Err(netlink_err("delete neighbour", format!("{ip} on {name}"))(
+            err,
+        )),
+    }
+}
+
 pub(crate) async fn del_addr(handle: &Handle, name: &str, addr: V4Addr) -> Result<(), NetError> {
     let target = format!("{}/{} on {name}", addr.ip, addr.prefix);
     match handle.address().del(addr.message).execute().await {

@@ -306,6 +306,7 @@ impl PodNetwork {
             ))?;
 
         self.configure_pod_side(&pod, ip).await?;
+        link::forget_neighbour(&self.host.handle, bridge_index, &self.config.bridge, ip).await?;
         info!(pod_uid, %ip, %host_veth, "pod network ready");
         Ok(PodNet {
             netns_path,

@@ -3,7 +3,7 @@
 //! Shared by the port's listeners and updated in place when the route changes.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -105,6 +105,22 @@ impl Backend {
         *self.policy.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a new connection may still go to `ip` (one of the endpoints),
+    /// or a TCP connection to it is open or being made. UDP flows do not
+    /// count: they idle for 30 s and a stopped endpoint only moves them.
+    pub fn routes_to(&self, ip: Ipv4Addr) -> bool {
+        if self.endpoints().iter().any(|e| *e.ip() == ip) {
+            return true;
+        }
+        !self.id.udp
+            && self
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|(e, n)| *e.ip() == ip && n.load(Ordering::Relaxed) > 0)
+    }
+
     /// Whether `endpoint` is still one of the ready endpoints.
     pub fn has(&self, endpoint: SocketAddrV4) -> bool {
         self.endpoints().contains(&endpoint)
@@ -152,6 +168,13 @@ impl Backend {
             }
             affinity.insert(client, (endpoint, Instant::now()));
         }
+        self.connecting(endpoint)
+    }
+
+    /// Counts a connection to `endpoint` that is being made, until the guard
+    /// drops: taken before the connect, so [`Backend::routes_to`] never
+    /// misses a connection between the choice of an endpoint and its open.
+    pub fn connecting(&self, endpoint: SocketAddrV4) -> ActiveGuard {
         let count = self
             .active
             .lock()
@@ -228,6 +251,23 @@ mod tests {
         let _c2 = backend.connected(CLIENT, c);
         drop(b1);
         assert_eq!(backend.order(CLIENT)[0], b);
+    }
+
+    #[test]
+    fn an_endpoint_is_routed_to_until_listed_nowhere_and_idle() {
+        let (a, b) = (ep("10.88.0.2:80"), ep("10.88.0.3:80"));
+        let ip_a = *a.ip();
+        let backend = Backend::new(id(), &[a, b], Policy::default());
+        assert!(backend.routes_to(ip_a), "listed");
+        let connecting = backend.connecting(a);
+        assert!(backend.update(&[b], Policy::default()));
+        assert!(backend.routes_to(ip_a), "a connection is being made");
+        let open = backend.connected(CLIENT, a);
+        drop(connecting);
+        assert!(backend.routes_to(ip_a), "a connection is open");
+        drop(open);
+        assert!(!backend.routes_to(ip_a), "drained");
+        assert!(backend.routes_to(*b.ip()));
     }
 
     #[test]

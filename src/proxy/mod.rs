@@ -198,6 +198,14 @@ impl Proxy {
         errors
     }
 
+    /// Whether this proxy may still send a connection to `ip`: it is an
+    /// endpoint of some Service port, or a TCP connection to it is open or
+    /// being made. The agent waits for `false` before it signals a pod that is
+    /// being deleted, so no request is cut (see `worker::drain`).
+    pub fn routes_to(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.state().backends.values().any(|b| b.routes_to(ip))
+    }
+
     /// The addresses being listened on, in order.
     pub fn listening(&self) -> Vec<SocketAddr> {
         self.state().listeners.values().map(|l| l.local).collect()

@@ -95,9 +95,17 @@ async fn forward(client: TcpStream, peer: SocketAddr, backend: &Backend) {
     }
     let mut upstream = None;
     for endpoint in &order {
+        // Counted first, then checked: an endpoint that left the list since
+        // `order` (its pod is being stopped) is not tried, and one still
+        // listed is not stopped while this connection may reach it.
+        let connecting = backend.connecting(*endpoint);
+        if !backend.has(*endpoint) {
+            debug!(service = %backend.id, %endpoint, "endpoint left; trying the next");
+            continue;
+        }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
             Ok(Ok(stream)) => {
-                upstream = Some((stream, *endpoint));
+                upstream = Some((stream, *endpoint, connecting));
                 break;
             }
             Ok(Err(err)) => {
@@ -108,13 +116,14 @@ async fn forward(client: TcpStream, peer: SocketAddr, backend: &Backend) {
             }
         }
     }
-    let Some((upstream, endpoint)) = upstream else {
+    let Some((upstream, endpoint, connecting)) = upstream else {
         warn!(service = %backend.id, %peer, endpoints = order.len(), "no endpoint accepted the connection");
         reject(client);
         return;
     };
-    // Counted (least-connections) and remembered (affinity) while open.
+    // Counted (least-connections, drain) and remembered (affinity) while open.
     let _active = backend.connected(peer.ip(), endpoint);
+    drop(connecting);
     // Request/response traffic: do not hold small writes back.
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);

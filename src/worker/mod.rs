@@ -166,7 +166,8 @@ struct Agent {
     /// What each record looked like when last written, to write only changes.
     persisted: HashMap<String, Vec<u8>>,
     net: Option<PodNetwork>,
-    proxy: Option<Proxy>,
+    /// Shared with stopping pods' tasks, which wait for it to drain them.
+    proxy: Option<Arc<Proxy>>,
     /// The cluster DNS server, once the Service table names its address.
     dns: Option<DnsServer>,
     /// The routes the proxy runs now (applied only once the network is up).
@@ -228,10 +229,10 @@ pub async fn run(
     verifier.trust(MASTER_ID, cfg.master_key);
     let facts = facts::gather(cfg.node_ip, &cfg.layout.data_dir, cfg.reserved);
     let proxy = cfg.bridge.as_ref().map(|_| {
-        Proxy::new(ProxyConfig {
+        Arc::new(Proxy::new(ProxyConfig {
             node_port_addr: cfg.node_port_addr,
             load_balancer_addrs: load_balancer_addrs(cfg.node_port_addr, &facts),
-        })
+        }))
     });
     let mut runtime_events = cfg.runtime.events();
     let (task_tx, mut task_rx) = mpsc::unbounded_channel();
@@ -337,6 +338,29 @@ pub async fn run(
     agent.mqtt.disconnect().await;
     tracing::info!(node = %node, "worker stopped; pods keep running");
     Ok(())
+}
+
+/// How often a stopping pod's drain looks at the proxy.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// The longest a stopping pod waits for the proxy to let go of it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits (at most `limit`, and never beyond [`DRAIN_LIMIT`]) until this
+/// node's proxy neither lists `ip` as an endpoint nor holds a connection to
+/// it, so that signalling the pod cuts no request. The master publishes the
+/// Service table without a deleted pod before the assignment that stops it,
+/// but the broker may deliver the two in either order, and a connection may
+/// be under way when the table changes.
+async fn drain(proxy: &Proxy, ip: Ipv4Addr, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit.min(DRAIN_LIMIT);
+    while proxy.routes_to(ip) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(%ip, "pod still routed after the drain limit; stopping it anyway");
+            return;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
 }
 
 /// Where LoadBalancer Services listen: every node address (the one reported
@@ -1143,8 +1167,9 @@ impl Agent {
         else {
             return;
         };
+        let pod_ip = rec.ip;
         let target = probes::Target {
-            pod_ip: rec.ip.map(IpAddr::V4),
+            pod_ip: pod_ip.map(IpAddr::V4),
             runtime: self.cfg.runtime.clone(),
             container_id: id.clone(),
         };
@@ -1165,7 +1190,17 @@ impl Agent {
         let limit = Duration::from_millis(grace_ms.max(0) as u64);
         let done = self.tasks.clone();
         let uid = uid.to_string();
+        // A deleted pod leaves the Services first (see `drain`); a restart
+        // (liveness) does not wait.
+        let draining = self
+            .proxy
+            .clone()
+            .filter(|_| reason == "Stopping")
+            .zip(pod_ip);
         tokio::spawn(async move {
+            if let Some((proxy, ip)) = draining {
+                drain(&proxy, ip, limit / 2).await;
+            }
             if let Some(spec) = &spec
                 && let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
                 && let Err(e) = probes::run_hook(hook, spec, &target, limit).await

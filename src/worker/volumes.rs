@@ -14,8 +14,11 @@
 //!   (as in Kubernetes).
 //! - `secret`, `downwardAPI`, `projected`: the same, on a tmpfs mounted per
 //!   volume (as the kubelet does), so secrets never reach the SD card.
+//! - `persistentVolumeClaim` (the local-path provisioner, node side): the
+//!   directory `<data>/volumes/<claim uid>`, made on first use and kept when
+//!   the pod goes, so the next pod with the claim finds its data.
 //!
-//! Owns: everything under `<data>/pods/`. Must not touch: containers (the
+//! Owns: everything under `<data>/pods/` and `<data>/volumes/`. Must not touch: containers (the
 //! runtime bind-mounts what [`prepare`] returns), other pods' directories.
 
 use std::collections::BTreeMap;
@@ -31,6 +34,7 @@ use super::containers::{
 };
 use super::podsync::PodRecord;
 use crate::api::quantity;
+use crate::master::controllers::volumes::POD_CLAIM_ANNOTATION_PREFIX;
 use crate::runtime::BindMount;
 
 /// Kubernetes' default file mode for configMap, secret, downward API and
@@ -144,15 +148,46 @@ pub fn prepare(
                 make_dir(&dir, 0o755, None).map_err(|e| setup(e.to_string()))?;
             }
             dir
+        } else if let Some(c) = &v.persistent_volume_claim {
+            let dir = claim_dir(pods_root, pod, &v.name).ok_or_else(|| {
+                setup(format!(
+                    "persistentVolumeClaim {:?} is not bound to this pod yet",
+                    c.claim_name
+                ))
+            })?;
+            make_dir(&dir, 0o777, fs_group).map_err(|e| setup(e.to_string()))?;
+            dir
         } else {
             return Err(setup(
-                "only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported"
+                "only emptyDir, hostPath, configMap, secret, downwardAPI, projected and persistentVolumeClaim volumes are supported"
                     .into(),
             ));
         };
         out.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+/// The directory of a local-path claim volume: `<data>/volumes/<claim uid>`
+/// (beside `<data>/pods`), named by the pod's `volumes.bramble.io/<volume>`
+/// annotation that the master sets when it binds the claim. It outlives the
+/// pod: [`teardown`] removes only `<data>/pods/<uid>`. `None` until bound, or
+/// when the annotation is not a plain uid.
+pub fn claim_dir(pods_root: &Path, pod: &Pod, volume: &str) -> Option<PathBuf> {
+    // The master sets it when it binds the claim (`controllers::volumes`).
+    let key = format!("{POD_CLAIM_ANNOTATION_PREFIX}{volume}");
+    let uid = pod.metadata.annotations.as_ref()?.get(&key)?;
+    let plain = !uid.is_empty()
+        && uid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    plain.then(|| {
+        pods_root
+            .parent()
+            .unwrap_or(pods_root)
+            .join("volumes")
+            .join(uid)
+    })
 }
 
 fn make_dir(dir: &Path, mode: u32, fs_group: Option<u32>) -> io::Result<()> {
@@ -752,6 +787,29 @@ mod tests {
             let p = Payload::from([(bad.to_string(), file("x", 0o644))]);
             assert!(write_atomic(tmp.path(), &p, None).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn claim_volumes_live_beside_the_pods_and_need_a_plain_uid() {
+        let mut pod = Pod::default();
+        let root = Path::new("/data/pods");
+        assert_eq!(claim_dir(root, &pod, "data"), None, "not bound yet");
+        let mut set = |uid: &str| {
+            pod.metadata.annotations = Some(
+                [(
+                    format!("{POD_CLAIM_ANNOTATION_PREFIX}data"),
+                    uid.to_string(),
+                )]
+                .into(),
+            );
+            claim_dir(root, &pod, "data")
+        };
+        assert_eq!(
+            set("3f0c-11aa"),
+            Some(PathBuf::from("/data/volumes/3f0c-11aa"))
+        );
+        assert_eq!(set("../../etc"), None);
+        assert_eq!(set(""), None);
     }
 
     #[test]

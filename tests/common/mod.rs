@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod multi;
+pub mod prober;
 pub mod registry;
 
 use std::fs::OpenOptions;
@@ -284,6 +285,16 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            // The data dir goes below; the log of a failed test stays.
+            let kept = std::env::temp_dir().join(format!(
+                "{}.log",
+                self.dir.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            if std::fs::copy(&self.log, &kept).is_ok() {
+                eprintln!("bramble up's log kept in {}", kept.display());
+            }
+        }
         let out = Command::new(BIN)
             .args(["down", "--purge", "--data-dir"])
             .arg(&self.data_dir)

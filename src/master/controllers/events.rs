@@ -198,4 +198,37 @@ mod tests {
         let snap = snapshot(vec![Object::Event(e)]);
         assert_eq!(reconcile(&snap).len(), 1, "its pod is gone: collected");
     }
+
+    #[test]
+    fn events_expire_after_their_ttl() {
+        let rs = replicaset("web-abc", "default", 1);
+        let pod = owned_pod("web-abc-a", &rs, Some("n1"), true);
+        let involved = Involved::of(&Object::Pod(pod.clone()));
+        let snap = snapshot(vec![Object::Pod(pod.clone())]);
+        let at = |ago_secs: i64| {
+            let then = snap
+                .now
+                .checked_sub(jiff::SignedDuration::from_secs(ago_secs))
+                .unwrap();
+            let Action::Create(Object::Event(mut e)) = record(
+                None, &involved, "Normal", "Pulled", "pulled", "kubelet", then,
+            ) else {
+                panic!("a first happening creates an Event");
+            };
+            e.metadata.name = Some(format!("ev-{ago_secs}"));
+            e.metadata.uid = Some(format!("ev-{ago_secs}"));
+            Object::Event(e)
+        };
+        let fresh = at(EVENT_TTL.as_secs() as i64 - 60);
+        let stale = at(EVENT_TTL.as_secs() as i64 + 60);
+        let snap = snapshot(vec![Object::Pod(pod), fresh, stale]);
+        let gone: Vec<String> = reconcile(&snap)
+            .into_iter()
+            .map(|a| match a {
+                Action::Delete { key, .. } => key.name,
+                other => panic!("only deletions: {other:?}"),
+            })
+            .collect();
+        assert_eq!(gone, vec![format!("ev-{}", EVENT_TTL.as_secs() + 60)]);
+    }
 }

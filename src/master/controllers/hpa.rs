@@ -533,4 +533,60 @@ mod tests {
         snap.usage = usage;
         assert_eq!(scaled_to(&reconcile(&snap)), None);
     }
+
+    #[test]
+    fn scales_on_memory_utilization_and_average_value() {
+        let mib = 1024 * 1024;
+        let mut objs = Vec::new();
+        let mut usage = std::collections::HashMap::new();
+        let rs = replicaset("web-abc", "default", 2);
+        for i in 0..2 {
+            let mut p = owned_pod(&format!("web-{i}"), &rs, Some("n1"), true);
+            p.spec.as_mut().unwrap().containers[0].resources = Some(ResourceRequirements {
+                requests: Some([("memory".to_string(), Quantity("100Mi".into()))].into()),
+                ..Default::default()
+            });
+            usage.insert(
+                format!("uid-web-{i}"),
+                PodUsage {
+                    memory_bytes: 150 * mib,
+                    ..Default::default()
+                },
+            );
+            objs.push(Object::Pod(p));
+        }
+        objs.push(Object::Deployment(deployment("web", "default", 2)));
+        let with_target = |target: MetricTarget| {
+            let mut h = hpa(50);
+            h.spec.as_mut().unwrap().metrics = Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "memory".into(),
+                    target,
+                }),
+                ..Default::default()
+            }]);
+            Object::HorizontalPodAutoscaler(h)
+        };
+        // 150% of the request against 100%: ceil(2 × 1.5) = 3.
+        let mut o = objs.clone();
+        o.push(with_target(MetricTarget {
+            type_: "Utilization".into(),
+            average_utilization: Some(100),
+            ..Default::default()
+        }));
+        let mut snap = snapshot(o);
+        snap.usage = usage.clone();
+        assert_eq!(scaled_to(&reconcile(&snap)), Some(3));
+        // 150Mi each against an average of 50Mi: ceil(2 × 3) = 6, capped at 5.
+        let mut o = objs;
+        o.push(with_target(MetricTarget {
+            type_: "AverageValue".into(),
+            average_value: Some(Quantity("50Mi".into())),
+            ..Default::default()
+        }));
+        let mut snap = snapshot(o);
+        snap.usage = usage;
+        assert_eq!(scaled_to(&reconcile(&snap)), Some(5));
+    }
 }

@@ -536,4 +536,45 @@ mod tests {
             "web-0 is below the partition"
         );
     }
+
+    #[test]
+    fn on_delete_replaces_only_deleted_pods() {
+        let (mut objects, _) = drive(vec![Object::StatefulSet(set(3, false))], 5, |_| true);
+        for a in reconcile(&snapshot(objects.clone())) {
+            match a {
+                Action::Update(Object::StatefulSet(s)) => objects[0] = Object::StatefulSet(s),
+                Action::Create(o @ Object::ControllerRevision(_)) => objects.push(o),
+                _ => {}
+            }
+        }
+        if let Object::StatefulSet(s) = &mut objects[0] {
+            let spec = s.spec.as_mut().unwrap();
+            spec.template.spec.as_mut().unwrap().containers[0].image = Some("v2".into());
+            spec.update_strategy = Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            });
+        }
+        let (mut objects, per_pass) = drive(objects, 5, |_| true);
+        assert!(
+            per_pass.iter().all(Vec::is_empty),
+            "a new template alone replaces nothing: {per_pass:?}"
+        );
+        // The user deletes web-1: it comes back with the new template.
+        objects.retain(|o| o.name() != "web-1");
+        let (objects, per_pass) = drive(objects, 3, |_| true);
+        let recreated: Vec<String> = per_pass.into_iter().flatten().collect();
+        assert_eq!(recreated, vec!["web-1"]);
+        let image = |name: &str| {
+            objects.iter().find_map(|o| match o {
+                Object::Pod(p) if p.metadata.name.as_deref() == Some(name) => {
+                    p.spec.as_ref().unwrap().containers[0].image.clone()
+                }
+                _ => None,
+            })
+        };
+        assert_eq!(image("web-1").as_deref(), Some("v2"));
+        assert_ne!(image("web-0").as_deref(), Some("v2"));
+        assert_ne!(image("web-2").as_deref(), Some("v2"));
+    }
 }
