@@ -421,14 +421,11 @@ fn documentation_examples_apply_unchanged() {
         }
     }
     // What Bramble implements for these kinds never warns; what it does not
-    // warns with its path. Tolerations are taken out: the scheduler's taints
-    // (another issue) may implement them, and then they stop warning.
-    warnings.retain(|w| !w.contains(".tolerations"));
+    // warns with its path.
     assert_eq!(
         warnings,
         vec![
             "Job indexed-job: spec.completionMode",
-            "Job indexed-job: spec.template.spec.initContainers[0].volumeMounts",
             "Job job-pod-failure-policy-example: spec.podFailurePolicy",
             "HorizontalPodAutoscaler example-behavior: spec.behavior.scaleDown.policies",
         ],

@@ -120,6 +120,9 @@ const POD_SPEC: &[&str] = &[
     "schedulerName",
     "nodeName",
     "nodeSelector",
+    // The scheduler's filters and scores (and eviction from unreachable nodes).
+    "affinity.nodeAffinity",
+    "tolerations",
     "hostname",
     // Probes with exec, TCP and HTTP handlers (grpc ones and HTTPS are not run:
     // `httpGet.scheme` is allowed only at its default, below).
