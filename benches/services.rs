@@ -233,7 +233,10 @@ fn main() {
     println!("|---|---|---|---|");
     for (name, url) in &http_targets {
         let r = wrk(url, &settings, settings.connections);
-        println!("| {name} | {:.0} | {} | {} |", r.requests_per_second, r.p50, r.p99);
+        println!(
+            "| {name} | {:.0} | {} | {} |",
+            r.requests_per_second, r.p50, r.p99
+        );
     }
     let bulk_pod = pod_ip(&c, "bench-bulk").unwrap();
     let bulk_svc = cluster_ip(&c, "bench-bulk");
@@ -256,7 +259,10 @@ fn main() {
     println!("|---|---|---|---|");
     for (name, url) in &bulk_targets {
         let r = wrk(url, &settings, 4);
-        println!("| {name} | {} | {:.0} | {} |", r.transfer, r.requests_per_second, r.p50);
+        println!(
+            "| {name} | {} | {:.0} | {} |",
+            r.transfer, r.requests_per_second, r.p50
+        );
     }
     let udp_targets = [
         ("pod IP (direct)", SocketAddr::new(echo_pod.into(), 9000)),

@@ -9,7 +9,10 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_bramble");
 
 fn links() -> Vec<String> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -43,7 +46,10 @@ fn quick_bench_runs_to_the_end() {
         .output()
         .expect("bramble bench runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bramble bench --quick failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "bramble bench --quick failed:\n{stderr}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
 
@@ -70,9 +76,15 @@ fn quick_bench_runs_to_the_end() {
         .iter()
         .map(|n| n.as_str().unwrap())
         .collect();
-    let wrk_present = !notes.iter().any(|n| n.starts_with("proxy throughput skipped"));
+    let wrk_present = !notes
+        .iter()
+        .any(|n| n.starts_with("proxy throughput skipped"));
     if wrk_present {
-        assert!(figures.iter().any(|f| f.starts_with("HTTP keep-alive throughput")));
+        assert!(
+            figures
+                .iter()
+                .any(|f| f.starts_with("HTTP keep-alive throughput"))
+        );
     }
     for row in rows {
         // Bramble's side is always measured (a node IP aside, which a
@@ -86,8 +98,7 @@ fn quick_bench_runs_to_the_end() {
         // The peer's side is measured or says why not.
         let p = &row["peer"];
         assert!(
-            p.get("measured").is_some()
-                || p["skipped"].as_str().is_some_and(|w| !w.is_empty()),
+            p.get("measured").is_some() || p["skipped"].as_str().is_some_and(|w| !w.is_empty()),
             "peer side neither measured nor skipped with a reason: {row}"
         );
     }
@@ -128,7 +139,10 @@ fn quick_bench_runs_to_the_end() {
         .filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .any(|c| String::from_utf8_lossy(&c).contains("bramble-bench-"));
-    assert!(!dockerd_left, "a process of the bench's dockerd is still running");
+    assert!(
+        !dockerd_left,
+        "a process of the bench's dockerd is still running"
+    );
     assert!(
         std::fs::read_dir(work.path()).unwrap().all(|e| e
             .unwrap()

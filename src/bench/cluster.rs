@@ -33,7 +33,9 @@ pub fn free_node_port() -> u16 {
 
 fn free_port() -> Result<u16, BenchError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
-    Ok(l.local_addr().map_err(io_err(Path::new("127.0.0.1:0")))?.port())
+    Ok(l.local_addr()
+        .map_err(io_err(Path::new("127.0.0.1:0")))?
+        .port())
 }
 
 /// The second octet of 10.X.0.0/16, held exclusively while this lives.
@@ -133,9 +135,8 @@ impl LocalCluster {
                         c.log_tail()
                     )));
                 }
-                let answered = c.config.exists()
-                    && c.cli(&["get", "nodes"])
-                        .is_ok_and(|o| o.status.success());
+                let answered =
+                    c.config.exists() && c.cli(&["get", "nodes"]).is_ok_and(|o| o.status.success());
                 Ok(answered.then_some(()))
             },
         )?;
@@ -168,7 +169,10 @@ impl LocalCluster {
     }
 
     pub fn cli(&self, args: &[&str]) -> Result<Output, BenchError> {
-        self.command().args(args).output().map_err(io_err(&self.exe))
+        self.command()
+            .args(args)
+            .output()
+            .map_err(io_err(&self.exe))
     }
 
     pub fn ok(&self, args: &[&str]) -> Result<String, BenchError> {

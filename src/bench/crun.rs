@@ -44,7 +44,12 @@ impl Drop for HugetlbMount {
 
 /// A bundle in `dir/bundle` running `args` over the read-only `rootfs`
 /// (crun's default spec otherwise: its own namespaces, no network).
-pub fn bundle(crun: &Path, rootfs: &Path, dir: &Path, args: &[&str]) -> Result<PathBuf, BenchError> {
+pub fn bundle(
+    crun: &Path,
+    rootfs: &Path,
+    dir: &Path,
+    args: &[&str],
+) -> Result<PathBuf, BenchError> {
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(io_err(&bundle))?;
     let path = bundle.join("config.json");
@@ -72,7 +77,12 @@ pub fn bundle(crun: &Path, rootfs: &Path, dir: &Path, args: &[&str]) -> Result<P
 
 /// `crun run -d` (create + start, detached) of `bundle` as `id`: how long
 /// it took. The container is left running; [`delete`] removes it.
-pub fn run_detached(crun: &Path, bundle: &Path, id: &str, scratch: &Path) -> Result<Duration, BenchError> {
+pub fn run_detached(
+    crun: &Path,
+    bundle: &Path,
+    id: &str,
+    scratch: &Path,
+) -> Result<Duration, BenchError> {
     // The detached container inherits crun's stdio: give it files, not pipes,
     // or waiting for crun's output would wait for the container.
     let err_file = scratch.join(format!("{id}.err"));

@@ -56,7 +56,12 @@ fn encode(s: &str) -> String {
 
 impl DockerEngine {
     /// Starts `dockerd` with roots named by `tag` and waits until it answers.
-    pub fn start(dockerd: &Path, cli: &Path, tag: &str, log: &Path) -> Result<DockerEngine, BenchError> {
+    pub fn start(
+        dockerd: &Path,
+        cli: &Path,
+        tag: &str,
+        log: &Path,
+    ) -> Result<DockerEngine, BenchError> {
         let host = HostState::capture();
         // Unix socket paths are limited to 108 bytes: keep the exec root short.
         let exec_root = PathBuf::from(format!("/run/bramble-bench-{tag}"));
@@ -94,15 +99,20 @@ impl DockerEngine {
             .map_err(io_err(dockerd))?;
         engine.child = Some(child);
         let limit = Duration::from_secs(60);
-        wait_until("dockerd to answer", limit, Duration::from_millis(100), || {
-            if let Some(Ok(Some(status))) = engine.child.as_mut().map(|c| c.try_wait()) {
-                return Err(BenchError::Docker(format!(
-                    "dockerd exited ({status}): {}",
-                    engine.log_tail()
-                )));
-            }
-            Ok(engine.get("/_ping").ok().map(|_| ()))
-        })?;
+        wait_until(
+            "dockerd to answer",
+            limit,
+            Duration::from_millis(100),
+            || {
+                if let Some(Ok(Some(status))) = engine.child.as_mut().map(|c| c.try_wait()) {
+                    return Err(BenchError::Docker(format!(
+                        "dockerd exited ({status}): {}",
+                        engine.log_tail()
+                    )));
+                }
+                Ok(engine.get("/_ping").ok().map(|_| ()))
+            },
+        )?;
         Ok(engine)
     }
 
@@ -121,14 +131,20 @@ impl DockerEngine {
     }
 
     pub fn cli(&self, args: &[&str]) -> Result<Output, BenchError> {
-        self.command().args(args).output().map_err(io_err(&self.cli))
+        self.command()
+            .args(args)
+            .output()
+            .map_err(io_err(&self.cli))
     }
 
     /// Runs the CLI, insists it succeeds, returns stdout.
     pub fn ok(&self, args: &[&str]) -> Result<String, BenchError> {
         let out = self.cli(args)?;
         if !out.status.success() {
-            return Err(BenchError::command(&format!("docker {}", args.join(" ")), &out));
+            return Err(BenchError::command(
+                &format!("docker {}", args.join(" ")),
+                &out,
+            ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
@@ -143,13 +159,18 @@ impl DockerEngine {
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).map_err(io_err(&self.sock))?;
         let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| BenchError::Parse {
-            what: what.clone(),
-            detail: "no end of headers".into(),
-        })?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| BenchError::Parse {
+                what: what.clone(),
+                detail: "no end of headers".into(),
+            })?;
         let status = head.split_whitespace().nth(1).unwrap_or("");
         if !status.starts_with('2') {
-            return Err(BenchError::Docker(format!("{what}: {status} {}", body.trim())));
+            return Err(BenchError::Docker(format!(
+                "{what}: {status} {}",
+                body.trim()
+            )));
         }
         if body.trim() == "OK" {
             return Ok(Value::String("OK".into()));
@@ -184,8 +205,7 @@ impl DockerEngine {
         for pid in procfs::all_pids() {
             let cmd = procfs::cmdline(pid);
             let ours = cmd.contains(&root);
-            let helper = (cmd.starts_with("containerd") || cmd.contains("/containerd"))
-                && ours
+            let helper = (cmd.starts_with("containerd") || cmd.contains("/containerd")) && ours
                 || procfs::parent(pid) == Some(dockerd);
             if helper {
                 set.insert(pid);
@@ -302,7 +322,10 @@ impl DockerEngine {
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                remains.push(format!("process {pid} ({}) had to be killed", procfs::cmdline(pid)));
+                remains.push(format!(
+                    "process {pid} ({}) had to be killed",
+                    procfs::cmdline(pid)
+                ));
             }
         }
         for root in [&self.exec_root, &self.data_root] {
@@ -343,7 +366,12 @@ fn unmount_under(root: &Path) {
 }
 
 /// Polls until `service` has `n` running tasks (and no more).
-pub fn wait_tasks(engine: &DockerEngine, service: &str, n: usize, limit: Duration) -> Result<(), BenchError> {
+pub fn wait_tasks(
+    engine: &DockerEngine,
+    service: &str,
+    n: usize,
+    limit: Duration,
+) -> Result<(), BenchError> {
     wait_until(
         &format!("{n} running tasks of {service}"),
         limit,
@@ -358,6 +386,9 @@ mod tests {
 
     #[test]
     fn encodes_filters() {
-        assert_eq!(encode(r#"{"a":["b c"]}"#), "%7B%22a%22%3A%5B%22b%20c%22%5D%7D");
+        assert_eq!(
+            encode(r#"{"a":["b c"]}"#),
+            "%7B%22a%22%3A%5B%22b%20c%22%5D%7D"
+        );
     }
 }

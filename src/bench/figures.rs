@@ -15,7 +15,7 @@ use super::cluster::{Api, LocalCluster, PodView, free_node_port};
 use super::docker::{DockerEngine, wait_tasks};
 use super::image::{SERVE_BINARY, import_into_bramble, libraries, rootfs_tar, stripped_self};
 use super::procfs::{self, IdleCost, Usage};
-use super::report::{Header, Outcome, Report, Row, Summary, Unit};
+use super::report::{Header, Outcome, Report, Row, Summary, Unit, runs as n_runs};
 use super::serve::{SERVE_SUBCOMMAND, http_ok};
 use super::tools::Tools;
 use super::{Args, BenchError, Settings, crun, io_err, pause, wait_until, wrk};
@@ -28,6 +28,15 @@ pub const SERVE_IMAGE: &str = "bramble.local/bench-serve:v1";
 /// busybox httpd as PID 1 behind the shell that writes its page: the same
 /// command in a Bramble pod and a Swarm task.
 const WEB_CMD: &str = "echo ok > /www/index.html; exec httpd -f -p 8080 -h /www";
+
+/// An idle figure: its name, unit and which field of the cost it shows.
+type IdleRow = (&'static str, Unit, fn(&IdleCost) -> f64);
+
+/// A throughput row: target key, Bramble's setup, the peer's, the peer's samples.
+type ThroughputRow = (&'static str, &'static str, &'static str, PeerSamples);
+
+/// The peer's samples, or why there are none.
+type PeerSamples = Result<Vec<f64>, String>;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -115,11 +124,7 @@ impl Bench<'_> {
         swarm: bool,
         f: impl FnOnce(&mut DockerEngine) -> Result<T, BenchError>,
     ) -> Result<Result<T, String>, BenchError> {
-        let why = if swarm {
-            self.swarm_why.clone()
-        } else {
-            None
-        };
+        let why = if swarm { self.swarm_why.clone() } else { None };
         let Some(engine) = self.docker.as_mut() else {
             return Ok(Err(self.docker_why.clone()));
         };
@@ -177,13 +182,18 @@ impl Bench<'_> {
             self.cluster
                 .ok(&["apply", "-f", &file.display().to_string()])?;
             let api = &mut self.api;
-            wait_until(&format!("pod {name}"), MINUTE, Duration::from_millis(2), || {
-                Ok(api
-                    .pods("app=bench-start")?
-                    .iter()
-                    .any(|p| p.name == name && p.running_ready())
-                    .then_some(()))
-            })
+            wait_until(
+                &format!("pod {name}"),
+                MINUTE,
+                Duration::from_millis(2),
+                || {
+                    Ok(api
+                        .pods("app=bench-start")?
+                        .iter()
+                        .any(|p| p.name == name && p.running_ready())
+                        .then_some(()))
+                },
+            )
             .map_err(|e| self.with_log(e))?;
             bramble.push(ms(t.elapsed()));
         }
@@ -239,7 +249,7 @@ impl Bench<'_> {
             result.map(|_| v)
         })?;
 
-        let figure = format!("pod/container start, image present ({runs} runs)");
+        let figure = format!("pod/container start, image present ({})", n_runs(runs));
         let setup = "`bramble apply` → pod Running and Ready";
         self.report.push(Row::new(
             &figure,
@@ -263,7 +273,10 @@ impl Bench<'_> {
     fn idle(&mut self) -> Result<(), BenchError> {
         let n = self.s.idle_pods;
         let window = self.s.idle_window;
-        eprintln!("bench: idle cost with {n} idle pods, {} s window", window.as_secs());
+        eprintln!(
+            "bench: idle cost with {n} idle pods, {} s window",
+            window.as_secs()
+        );
         let yaml = deployment("bench-idle", n, DEMO_IMAGE, &["sleep", "3600"]);
         self.cluster.apply("bench-idle", &yaml)?;
         self.wait_running("bench-idle", n, 2 * MINUTE)?;
@@ -300,7 +313,8 @@ impl Bench<'_> {
             Ok(()) => Err("no dockerd processes found".into()),
             Err(why) => Err(why),
         };
-        let bramble_setup = format!("`bramble up` (broker + master + worker, one process), {n} idle pods");
+        let bramble_setup =
+            format!("`bramble up` (broker + master + worker, one process), {n} idle pods");
         let peer_setup = match &d {
             Ok(c) => format!(
                 "dockerd + containerd + {} shims ({} processes), {n} idle containers",
@@ -309,14 +323,18 @@ impl Bench<'_> {
             ),
             Err(_) => "dockerd + containerd + shims".into(),
         };
-        let rows: [(&str, Unit, fn(&IdleCost) -> f64); 5] = [
+        let rows: [IdleRow; 5] = [
             ("idle memory: RSS", Unit::MiB, |c| c.rss_mib),
             ("idle memory: PSS", Unit::MiB, |c| c.pss_mib),
-            ("idle memory: PSS, anonymous part", Unit::MiB, |c| c.pss_anon_mib),
-            ("idle CPU", Unit::Percent, |c| c.cpu_percent),
-            ("disk written while idle (`/proc/PID/io` write_bytes)", Unit::KiBPerHour, |c| {
-                c.write_kib_per_hour
+            ("idle memory: PSS, anonymous part", Unit::MiB, |c| {
+                c.pss_anon_mib
             }),
+            ("idle CPU", Unit::Percent, |c| c.cpu_percent),
+            (
+                "disk written while idle (`/proc/PID/io` write_bytes)",
+                Unit::KiBPerHour,
+                |c| c.write_kib_per_hour,
+            ),
         ];
         for (figure, unit, get) in rows {
             let figure = if unit == Unit::Percent {
@@ -359,32 +377,50 @@ impl Bench<'_> {
         for run in 0..runs {
             // A fresh pod each run: a pod's later restarts back off (10 s, 20 s, …).
             let api = &mut self.api;
-            let pod = wait_until("a fresh bench-web pod serving", 2 * MINUTE, Duration::from_millis(20), || {
-                let pods: Vec<PodView> = api
-                    .pods("app=bench-web")?
-                    .into_iter()
-                    .filter(|p| !p.deleting)
-                    .collect();
-                Ok(match pods.as_slice() {
-                    [p] if p.running_ready() && p.restarts == 0 && p.container_id.is_some() && http_ok(addr) => {
-                        Some(p.clone())
-                    }
-                    _ => None,
-                })
-            })
+            let pod = wait_until(
+                "a fresh bench-web pod serving",
+                2 * MINUTE,
+                Duration::from_millis(20),
+                || {
+                    let pods: Vec<PodView> = api
+                        .pods("app=bench-web")?
+                        .into_iter()
+                        .filter(|p| !p.deleting)
+                        .collect();
+                    Ok(match pods.as_slice() {
+                        [p] if p.running_ready()
+                            && p.restarts == 0
+                            && p.container_id.is_some()
+                            && http_ok(addr) =>
+                        {
+                            Some(p.clone())
+                        }
+                        _ => None,
+                    })
+                },
+            )
             .map_err(|e| self.with_log(e))?;
             let cid = pod.container_id.clone().unwrap_or_default();
-            let pid = wait_until("the container's init", Duration::from_secs(10), Duration::from_millis(10), || {
-                Ok(procfs::cgroup_init(&cid, agent))
-            })?;
+            let pid = wait_until(
+                "the container's init",
+                Duration::from_secs(10),
+                Duration::from_millis(10),
+                || Ok(procfs::cgroup_init(&cid, agent)),
+            )?;
             kill9(pid);
             let t = Instant::now();
-            wait_until("the killed container to die", Duration::from_secs(10), Duration::from_millis(1), || {
-                Ok(procfs::is_gone(pid).then_some(()))
-            })?;
-            wait_until("bench-web to serve again", 2 * MINUTE, Duration::from_millis(5), || {
-                Ok(http_ok(addr).then_some(()))
-            })
+            wait_until(
+                "the killed container to die",
+                Duration::from_secs(10),
+                Duration::from_millis(1),
+                || Ok(procfs::is_gone(pid).then_some(())),
+            )?;
+            wait_until(
+                "bench-web to serve again",
+                2 * MINUTE,
+                Duration::from_millis(5),
+                || Ok(http_ok(addr).then_some(())),
+            )
             .map_err(|e| self.with_log(e))?;
             bramble.push(t.elapsed().as_secs_f64());
             if run + 1 < runs {
@@ -398,15 +434,26 @@ impl Bench<'_> {
         let mut swarm_rows = Vec::new();
         for (label, extra) in [
             ("Swarm service, default restart delay (5 s)", None),
-            ("Swarm service, `--restart-delay 0s`", Some("--restart-delay=0s")),
+            (
+                "Swarm service, `--restart-delay 0s`",
+                Some("--restart-delay=0s"),
+            ),
         ] {
             let samples = self.on_docker(true, |d| {
                 let p = free_node_port();
                 let name = format!("bench-web-{}", swarm_rows.len());
                 let publish = format!("mode=host,published={p},target=8080");
                 let mut args = vec![
-                    "service", "create", "-d", "--name", &name, "--no-resolve-image",
-                    "--stop-grace-period", "0s", "--publish", &publish,
+                    "service",
+                    "create",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--no-resolve-image",
+                    "--stop-grace-period",
+                    "0s",
+                    "--publish",
+                    &publish,
                 ];
                 if let Some(e) = extra {
                     args.push(e);
@@ -416,21 +463,32 @@ impl Bench<'_> {
                 let addr = SocketAddr::from(([127, 0, 0, 1], p));
                 let mut v = Vec::new();
                 for _ in 0..runs {
-                    let pid = wait_until(&format!("{name} serving"), 2 * MINUTE, Duration::from_millis(20), || {
-                        let tasks = d.running_tasks(&name)?;
-                        Ok(match tasks.as_slice() {
-                            [t] if t.pid.is_some() && http_ok(addr) => t.pid,
-                            _ => None,
-                        })
-                    })?;
+                    let pid = wait_until(
+                        &format!("{name} serving"),
+                        2 * MINUTE,
+                        Duration::from_millis(20),
+                        || {
+                            let tasks = d.running_tasks(&name)?;
+                            Ok(match tasks.as_slice() {
+                                [t] if t.pid.is_some() && http_ok(addr) => t.pid,
+                                _ => None,
+                            })
+                        },
+                    )?;
                     kill9(pid);
                     let t = Instant::now();
-                    wait_until("the killed task to die", Duration::from_secs(10), Duration::from_millis(1), || {
-                        Ok(procfs::is_gone(pid).then_some(()))
-                    })?;
-                    wait_until(&format!("{name} to serve again"), 2 * MINUTE, Duration::from_millis(5), || {
-                        Ok(http_ok(addr).then_some(()))
-                    })?;
+                    wait_until(
+                        "the killed task to die",
+                        Duration::from_secs(10),
+                        Duration::from_millis(1),
+                        || Ok(procfs::is_gone(pid).then_some(())),
+                    )?;
+                    wait_until(
+                        &format!("{name} to serve again"),
+                        2 * MINUTE,
+                        Duration::from_millis(5),
+                        || Ok(http_ok(addr).then_some(())),
+                    )?;
                     v.push(t.elapsed().as_secs_f64());
                 }
                 let _ = d.cli(&["service", "rm", &name]);
@@ -440,7 +498,7 @@ impl Bench<'_> {
         }
         for (label, samples) in swarm_rows {
             self.report.push(Row::new(
-                format!("container killed → replacement serving ({runs} runs)"),
+                format!("container killed → replacement serving ({})", n_runs(runs)),
                 Unit::Seconds,
                 "Deployment behind a NodePort (in-place restart)",
                 measured(&bramble),
@@ -468,17 +526,31 @@ impl Bench<'_> {
             self.cluster
                 .ok(&["scale", "deployment/bench-scale", "--replicas", "1"])?;
             let api = &mut self.api;
-            wait_until("bench-scale back to 1 pod", 2 * MINUTE, Duration::from_millis(50), || {
-                Ok((api.pods("app=bench-scale")?.len() == 1).then_some(()))
-            })
+            wait_until(
+                "bench-scale back to 1 pod",
+                2 * MINUTE,
+                Duration::from_millis(50),
+                || Ok((api.pods("app=bench-scale")?.len() == 1).then_some(())),
+            )
             .map_err(|e| self.with_log(e))?;
         }
         self.cluster.ok(&["delete", "deployment", "bench-scale"])?;
         let swarm = self.on_docker(true, |d| {
             let name = "bench-scale";
             d.ok(&[
-                "service", "create", "-d", "--name", name, "--no-resolve-image",
-                "--stop-grace-period", "0s", "--replicas", "1", DEMO_IMAGE, "sleep", "3600",
+                "service",
+                "create",
+                "-d",
+                "--name",
+                name,
+                "--no-resolve-image",
+                "--stop-grace-period",
+                "0s",
+                "--replicas",
+                "1",
+                DEMO_IMAGE,
+                "sleep",
+                "3600",
             ])?;
             wait_tasks(d, name, 1, 2 * MINUTE)?;
             let label = format!("com.docker.swarm.service.name={name}");
@@ -489,15 +561,21 @@ impl Bench<'_> {
                 wait_tasks(d, name, to, 2 * MINUTE)?;
                 v.push(t.elapsed().as_secs_f64());
                 d.ok(&["service", "scale", "-d", &format!("{name}=1")])?;
-                wait_until("bench-scale back to 1 container", 2 * MINUTE, Duration::from_millis(50), || {
-                    Ok((d.containers_with_label(&label)?.len() == 1).then_some(()))
-                })?;
+                wait_until(
+                    "bench-scale back to 1 container",
+                    2 * MINUTE,
+                    Duration::from_millis(50),
+                    || Ok((d.containers_with_label(&label)?.len() == 1).then_some(())),
+                )?;
             }
             let _ = d.cli(&["service", "rm", name]);
             Ok(v)
         })?;
         self.report.push(Row::new(
-            format!("scale 1 → {to} replicas until all Running ({runs} runs)"),
+            format!(
+                "scale 1 → {to} replicas until all Running ({})",
+                n_runs(runs)
+            ),
             Unit::Seconds,
             "`bramble scale deployment`",
             measured(&bramble),
@@ -520,7 +598,8 @@ impl Bench<'_> {
         );
         let np = free_node_port();
         let cmd = [SERVE_BINARY, SERVE_SUBCOMMAND, "8080"];
-        let yaml = deployment("bench-serve", 1, SERVE_IMAGE, &cmd) + &node_port_service("bench-serve", np);
+        let yaml =
+            deployment("bench-serve", 1, SERVE_IMAGE, &cmd) + &node_port_service("bench-serve", np);
         self.cluster.apply("bench-serve", &yaml)?;
         self.wait_running("bench-serve", 1, 2 * MINUTE)?;
         let pod_ip = self
@@ -540,17 +619,32 @@ impl Bench<'_> {
         }
         for (_, addr) in &bramble_targets {
             let addr = *addr;
-            wait_until(&format!("{addr} serving"), MINUTE, Duration::from_millis(50), || {
-                Ok(http_ok(addr).then_some(()))
-            })
+            wait_until(
+                &format!("{addr} serving"),
+                MINUTE,
+                Duration::from_millis(50),
+                || Ok(http_ok(addr).then_some(())),
+            )
             .map_err(|e| self.with_log(e))?;
         }
         let swarm_targets = self.on_docker(true, |d| {
             let p = free_node_port();
             let publish = format!("mode=host,published={p},target=8080");
             d.ok(&[
-                "service", "create", "-d", "--name", "bench-serve", "--no-resolve-image",
-                "--stop-grace-period", "0s", "--publish", &publish, SERVE_IMAGE, cmd[0], cmd[1], cmd[2],
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "bench-serve",
+                "--no-resolve-image",
+                "--stop-grace-period",
+                "0s",
+                "--publish",
+                &publish,
+                SERVE_IMAGE,
+                cmd[0],
+                cmd[1],
+                cmd[2],
             ])?;
             wait_tasks(d, "bench-serve", 1, 2 * MINUTE)?;
             let task = d.running_tasks("bench-serve")?;
@@ -568,13 +662,19 @@ impl Bench<'_> {
             }
             for (_, addr) in &t {
                 let addr = *addr;
-                wait_until(&format!("{addr} serving"), MINUTE, Duration::from_millis(50), || {
-                    Ok(http_ok(addr).then_some(()))
-                })?;
+                wait_until(
+                    &format!("{addr} serving"),
+                    MINUTE,
+                    Duration::from_millis(50),
+                    || Ok(http_ok(addr).then_some(())),
+                )?;
             }
             Ok(t)
         })?;
-        let mut bramble: Vec<(&str, Vec<f64>)> = bramble_targets.iter().map(|(k, _)| (*k, Vec::new())).collect();
+        let mut bramble: Vec<(&str, Vec<f64>)> = bramble_targets
+            .iter()
+            .map(|(k, _)| (*k, Vec::new()))
+            .collect();
         let mut swarm: Vec<(&str, Result<Vec<f64>, String>)> = match &swarm_targets {
             Ok(t) => t.iter().map(|(k, _)| (*k, Ok(Vec::new()))).collect(),
             Err(why) => ["direct", "loopback", "nodeip"]
@@ -584,7 +684,13 @@ impl Bench<'_> {
         };
         let one = |addr: SocketAddr| -> Result<f64, BenchError> {
             pause(Duration::ZERO)?;
-            let w = wrk::run(&wrk_bin, &format!("http://{addr}/"), s.wrk_threads, s.wrk_connections, s.wrk_seconds)?;
+            let w = wrk::run(
+                &wrk_bin,
+                &format!("http://{addr}/"),
+                s.wrk_threads,
+                s.wrk_connections,
+                s.wrk_seconds,
+            )?;
             if let Some(e) = &w.errors {
                 eprintln!("bench: wrk {addr}: {e}");
             }
@@ -609,8 +715,15 @@ impl Bench<'_> {
                 }
             }
         }
-        let _ = self.on_docker(true, |d| d.ok(&["service", "rm", "bench-serve"]).map(|_| ()))?;
-        let get_b = |k: &str| bramble.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let _ = self.on_docker(true, |d| {
+            d.ok(&["service", "rm", "bench-serve"]).map(|_| ())
+        })?;
+        let get_b = |k: &str| {
+            bramble
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+        };
         let get_s = |k: &str| -> Result<Vec<f64>, String> {
             swarm
                 .iter()
@@ -619,26 +732,51 @@ impl Bench<'_> {
                 .unwrap_or_else(|| Err("no node IP on this machine".into()))
         };
         let figure = format!(
-            "HTTP keep-alive throughput (wrk -t{} -c{} -d{}s, {} runs)",
-            s.wrk_threads, s.wrk_connections, s.wrk_seconds, s.wrk_runs
+            "HTTP keep-alive throughput (wrk -t{} -c{} -d{}s, {})",
+            s.wrk_threads,
+            s.wrk_connections,
+            s.wrk_seconds,
+            n_runs(s.wrk_runs)
         );
-        let rows: [(&str, &str, &str, Result<Vec<f64>, String>); 4] = [
-            ("direct", "to the pod's IP (no proxy)", "to the task container's IP (no proxy)", get_s("direct")),
+        let rows: [ThroughputRow; 4] = [
+            (
+                "direct",
+                "to the pod's IP (no proxy)",
+                "to the task container's IP (no proxy)",
+                get_s("direct"),
+            ),
             (
                 "clusterip",
                 "through the Service's ClusterIP (agent's L4 proxy)",
                 "Swarm VIP",
                 Err("Swarm's VIPs and routing mesh need IPVS, which this kernel lacks".into()),
             ),
-            ("loopback", "through the NodePort at 127.0.0.1 (proxy)", "published port at 127.0.0.1 (docker-proxy, userspace)", get_s("loopback")),
-            ("nodeip", "through the NodePort at the node's IP (proxy)", "published port at the node's IP (iptables DNAT)", get_s("nodeip")),
+            (
+                "loopback",
+                "through the NodePort at 127.0.0.1 (proxy)",
+                "published port at 127.0.0.1 (docker-proxy, userspace)",
+                get_s("loopback"),
+            ),
+            (
+                "nodeip",
+                "through the NodePort at the node's IP (proxy)",
+                "published port at the node's IP (iptables DNAT)",
+                get_s("nodeip"),
+            ),
         ];
         for (key, bsetup, psetup, peer) in rows {
             let b = match get_b(key) {
                 Some(v) => measured(&v),
                 None => Outcome::Skipped("no node IP on this machine".into()),
             };
-            self.report.push(Row::new(&figure, Unit::RequestsPerSecond, bsetup, b, psetup, peer_outcome(&peer)));
+            self.report.push(Row::new(
+                &figure,
+                Unit::RequestsPerSecond,
+                bsetup,
+                b,
+                psetup,
+                peer_outcome(&peer),
+            ));
         }
         Ok(())
     }
@@ -667,7 +805,7 @@ impl Bench<'_> {
             }
         }
         self.report.push(Row::new(
-            format!("command round trip ({runs} runs)"),
+            format!("command round trip ({})", n_runs(runs)),
             Unit::Ms,
             "`bramble get pods` (process start, MQTT, signed request)",
             measured(&bramble),
@@ -682,18 +820,33 @@ fn machine() -> (String, String) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let total_kib = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok())
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(0);
     let os = std::fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("PRETTY_NAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
         .unwrap_or_else(|| "Linux".into());
     let cgroups = if Path::new("/sys/fs/cgroup/unified").exists() {
         "cgroup v1 hybrid"
@@ -717,7 +870,11 @@ fn machine() -> (String, String) {
 
 /// The whole bench: setup, every figure, teardown.
 pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
-    let s = if args.quick { Settings::quick() } else { Settings::full() };
+    let s = if args.quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
     let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let scratch = args.work_dir.join(format!("bramble-bench-{tag}"));
     std::fs::create_dir_all(&scratch).map_err(io_err(&scratch))?;
@@ -725,7 +882,9 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
     let (machine, kernel) = machine();
     let mut report = Report {
         header: Header {
-            date: jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC").to_string(),
+            date: jiff::Timestamp::now()
+                .strftime("%Y-%m-%d %H:%M UTC")
+                .to_string(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             mode: if args.quick {
                 "quick: small counts, checks it runs, not a measurement".into()
@@ -737,7 +896,11 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
             bramble_version: format!(
                 "{} ({} build)",
                 env!("CARGO_PKG_VERSION"),
-                if cfg!(debug_assertions) { "debug" } else { "release" }
+                if cfg!(debug_assertions) {
+                    "debug"
+                } else {
+                    "release"
+                }
             ),
             load_at_start: procfs::load_average(),
             ..Header::default()
@@ -757,7 +920,10 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
         Tools::find(!args.no_install)
     };
     report.header.peers = tools.versions();
-    for why in [&tools.docker_missing, &tools.crun_missing].into_iter().flatten() {
+    for why in [&tools.docker_missing, &tools.crun_missing]
+        .into_iter()
+        .flatten()
+    {
         eprintln!("bench: peer skipped: {why}");
         report.note(format!("peer skipped: {why}"));
     }
@@ -781,7 +947,13 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
     let serve_tar = scratch.join("serve-rootfs.tar");
     rootfs_tar(&demo_rootfs, &extra, &serve_tar)?;
     let _ = std::fs::remove_file(&serve_bin);
-    import_into_bramble(&store, &serve_tar, SERVE_IMAGE, &[SERVE_BINARY, SERVE_SUBCOMMAND, "8080"], &scratch)?;
+    import_into_bramble(
+        &store,
+        &serve_tar,
+        SERVE_IMAGE,
+        &[SERVE_BINARY, SERVE_SUBCOMMAND, "8080"],
+        &scratch,
+    )?;
 
     let mut docker_why = tools.docker_missing.clone().unwrap_or_default();
     let docker = match (&tools.dockerd, &tools.docker, &tools.docker_missing) {

@@ -100,7 +100,11 @@ fn undo_script(before: &Tables, after: &Tables) -> String {
         let mut lines = Vec::new();
         for (chain, policy) in &now.chains {
             let builtin = policy != "-";
-            let was = old.chains.get(chain).map(String::as_str).unwrap_or("ACCEPT");
+            let was = old
+                .chains
+                .get(chain)
+                .map(String::as_str)
+                .unwrap_or("ACCEPT");
             if builtin && policy != was {
                 lines.push(format!(":{chain} {was} [0:0]"));
             }

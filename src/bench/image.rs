@@ -29,6 +29,18 @@ fn tar_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
     }
 }
 
+/// A header owned by root, with every numeric field set (unpackers insist).
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_704_067_200);
+    h
+}
+
 /// A plain rootfs tar of `dir` (what `docker import` takes, and the layer of
 /// the OCI archive), with `extra` files (host path → path in the image) added.
 pub fn rootfs_tar(dir: &Path, extra: &[(PathBuf, String)], out: &Path) -> Result<(), BenchError> {
@@ -50,21 +62,16 @@ pub fn rootfs_tar(dir: &Path, extra: &[(PathBuf, String)], out: &Path) -> Result
             if dir.join(&p).exists() || !dirs_done.insert(p.clone()) {
                 continue;
             }
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
+            let mut h = header(tar::EntryType::Directory, 0o755, 0);
             b.append_data(&mut h, format!("{}/", p.display()), &[][..])
                 .map_err(tar_err(out))?;
         }
         // Follows symlinks on the host (libc.so.6 → libc-2.36.so): the image
         // gets the file under the name the loader asks for.
         let data = std::fs::read(host).map_err(io_err(host))?;
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o755);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, inside, &data[..]).map_err(tar_err(out))?;
+        let mut h = header(tar::EntryType::Regular, 0o755, data.len() as u64);
+        b.append_data(&mut h, inside, &data[..])
+            .map_err(tar_err(out))?;
     }
     b.into_inner().map_err(tar_err(out))?;
     Ok(())
@@ -173,10 +180,7 @@ pub fn import_into_bramble(
     let file = std::fs::File::create(&archive).map_err(io_err(&archive))?;
     let mut b = tar::Builder::new(file);
     let mut add = |path: &str, data: &[u8]| -> Result<(), BenchError> {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
+        let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
         b.append_data(&mut h, path, data).map_err(tar_err(&archive))
     };
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;

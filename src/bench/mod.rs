@@ -232,9 +232,10 @@ pub async fn run(args: Args) -> Result<ExitCode, BenchError> {
         STOP.store(true, Ordering::Relaxed);
     });
     let handle = tokio::runtime::Handle::current();
-    let report = tokio::task::spawn_blocking(move || figures::run_all(&args, handle).map(|r| (r, args)))
-        .await
-        .map_err(|e| BenchError::Cluster(format!("the bench thread failed: {e}")))?;
+    let report =
+        tokio::task::spawn_blocking(move || figures::run_all(&args, handle).map(|r| (r, args)))
+            .await
+            .map_err(|e| BenchError::Cluster(format!("the bench thread failed: {e}")))?;
     let (report, args) = report?;
     let text = match args.format.as_str() {
         "json" => report.to_json(),

@@ -41,6 +41,15 @@ impl Summary {
     }
 }
 
+/// `"1 run"`, `"20 runs"`.
+pub fn runs(n: usize) -> String {
+    if n == 1 {
+        "1 run".into()
+    } else {
+        format!("{n} runs")
+    }
+}
+
 /// The `p`-th quantile (0..=1) of sorted samples, nearest rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -218,7 +227,7 @@ impl Report {
             out.push_str(&format!("- Peer: {p}\n"));
         }
         out.push('\n');
-        out.push_str("| figure | Bramble | | peer | | Bramble ÷ peer |\n");
+        out.push_str("| figure | Bramble: what | Bramble | peer: what | peer | Bramble ÷ peer |\n");
         out.push_str("|---|---|---|---|---|---|\n");
         for r in &self.rows {
             let ratio = r
@@ -290,9 +299,6 @@ mod tests {
         assert!(md.contains("| skipped: dockerd not installed | – |"));
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(json["rows"][0]["ratio"], 0.5);
-        assert_eq!(
-            json["rows"][1]["peer"]["skipped"],
-            "dockerd not installed"
-        );
+        assert_eq!(json["rows"][1]["peer"]["skipped"], "dockerd not installed");
     }
 }

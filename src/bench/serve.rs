@@ -98,8 +98,7 @@ pub fn http_ok(addr: SocketAddr) -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET / HTTP/1.0\r\nHost: bench\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;

@@ -126,7 +126,9 @@ impl Tools {
         let why = |prog: &str| {
             format!(
                 "{prog} not found ({})",
-                install_error.as_deref().unwrap_or("installed but not on the PATH")
+                install_error
+                    .as_deref()
+                    .unwrap_or("installed but not on the PATH")
             )
         };
         let dockerd = which("dockerd");
@@ -165,7 +167,9 @@ impl Tools {
         if let Some(c) = version(&self.crun, "--version") {
             v.push(c);
         }
-        if let Some(w) = version(&self.wrk, "-v").or_else(|| self.wrk.as_ref().map(|_| "wrk".into())) {
+        if let Some(w) =
+            version(&self.wrk, "-v").or_else(|| self.wrk.as_ref().map(|_| "wrk".into()))
+        {
             v.push(format!("load generator: {w}"));
         }
         v
