@@ -9,6 +9,7 @@
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -81,7 +82,7 @@ pub struct LocalCluster {
     pub bridge: String,
     log: PathBuf,
     child: Option<Child>,
-    _net: NetLease,
+    net: NetLease,
 }
 
 impl LocalCluster {
@@ -98,9 +99,9 @@ impl LocalCluster {
             bridge: format!("bt{tag}"),
             log: dir.join("up.log"),
             child: None,
-            _net: net,
+            net,
         };
-        let octet = c._net.octet;
+        let octet = c.net.octet;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -118,6 +119,8 @@ impl LocalCluster {
             .args(["--service-cidr", &format!("10.{octet}.128.0/24")])
             .env("BRAMBLE_CONFIG", &c.config)
             .env_remove("RUST_LOG")
+            // Ctrl-C reaches only the bench, which stops the agent in order.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -92,6 +93,9 @@ impl DockerEngine {
             .arg(exec_root.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
+            // Its own process group: a Ctrl-C at the terminal reaches only
+            // the bench, which then stops the engine in order.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)
