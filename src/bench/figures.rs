@@ -920,12 +920,14 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
         Tools::find(!args.no_install)
     };
     report.header.peers = tools.versions();
-    for why in [&tools.docker_missing, &tools.crun_missing]
-        .into_iter()
-        .flatten()
-    {
-        eprintln!("bench: peer skipped: {why}");
-        report.note(format!("peer skipped: {why}"));
+    for (peer, why) in [
+        ("Docker and Swarm", &tools.docker_missing),
+        ("crun", &tools.crun_missing),
+    ] {
+        if let Some(why) = why {
+            eprintln!("bench: peer skipped: {peer}, {why}");
+            report.note(format!("peer skipped: {peer}, {why}"));
+        }
     }
 
     let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
@@ -970,8 +972,8 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
                 Err(BenchError::Interrupted) => return Err(BenchError::Interrupted),
                 Err(e) => {
                     docker_why = format!("dockerd did not start: {e}");
-                    eprintln!("bench: peer skipped: {docker_why}");
-                    report.note(format!("peer skipped: {docker_why}"));
+                    eprintln!("bench: peer skipped: Docker and Swarm, {docker_why}");
+                    report.note(format!("peer skipped: Docker and Swarm, {docker_why}"));
                     None
                 }
             }
@@ -1026,6 +1028,7 @@ fn notes(report: &mut Report) {
         "Idle: the same idle window for both sides; container processes themselves are not counted on either side. Bramble's one process also holds the MQTT broker. Docker runs without Swarm for this figure. A worker alone (`bramble worker`) comes with issue 7; until then only the whole one-machine cluster is measured.",
         "Killed → serving: SIGKILL to the container's init, then plain HTTP GETs until one is answered. Bramble restarts the container in place (a pod's first restart is immediate; later ones back off 10 s, 20 s, … like the kubelet, so each run uses a fresh pod); Swarm replaces the task with a new container after its restart delay.",
         "Swarm publishes ports in host mode: its ingress routing mesh needs IPVS, which this kernel lacks.",
+        "Throughput: the same keep-alive server (`bramble __bench-serve`, this binary in the demo rootfs) on both sides, one replica; the Bramble pod requests one CPU (cpu.shares 1024, like a Docker container), wrk runs on the host, targets interleaved.",
     ] {
         report.note(n);
     }
