@@ -93,6 +93,10 @@ impl DockerEngine {
             .arg(exec_root.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
+            // Nothing can be pulled here: a Swarm task would first try (and
+            // fail, slowly for some names) to pull its image; this moby knob
+            // makes it use the imported image, as Bramble's `Never` does.
+            .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
             // Its own process group: a Ctrl-C at the terminal reaches only
             // the bench, which then stops the engine in order.
             .process_group(0)
