@@ -17,10 +17,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bramble::api::{Kind, Object};
+use bramble::bench::crun;
+use bramble::bench::report::percentile;
 use bramble::cli::client::Client;
 use bramble::config::ClientConfig;
 use bramble::transport::messages::{GetRequest, Request, Response};
@@ -47,11 +48,6 @@ async fn pod_ready(client: &mut Client, name: &str) -> bool {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 fn summary(name: &str, mut v: Vec<f64>) -> String {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     format!(
@@ -63,62 +59,12 @@ fn summary(name: &str, mut v: Vec<f64>) -> String {
     )
 }
 
-/// `crun` refuses this VM's hybrid cgroup layout while the v2 mount holds the
-/// hugetlb controller (PEERS.md): give it a v1 hugetlb hierarchy for the run.
-struct HugetlbMount(bool);
-
-impl HugetlbMount {
-    fn ensure() -> HugetlbMount {
-        let dir = Path::new("/sys/fs/cgroup/hugetlb");
-        if dir.exists() || !Path::new("/sys/fs/cgroup/unified").exists() {
-            return HugetlbMount(false);
-        }
-        let ok = std::fs::create_dir_all(dir).is_ok()
-            && Command::new("mount")
-                .args(["-t", "cgroup", "-o", "hugetlb", "cgroup"])
-                .arg(dir)
-                .status()
-                .is_ok_and(|s| s.success());
-        HugetlbMount(ok)
-    }
-}
-
-impl Drop for HugetlbMount {
-    fn drop(&mut self) {
-        if self.0 {
-            let _ = Command::new("umount")
-                .arg("/sys/fs/cgroup/hugetlb")
-                .status();
-            let _ = std::fs::remove_dir("/sys/fs/cgroup/hugetlb");
-        }
-    }
-}
-
 /// A crun bundle whose rootfs is the demo image's (single) layer.
 fn crun_bundle(c: &Cluster, dir: &Path) -> PathBuf {
     let store = bramble::runtime::ImageStore::open(&c.layout().images()).unwrap();
     let image = store.resolve(bramble::runtime::demo::DEMO_IMAGE).unwrap();
     let rootfs = image.layer_dirs.last().unwrap().clone();
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let out = Command::new("crun")
-        .arg("spec")
-        .current_dir(&bundle)
-        .output()
-        .expect("crun installed");
-    assert!(
-        out.status.success(),
-        "crun spec: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    spec["root"] = serde_json::json!({"path": rootfs, "readonly": true});
-    spec["process"]["args"] = serde_json::json!(["/bin/sleep", "3600"]);
-    spec["process"]["terminal"] = serde_json::json!(false);
-    std::fs::write(&path, serde_json::to_string(&spec).unwrap()).unwrap();
-    bundle
+    crun::bundle(Path::new("crun"), &rootfs, dir, &["/bin/sleep", "3600"]).expect("crun spec")
 }
 
 fn main() {
@@ -160,37 +106,14 @@ fn main() {
     }
     rt.block_on(client.close());
 
-    let _hugetlb = HugetlbMount::ensure();
+    let _hugetlb = crun::HugetlbMount::ensure();
     let bundle = crun_bundle(&c, &c.dir);
     let mut crun_ms = Vec::new();
     for i in 0..runs {
         let id = format!("bramble-bench-{}-{i}", std::process::id());
-        // The detached container inherits crun's stdio: give it files, not
-        // pipes, or waiting for crun's output would wait for the container.
-        let err_file = c.dir.join("crun.err");
-        let stderr = std::fs::File::create(&err_file).unwrap();
-        let start = Instant::now();
-        let status = Command::new("crun")
-            .args(["run", "-d", "--bundle"])
-            .arg(&bundle)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .status()
-            .unwrap();
-        let took = start.elapsed();
-        let _ = Command::new("crun")
-            .args(["delete", "-f", &id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        assert!(
-            status.success(),
-            "crun run: {}",
-            std::fs::read_to_string(&err_file).unwrap_or_default()
-        );
-        crun_ms.push(took.as_secs_f64() * 1000.0);
+        let took = crun::run_detached(Path::new("crun"), &bundle, &id, &c.dir);
+        crun::delete(Path::new("crun"), &id);
+        crun_ms.push(took.expect("crun run").as_secs_f64() * 1000.0);
     }
 
     println!("| figure ({runs} runs) | p50 | p95 | min | max |");

@@ -19,11 +19,12 @@ mod common;
 mod netkit;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bramble::bench::wrk::Wrk;
 use common::{Cluster, ClusterOptions, free_node_port};
 use netkit::{IMAGE, cluster_ip, curl, must_apply, pod_ip};
 
@@ -118,42 +119,13 @@ spec:
     )
 }
 
-struct Wrk {
-    rps: f64,
-    p50: String,
-    p99: String,
-    transfer: String,
-}
-
 fn wrk(url: &str, s: &Settings, connections: u32) -> Wrk {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{}s", s.seconds),
-            "--latency",
-            url,
-        ])
-        .output()
+    let w = bramble::bench::wrk::run(Path::new("wrk"), url, 2, connections, s.seconds)
         .expect("wrk (Debian's wrk) runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |prefix: &str| -> String {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()))
-            .unwrap_or_else(|| "?".into())
-    };
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"));
-    if let Some(e) = errors {
-        eprintln!("wrk {url}: {}", e.trim());
+    if let Some(e) = &w.errors {
+        eprintln!("wrk {url}: {e}");
     }
-    Wrk {
-        rps: field("Requests/sec:").parse().unwrap_or(0.0),
-        p50: field("50%"),
-        p99: field("99%"),
-        transfer: field("Transfer/sec:"),
-    }
+    w
 }
 
 /// Ping-pong over `flows` sockets, `window` datagrams in flight on each.
@@ -261,7 +233,10 @@ fn main() {
     println!("|---|---|---|---|");
     for (name, url) in &http_targets {
         let r = wrk(url, &settings, settings.connections);
-        println!("| {name} | {:.0} | {} | {} |", r.rps, r.p50, r.p99);
+        println!(
+            "| {name} | {:.0} | {} | {} |",
+            r.requests_per_second, r.p50, r.p99
+        );
     }
     let bulk_pod = pod_ip(&c, "bench-bulk").unwrap();
     let bulk_svc = cluster_ip(&c, "bench-bulk");
@@ -284,7 +259,10 @@ fn main() {
     println!("|---|---|---|---|");
     for (name, url) in &bulk_targets {
         let r = wrk(url, &settings, 4);
-        println!("| {name} | {} | {:.0} | {} |", r.transfer, r.rps, r.p50);
+        println!(
+            "| {name} | {} | {:.0} | {} |",
+            r.transfer, r.requests_per_second, r.p50
+        );
     }
     let udp_targets = [
         ("pod IP (direct)", SocketAddr::new(echo_pod.into(), 9000)),

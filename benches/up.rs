@@ -17,30 +17,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bramble::api::Kind;
+use bramble::bench::procfs::{IdleCost, Usage};
+use bramble::bench::report::Summary;
 use bramble::cli::client::Client;
 use bramble::config::ClientConfig;
 use bramble::transport::messages::{GetRequest, Request, Response};
 use common::{Cluster, ClusterOptions};
-
-fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(key)?.trim_start_matches(':').trim();
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
-/// utime + stime of the process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
 
 async fn ready_pods(client: &mut Client) -> usize {
     let req = GetRequest {
@@ -77,11 +59,6 @@ async fn any_pods(client: &mut Client) -> bool {
         selector: Some("app=demo".into()),
     };
     matches!(client.call(Request::Get(req)).await, Ok(Response::Objects(o)) if !o.is_empty())
-}
-
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn main() {
@@ -134,20 +111,17 @@ fn main() {
 
     // Idle: nothing talks to the cluster.
     std::thread::sleep(Duration::from_secs(2));
-    let (cpu0, w0) = (cpu_ticks(pid), proc_field(pid, "io", "write_bytes"));
+    let agent = std::collections::BTreeSet::from([pid]);
+    let start = Usage::of(&agent);
     std::thread::sleep(idle);
-    let (cpu1, w1) = (cpu_ticks(pid), proc_field(pid, "io", "write_bytes"));
-    let rss = proc_field(pid, "smaps_rollup", "Rss");
-    let pss = proc_field(pid, "smaps_rollup", "Pss");
-    let anon = proc_field(pid, "smaps_rollup", "Pss_Anon");
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let cpu_pct = (cpu1 - cpu0) as f64 / tick / idle.as_secs_f64() * 100.0;
-    let writes_per_hour = (w1 - w0) as f64 * 3600.0 / idle.as_secs_f64();
+    let cost = IdleCost::between(&start, &Usage::of(&agent), idle.as_secs_f64());
 
-    let (med, min, max) = stats(&mut apply_ms);
+    let Summary {
+        median: med,
+        min,
+        max,
+        ..
+    } = Summary::of(&apply_ms).unwrap();
     println!("| figure | median | min | max |");
     println!("|---|---|---|---|");
     println!(
@@ -155,19 +129,19 @@ fn main() {
     );
     println!(
         "| `bramble up` idle RSS, demo running | {:.1} MiB | | |",
-        rss as f64 / 1024.0
+        cost.rss_mib
     );
     println!(
         "| `bramble up` idle PSS (anon part) | {:.1} MiB ({:.1} MiB) | | |",
-        pss as f64 / 1024.0,
-        anon as f64 / 1024.0
+        cost.pss_mib, cost.pss_anon_mib
     );
     println!(
-        "| idle CPU over {} s | {cpu_pct:.2} % | | |",
-        idle.as_secs()
+        "| idle CPU over {} s | {:.2} % | | |",
+        idle.as_secs(),
+        cost.cpu_percent
     );
     println!(
         "| idle disk writes | {:.0} KiB/h | | |",
-        writes_per_hour / 1024.0
+        cost.write_kib_per_hour
     );
 }

@@ -21,12 +21,15 @@
 //!   Service ClusterIPs bound on the bridge.
 //! - [`proxy`]: the in-agent L4 proxy for Services (ClusterIP and NodePort).
 //! - [`cli`]: the kubectl-like client: one file per verb, kubectl's columns.
+//! - [`bench`]: `bramble bench`, Bramble measured against Docker, Swarm and
+//!   crun in one run; its measuring pieces serve the `cargo bench` targets too.
 //! - [`up`]: `bramble up`, broker + master + worker in one process.
 //! - [`config`]: on-disk configuration and paths shared by the roles and the CLI.
 //! - [`install`]: systemd units and settings files (`bramble install`), Pi
 //!   images prepared to join on first boot (`bramble image prepare-sd`).
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod install;

@@ -74,6 +74,8 @@ pub enum CliError {
     /// A stream (logs, exec, port-forward) ended badly.
     #[error("{0}")]
     Stream(String),
+    #[error(transparent)]
+    Bench(#[from] crate::bench::BenchError),
 }
 
 impl From<crate::up::UpError> for CliError {
@@ -154,6 +156,8 @@ pub enum Cmd {
     /// Install the master or a worker as a systemd service.
     #[command(subcommand)]
     Install(install::Cmd),
+    /// Measure Bramble against Docker, Swarm and crun on this machine.
+    Bench(crate::bench::Args),
     /// Print the version.
     Version,
 }
@@ -169,6 +173,9 @@ pub fn main() -> ExitCode {
     }
     if args.get(1).map(String::as_str) == Some(crate::runtime::EXEC_HELPER_SUBCOMMAND) {
         return crate::runtime::exec_helper_main(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some(crate::bench::serve::SERVE_SUBCOMMAND) {
+        return crate::bench::serve::serve_main(&args[2..]);
     }
     let cli = Cli::parse();
     // The broker logs every connection and libcgroups every controller it
@@ -253,6 +260,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Image(c) => image::run(c, config).await,
         Cmd::Token(c) => token::run(c, config).await,
         Cmd::Install(c) => install::run(c).await,
+        Cmd::Bench(a) => Ok(crate::bench::run(a).await?),
         Cmd::Version => {
             println!("bramble {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
