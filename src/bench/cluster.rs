@@ -80,7 +80,7 @@ pub struct LocalCluster {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub bridge: String,
-    log: PathBuf,
+    pub log: PathBuf,
     child: Option<Child>,
     net: NetLease,
 }
@@ -117,6 +117,9 @@ impl LocalCluster {
             .args(["--node-name", &format!("bench-{tag}")])
             .args(["--cluster-cidr", &format!("10.{octet}.0.0/17")])
             .args(["--service-cidr", &format!("10.{octet}.128.0/24")])
+            // The bench's images are imported, not pullable: a shared disk
+            // filling up for a moment must not collect them mid-run.
+            .args(["--image-gc-high-threshold", "100"])
             .env("BRAMBLE_CONFIG", &c.config)
             .env_remove("RUST_LOG")
             // Ctrl-C reaches only the bench, which stops the agent in order.
@@ -157,10 +160,11 @@ impl LocalCluster {
 
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // The embedded broker's connection chatter says nothing about pods.
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("rumqttd")).collect();
         format!(
             "--- last lines of bramble up ---\n{}",
-            lines[lines.len().saturating_sub(30)..].join("\n")
+            lines[lines.len().saturating_sub(40)..].join("\n")
         )
     }
 

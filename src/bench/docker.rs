@@ -25,7 +25,7 @@ pub struct DockerEngine {
     exec_root: PathBuf,
     data_root: PathBuf,
     sock: PathBuf,
-    log: PathBuf,
+    pub log: PathBuf,
     cli: PathBuf,
     child: Option<Child>,
     host: Option<HostState>,
@@ -245,7 +245,21 @@ impl DockerEngine {
     }
 
     pub fn swarm_init(&mut self) -> Result<(), BenchError> {
-        self.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+        // A free port rather than 2377, which another swarm on this machine
+        // may hold.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io_err(Path::new("127.0.0.1:0")))?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        self.ok(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+        ])?;
         self.swarm = true;
         Ok(())
     }

@@ -868,6 +868,13 @@ fn machine() -> (String, String) {
     )
 }
 
+/// A `dockerd` already running (not one of ours: we have not started any).
+fn other_dockerd() -> Option<u32> {
+    procfs::all_pids().into_iter().find(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "dockerd")
+    })
+}
+
 /// The whole bench: setup, every figure, teardown.
 pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
     let s = if args.quick {
@@ -959,6 +966,15 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
 
     let mut docker_why = tools.docker_missing.clone().unwrap_or_default();
     let docker = match (&tools.dockerd, &tools.docker, &tools.docker_missing) {
+        (Some(_), Some(_), None) if other_dockerd().is_some() => {
+            let pid = other_dockerd().unwrap_or_default();
+            docker_why = format!(
+                "another dockerd (pid {pid}) runs on this machine; two engines would share docker0, port 2377 and the DOCKER iptables chains"
+            );
+            eprintln!("bench: peer skipped: Docker and Swarm, {docker_why}");
+            report.note(format!("peer skipped: Docker and Swarm, {docker_why}"));
+            None
+        }
         (Some(dockerd), Some(cli), None) => {
             eprintln!("bench: starting dockerd");
             let started = DockerEngine::start(dockerd, cli, &tag, &scratch.join("dockerd.log"))
@@ -1008,6 +1024,21 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
         Ok(())
     })();
     bench.api.disconnect();
+    if result.is_err() {
+        // The scratch directory goes; the logs that explain the failure stay.
+        let mut logs = vec![(cluster.log.clone(), "up.log")];
+        if let Some(d) = &bench.docker {
+            logs.push((d.log.clone(), "dockerd.log"));
+        }
+        for (from, name) in logs {
+            let to = args
+                .work_dir
+                .join(format!("bramble-bench-{}-{name}", bench.tag));
+            if std::fs::copy(&from, &to).is_ok() {
+                eprintln!("bench: kept {}", to.display());
+            }
+        }
+    }
     let mut report = std::mem::take(&mut bench.report);
     if let Some(mut d) = bench.docker.take() {
         eprintln!("bench: stopping dockerd");

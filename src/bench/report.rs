@@ -83,6 +83,7 @@ impl Unit {
         match self {
             Unit::Ms if v < 10.0 => format!("{v:.1}"),
             Unit::Ms | Unit::KiBPerHour | Unit::RequestsPerSecond => format!("{v:.0}"),
+            Unit::Seconds if v < 1.0 => format!("{v:.3}"),
             Unit::Seconds | Unit::Percent => format!("{v:.2}"),
             Unit::MiB => format!("{v:.1}"),
         }
@@ -232,7 +233,13 @@ impl Report {
         for r in &self.rows {
             let ratio = r
                 .ratio
-                .map(|x| format!("{x:.2}×"))
+                .map(|x| {
+                    if x != 0.0 && x < 0.1 {
+                        format!("{x:.3}×")
+                    } else {
+                        format!("{x:.2}×")
+                    }
+                })
                 .unwrap_or_else(|| "–".into());
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
