@@ -451,7 +451,6 @@ fn master_killed(c: &mut TestCluster) {
         })
         .collect();
     c.master.kill9();
-    std::thread::sleep(Duration::from_secs(2));
     c.master.spawn();
     c.wait_for(
         "all workers Ready after the master's restart",

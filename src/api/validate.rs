@@ -1072,6 +1072,21 @@ fn validate_exec(
     }
 }
 
+/// Exactly one of a probe's or hook's handlers is set.
+fn validate_one_handler(set: &[bool], path: &str, errs: &mut Vec<FieldError>) {
+    match set.iter().filter(|h| **h).count() {
+        0 => errs.push(FieldError::required(
+            path.to_string(),
+            "must specify a handler type",
+        )),
+        1 => {}
+        _ => errs.push(FieldError::forbidden(
+            path.to_string(),
+            "may not specify more than 1 handler type",
+        )),
+    }
+}
+
 /// A lifecycle hook has exactly one handler, as a probe does.
 fn validate_hook(
     h: &k8s_openapi::api::core::v1::LifecycleHandler,
@@ -1083,21 +1098,8 @@ fn validate_hook(
         h.http_get.is_some(),
         h.tcp_socket.is_some(),
         h.sleep.is_some(),
-    ]
-    .iter()
-    .filter(|h| **h)
-    .count();
-    if handlers == 0 {
-        errs.push(FieldError::required(
-            path.to_string(),
-            "must specify a handler type",
-        ));
-    } else if handlers > 1 {
-        errs.push(FieldError::forbidden(
-            path.to_string(),
-            "may not specify more than 1 handler type",
-        ));
-    }
+    ];
+    validate_one_handler(&handlers, path, errs);
     if let Some(e) = &h.exec {
         validate_exec(e, path, errs);
     }
@@ -1118,21 +1120,8 @@ fn validate_probe(p: &Probe, path: &str, single_success: bool, errs: &mut Vec<Fi
         p.http_get.is_some(),
         p.tcp_socket.is_some(),
         p.grpc.is_some(),
-    ]
-    .iter()
-    .filter(|h| **h)
-    .count();
-    if handlers == 0 {
-        errs.push(FieldError::required(
-            path.to_string(),
-            "must specify a handler type",
-        ));
-    } else if handlers > 1 {
-        errs.push(FieldError::forbidden(
-            path.to_string(),
-            "may not specify more than 1 handler type",
-        ));
-    }
+    ];
+    validate_one_handler(&handlers, path, errs);
     if let Some(e) = &p.exec {
         validate_exec(e, path, errs);
     }

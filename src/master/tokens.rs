@@ -212,6 +212,15 @@ fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// Equal, compared in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 fn valid_part(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| ALPHABET.contains(&b))
 }
@@ -390,14 +399,7 @@ pub fn verify(
     }
     let want = field(stored, "secret-sha256").unwrap_or_default();
     // Compare digests, not secrets, in constant time.
-    let got = hash(secret);
-    let same = want.len() == got.len()
-        && want
-            .bytes()
-            .zip(got.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !same(&want, &hash(secret)) {
         return Err(TokenError::BadSecret);
     }
     if info.expired(now) {
@@ -445,13 +447,7 @@ pub fn verify_join(
     }
     let key = field(stored, "secret-sha256").unwrap_or_default();
     let want = proof_with_key(&key, node, public_key, nonce);
-    let same = want.len() == proof.len()
-        && want
-            .bytes()
-            .zip(proof.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if key.is_empty() || !same {
+    if key.is_empty() || !same(&want, proof) {
         return Err(TokenError::BadSecret);
     }
     if info.expired(now) {

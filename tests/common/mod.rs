@@ -35,6 +35,74 @@ pub fn free_node_port() -> u16 {
     }
 }
 
+/// Runs the CLI with `config`.
+pub fn cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("BRAMBLE_CONFIG", config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bramble runs")
+}
+
+/// Runs the CLI and insists it succeeds (showing `logs` when not); stdout.
+pub fn cli_ok(config: &Path, args: &[&str], logs: impl FnOnce() -> String) -> String {
+    let out = cli(config, args);
+    assert!(
+        out.status.success(),
+        "bramble {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `cli_ok` with `-o json`, parsed.
+pub fn cli_json(config: &Path, args: &[&str], logs: impl FnOnce() -> String) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&cli_ok(config, &a, logs)).unwrap()
+}
+
+/// The pods a label selector picks, as JSON items.
+pub fn pods_of(
+    config: &Path,
+    selector: &str,
+    logs: impl FnOnce() -> String,
+) -> Vec<serde_json::Value> {
+    cli_json(config, &["get", "pods", "-l", selector], logs)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Running, Ready and not being deleted.
+pub fn is_running_ready(p: &serde_json::Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["metadata"]["deletionTimestamp"].is_null()
+        && p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Polls `check` until it holds; past `limit`, panics naming `what` with `logs`.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> bool,
+    logs: impl FnOnce() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}\n{}", logs());
+}
+
 /// An address block only this test holds: the second octet of 10.X.0.0/16,
 /// claimed with an exclusive file so concurrent test processes never share it.
 pub struct NetLease {
@@ -184,30 +252,16 @@ impl Cluster {
 
     /// Runs the CLI against this cluster.
     pub fn bramble(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("BRAMBLE_CONFIG", &self.config)
-            .stdin(Stdio::null())
-            .output()
-            .expect("bramble runs")
+        cli(&self.config, args)
     }
 
     /// Runs the CLI and insists it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.bramble(args);
-        assert!(
-            out.status.success(),
-            "bramble {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log_tail()
-        );
-        String::from_utf8(out.stdout).unwrap()
+        cli_ok(&self.config, args, || self.log_tail())
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
+        cli_json(&self.config, args, || self.log_tail())
     }
 
     pub fn log_tail(&self) -> String {
@@ -220,34 +274,19 @@ impl Cluster {
         )
     }
 
-    pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if check() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        panic!("timed out waiting for {what}\n{}", self.log_tail());
+    pub fn wait_for(&self, what: &str, limit: Duration, check: impl FnMut() -> bool) {
+        wait_until(what, limit, check, || self.log_tail());
     }
 
     /// Pods of the demo, as JSON items.
     pub fn pods(&self, selector: &str) -> Vec<serde_json::Value> {
-        let v = self.json(&["get", "pods", "-l", selector]);
-        v["items"].as_array().cloned().unwrap_or_default()
+        pods_of(&self.config, selector, || self.log_tail())
     }
 
     pub fn running_ready(&self, selector: &str) -> Vec<serde_json::Value> {
         self.pods(selector)
             .into_iter()
-            .filter(|p| {
-                p["status"]["phase"] == "Running"
-                    && p["metadata"]["deletionTimestamp"].is_null()
-                    && p["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-            })
+            .filter(is_running_ready)
             .collect()
     }
 

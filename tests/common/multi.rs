@@ -309,29 +309,15 @@ impl TestCluster {
     }
 
     pub fn bramble(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("BRAMBLE_CONFIG", &self.config)
-            .stdin(Stdio::null())
-            .output()
-            .expect("bramble runs")
+        super::cli(&self.config, args)
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.bramble(args);
-        assert!(
-            out.status.success(),
-            "bramble {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        String::from_utf8(out.stdout).unwrap()
+        super::cli_ok(&self.config, args, || self.logs())
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
+        super::cli_json(&self.config, args, || self.logs())
     }
 
     /// The `Ready` condition of node `name` is True.
@@ -348,24 +334,14 @@ impl TestCluster {
     }
 
     pub fn pods(&self, selector: &str) -> Vec<serde_json::Value> {
-        self.json(&["get", "pods", "-l", selector])["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        super::pods_of(&self.config, selector, || self.logs())
     }
 
     /// Running, Ready and not being deleted.
     pub fn running_ready(&self, selector: &str) -> Vec<serde_json::Value> {
         self.pods(selector)
             .into_iter()
-            .filter(|p| {
-                p["status"]["phase"] == "Running"
-                    && p["metadata"]["deletionTimestamp"].is_null()
-                    && p["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-            })
+            .filter(super::is_running_ready)
             .collect()
     }
 
@@ -377,15 +353,8 @@ impl TestCluster {
             .join("\n")
     }
 
-    pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if check() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("timed out waiting for {what}\n{}", self.logs());
+    pub fn wait_for(&self, what: &str, limit: Duration, check: impl FnMut() -> bool) {
+        super::wait_until(what, limit, check, || self.logs());
     }
 }
 

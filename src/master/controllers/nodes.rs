@@ -86,20 +86,22 @@ fn set_unreachable_taints(n: &mut Node, unreachable: bool, snap: &Snapshot) {
 /// How long `pod` may stay on an unreachable node: its toleration of the
 /// NoExecute taint (`None` seconds: forever), else the cluster's period.
 fn tolerated_for(pod: &Pod, default: std::time::Duration) -> Option<std::time::Duration> {
+    let taint = Taint {
+        key: UNREACHABLE_TAINT.into(),
+        effect: "NoExecute".into(),
+        ..Default::default()
+    };
     let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
-    for t in tolerations.into_iter().flatten() {
-        let key_matches = match t.operator.as_deref() {
-            Some("Exists") => t.key.as_deref().is_none_or(|k| k == UNREACHABLE_TAINT),
-            _ => t.key.as_deref() == Some(UNREACHABLE_TAINT),
-        };
-        let effect_matches = t.effect.as_deref().is_none_or(|e| e == "NoExecute");
-        if key_matches && effect_matches {
-            return t
-                .toleration_seconds
-                .map(|s| std::time::Duration::from_secs(s.max(0) as u64));
-        }
+    match tolerations
+        .into_iter()
+        .flatten()
+        .find(|t| crate::master::scheduler::tolerates(t, &taint))
+    {
+        Some(t) => t
+            .toleration_seconds
+            .map(|s| std::time::Duration::from_secs(s.max(0) as u64)),
+        None => Some(default),
     }
-    Some(default)
 }
 
 /// Pods on nodes NotReady for longer than they tolerate: deleted outright
