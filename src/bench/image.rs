@@ -202,14 +202,15 @@ mod tests {
 
     #[test]
     fn parses_ldd() {
-        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibseccomp.so.2 => /lib/x86_64-linux-gnu/libseccomp.so.2 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        // A Pi's ldd output: the parser must not care which triple the paths name.
+        let text = "\tlinux-vdso.so.1 (0x0000ffff)\n\tlibseccomp.so.2 => /lib/aarch64-linux-gnu/libseccomp.so.2 (0x0000ff)\n\tlibc.so.6 => /lib/aarch64-linux-gnu/libc.so.6 (0x0000ff)\n\t/lib/ld-linux-aarch64.so.1 (0x0000ff)\n";
         let libs: Vec<String> = parse_ldd(text).into_iter().map(|(_, p)| p).collect();
         assert_eq!(
             libs,
             [
-                "/lib/x86_64-linux-gnu/libseccomp.so.2",
-                "/lib/x86_64-linux-gnu/libc.so.6",
-                "/lib64/ld-linux-x86-64.so.2"
+                "/lib/aarch64-linux-gnu/libseccomp.so.2",
+                "/lib/aarch64-linux-gnu/libc.so.6",
+                "/lib/ld-linux-aarch64.so.1"
             ]
         );
     }
