@@ -460,8 +460,12 @@ fn base64_in_a_literal_block_decodes() {
     );
 
     // Anything else that is not base64 is still refused, naming the field
-    // and the object's line.
+    // and its line (the object's, when line breaks had to go first).
     let bad = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\n  key: \"no base64!\"\n";
+    let err = manifest::parse("bad.yaml", bad).unwrap_err().to_string();
+    assert!(err.starts_with("bad.yaml:5:8: data.key: "), "{err}");
+    let bad =
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\n  key: |\n    no base64!\n";
     let err = manifest::parse("bad.yaml", bad).unwrap_err().to_string();
     assert!(err.starts_with("bad.yaml:1: data.key: "), "{err}");
     let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\nbinaryData:\n  bin: \"%%\"\n";

@@ -310,7 +310,9 @@ fn yaml_error_parts(e: &serde_yaml_ng::Error) -> (usize, Option<usize>, String) 
 /// What to read a document or List item as.
 #[derive(Debug)]
 enum Plan {
-    Object(Kind),
+    /// An object of this kind; `true` when its base64 values carry line
+    /// breaks to drop first (see [`read_kind`]).
+    Object(Kind, bool),
     List(Vec<Plan>),
     /// Bad kind or apiVersion, already reported: read past it.
     Skip,
@@ -319,7 +321,7 @@ enum Plan {
 impl Plan {
     fn has_objects(&self) -> bool {
         match self {
-            Plan::Object(_) => true,
+            Plan::Object(..) => true,
             Plan::List(items) => items.iter().any(Plan::has_objects),
             Plan::Skip => false,
         }
@@ -423,7 +425,15 @@ fn plan(value: &Value, path: &mut Vec<usize>, errors: &mut Vec<(Vec<usize>, Stri
         Some(_) => {}
     }
     if let Some(kind) = kind {
-        return Plan::Object(kind);
+        let broken_base64 = base64_map(kind)
+            .and_then(|field| map.get(field))
+            .and_then(Value::as_mapping)
+            .is_some_and(|m| {
+                m.values()
+                    .filter_map(Value::as_str)
+                    .any(|v| v.contains(['\n', '\r']))
+            });
+        return Plan::Object(kind, broken_base64);
     }
     let items = match map.get("items") {
         None | Some(Value::Null) => Vec::new(),
@@ -482,13 +492,13 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_> {
             Plan::Skip => {
                 IgnoredAny::deserialize(d)?;
             }
-            Plan::Object(_) if self.ctx.skip.contains(&self.path) => {
+            Plan::Object(..) if self.ctx.skip.contains(&self.path) => {
                 IgnoredAny::deserialize(d)?;
             }
-            Plan::Object(kind) => {
+            Plan::Object(kind, broken_base64) => {
                 *self.ctx.current.borrow_mut() = Some(self.path.clone());
                 let mut unknown = Vec::new();
-                let object = read_kind(*kind, d, &mut unknown)?;
+                let object = read_kind(*kind, *broken_base64, d, &mut unknown)?;
                 *self.ctx.current.borrow_mut() = None;
                 self.ctx.out.borrow_mut().push(Typed {
                     path: self.path,
@@ -507,18 +517,22 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_> {
 }
 
 /// Reads one object of `kind`, noting the paths of fields its type does not have.
+///
+/// Kubernetes decodes base64 with Go's decoder, which skips line breaks: the
+/// documentation's own `data: {key: |\n  <base64>}` examples end in one.
+/// k8s-openapi's decoder is strict, so for an object whose base64 values
+/// have breaks (`broken_base64`, seen in pass 2) they go first, through a
+/// `Value`: errors in that object then carry its line, not their own.
 fn read_kind<'de, D: de::Deserializer<'de>>(
     kind: Kind,
+    broken_base64: bool,
     d: D,
     unknown: &mut Vec<String>,
 ) -> Result<Object, D::Error> {
     let mut note = |path: serde_ignored::Path<'_>| unknown.push(render_path(&path));
-    let Some(base64_field) = base64_map(kind) else {
+    let Some(base64_field) = base64_map(kind).filter(|_| broken_base64) else {
         return Object::deserialize_kind(kind, serde_ignored::Deserializer::new(d, &mut note));
     };
-    // Kubernetes decodes base64 with Go's decoder, which skips line breaks:
-    // the documentation's own `data: {key: |\n  <base64>}` examples end in
-    // one. k8s-openapi's decoder is strict, so the breaks go first.
     let mut value = serde_yaml_ng::Value::deserialize(d)?;
     if let Some(serde_yaml_ng::Value::Mapping(map)) = value.get_mut(base64_field) {
         for (_, v) in map.iter_mut() {
@@ -1032,7 +1046,7 @@ items:
             .replace("replicas: 2", "replicass: 2")
             .replace(
                 "          ports:",
-                "          livenessProbe:\n            grpc:\n              port: 9000\n          imagePullPolicyy: Always\n          ports:",
+                "          livenessProbe:\n            grpc:\n              port: 9000\n          imagePullPolicyy: Always\n          securityContext:\n            seccompProfile:\n              type: RuntimeDefault\n          ports:",
             );
         let parsed = parse("demo.yaml", &text).unwrap();
         assert_eq!(
@@ -1040,7 +1054,7 @@ items:
             vec![
                 r#"unknown field "spec.replicass""#,
                 r#"unknown field "spec.template.spec.containers[0].imagePullPolicyy""#,
-                "spec.template.spec.containers[0].livenessProbe.grpc: not implemented by Bramble, ignored",
+                "spec.template.spec.containers[0].securityContext.seccompProfile: not implemented by Bramble, ignored",
             ]
         );
         assert!(parsed[1].warnings.is_empty());

@@ -124,10 +124,11 @@ const POD_SPEC: &[&str] = &[
     "affinity.nodeAffinity",
     "tolerations",
     "hostname",
-    // Probes with exec, TCP and HTTP handlers (grpc ones and HTTPS are not run:
+    // Probes with exec, TCP, HTTP and gRPC handlers (HTTPS is not run:
     // `httpGet.scheme` is allowed only at its default, below).
     "containers[].livenessProbe.exec",
     "containers[].livenessProbe.tcpSocket",
+    "containers[].livenessProbe.grpc",
     "containers[].livenessProbe.httpGet.path",
     "containers[].livenessProbe.httpGet.port",
     "containers[].livenessProbe.httpGet.host",
@@ -140,6 +141,7 @@ const POD_SPEC: &[&str] = &[
     "containers[].livenessProbe.terminationGracePeriodSeconds",
     "containers[].readinessProbe.exec",
     "containers[].readinessProbe.tcpSocket",
+    "containers[].readinessProbe.grpc",
     "containers[].readinessProbe.httpGet.path",
     "containers[].readinessProbe.httpGet.port",
     "containers[].readinessProbe.httpGet.host",
@@ -151,6 +153,7 @@ const POD_SPEC: &[&str] = &[
     "containers[].readinessProbe.failureThreshold",
     "containers[].startupProbe.exec",
     "containers[].startupProbe.tcpSocket",
+    "containers[].startupProbe.grpc",
     "containers[].startupProbe.httpGet.path",
     "containers[].startupProbe.httpGet.port",
     "containers[].startupProbe.httpGet.host",
@@ -623,7 +626,6 @@ mod tests {
             check(&d),
             vec![
                 "metadata.finalizers: not implemented by Bramble, ignored",
-                "spec.template.spec.containers[0].livenessProbe.grpc: not implemented by Bramble, ignored",
                 "spec.template.spec.containers[0].startupProbe.httpGet.scheme: not implemented by Bramble, ignored",
                 "spec.template.spec.securityContext.seccompProfile: not implemented by Bramble, ignored",
             ]

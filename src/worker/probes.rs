@@ -5,8 +5,10 @@
 //! the pod state machine (`podsync`); nothing here decides what a result
 //! means.
 //!
-//! `grpc` probes and HTTPS are not run: [`supported`] says so, and such
-//! probes act as if absent (their fields warn when applied).
+//! `grpc` probes call the standard health service (`grpc.health.v1.Health/
+//! Check`) over plaintext HTTP/2, as the kubelet does. HTTPS is not run:
+//! [`supported`] says so, and such probes act as if absent (their fields
+//! warn when applied).
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    Container, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
+    Container, ExecAction, GRPCAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -53,6 +55,7 @@ const EXEC_DRAIN: Duration = Duration::from_millis(100);
 /// Whether Bramble runs this probe.
 pub fn supported(p: &Probe) -> bool {
     p.tcp_socket.is_some()
+        || p.grpc.is_some()
         || p.exec
             .as_ref()
             .is_some_and(|e| e.command.as_ref().is_some_and(|c| !c.is_empty()))
@@ -179,7 +182,174 @@ pub async fn check(probe: &Probe, container: &Container, target: &Target) -> Res
     if let Some(h) = &probe.http_get {
         return http(h, container, target, timeout).await;
     }
+    if let Some(g) = &probe.grpc {
+        return grpc(g, target, timeout).await;
+    }
     Ok(())
+}
+
+/// The health service's answers (`grpc.health.v1.HealthCheckResponse.ServingStatus`).
+const GRPC_STATUSES: [&str; 4] = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
+
+/// The largest health answer read; a real one is a few bytes.
+const GRPC_ANSWER_LIMIT: usize = 64 * 1024;
+
+/// `grpc.health.v1.Health/Check` for `action.service` (default: the whole
+/// server); only `SERVING` is a success.
+async fn grpc(action: &GRPCAction, target: &Target, timeout: Duration) -> Result<(), String> {
+    let port =
+        u16::try_from(action.port).map_err(|_| format!("port {} out of range", action.port))?;
+    let addr = SocketAddr::new(target.ip()?, port);
+    let service = action.service.clone().unwrap_or_default();
+    let call = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("failed to connect service {addr}: {e}"))?;
+        let (client, connection) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| format!("failed to connect service {addr}: {e}"))?;
+        // The connection is driven beside the call and dropped with it.
+        let driver = AbortOnDrop(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        let rpc_err = |e: h2::Error| format!("rpc error: code = Unavailable desc = {e}");
+        let mut client = client.ready().await.map_err(rpc_err)?;
+        let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("user-agent", "kube-probe/1.34")
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let (answer, mut send) = client.send_request(request, false).map_err(rpc_err)?;
+        send.send_data(grpc_request(&service).into(), true)
+            .map_err(rpc_err)?;
+        let (head, mut body) = answer.await.map_err(rpc_err)?.into_parts();
+        if head.status != http::StatusCode::OK {
+            return Err(format!(
+                "rpc error: code = Unknown desc = HTTP status {}",
+                head.status
+            ));
+        }
+        let mut message = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(rpc_err)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            message.extend_from_slice(&chunk);
+            if message.len() > GRPC_ANSWER_LIMIT {
+                return Err("rpc error: code = ResourceExhausted desc = answer too large".into());
+            }
+        }
+        // A failed call may carry its status in the headers alone.
+        let trailers = body.trailers().await.map_err(rpc_err)?;
+        let field = |name: &str| {
+            trailers
+                .as_ref()
+                .and_then(|t| t.get(name))
+                .or_else(|| head.headers.get(name))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        match field("grpc-status").as_deref() {
+            Some("0") => {}
+            Some(code) => {
+                return Err(format!(
+                    "rpc error: code = {code} desc = {}",
+                    field("grpc-message").unwrap_or_default()
+                ));
+            }
+            None => return Err("rpc error: code = Internal desc = no grpc-status".into()),
+        }
+        drop(driver);
+        match grpc_serving_status(&message) {
+            Some(1) => Ok(()),
+            Some(n) => Err(format!(
+                "service unhealthy (responded with {:?})",
+                GRPC_STATUSES.get(n as usize).copied().unwrap_or("UNKNOWN")
+            )),
+            None => Err("rpc error: code = Internal desc = malformed health answer".into()),
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "timeout: health rpc did not complete within {}s",
+            timeout.as_secs()
+        )),
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A `HealthCheckRequest { service }` in gRPC's length-prefixed framing.
+fn grpc_request(service: &str) -> Vec<u8> {
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = vec![0u8]; // not compressed
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// `HealthCheckResponse.status` from one length-prefixed gRPC message
+/// (absent field: 0, protobuf's default); `None` when malformed.
+fn grpc_serving_status(framed: &[u8]) -> Option<u64> {
+    let (head, rest) = framed.split_at_checked(5)?;
+    if head[0] != 0 {
+        return None; // compressed: we asked for nothing of the kind
+    }
+    let len = u32::from_be_bytes(head[1..5].try_into().ok()?) as usize;
+    let mut b = rest.get(..len)?;
+    let mut status = 0;
+    while !b.is_empty() {
+        let key = get_varint(&mut b)?;
+        match key & 7 {
+            0 => {
+                let v = get_varint(&mut b)?;
+                if key >> 3 == 1 {
+                    status = v;
+                }
+            }
+            1 => b = b.get(8..)?,
+            2 => {
+                let n = usize::try_from(get_varint(&mut b)?).ok()?;
+                b = b.get(n..)?;
+            }
+            5 => b = b.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
 }
 
 /// Runs a lifecycle hook (postStart or preStop), bounded by `limit`.
@@ -427,6 +597,124 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("no port named"), "{err}");
+    }
+
+    /// A gRPC health server on loopback: every call is answered with
+    /// `status` (`None`: a trailers-only UNIMPLEMENTED); the request bodies
+    /// it received come back on the channel.
+    async fn health_server(
+        status: Option<u8>,
+    ) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(s).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                        let mut body = req.into_body();
+                        let mut got = Vec::new();
+                        while let Some(Ok(c)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(c.len());
+                            got.extend_from_slice(&c);
+                        }
+                        let _ = tx.send(got);
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc");
+                        let Some(status) = status else {
+                            let head = head
+                                .header("grpc-status", "12")
+                                .header("grpc-message", "unknown service")
+                                .body(())
+                                .unwrap();
+                            respond.send_response(head, true).unwrap();
+                            continue;
+                        };
+                        let mut send = respond
+                            .send_response(head.body(()).unwrap(), false)
+                            .unwrap();
+                        send.send_data(vec![0, 0, 0, 0, 2, 0x08, status].into(), false)
+                            .unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        send.send_trailers(trailers).unwrap();
+                    }
+                });
+            }
+        });
+        (port, rx)
+    }
+
+    fn grpc_probe(port: u16, service: Option<&str>) -> Probe {
+        Probe {
+            grpc: Some(GRPCAction {
+                port: i32::from(port),
+                service: service.map(str::to_string),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_asks_the_health_service() {
+        let lo = target();
+        let c = container();
+        let (port, mut seen) = health_server(Some(1)).await;
+        check(&grpc_probe(port, None), &c, &lo).await.unwrap();
+        assert_eq!(seen.recv().await.unwrap(), [0, 0, 0, 0, 0]);
+        check(&grpc_probe(port, Some("db")), &c, &lo).await.unwrap();
+        assert_eq!(
+            seen.recv().await.unwrap(),
+            [0, 0, 0, 0, 4, 0x0a, 2, b'd', b'b']
+        );
+
+        let (port, _seen) = health_server(Some(2)).await;
+        let err = check(&grpc_probe(port, None), &c, &lo).await.unwrap_err();
+        assert_eq!(err, "service unhealthy (responded with \"NOT_SERVING\")");
+
+        let (port, _seen) = health_server(None).await;
+        let err = check(&grpc_probe(port, Some("x")), &c, &lo)
+            .await
+            .unwrap_err();
+        assert_eq!(err, "rpc error: code = 12 desc = unknown service");
+
+        // Not gRPC at all, and nothing listening: failures, never a hang.
+        let (port, _) = server(200).await;
+        assert!(check(&grpc_probe(port, None), &c, &lo).await.is_err());
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = check(&grpc_probe(closed, None), &c, &lo).await.unwrap_err();
+        assert!(err.starts_with("failed to connect service"), "{err}");
+    }
+
+    #[test]
+    fn grpc_health_answers_parse_or_are_refused() {
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        // An empty message is the default status, UNKNOWN.
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 0]), Some(0));
+        // Unknown fields are skipped.
+        assert_eq!(
+            grpc_serving_status(&[0, 0, 0, 0, 6, 0x12, 2, b'h', b'i', 0x08, 2]),
+            Some(2)
+        );
+        for bad in [
+            &[][..],
+            &[1, 0, 0, 0, 2, 0x08, 1],
+            &[0, 0, 0, 0, 9, 0x08, 1],
+            &[0, 0, 0, 0, 2, 0x08, 0x80],
+            &[0, 0, 0, 0, 1, 0x0b],
+        ] {
+            assert_eq!(grpc_serving_status(bad), None, "{bad:?}");
+        }
     }
 
     #[tokio::test]
