@@ -415,6 +415,18 @@ async fn run_master(
     demo: Option<(u16, PathBuf)>,
     config: Option<&Path>,
 ) -> Result<ExitCode, UpError> {
+    // Broker settings are checked before anything is created.
+    let external_broker = match &args.broker {
+        Some(url) => Some(args.broker_options.broker(url)?),
+        None if args.broker_options.broker_ca.is_some() => {
+            return Err(UpError::Flag {
+                flag: "broker-ca",
+                reason: "the embedded broker is plain MQTT: a CA file goes with --broker mqtts://…"
+                    .into(),
+            });
+        }
+        None => None,
+    };
     let layout = Layout::new(&args.data_dir)?;
     if let Some(pid) = running_agent(&layout) {
         return Err(UpError::AlreadyRunning {
@@ -441,15 +453,8 @@ async fn run_master(
         tracing::info!(data_dir = %layout.data_dir.display(), "created a new cluster");
     }
 
-    let broker = match &args.broker {
-        Some(url) => args.broker_options.broker(url)?,
-        None if args.broker_options.broker_ca.is_some() => {
-            return Err(UpError::Flag {
-                flag: "broker-ca",
-                reason: "the embedded broker is plain MQTT: a CA file goes with --broker mqtts://…"
-                    .into(),
-            });
-        }
+    let broker = match external_broker {
+        Some(b) => b,
         None => {
             broker::start(listen)?;
             let host = if listen.ip().is_unspecified() {

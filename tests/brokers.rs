@@ -231,3 +231,64 @@ fn mosquitto_over_tls_with_a_password() {
         connect_error(&plain, v);
     }
 }
+
+/// Bad broker settings stop `bramble master` and `bramble worker` at once,
+/// naming the file or flag, before anything is created.
+#[test]
+fn bad_broker_settings_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let not_pem = dir.path().join("notes.txt");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let fails = |args: &[&str], wanted: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        for w in wanted {
+            assert!(err.contains(w), "{args:?}: {w:?} not in: {err}");
+        }
+    };
+    let worker = |broker: &str, ca: &std::path::Path| {
+        vec![
+            "worker".to_string(),
+            "--join".into(),
+            "BRAMBLE1.x.y".into(),
+            "--broker".into(),
+            broker.into(),
+            "--broker-ca".into(),
+            ca.display().to_string(),
+            "--data-dir".into(),
+            data_arg.into(),
+        ]
+    };
+    let args = worker("mqtts://pi:pw@127.0.0.1:1", &missing);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails(&args, &[missing.to_str().unwrap()]);
+    let args = worker("mqtts://127.0.0.1:1", &not_pem);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails(&args, &[not_pem.to_str().unwrap(), "no certificate"]);
+    let args = worker("mqtt://127.0.0.1:1", &not_pem);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails(&args, &[not_pem.to_str().unwrap(), "mqtts://"]);
+    fails(
+        &[
+            "master",
+            "--data-dir",
+            data_arg,
+            "--broker-ca",
+            not_pem.to_str().unwrap(),
+        ],
+        &["--broker-ca", "embedded broker"],
+    );
+    fails(
+        &["master", "--data-dir", data_arg, "--mqtt-version", "6"],
+        &["3.1.1"],
+    );
+    assert!(!data.exists(), "nothing was created");
+}
