@@ -99,21 +99,15 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, TransportError> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // The front's own runtime, as rumqttd's servers have theirs: the broker
+    // does not depend on the agent's.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| broker_err(format!("front runtime: {e}")))?;
     std::thread::Builder::new()
         .name("broker-front".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "embedded broker front: no runtime");
-                    return;
-                }
-            };
-            rt.block_on(front_loop(front, v4, v5));
-        })
+        .spawn(move || rt.block_on(front_loop(front, v4, v5)))
         .map_err(|e| broker_err(e.to_string()))?;
     Ok(EmbeddedBroker { listen })
 }
