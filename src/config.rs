@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::transport::{BrokerConfig, MqttVersion};
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -33,8 +35,15 @@ pub enum ConfigError {
 /// What the CLI needs to talk to a cluster: `~/.config/bramble/config.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientConfig {
-    /// `mqtt://host:port` of the cluster's broker.
+    /// `mqtt[s]://[user:pass@]host:port` of the cluster's broker.
     pub broker: String,
+    /// The CA file a TLS broker's certificate must chain to (default: the
+    /// system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_ca: Option<PathBuf>,
+    /// `"3.1.1"` (default) or `"5"`.
+    #[serde(default, skip_serializing_if = "is_default_version")]
+    pub mqtt_version: MqttVersion,
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
     /// The admin key the CLI signs with.
@@ -45,6 +54,10 @@ pub struct ClientConfig {
     /// `bramble image import` puts images. Absent for remote clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+}
+
+fn is_default_version(v: &MqttVersion) -> bool {
+    *v == MqttVersion::default()
 }
 
 fn default_prefix() -> String {
@@ -86,12 +99,29 @@ impl ClientConfig {
         })
     }
 
+    /// Written 0600: the broker URL may carry a password.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
         let text = toml::to_string(self).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        write_atomic(path, text.as_bytes())
+        write_atomic(path, text.as_bytes())?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            ConfigError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    /// The broker as the MQTT client wants it.
+    pub fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            url: self.broker.clone(),
+            ca_file: self.broker_ca.clone(),
+            version: self.mqtt_version,
+        }
     }
 }
 
@@ -119,8 +149,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerFile {
-    /// `mqtt://[user:pass@]host[:port]` of the cluster's broker.
+    /// `mqtt[s]://[user:pass@]host[:port]` of the cluster's broker.
     pub broker: String,
+    /// CA file for an `mqtts://` broker (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_ca: Option<PathBuf>,
+    /// `"3.1.1"` (default) or `"5"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_version: Option<MqttVersion>,
     /// `BRAMBLE1.<master-key-fingerprint>.<secret>`: needed to join the first
     /// time; once the node is registered it is not used again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +192,12 @@ pub struct MasterFile {
     /// An external broker instead of the embedded one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
+    /// CA file for an `mqtts://` broker (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_ca: Option<PathBuf>,
+    /// The master's own MQTT version, `"3.1.1"` (default) or `"5"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_version: Option<MqttVersion>,
     /// Default `/var/lib/bramble`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
@@ -265,7 +307,9 @@ mod tests {
             Err(ConfigError::Missing(_))
         ));
         let c = ClientConfig {
-            broker: "mqtt://127.0.0.1:1883".into(),
+            broker: "mqtts://pi:secret@127.0.0.1:8883".into(),
+            broker_ca: Some(dir.join("ca.pem")),
+            mqtt_version: MqttVersion::V5,
             topic_prefix: "bramble/v1".into(),
             admin_key: dir.join("admin.key"),
             master_key: "ab".repeat(32),
@@ -273,6 +317,17 @@ mod tests {
         };
         c.save(&path).unwrap();
         assert_eq!(ClientConfig::load(&path).unwrap(), c);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the URL may hold a password");
+        // Files written before TLS and MQTT 5 read as 3.1.1 without a CA.
+        fs::write(
+            &path,
+            "broker = \"mqtt://h:1883\"\nadmin_key = \"/k\"\nmaster_key = \"ab\"\n",
+        )
+        .unwrap();
+        let old = ClientConfig::load(&path).unwrap();
+        assert_eq!(old.broker_config(), BrokerConfig::new("mqtt://h:1883"));
         fs::write(&path, "broker = 3").unwrap();
         let err = ClientConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("config.toml"), "{err}");
@@ -286,11 +341,16 @@ mod tests {
         let path = dir.join("worker.toml");
         fs::write(
             &path,
-            "broker = \"mqtt://192.168.1.10:1883\"\njoin_token = \"BRAMBLE1.x.y\"\n[labels]\nroom = \"attic\"\n",
+            "broker = \"mqtts://192.168.1.10\"\nbroker_ca = \"/etc/bramble/ca.pem\"\nmqtt_version = 5\njoin_token = \"BRAMBLE1.x.y\"\n[labels]\nroom = \"attic\"\n",
         )
         .unwrap();
         let w: WorkerFile = load_toml(&path).unwrap();
-        assert_eq!(w.broker, "mqtt://192.168.1.10:1883");
+        assert_eq!(w.broker, "mqtts://192.168.1.10");
+        assert_eq!(
+            w.broker_ca.as_deref(),
+            Some(Path::new("/etc/bramble/ca.pem"))
+        );
+        assert_eq!(w.mqtt_version, Some(MqttVersion::V5));
         assert_eq!(w.labels["room"], "attic");
         fs::write(&path, "broker = \"x\"\nbrokr = \"y\"\n").unwrap();
         let err = load_toml::<WorkerFile>(&path).unwrap_err().to_string();

@@ -28,7 +28,7 @@ use crate::runtime::{
     ImageSettings, ImageStore, LibcontainerRuntime, Runtime, RuntimeConfig, RuntimeError,
 };
 use crate::store::{Store, StoreError};
-use crate::transport::{KeyError, KeyPair, Topics, TransportError, broker};
+use crate::transport::{BrokerConfig, KeyError, KeyPair, Topics, TransportError, broker};
 use crate::worker::{self, WorkerConfig, WorkerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,10 +121,12 @@ pub struct MasterArgs {
     /// for `up`, 0.0.0.0:1883 for `master`, which workers must reach).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Use this broker (`mqtt://[user:pass@]host:port`, e.g. Mosquitto)
-    /// instead of starting the embedded one.
+    /// Use this broker (`mqtt[s]://[user:pass@]host[:port]`, e.g.
+    /// Mosquitto) instead of starting the embedded one.
     #[arg(long)]
     pub broker: Option<String>,
+    #[command(flatten)]
+    pub broker_options: BrokerArgs,
     #[arg(long, default_value = "10.88.0.0/16")]
     pub cluster_cidr: Ipv4Net,
     #[arg(long, default_value = "10.96.0.0/16")]
@@ -203,9 +205,11 @@ pub struct WorkerRoleArgs {
     /// `<data dir>/join-token`); only needed the first time.
     #[arg(long, env = "BRAMBLE_JOIN_TOKEN", hide_env_values = true)]
     pub join: Option<String>,
-    /// The cluster's broker, `mqtt://[user:pass@]host[:port]`.
+    /// The cluster's broker, `mqtt[s]://[user:pass@]host[:port]`.
     #[arg(long)]
     pub broker: Option<String>,
+    #[command(flatten)]
+    pub broker_options: BrokerArgs,
     /// Settings file (worker.toml); flags given on the command line win.
     #[arg(long = "config-file", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
@@ -220,6 +224,51 @@ pub struct WorkerRoleArgs {
     pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub node: NodeArgs,
+}
+
+/// How to speak to the broker, shared by every role.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BrokerArgs {
+    /// The CA certificate(s), PEM, that an `mqtts://` broker's certificate
+    /// must chain to (default: the system's trusted roots).
+    #[arg(long, value_name = "FILE")]
+    pub broker_ca: Option<PathBuf>,
+    /// The MQTT version this process speaks: 3.1.1 (default) or 5. The
+    /// embedded broker takes both on one port.
+    #[arg(long, value_name = "3.1.1|5")]
+    pub mqtt_version: Option<crate::transport::MqttVersion>,
+}
+
+impl BrokerArgs {
+    /// Settings file values for what the command line did not give.
+    fn or_file(&mut self, ca: Option<PathBuf>, version: Option<crate::transport::MqttVersion>) {
+        self.broker_ca = self.broker_ca.take().or(ca);
+        self.mqtt_version = self.mqtt_version.or(version);
+    }
+
+    /// The broker at `url` as these flags say to reach it, checked (URL, CA
+    /// file) before anything starts; the CA path is made absolute, as it is
+    /// written into the CLI's config.
+    fn broker(&self, url: &str) -> Result<BrokerConfig, UpError> {
+        let ca_file = match &self.broker_ca {
+            Some(path) => {
+                Some(
+                    std::fs::canonicalize(path).map_err(|e| TransportError::CaFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let broker = BrokerConfig {
+            url: url.to_string(),
+            ca_file,
+            version: self.mqtt_version.unwrap_or_default(),
+        };
+        broker.check()?;
+        Ok(broker)
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -313,6 +362,7 @@ fn apply_master_file(
     if m.broker.is_none() {
         m.broker = file.broker;
     }
+    m.broker_options.or_file(file.broker_ca, file.mqtt_version);
     if m.data_dir == Path::new(".bramble")
         && let Some(d) = file.data_dir
     {
@@ -365,6 +415,18 @@ async fn run_master(
     demo: Option<(u16, PathBuf)>,
     config: Option<&Path>,
 ) -> Result<ExitCode, UpError> {
+    // Broker settings are checked before anything is created.
+    let external_broker = match &args.broker {
+        Some(url) => Some(args.broker_options.broker(url)?),
+        None if args.broker_options.broker_ca.is_some() => {
+            return Err(UpError::Flag {
+                flag: "broker-ca",
+                reason: "the embedded broker is plain MQTT: a CA file goes with --broker mqtts://…"
+                    .into(),
+            });
+        }
+        None => None,
+    };
     let layout = Layout::new(&args.data_dir)?;
     if let Some(pid) = running_agent(&layout) {
         return Err(UpError::AlreadyRunning {
@@ -391,11 +453,8 @@ async fn run_master(
         tracing::info!(data_dir = %layout.data_dir.display(), "created a new cluster");
     }
 
-    let broker_url = match &args.broker {
-        Some(url) => {
-            crate::transport::client::parse_url(url)?;
-            url.clone()
-        }
+    let broker = match external_broker {
+        Some(b) => b,
         None => {
             broker::start(listen)?;
             let host = if listen.ip().is_unspecified() {
@@ -403,9 +462,11 @@ async fn run_master(
             } else {
                 listen
             };
-            format!("mqtt://{host}")
+            args.broker_options.broker(&format!("mqtt://{host}"))?
         }
     };
+    // What logs and messages show: never the password.
+    let broker_url = broker.display_url();
     let store = Store::open_with_secret_key(
         &layout.master_db(),
         Some(cluster_key.derive_key("secrets-at-rest")),
@@ -446,7 +507,7 @@ async fn run_master(
                 node_key,
                 cluster_key.public(),
                 &topics,
-                &broker_url,
+                &broker,
                 stop_rx.clone(),
             )?)
         }
@@ -465,6 +526,7 @@ async fn run_master(
             broker_url: broker_url.clone(),
             master_key: cluster_key.public().to_hex(),
         },
+        broker: broker.clone(),
         node_grace: Duration::from_secs(args.node_grace_seconds),
         pod_eviction: Duration::from_secs(args.pod_eviction_seconds),
         resync: Duration::from_secs(1),
@@ -475,7 +537,9 @@ async fn run_master(
     let master_task = tokio::spawn(master::run(master_cfg, stop_rx));
 
     let client_config = ClientConfig {
-        broker: broker_url.clone(),
+        broker: broker.url.clone(),
+        broker_ca: broker.ca_file.clone(),
+        mqtt_version: broker.version,
         topic_prefix: args.topic_prefix.clone(),
         admin_key: layout.admin_key(),
         master_key: cluster_key.public().to_hex(),
@@ -489,9 +553,22 @@ async fn run_master(
     )?;
     println!("Bramble is up: {node_line}broker {broker_url}");
     println!("CLI config written to {}", config_path.display());
+    let worker_broker = match &args.broker {
+        Some(_) => {
+            let mut flags = broker_url.clone();
+            if let Some(ca) = &broker.ca_file {
+                flags.push_str(&format!(" --broker-ca {}", ca.display()));
+            }
+            flags
+        }
+        None => format!("mqtt://<this host>:{}", listen.port()),
+    };
+    let version_flag = match broker.version {
+        crate::transport::MqttVersion::V311 => String::new(),
+        v => format!(" --mqtt-version {v}"),
+    };
     println!(
-        "Workers join with: bramble worker --broker mqtt://<this host>:{} --join \"$(cat {})\"",
-        listen.port(),
+        "Workers join with: bramble worker --broker {worker_broker}{version_flag} --join \"$(cat {})\"",
         token_file.display()
     );
 
@@ -587,7 +664,7 @@ fn start_worker(
     node_key: KeyPair,
     master_key: crate::transport::PublicKey,
     topics: &Topics,
-    broker_url: &str,
+    broker: &BrokerConfig,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), WorkerError>>, UpError> {
     let images = ImageStore::open(&layout.images())?;
@@ -607,7 +684,7 @@ fn start_worker(
         node_key,
         master_key,
         topics: topics.clone(),
-        broker_url: broker_url.to_string(),
+        broker: broker.clone(),
         layout: layout.clone(),
         runtime: Arc::new(runtime),
         bridge: Some(node.bridge.clone()),
@@ -631,6 +708,8 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
         if args.broker.is_none() {
             args.broker = Some(file.broker);
         }
+        args.broker_options
+            .or_file(file.broker_ca, file.mqtt_version);
         if args.join.is_none() {
             args.join = file.join_token;
         }
@@ -655,9 +734,10 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
     }
     let broker_url = args.broker.clone().ok_or(UpError::Flag {
         flag: "broker",
-        reason: "the cluster's broker is needed (mqtt://host:port)".into(),
+        reason: "the cluster's broker is needed (mqtt://host:port or mqtts://host:port)".into(),
     })?;
-    crate::transport::client::parse_url(&broker_url)?;
+    let broker = args.broker_options.broker(&broker_url)?;
+    let broker_url = broker.display_url();
     let node_name = check_node_args(&args.node)?;
     let layout = Layout::new(&args.data_dir)?;
     if let Some(pid) = running_agent(&layout) {
@@ -679,7 +759,7 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
         (_, Some(token)) => {
             tracing::info!(node = %node_name, broker = %broker_url, "joining");
             worker::join::join(
-                &broker_url,
+                &broker,
                 &topics,
                 &node_name,
                 &node_key,
@@ -718,14 +798,7 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
     println!("Bramble worker {node_name} is up (pod CIDR {pod_cidr}, broker {broker_url})");
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = start_worker(
-        &layout,
-        &args.node,
-        &node_name,
-        node_key,
-        master_key,
-        &topics,
-        &broker_url,
-        stop_rx,
+        &layout, &args.node, &node_name, node_key, master_key, &topics, &broker, stop_rx,
     )?;
     tokio::select! {
         r = wait_for_stop() => r?,

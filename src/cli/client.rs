@@ -36,7 +36,7 @@ impl Client {
         let topics = Topics::new(&cfg.topic_prefix);
         let client_id = format!("cli-{:016x}", rand::random::<u64>());
         let (mqtt, events) = Mqtt::connect(
-            MqttOptions::new(&cfg.broker, &client_id),
+            MqttOptions::for_broker(&cfg.broker_config(), &client_id),
             Some(CONNECT_TIMEOUT),
         )
         .await?;
@@ -55,7 +55,7 @@ impl Client {
             topics,
             client_id,
             reply_topic,
-            broker: cfg.broker.clone(),
+            broker: crate::transport::client::redact(&cfg.broker),
         };
         let reply = client.reply_topic.clone();
         client.subscribe(&reply).await?;

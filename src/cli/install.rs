@@ -172,6 +172,8 @@ pub async fn run(cmd: Cmd) -> Result<ExitCode, CliError> {
             let file = MasterFile {
                 listen: a.listen,
                 broker: a.broker.clone(),
+                broker_ca: None,
+                mqtt_version: None,
                 data_dir: Some(
                     a.data_dir
                         .clone()

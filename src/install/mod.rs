@@ -350,6 +350,8 @@ impl WorkerSettings {
         }
         Ok(WorkerFile {
             broker: self.broker.clone(),
+            broker_ca: None,
+            mqtt_version: None,
             join_token: self.token.as_ref().map(|t| t.trim().to_string()),
             node_name: self.node_name.clone(),
             labels,

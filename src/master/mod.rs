@@ -60,6 +60,8 @@ pub struct MasterConfig {
     pub admin_keys: Vec<PublicKey>,
     pub topics: Topics,
     pub settings: Settings,
+    /// The broker and how to reach it (TLS CA, MQTT version).
+    pub broker: crate::transport::BrokerConfig,
     /// How long a silent node stays Ready.
     pub node_grace: Duration,
     /// How long a node is NotReady before its pods are evicted.
@@ -196,7 +198,7 @@ pub async fn run(
 ) -> Result<(), MasterError> {
     bootstrap(&cfg.store)?;
     let client_id = format!("bramble-master-{:08x}", rand::random::<u32>());
-    let mut opts = MqttOptions::new(&cfg.settings.broker_url, &client_id);
+    let mut opts = MqttOptions::for_broker(&cfg.broker, &client_id);
     opts.last_will = Some((cfg.topics.master_online(), b"false".to_vec()));
     opts.ignore_retained = vec![format!("{}/api/", cfg.topics.prefix())];
     let (mqtt, mut events) = Mqtt::connect(opts, None).await?;

@@ -18,7 +18,7 @@ pub mod messages;
 pub mod stream;
 pub mod topics;
 
-pub use client::{Mqtt, MqttEvent, MqttOptions};
+pub use client::{BrokerConfig, Mqtt, MqttEvent, MqttOptions, MqttVersion};
 pub use envelope::{Envelope, EnvelopeError, Sealer, Verifier};
 pub use keys::{KeyError, KeyPair, PublicKey};
 pub use topics::Topics;
@@ -34,6 +34,13 @@ pub enum TransportError {
     Mqtt(String),
     #[error("no connection to the broker at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error("broker CA file {path}: {reason}")]
+    CaFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("TLS to the broker: {0}")]
+    Tls(String),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, &'static str),
 }

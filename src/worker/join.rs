@@ -89,10 +89,10 @@ const ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// The request is sent again this often (the master may be starting).
 const RESEND: Duration = Duration::from_secs(3);
 
-/// Joins the cluster behind `broker_url` with `token`; on success the
+/// Joins the cluster behind `broker` with `token`; on success the
 /// membership is written to the data dir and returned.
 pub async fn join(
-    broker_url: &str,
+    broker: &crate::transport::BrokerConfig,
     topics: &Topics,
     node: &str,
     node_key: &KeyPair,
@@ -117,7 +117,8 @@ pub async fn join(
         "bramble-join-{node}-{:06x}",
         rand::random::<u32>() & 0xff_ffff
     );
-    let (mqtt, mut events) = Mqtt::connect(MqttOptions::new(broker_url, &client_id), None).await?;
+    let (mqtt, mut events) =
+        Mqtt::connect(MqttOptions::for_broker(broker, &client_id), None).await?;
     let reply_topic = topics.join_reply(node);
     mqtt.subscribe(&reply_topic).await?;
     let join_topic = topics.join(node);

@@ -64,7 +64,8 @@ pub struct WorkerConfig {
     pub node_key: KeyPair,
     pub master_key: PublicKey,
     pub topics: Topics,
-    pub broker_url: String,
+    /// The broker and how to reach it (TLS CA, MQTT version).
+    pub broker: crate::transport::BrokerConfig,
     pub layout: Layout,
     pub runtime: Arc<dyn Runtime>,
     /// The pod bridge (`bramble0`); `None` runs pods without a pod network and
@@ -218,7 +219,7 @@ pub async fn run(
             &Online { online, session },
         )
     };
-    let mut opts = MqttOptions::new(&cfg.broker_url, &format!("bramble-node-{node}"));
+    let mut opts = MqttOptions::for_broker(&cfg.broker, &format!("bramble-node-{node}"));
     opts.last_will = Some((online.clone(), online_msg(false)));
     let (online_true, online_false) = (online_msg(true), online_msg(false));
     let (mqtt, mut events) = Mqtt::connect(opts, None).await?;

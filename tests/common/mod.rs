@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod mosquitto;
 pub mod multi;
 pub mod prober;
 pub mod registry;

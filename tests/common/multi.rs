@@ -153,6 +153,18 @@ pub struct TestClusterOptions {
     pub broker: Option<String>,
 }
 
+/// An external broker the test starts once the LAN exists, since it must
+/// listen where the nodes' namespaces reach it: the host's LAN address (for
+/// a TLS broker, also the address its certificate names).
+pub struct LanBroker<'a> {
+    /// Given the host's address on the LAN, starts the broker and returns
+    /// its URL.
+    pub start: Box<dyn FnOnce(Ipv4Addr) -> String + 'a>,
+    /// More `bramble worker` arguments for worker `i` (0-based), e.g.
+    /// `--broker-ca`, `--mqtt-version`.
+    pub worker_args: Box<dyn Fn(usize) -> Vec<String> + 'a>,
+}
+
 impl TestCluster {
     /// The LAN's /24: inside this test's 10.X.0.0/16 lease, clear of the
     /// cluster (10.X.0.0/17) and service (10.X.128.0/24) ranges.
@@ -161,6 +173,16 @@ impl TestCluster {
     }
 
     pub fn start(opts: TestClusterOptions) -> TestCluster {
+        Self::start_inner(opts, None)
+    }
+
+    /// A cluster on a broker the test starts on the LAN (see [`LanBroker`]);
+    /// `opts.broker` is ignored.
+    pub fn start_with_broker(opts: TestClusterOptions, broker: LanBroker<'_>) -> TestCluster {
+        Self::start_inner(opts, Some(broker))
+    }
+
+    fn start_inner(mut opts: TestClusterOptions, lan_broker: Option<LanBroker<'_>>) -> TestCluster {
         let tag = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
         let dir = std::env::temp_dir().join(format!("bramble-multi-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -207,6 +229,14 @@ impl TestCluster {
         let host_ip = format!("{}/24", c.lan_ip(1));
         sh(&["ip", "addr", "add", &host_ip, "dev", &c.lan_bridge]);
         sh(&["ip", "link", "set", &c.lan_bridge, "up"]);
+        let worker_args = match lan_broker {
+            Some(b) => {
+                c.broker = (b.start)(c.lan_ip(1));
+                opts.broker = Some(c.broker.clone());
+                Some(b.worker_args)
+            }
+            None => None,
+        };
         for n in std::iter::once(&c.master).chain(c.workers.iter()) {
             c.plug(n);
         }
@@ -250,7 +280,7 @@ impl TestCluster {
             seed_demo_image(w);
         }
         let started = Instant::now();
-        for w in &mut c.workers {
+        for (i, w) in c.workers.iter_mut().enumerate() {
             w.args = vec![
                 "worker".into(),
                 "--join".into(),
@@ -264,6 +294,9 @@ impl TestCluster {
                 "--node-ip".into(),
                 w.ip.to_string(),
             ];
+            if let Some(more) = &worker_args {
+                w.args.extend(more(i));
+            }
             w.spawn();
         }
         let names: Vec<String> = c.workers.iter().map(|w| w.name.clone()).collect();
@@ -329,6 +362,8 @@ impl TestCluster {
         let node = self.add_node();
         let file = bramble::config::WorkerFile {
             broker,
+            broker_ca: None,
+            mqtt_version: None,
             join_token: Some(token),
             node_name: Some(node.name.clone()),
             labels: Default::default(),
