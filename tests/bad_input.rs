@@ -225,6 +225,7 @@ async fn forged_and_replayed_messages_are_dropped() {
         pods: vec![],
         configmaps: vec![],
         secrets: vec![],
+        sealed_secrets: None,
     };
     mqtt.publish(
         &assign_topic,

@@ -33,6 +33,7 @@ use crate::api::routing::{ClusterNetwork, ServiceRoute};
 use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::store::{Mode, Op, Store, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
+use crate::transport::seal;
 use crate::transport::messages::{
     Assignment, Command, JoinReply, JoinRequest, Joined, NodeReport, Online, Reply, ServiceTable,
     StreamMsg,
@@ -463,16 +464,34 @@ impl Master {
                 pods: content.0.clone(),
                 configmaps: content.1.clone(),
                 secrets: content.2.clone(),
+                sealed_secrets: None,
             };
-            if self.send_assignment(&assignment).await {
+            if self.send_assignment(assignment).await {
                 self.published.assignments.insert(name, (rv, content));
             }
         }
     }
 
-    async fn send_assignment(&self, a: &Assignment) -> bool {
+    /// Publishes `a` with its Secrets sealed to the node's own key, so no
+    /// other client of the broker reads them; without a usable node key
+    /// nothing is sent.
+    async fn send_assignment(&self, mut a: Assignment) -> bool {
         let topic = self.cfg.topics.assign(&a.node);
-        let bytes = self.sealer.seal(&topic, &envelope::node_id(&a.node), a);
+        let to = envelope::node_id(&a.node);
+        if !a.secrets.is_empty() {
+            let sealed = match self.verifier.trusted(&to) {
+                Some(key) => seal::seal_secrets(&mut a, key),
+                None => {
+                    tracing::warn!(node = %a.node, "no key registered for the node: its assignment, which names Secrets, is not sent");
+                    return false;
+                }
+            };
+            if let Err(e) = sealed {
+                tracing::warn!(node = %a.node, error = %e, "assignment not sent");
+                return false;
+            }
+        }
+        let bytes = self.sealer.seal(&topic, &to, &a);
         match self.mqtt.publish(&topic, bytes, true).await {
             Ok(()) => {
                 tracing::debug!(node = %a.node, generation = a.generation, pods = a.pods.len(), "assignment published");
@@ -805,13 +824,14 @@ impl Master {
                         _ => None,
                     })
                     .unwrap_or_default();
-                self.send_assignment(&Assignment {
+                self.send_assignment(Assignment {
                     node: node.to_string(),
                     generation: g,
                     pod_cidr,
                     pods,
                     configmaps,
                     secrets,
+                    sealed_secrets: None,
                 })
                 .await;
             }

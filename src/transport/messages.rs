@@ -386,8 +386,14 @@ pub struct Assignment {
     pub configmaps: Vec<ConfigMap>,
     /// Exactly the Secrets these pods reference (the same places, plus
     /// `imagePullSecrets`); a node never receives one none of its pods names.
-    #[serde(default)]
+    /// Never serialized: they travel (and are stored by the worker) only as
+    /// `sealed_secrets`; the worker fills this in when it opens them.
+    #[serde(skip)]
     pub secrets: Vec<Secret>,
+    /// `secrets` sealed to the node's own key for this node and generation
+    /// (`transport::seal`); `None` when there are none.
+    #[serde(default)]
+    pub sealed_secrets: Option<crate::transport::seal::Sealed>,
 }
 
 /// Master → every worker on `services` (retained).

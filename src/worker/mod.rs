@@ -42,6 +42,7 @@ use crate::transport::messages::{
     Assignment, ContainerUsage, NodeFacts, NodeReport, Online, PodEvent, PodReport, ServiceTable,
     StreamMsg,
 };
+use crate::transport::seal;
 use crate::transport::stream::MqttLink;
 use crate::transport::{
     KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
@@ -191,7 +192,18 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let db = LocalStore::open(&cfg.layout.worker_db())?;
-    let assignment: Option<Assignment> = db.get(T_ASSIGNMENT, CURRENT)?.and_then(|b| uncbor(&b));
+    let assignment = db
+        .get(T_ASSIGNMENT, CURRENT)?
+        .and_then(|b| uncbor::<Assignment>(&b))
+        .map(|mut a| {
+            // Stored as it came, Secrets sealed to our key. One that no
+            // longer opens (a new node key) still runs the pods it names;
+            // only containers needing a Secret wait for the next assignment.
+            if let Err(e) = seal::open_secrets(&mut a, &cfg.node_key) {
+                tracing::error!(error = %e, "stored assignment");
+            }
+            a
+        });
     let services: ServiceTable = db
         .get(T_SERVICES, CURRENT)?
         .and_then(|b| uncbor(&b))
@@ -606,6 +618,12 @@ impl Agent {
                     .as_ref()
                     .is_some_and(|cur| cur.generation >= a.generation)
             {
+                return false;
+            }
+            let mut a = a;
+            if let Err(e) = seal::open_secrets(&mut a, &self.cfg.node_key) {
+                // Keep running the previous assignment.
+                self.drops.dropped(topic, &e);
                 return false;
             }
             if let Err(e) = self
