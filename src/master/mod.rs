@@ -33,11 +33,11 @@ use crate::api::routing::{ClusterNetwork, ServiceRoute};
 use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::store::{Mode, Op, Store, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
-use crate::transport::seal;
 use crate::transport::messages::{
     Assignment, Command, JoinReply, JoinRequest, Joined, NodeReport, Online, Reply, ServiceTable,
     StreamMsg,
 };
+use crate::transport::seal;
 use crate::transport::{
     KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
 };

@@ -261,6 +261,21 @@ impl Mqtt {
             .map_err(|e| TransportError::Mqtt(e.to_string()))
     }
 
+    /// Like [`Mqtt::publish`], but never waits: while the broker is away,
+    /// requests queue in the client (256 at most) and `publish` blocks once
+    /// the queue is full. For messages that are state, sent again anyway
+    /// (heartbeats), a full queue just drops this one.
+    pub fn try_publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), TransportError> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|e| TransportError::Mqtt(e.to_string()))
+    }
+
     pub async fn disconnect(&self) {
         let _ = self.client.disconnect().await;
     }
@@ -269,6 +284,35 @@ impl Mqtt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With the broker gone, the request queue fills; `try_publish` then
+    /// fails at once instead of blocking its caller (the worker's loop).
+    #[tokio::test]
+    async fn try_publish_never_blocks_without_a_broker() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (mqtt, _events) = Mqtt::connect(
+            MqttOptions::new(&format!("mqtt://127.0.0.1:{port}"), "lonely"),
+            None,
+        )
+        .await
+        .unwrap();
+        let outcomes: Vec<bool> = (0..400)
+            .map(|_| mqtt.try_publish("t", vec![0; 8], false).is_ok())
+            .collect();
+        assert!(outcomes[0]);
+        assert!(!outcomes[399], "the queue is bounded");
+        // What the worker's loop used to do, and why it must not.
+        let blocked = tokio::time::timeout(
+            Duration::from_millis(200),
+            mqtt.publish("t", vec![0; 8], false),
+        )
+        .await;
+        assert!(blocked.is_err(), "publish waits for room in the queue");
+    }
 
     #[test]
     fn urls() {

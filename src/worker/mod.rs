@@ -1466,7 +1466,10 @@ impl Agent {
         };
         let topic = self.cfg.topics.status(&self.cfg.node_name);
         let bytes = self.sealer.seal(&topic, MASTER_ID, &report);
-        if self.mqtt.publish(&topic, bytes, false).await.is_ok() {
+        // Never waits: without a broker the client's queue fills, and a
+        // blocked loop would stop restarting containers. A report that does
+        // not fit is dropped; its events go with the next one.
+        if self.mqtt.try_publish(&topic, bytes, false).is_ok() {
             self.last_report = Some(pods);
             self.events.clear();
         }
