@@ -240,9 +240,11 @@ pub async fn run(
         discovery,
     };
     // A restarted master has heard from nobody yet: the nodes that were
-    // Ready get a full grace period from now to report, instead of being
-    // declared lost (and their pods evicted) on the first pass.
-    let started = jiff::Timestamp::now();
+    // Ready get a full grace period to report, instead of being declared
+    // lost (and their pods evicted) on the first pass. The period counts
+    // from when they can have found the broker back: a worker that has been
+    // retrying through a long outage tries again only every few seconds.
+    let started = jiff::Timestamp::now() + crate::transport::client::MAX_RECONNECT_BACKOFF;
     for node in m.cfg.store.list(Kind::Node, None) {
         if let Object::Node(n) = &*node
             && controllers::node_ready(n)

@@ -18,6 +18,10 @@ use super::TransportError;
 /// Largest message we send or accept; a full assignment for a busy node fits.
 pub const MAX_PACKET: usize = 4 * 1024 * 1024;
 
+/// The longest wait between two connection attempts: a client finds a
+/// broker back at most this long after it returns.
+pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Debug)]
 pub struct MqttOptions {
     /// `mqtt://[user:pass@]host[:port]` (port 1883 by default).
@@ -203,7 +207,7 @@ impl Mqtt {
                             break;
                         }
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
                     }
                 }
             }
