@@ -226,6 +226,7 @@ async fn forged_and_replayed_messages_are_dropped() {
         configmaps: vec![],
         secrets: vec![],
         sealed_secrets: None,
+        clock_echo: None,
     };
     mqtt.publish(
         &assign_topic,

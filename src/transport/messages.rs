@@ -394,6 +394,19 @@ pub struct Assignment {
     /// (`transport::seal`); `None` when there are none.
     #[serde(default)]
     pub sealed_secrets: Option<crate::transport::seal::Sealed>,
+    /// Set when the master answers a report whose timestamp was off its
+    /// clock: that report's session and sequence number, so the node knows
+    /// this envelope's timestamp is the master's time now and syncs to it.
+    #[serde(default)]
+    pub clock_echo: Option<ClockEcho>,
+}
+
+/// Names one report of one agent run (`NodeReport::session`, the envelope's
+/// sequence number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockEcho {
+    pub session: u64,
+    pub seq: u64,
 }
 
 /// Master → every worker on `services` (retained).
@@ -451,6 +464,11 @@ pub struct JoinReply {
     /// fingerprint its token pins before believing anything else here.
     pub master_key: String,
     pub result: Result<Joined, String>,
+    /// Set when the request's timestamp was this far off the master's clock:
+    /// nothing was admitted; the node syncs to this reply's timestamp (the
+    /// nonce makes it an answer to its request) and asks again.
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -206,6 +206,7 @@ mod tests {
             configmaps: vec![],
             secrets,
             sealed_secrets: None,
+            clock_echo: None,
         }
     }
 
