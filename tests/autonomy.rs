@@ -105,6 +105,9 @@ spec:
     )
 }
 
+/// A topic and its payload, as the eavesdropper got them.
+type Message = (String, Vec<u8>);
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -150,7 +153,7 @@ fn sealed_secrets_and_autonomy_across_a_worker_restart() {
     // A raw client of the broker, subscribed to every node's assignment
     // before anything names the Secret.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Message>>> = Arc::default();
     let (mqtt, mut events) = rt
         .block_on(Mqtt::connect(
             MqttOptions::new(&c.broker, "eavesdropper"),
