@@ -511,6 +511,31 @@ fn home_assistant_discovery() {
         },
     );
 
+    // Dashboards' summaries: the cluster in one message, the latest Events
+    // (the demo Deployment's scaling is among them).
+    c.wait_for(
+        "cluster and events summaries",
+        Duration::from_secs(30),
+        || {
+            let state = retained(&port, &format!("{PREFIX}/state/#"));
+            let json = |t: &str| -> Value {
+                state
+                    .get(&format!("{PREFIX}/state/{t}"))
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or_default()
+            };
+            let cluster = json("cluster");
+            let events = json("events");
+            cluster["nodes_ready"] == 1
+                && cluster["pods_by_phase"]["Running"].as_i64() >= Some(2)
+                && events.as_array().is_some_and(|e| {
+                    e.iter().any(|e| {
+                        e["object"] == "deployment/demo" && e["reason"] == "ScalingReplicaSet"
+                    })
+                })
+        },
+    );
+
     // Drive the number entity as Home Assistant does: its template, rendered.
     let command = number["command_template"]
         .as_str()

@@ -303,6 +303,15 @@ stringData:
   password: t0p-Secret # required field for kubernetes.io/basic-auth
 ---
 apiVersion: v1
+kind: Secret
+metadata:
+  name: secret-dockercfg
+type: kubernetes.io/dockercfg
+data:
+  .dockercfg: |
+    eyJhdXRocyI6eyJodHRwczovL2V4YW1wbGUvdjEvIjp7ImF1dGgiOiJvcGVuc2VzYW1lIn19fQo=
+---
+apiVersion: v1
 kind: Namespace
 metadata:
   name: development
@@ -406,7 +415,7 @@ spec:
 #[test]
 fn documentation_examples_apply_unchanged() {
     let parsed = manifest::parse("examples.yaml", EXAMPLES).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(parsed.len(), 18);
+    assert_eq!(parsed.len(), 19);
     let mut warnings = Vec::new();
     for p in &parsed {
         for w in &p.warnings {
@@ -430,6 +439,34 @@ fn documentation_examples_apply_unchanged() {
             "HorizontalPodAutoscaler example-behavior: spec.behavior.scaleDown.policies",
         ],
     );
+}
+
+/// The documentation writes base64 in literal blocks, which end in a line
+/// break; Kubernetes' decoder skips line breaks, and so must ours.
+#[test]
+fn base64_in_a_literal_block_decodes() {
+    let parsed = manifest::parse("examples.yaml", EXAMPLES).unwrap_or_else(|e| panic!("{e}"));
+    let secret = parsed
+        .iter()
+        .find_map(|p| match &p.object {
+            bramble::api::Object::Secret(s) if p.object.name() == "secret-dockercfg" => Some(s),
+            _ => None,
+        })
+        .expect("the dockercfg Secret parses");
+    let data = secret.data.as_ref().unwrap();
+    assert_eq!(
+        data[".dockercfg"].0,
+        b"{\"auths\":{\"https://example/v1/\":{\"auth\":\"opensesame\"}}}\n"
+    );
+
+    // Anything else that is not base64 is still refused, naming the field
+    // and the object's line.
+    let bad = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\n  key: \"no base64!\"\n";
+    let err = manifest::parse("bad.yaml", bad).unwrap_err().to_string();
+    assert!(err.starts_with("bad.yaml:1: data.key: "), "{err}");
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\nbinaryData:\n  bin: \"%%\"\n";
+    let err = manifest::parse("bad.yaml", bad).unwrap_err().to_string();
+    assert!(err.contains("binaryData.bin: "), "{err}");
 }
 
 #[test]

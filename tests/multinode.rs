@@ -138,6 +138,7 @@ fn cluster_of_three_workers() {
     worker_killed(&mut c);
     master_killed(&mut c);
     cordon_and_drain(&c);
+    daemonset_on_every_node(&mut c);
 }
 
 /// `drain` refuses a pod nothing would replace, then empties a node of
@@ -167,6 +168,82 @@ fn cordon_and_drain(c: &TestCluster) {
     let out = c.ok(&["uncordon", "w1"]);
     assert!(out.contains("node/w1 uncordoned"), "{out}");
     assert!(c.json(&["get", "node", "w1"])["spec"]["unschedulable"].is_null());
+}
+
+const AGENT: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent
+spec:
+  selector:
+    matchLabels:
+      app: agent
+  updateStrategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 1
+  template:
+    metadata:
+      labels:
+        app: agent
+    spec:
+      containers:
+        - name: agent
+          image: bramble.local/demo:v1
+          imagePullPolicy: Never
+          env:
+            - name: AGENT_VERSION
+              value: "VERSION"
+"#;
+
+/// One DaemonSet pod on each node, also on a node that joins later (a Pi
+/// flashed with a prepared worker.toml); a template change replaces them
+/// all, one node at a time; deleting the DaemonSet removes them.
+fn daemonset_on_every_node(c: &mut TestCluster) {
+    let version = |p: &serde_json::Value| {
+        p["spec"]["containers"][0]["env"][0]["value"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let names = |pods: Vec<serde_json::Value>| -> Vec<String> {
+        pods.iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut all = BTreeMap::from([("w1".into(), 1), ("w2".into(), 1), ("w3".into(), 1)]);
+    apply(c, "agent.yaml", &AGENT.replace("VERSION", "1"));
+    c.wait_for("an agent pod on each node", Duration::from_secs(60), || {
+        nodes_of(&c.running_ready("app=agent")) == all
+    });
+
+    let w4 = c.start_prepared_worker();
+    all.insert(w4.clone(), 1);
+    c.wait_for(
+        "an agent pod on the new node",
+        Duration::from_secs(90),
+        || nodes_of(&c.running_ready("app=agent")) == all,
+    );
+    let first = names(c.running_ready("app=agent"));
+
+    apply(c, "agent.yaml", &AGENT.replace("VERSION", "2"));
+    c.wait_for("agent rolled to version 2", Duration::from_secs(90), || {
+        let pods = c.pods("app=agent");
+        pods.len() == all.len()
+            && pods.iter().all(|p| version(p) == "2")
+            && nodes_of(&c.running_ready("app=agent")) == all
+    });
+    let second = names(c.running_ready("app=agent"));
+    assert!(
+        second.iter().all(|n| !first.contains(n)),
+        "every agent pod was replaced: {first:?} → {second:?}"
+    );
+
+    c.ok(&["delete", "daemonset", "agent"]);
+    c.wait_for("agent pods gone", Duration::from_secs(60), || {
+        c.pods("app=agent").is_empty()
+    });
 }
 
 /// A pod reaches a pod on another node by its IP (host-gw routes) and the

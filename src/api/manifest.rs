@@ -204,8 +204,16 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Parsed>, ManifestError> {
                 }
                 Err(e) => {
                     let (line, column, message) = yaml_error_parts(&e);
+                    let current = ctx.current.into_inner();
+                    // Kinds read through a `Value` (see `read_kind`) fail
+                    // without a location: the object's own line is the
+                    // nearest honest one.
+                    let line = match (e.location(), &current) {
+                        (None, Some(path)) => positions.line(*doc, path),
+                        _ => line,
+                    };
                     errors.push(err_at(*doc, line, column, message));
-                    match ctx.current.into_inner() {
+                    match current {
                         Some(path) if !path.is_empty() && !skip.contains(&path) => {
                             skip.insert(path);
                         }
@@ -505,7 +513,43 @@ fn read_kind<'de, D: de::Deserializer<'de>>(
     unknown: &mut Vec<String>,
 ) -> Result<Object, D::Error> {
     let mut note = |path: serde_ignored::Path<'_>| unknown.push(render_path(&path));
-    Object::deserialize_kind(kind, serde_ignored::Deserializer::new(d, &mut note))
+    let Some(base64_field) = base64_map(kind) else {
+        return Object::deserialize_kind(kind, serde_ignored::Deserializer::new(d, &mut note));
+    };
+    // Kubernetes decodes base64 with Go's decoder, which skips line breaks:
+    // the documentation's own `data: {key: |\n  <base64>}` examples end in
+    // one. k8s-openapi's decoder is strict, so the breaks go first.
+    let mut value = serde_yaml_ng::Value::deserialize(d)?;
+    if let Some(serde_yaml_ng::Value::Mapping(map)) = value.get_mut(base64_field) {
+        for (_, v) in map.iter_mut() {
+            if let serde_yaml_ng::Value::String(s) = v {
+                s.retain(|c| c != '\n' && c != '\r');
+            }
+        }
+    }
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(
+        serde_ignored::Deserializer::new(value, &mut note),
+        &mut track,
+    );
+    Object::deserialize_kind(kind, de).map_err(|e| {
+        let path = track.path().to_string();
+        de::Error::custom(if path == "." {
+            e.to_string()
+        } else {
+            format!("{path}: {e}")
+        })
+    })
+}
+
+/// The field of `kind` whose values are base64 (`Secret.data`,
+/// `ConfigMap.binaryData`).
+fn base64_map(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Secret => Some("data"),
+        Kind::ConfigMap => Some("binaryData"),
+        _ => None,
+    }
 }
 
 /// `spec.containers[0].livenessProbe`, as kubectl writes field paths.

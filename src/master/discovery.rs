@@ -7,7 +7,9 @@
 //! a number entity that scales it and a button that restarts it, both wired
 //! to the JSON API (`<prefix>/api/scale|restart`) with a token the master
 //! manages; the retained state topics `<prefix>/state/node/<n>` and
-//! `<prefix>/state/deployment/<ns>/<name>`; and the removal (an empty
+//! `<prefix>/state/deployment/<ns>/<name>`; the dashboards' summaries
+//! ([`summaries`]: the other workloads, `state/cluster`, `state/events`);
+//! and the removal (an empty
 //! retained payload) of what no longer exists, including what an earlier
 //! master run left on the broker.
 //!
@@ -25,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Event, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
@@ -116,16 +118,14 @@ impl Ids {
         (topic.starts_with(&format!("{}/", self.ha_prefix))
             && topic.contains(&ours)
             && topic.ends_with("/config"))
-            || topic.starts_with(&format!("{}/state/node/", self.topics.prefix()))
-            || topic.starts_with(&format!("{}/state/deployment/", self.topics.prefix()))
+            || topic.starts_with(&self.topics.state_prefix())
     }
 
     /// What to subscribe to, to find what an earlier run left retained.
     pub fn filters(&self) -> Vec<String> {
         vec![
             format!("{}/+/{}/+/config", self.ha_prefix, self.cluster),
-            format!("{}/state/node/+", self.topics.prefix()),
-            format!("{}/state/deployment/+/+", self.topics.prefix()),
+            format!("{}#", self.topics.state_prefix()),
         ]
     }
 }
@@ -402,6 +402,153 @@ pub fn desired(
     out
 }
 
+/// How many Events `state/events` carries.
+pub const RECENT_EVENTS: usize = 20;
+
+/// The dashboards' state topics beyond the nodes' and Deployments': the
+/// other workloads, the cluster in one message, the most recent Events.
+/// Times are absolute, so an unchanged cluster publishes nothing new.
+pub fn summaries(t: &Topics, snap: &Snapshot, nodes: &[NodeView]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let live = |m: &ObjectMeta| m.deletion_timestamp.is_none();
+    let id = |m: &ObjectMeta| {
+        (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
+    };
+    let mut workloads = 0;
+    for s in snap.statefulsets().filter(|s| live(&s.metadata)) {
+        let (ns, name) = id(&s.metadata);
+        let st = s.status.clone().unwrap_or_default();
+        let desired = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let ready = st.ready_replicas.unwrap_or(0);
+        let state = json!({
+            "namespace": ns, "name": name, "desired": desired, "ready": ready,
+            "current": st.current_replicas.unwrap_or(0),
+            "updated": st.updated_replicas.unwrap_or(0),
+            "replicas": format!("{ready}/{desired}"),
+        });
+        out.insert(
+            t.state_workload("statefulset", &ns, &name),
+            state.to_string(),
+        );
+        workloads += 1;
+    }
+    for d in snap.daemonsets().filter(|d| live(&d.metadata)) {
+        let (ns, name) = id(&d.metadata);
+        let st = d.status.clone().unwrap_or_default();
+        let state = json!({
+            "namespace": ns, "name": name,
+            "desired": st.desired_number_scheduled,
+            "current": st.current_number_scheduled,
+            "ready": st.number_ready,
+            "updated": st.updated_number_scheduled.unwrap_or(0),
+            "available": st.number_available.unwrap_or(0),
+            "replicas": format!("{}/{}", st.number_ready, st.desired_number_scheduled),
+        });
+        out.insert(t.state_workload("daemonset", &ns, &name), state.to_string());
+        workloads += 1;
+    }
+    for j in snap.jobs().filter(|j| live(&j.metadata)) {
+        let (ns, name) = id(&j.metadata);
+        let st = j.status.clone().unwrap_or_default();
+        let completions = j.spec.as_ref().and_then(|s| s.completions).unwrap_or(1);
+        let done = |kind: &str| {
+            st.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == kind && c.status == "True")
+        };
+        let status = if done("Complete") {
+            "Complete"
+        } else if done("Failed") {
+            "Failed"
+        } else if j.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
+            "Suspended"
+        } else {
+            "Running"
+        };
+        let succeeded = st.succeeded.unwrap_or(0);
+        let state = json!({
+            "namespace": ns, "name": name, "status": status,
+            "completions": format!("{succeeded}/{completions}"),
+            "succeeded": succeeded,
+            "failed": st.failed.unwrap_or(0),
+            "active": st.active.unwrap_or(0),
+        });
+        out.insert(t.state_workload("job", &ns, &name), state.to_string());
+        workloads += 1;
+    }
+    for c in snap.cronjobs().filter(|c| live(&c.metadata)) {
+        let (ns, name) = id(&c.metadata);
+        let st = c.status.clone().unwrap_or_default();
+        let spec = c.spec.as_ref();
+        let state = json!({
+            "namespace": ns, "name": name,
+            "schedule": spec.map(|s| s.schedule.clone()),
+            "suspend": spec.and_then(|s| s.suspend).unwrap_or(false),
+            "active": st.active.map(|a| a.len()).unwrap_or(0),
+            "last_schedule": st.last_schedule_time.map(|t| t.0.to_string()),
+            "last_successful": st.last_successful_time.map(|t| t.0.to_string()),
+        });
+        out.insert(t.state_workload("cronjob", &ns, &name), state.to_string());
+        workloads += 1;
+    }
+    workloads += snap.deployments().filter(|d| live(&d.metadata)).count();
+
+    let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+    for p in snap.pods().filter(|p| live(&p.metadata)) {
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_else(|| "Pending".into());
+        *phases.entry(phase).or_default() += 1;
+    }
+    let cluster = json!({
+        "nodes": nodes.len(),
+        "nodes_ready": nodes.iter().filter(|n| n.ready).count(),
+        "node_names": nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+        "pods": phases.values().sum::<usize>(),
+        "pods_by_phase": phases,
+        "workloads": workloads,
+    });
+    out.insert(t.state_cluster(), cluster.to_string());
+
+    let when = |e: &Event| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    let mut events: Vec<&Event> = snap.events().collect();
+    events.sort_by_key(|e| std::cmp::Reverse(when(e)));
+    let recent: Vec<Value> = events
+        .into_iter()
+        .take(RECENT_EVENTS)
+        .map(|e| {
+            let o = &e.involved_object;
+            json!({
+                "type": e.type_,
+                "reason": e.reason,
+                "namespace": o.namespace,
+                "object": format!(
+                    "{}/{}",
+                    o.kind.as_deref().unwrap_or("").to_lowercase(),
+                    o.name.as_deref().unwrap_or("")
+                ),
+                "message": e.message,
+                "count": e.count.unwrap_or(1),
+                "last_seen": when(e).map(|t| t.to_string()),
+            })
+        })
+        .collect();
+    out.insert(t.state_events(), Value::Array(recent).to_string());
+    out
+}
+
 /// What was published, so that only changes go out.
 pub struct Discovery {
     pub ids: Ids,
@@ -480,7 +627,8 @@ impl Discovery {
     pub fn plan(&mut self, snap: &Snapshot, token: Option<&str>) -> Vec<(String, Vec<u8>)> {
         let nodes = node_views(snap, &self.temperatures);
         let deployments = deployment_views(snap);
-        let want = desired(&self.ids, &nodes, &deployments, token);
+        let mut want = desired(&self.ids, &nodes, &deployments, token);
+        want.extend(summaries(&self.ids.topics, snap, &nodes));
         self.changes(want)
     }
 }
@@ -574,6 +722,102 @@ mod tests {
             pods: 3,
             temperature: temp,
         }
+    }
+
+    /// Every workload kind, the cluster and the latest Events get a state
+    /// topic; an unchanged snapshot publishes nothing the second time; a
+    /// deleted workload's topic is cleared.
+    #[test]
+    fn summaries_cover_workloads_cluster_and_recent_events() {
+        use crate::master::controllers::Action;
+        use crate::master::controllers::events::{Involved, record};
+        use crate::master::controllers::tests_support as ts;
+        use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+        use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+
+        let ds = DaemonSet {
+            metadata: ts::meta("agent", "home"),
+            status: Some(DaemonSetStatus {
+                desired_number_scheduled: 3,
+                current_number_scheduled: 3,
+                number_ready: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let job = Job {
+            metadata: ts::meta("backup", "home"),
+            status: Some(JobStatus {
+                succeeded: Some(1),
+                conditions: Some(vec![JobCondition {
+                    type_: "Complete".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut objects = vec![
+            Object::Node(ts::node("pi1", true)),
+            Object::Node(ts::node("pi2", false)),
+            Object::DaemonSet(ds),
+            Object::Job(job),
+        ];
+        // 25 Events a second apart: the 20 latest are kept, newest first.
+        for i in 0..25 {
+            let about = Object::Deployment(ts::deployment(&format!("d{i}"), "home", 1));
+            let at = jiff::Timestamp::from_second(1_800_000_000 + i).unwrap();
+            let Action::Create(e) = record(
+                None,
+                &Involved::of(&about),
+                "Normal",
+                "ScalingReplicaSet",
+                &format!("scaled d{i}"),
+                "deployment-controller",
+                at,
+            ) else {
+                unreachable!()
+            };
+            objects.push(e);
+        }
+        let snap = ts::snapshot(objects);
+        let mut d = Discovery::new(ids());
+        let first: BTreeMap<String, Vec<u8>> = d.plan(&snap, None).into_iter().collect();
+        let json = |t: &str| -> Value {
+            serde_json::from_slice(first.get(t).unwrap_or_else(|| panic!("{t} published"))).unwrap()
+        };
+        let agent = json("bramble/v1/state/daemonset/home/agent");
+        assert_eq!(agent["replicas"], "2/3");
+        let backup = json("bramble/v1/state/job/home/backup");
+        assert_eq!(backup["status"], "Complete");
+        assert_eq!(backup["completions"], "1/1");
+        let cluster = json("bramble/v1/state/cluster");
+        assert_eq!(cluster["nodes"], 2);
+        assert_eq!(cluster["nodes_ready"], 1);
+        assert_eq!(cluster["workloads"], 2);
+        let events = json("bramble/v1/state/events");
+        let events = events.as_array().unwrap();
+        assert_eq!(events.len(), RECENT_EVENTS);
+        assert_eq!(events[0]["object"], "deployment/d24");
+        assert_eq!(events[0]["message"], "scaled d24");
+        assert_eq!(events[19]["object"], "deployment/d5");
+        assert!(
+            first.keys().all(|t| d.ids.owns(t)),
+            "every topic is recognised as ours on the next start"
+        );
+
+        assert!(d.plan(&snap, None).is_empty(), "nothing changed");
+
+        let mut fewer = snap.clone();
+        fewer.objects.remove(&Kind::DaemonSet);
+        let cleared = d.plan(&fewer, None);
+        assert!(
+            cleared
+                .iter()
+                .any(|(t, p)| t == "bramble/v1/state/daemonset/home/agent" && p.is_empty()),
+            "{cleared:?}"
+        );
     }
 
     fn deploy(opted_in: bool) -> DeploymentView {

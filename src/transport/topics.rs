@@ -146,6 +146,27 @@ impl Topics {
         format!("{}/state/deployment/{namespace}/{name}", self.prefix)
     }
 
+    /// Master → anyone (retained JSON): another workload's state; `kind` is
+    /// the lower-case kind (`statefulset`, `daemonset`, `job`, `cronjob`).
+    pub fn state_workload(&self, kind: &str, namespace: &str, name: &str) -> String {
+        format!("{}/state/{kind}/{namespace}/{name}", self.prefix)
+    }
+
+    /// Master → anyone (retained JSON): the cluster in one message.
+    pub fn state_cluster(&self) -> String {
+        format!("{}/state/cluster", self.prefix)
+    }
+
+    /// Master → anyone (retained JSON): the most recent Events.
+    pub fn state_events(&self) -> String {
+        format!("{}/state/events", self.prefix)
+    }
+
+    /// Every state topic starts with this.
+    pub fn state_prefix(&self) -> String {
+        format!("{}/state/", self.prefix)
+    }
+
     /// The node name in `…/node/<node>/…`, if `topic` is one of ours.
     pub fn node_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/node/")?;

@@ -120,6 +120,12 @@ fn sh(args: &[&str]) {
     );
 }
 
+fn seed_demo_image(n: &TestNode) {
+    let layout = bramble::config::Layout::new(&n.data_dir).unwrap();
+    let store = bramble::runtime::ImageStore::open(&layout.images()).unwrap();
+    bramble::runtime::demo::build_demo_image(&store, std::path::Path::new("/bin/busybox")).unwrap();
+}
+
 fn sh_quiet(args: &[&str]) {
     let _ = Command::new(args[0]).args(&args[1..]).output();
 }
@@ -201,30 +207,8 @@ impl TestCluster {
         let host_ip = format!("{}/24", c.lan_ip(1));
         sh(&["ip", "addr", "add", &host_ip, "dev", &c.lan_bridge]);
         sh(&["ip", "link", "set", &c.lan_bridge, "up"]);
-        let gateway = c.lan_ip(1).to_string();
-        let nodes: Vec<(String, String, Ipv4Addr)> = std::iter::once(&c.master)
-            .chain(c.workers.iter())
-            .map(|n| (n.netns.clone(), n.host_veth.clone(), n.ip))
-            .collect();
-        for (ns, veth, ip) in nodes {
-            sh(&["ip", "netns", "add", &ns]);
-            sh(&[
-                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ]);
-            sh(&["ip", "link", "set", &veth, "master", &c.lan_bridge, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
+        for n in std::iter::once(&c.master).chain(c.workers.iter()) {
+            c.plug(n);
         }
 
         let mut args: Vec<String> = vec![
@@ -263,10 +247,7 @@ impl TestCluster {
         // The demo image, built into each node's own store first, so the
         // join time is the join's alone.
         for w in &c.workers {
-            let layout = bramble::config::Layout::new(&w.data_dir).unwrap();
-            let store = bramble::runtime::ImageStore::open(&layout.images()).unwrap();
-            bramble::runtime::demo::build_demo_image(&store, std::path::Path::new("/bin/busybox"))
-                .unwrap();
+            seed_demo_image(w);
         }
         let started = Instant::now();
         for w in &mut c.workers {
@@ -291,6 +272,80 @@ impl TestCluster {
         });
         c.joined_in = started.elapsed();
         c
+    }
+
+    /// A node's namespace, cabled to the LAN bridge at its address.
+    fn plug(&self, n: &TestNode) {
+        let (ns, veth, ip) = (&n.netns, &n.host_veth, n.ip);
+        sh(&["ip", "netns", "add", ns]);
+        sh(&[
+            "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ]);
+        sh(&["ip", "link", "set", veth, "master", &self.lan_bridge, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        let gateway = self.lan_ip(1).to_string();
+        sh(&["ip", "-n", ns, "route", "add", "default", "via", &gateway]);
+    }
+
+    /// One more machine on the LAN, `w<N>`, with the demo image in its
+    /// store: not started (its `args` are the caller's), removed on drop.
+    pub fn add_node(&mut self) -> &mut TestNode {
+        let i = self.workers.len() + 1;
+        let name = format!("w{i}");
+        let node = TestNode {
+            netns: format!("bn{}{i}", self.tag),
+            host_veth: format!("bh{}{i}", self.tag),
+            ip: self.lan_ip(9 + i as u8),
+            data_dir: self.dir.join(&name).join("data"),
+            log: self.dir.join(format!("{name}.log")),
+            args: Vec::new(),
+            child: None,
+            name,
+        };
+        // Pushed first, so Drop removes whatever `plug` managed to make.
+        self.workers.push(node);
+        let node = self.workers.last().unwrap();
+        self.plug(node);
+        seed_demo_image(node);
+        self.workers.last_mut().unwrap()
+    }
+
+    /// A new machine started as a flashed Pi is: `bramble worker
+    /// --config-file worker.toml`, the file holding the broker, the join
+    /// token, its name and address. Returns its name.
+    pub fn start_prepared_worker(&mut self) -> String {
+        let (broker, token) = (self.broker.clone(), self.join_token());
+        let node = self.add_node();
+        let file = bramble::config::WorkerFile {
+            broker,
+            join_token: Some(token),
+            node_name: Some(node.name.clone()),
+            labels: Default::default(),
+            data_dir: Some(node.data_dir.clone()),
+            node_ip: Some(node.ip),
+            insecure_registries: Vec::new(),
+            topic_prefix: None,
+        };
+        let path = node.data_dir.with_file_name("worker.toml");
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+        node.args = vec![
+            "worker".into(),
+            "--config-file".into(),
+            path.display().to_string(),
+        ];
+        node.spawn();
+        node.name.clone()
     }
 
     pub fn join_token(&self) -> String {
