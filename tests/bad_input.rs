@@ -225,6 +225,8 @@ async fn forged_and_replayed_messages_are_dropped() {
         pods: vec![],
         configmaps: vec![],
         secrets: vec![],
+        sealed_secrets: None,
+        clock_echo: None,
     };
     mqtt.publish(
         &assign_topic,

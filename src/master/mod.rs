@@ -34,9 +34,10 @@ use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::store::{Mode, Op, Store, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
-    Assignment, Command, JoinReply, JoinRequest, Joined, NodeReport, Online, Reply, ServiceTable,
-    StreamMsg,
+    Assignment, ClockEcho, Command, JoinReply, JoinRequest, Joined, NodeReport, Online, Reply,
+    ServiceTable, StreamMsg,
 };
+use crate::transport::seal;
 use crate::transport::{
     KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
 };
@@ -190,7 +191,18 @@ struct Master {
     /// JSON commands from automation tools (`api/<verb>`).
     api: api_json::JsonApi,
     discovery: Option<discovery::Discovery>,
+    /// Nodes whose clock is off ours: the report to answer (attached to
+    /// their assignments until their reports come in on time), and when an
+    /// assignment was last sent for it.
+    clock_echoes: HashMap<String, (ClockEcho, Option<Instant>)>,
 }
+
+/// A node report further than this from our clock gets the master's time
+/// back (well inside the envelope window, so the node never drifts out).
+const CLOCK_ECHO_SKEW_MS: i64 = 30_000;
+
+/// At most one assignment sent per node this often to carry the time.
+const CLOCK_ECHO_EVERY: Duration = Duration::from_secs(5);
 
 pub async fn run(
     cfg: MasterConfig,
@@ -239,11 +251,14 @@ pub async fn run(
         dirty: true,
         api: api_json::JsonApi::default(),
         discovery,
+        clock_echoes: HashMap::new(),
     };
     // A restarted master has heard from nobody yet: the nodes that were
-    // Ready get a full grace period from now to report, instead of being
-    // declared lost (and their pods evicted) on the first pass.
-    let started = jiff::Timestamp::now();
+    // Ready get a full grace period to report, instead of being declared
+    // lost (and their pods evicted) on the first pass. The period counts
+    // from when they can have found the broker back: a worker that has been
+    // retrying through a long outage tries again only every few seconds.
+    let started = jiff::Timestamp::now() + crate::transport::client::MAX_RECONNECT_BACKOFF;
     for node in m.cfg.store.list(Kind::Node, None) {
         if let Object::Node(n) = &*node
             && controllers::node_ready(n)
@@ -465,16 +480,36 @@ impl Master {
                 pods: content.0.clone(),
                 configmaps: content.1.clone(),
                 secrets: content.2.clone(),
+                sealed_secrets: None,
+                clock_echo: None,
             };
-            if self.send_assignment(&assignment).await {
+            if self.send_assignment(assignment).await {
                 self.published.assignments.insert(name, (rv, content));
             }
         }
     }
 
-    async fn send_assignment(&self, a: &Assignment) -> bool {
+    /// Publishes `a` with its Secrets sealed to the node's own key, so no
+    /// other client of the broker reads them; without a usable node key
+    /// nothing is sent.
+    async fn send_assignment(&self, mut a: Assignment) -> bool {
         let topic = self.cfg.topics.assign(&a.node);
-        let bytes = self.sealer.seal(&topic, &envelope::node_id(&a.node), a);
+        let to = envelope::node_id(&a.node);
+        if !a.secrets.is_empty() {
+            let sealed = match self.verifier.trusted(&to) {
+                Some(key) => seal::seal_secrets(&mut a, key),
+                None => {
+                    tracing::warn!(node = %a.node, "no key registered for the node: its assignment, which names Secrets, is not sent");
+                    return false;
+                }
+            };
+            if let Err(e) = sealed {
+                tracing::warn!(node = %a.node, error = %e, "assignment not sent");
+                return false;
+            }
+        }
+        a.clock_echo = self.clock_echoes.get(&a.node).map(|(e, _)| *e);
+        let bytes = self.sealer.seal(&topic, &to, &a);
         match self.mqtt.publish(&topic, bytes, true).await {
             Ok(()) => {
                 tracing::debug!(node = %a.node, generation = a.generation, pods = a.pods.len(), "assignment published");
@@ -543,6 +578,22 @@ impl Master {
         self.join_verifier.untrust(&from);
         let req = match opened {
             Ok(o) => o.body,
+            // Authentic but stamped by a clock far from ours (a Pi without
+            // a real-time clock): admit nothing, answer with our time; the
+            // nonce binds the answer to this request, and the node asks
+            // again with its clock synced.
+            Err(envelope::EnvelopeError::Stale { skew_ms }) => {
+                tracing::info!(%node, skew_ms, "join request stamped off our clock; sending the time");
+                let reply = JoinReply {
+                    nonce: req.nonce,
+                    master_key: self.cfg.cluster_key.public().to_hex(),
+                    result: Err(format!(
+                        "the node's clock is {skew_ms} ms off the master's; nothing was admitted"
+                    )),
+                    clock_skew_ms: Some(skew_ms),
+                };
+                return self.send_join_reply(node, &reply).await;
+            }
             Err(e) => return self.drops.dropped(topic, &e),
         };
         let result = join::admit(
@@ -565,12 +616,63 @@ impl Master {
             result: result.map(|cidr| Joined {
                 pod_cidr: cidr.to_string(),
             }),
+            clock_skew_ms: None,
         };
+        self.send_join_reply(node, &reply).await;
+    }
+
+    async fn send_join_reply(&self, node: &str, reply: &JoinReply) {
         let t = self.cfg.topics.join_reply(node);
-        let bytes = self.sealer.seal(&t, &envelope::node_id(node), &reply);
+        let bytes = self.sealer.seal(&t, &envelope::node_id(node), reply);
         if let Err(e) = self.mqtt.publish(&t, bytes, false).await {
             tracing::warn!(%node, error = %e, "could not answer a join");
         }
+    }
+
+    /// Sends `node` our time in an answer to its report `echo` (its clock
+    /// is `skew_ms` off ours): the last assignment again, naming the report.
+    async fn echo_clock(&mut self, node: &str, echo: ClockEcho, skew_ms: i64) {
+        let last = self.clock_echoes.get(node).and_then(|(_, at)| *at);
+        self.clock_echoes.insert(node.to_string(), (echo, last));
+        if last.is_some_and(|t| t.elapsed() < CLOCK_ECHO_EVERY) {
+            return;
+        }
+        tracing::info!(%node, skew_ms, "node's clock is off ours; sending the time");
+        if self.resend_assignment(node).await
+            && let Some(e) = self.clock_echoes.get_mut(node)
+        {
+            e.1 = Some(Instant::now());
+        }
+    }
+
+    /// Publishes again the assignment last published for `node`, if any
+    /// (else the next pass publishes one).
+    async fn resend_assignment(&mut self, node: &str) -> bool {
+        let Some((g, (pods, configmaps, secrets))) = self.published.assignments.get(node).cloned()
+        else {
+            self.dirty = true;
+            return false;
+        };
+        let pod_cidr = self
+            .cfg
+            .store
+            .get(&ObjectKey::new(Kind::Node, "", node))
+            .and_then(|n| match &*n {
+                Object::Node(n) => n.spec.as_ref()?.pod_cidr.clone(),
+                _ => None,
+            })
+            .unwrap_or_default();
+        self.send_assignment(Assignment {
+            node: node.to_string(),
+            generation: g,
+            pod_cidr,
+            pods,
+            configmaps,
+            secrets,
+            sealed_secrets: None,
+            clock_echo: None,
+        })
+        .await
     }
 
     /// A node's retained online flag or its Last Will. Only a `false` for
@@ -662,6 +764,21 @@ impl Master {
     async fn on_status(&mut self, node: &str, topic: &str, payload: &[u8]) {
         let opened = match self.verifier.open::<NodeReport>(topic, payload) {
             Ok(o) => o,
+            Err(e @ envelope::EnvelopeError::Stale { skew_ms }) => {
+                // Authentic, from a node whose clock is off ours: not
+                // believed, but answered with our time.
+                if let Ok(o) = self.verifier.open_any_age::<NodeReport>(topic, payload)
+                    && o.from == envelope::node_id(node)
+                    && o.body.node == node
+                {
+                    let echo = ClockEcho {
+                        session: o.body.session,
+                        seq: o.seq,
+                    };
+                    self.echo_clock(node, echo, skew_ms).await;
+                }
+                return self.drops.dropped(topic, &e);
+            }
             Err(e) => return self.drops.dropped(topic, &e),
         };
         // A node's key speaks only for that node.
@@ -669,6 +786,16 @@ impl Master {
             return self
                 .drops
                 .dropped(topic, &format!("{} reporting for node {node}", opened.from));
+        }
+        let skew_ms = opened.ts - envelope::now_ms();
+        if skew_ms.abs() > CLOCK_ECHO_SKEW_MS {
+            let echo = ClockEcho {
+                session: opened.body.session,
+                seq: opened.seq,
+            };
+            self.echo_clock(node, echo, skew_ms).await;
+        } else {
+            self.clock_echoes.remove(node);
         }
         let report = opened.body;
         self.sessions.insert(node.to_string(), report.session);
@@ -794,28 +921,8 @@ impl Master {
             self.published
                 .republished
                 .insert(node.to_string(), Instant::now());
-            if behind_assign
-                && let Some((g, (pods, configmaps, secrets))) =
-                    self.published.assignments.get(node).cloned()
-            {
-                let pod_cidr = self
-                    .cfg
-                    .store
-                    .get(&ObjectKey::new(Kind::Node, "", node))
-                    .and_then(|n| match &*n {
-                        Object::Node(n) => n.spec.as_ref()?.pod_cidr.clone(),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
-                self.send_assignment(&Assignment {
-                    node: node.to_string(),
-                    generation: g,
-                    pod_cidr,
-                    pods,
-                    configmaps,
-                    secrets,
-                })
-                .await;
+            if behind_assign {
+                self.resend_assignment(node).await;
             }
             if behind_services && let Some((g, routes, network)) = self.published.services.clone() {
                 self.send_services(&ServiceTable {

@@ -129,6 +129,10 @@ impl BrokerConfig {
     }
 }
 
+/// The longest wait between two connection attempts: a client finds a
+/// broker back at most this long after it returns.
+pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Debug)]
 pub struct MqttOptions {
     /// `mqtt[s]://[user:pass@]host[:port]` (port 1883, or 8883 for mqtts).
@@ -643,7 +647,7 @@ impl Mqtt {
                             break;
                         }
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
                     }
                 }
             }
@@ -703,13 +707,7 @@ impl Mqtt {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<(), TransportError> {
-        // rumqttc checks the size only for 3.1.1; one rule for both.
-        if payload.len() + topic.len() > MAX_PACKET {
-            return Err(TransportError::Mqtt(format!(
-                "a {} byte message on {topic} is over the {MAX_PACKET} byte limit",
-                payload.len()
-            )));
-        }
+        check_size(topic, &payload)?;
         match &self.client {
             Client::V4(c) => c
                 .publish(topic, QoS::AtLeastOnce, retain, payload)
@@ -723,6 +721,28 @@ impl Mqtt {
         .map_err(TransportError::Mqtt)
     }
 
+    /// Like [`Mqtt::publish`], but never waits: while the broker is away,
+    /// requests queue in the client (256 at most) and `publish` blocks once
+    /// the queue is full. For messages that are state, sent again anyway
+    /// (heartbeats), a full queue just drops this one.
+    pub fn try_publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), TransportError> {
+        check_size(topic, &payload)?;
+        match &self.client {
+            Client::V4(c) => c
+                .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_publish(topic, QoS5::AtLeastOnce, retain, payload)
+                .map_err(|e| e.to_string()),
+        }
+        .map_err(TransportError::Mqtt)
+    }
+
     pub async fn disconnect(&self) {
         let _ = match &self.client {
             Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
@@ -731,9 +751,49 @@ impl Mqtt {
     }
 }
 
+/// rumqttc checks the size only for 3.1.1; one rule for both.
+fn check_size(topic: &str, payload: &[u8]) -> Result<(), TransportError> {
+    if payload.len() + topic.len() > MAX_PACKET {
+        return Err(TransportError::Mqtt(format!(
+            "a {} byte message on {topic} is over the {MAX_PACKET} byte limit",
+            payload.len()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With the broker gone, the request queue fills; `try_publish` then
+    /// fails at once instead of blocking its caller (the worker's loop).
+    #[tokio::test]
+    async fn try_publish_never_blocks_without_a_broker() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (mqtt, _events) = Mqtt::connect(
+            MqttOptions::new(&format!("mqtt://127.0.0.1:{port}"), "lonely"),
+            None,
+        )
+        .await
+        .unwrap();
+        let outcomes: Vec<bool> = (0..400)
+            .map(|_| mqtt.try_publish("t", vec![0; 8], false).is_ok())
+            .collect();
+        assert!(outcomes[0]);
+        assert!(!outcomes[399], "the queue is bounded");
+        // What the worker's loop used to do, and why it must not.
+        let blocked = tokio::time::timeout(
+            Duration::from_millis(200),
+            mqtt.publish("t", vec![0; 8], false),
+        )
+        .await;
+        assert!(blocked.is_err(), "publish waits for room in the queue");
+    }
 
     #[test]
     fn urls() {

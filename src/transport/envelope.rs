@@ -6,9 +6,17 @@
 //! cannot be moved to another topic, redirected to another recipient or
 //! replayed. Replays are caught by a timestamp window plus the set of
 //! `(sender, seq)` pairs seen within it.
+//!
+//! Timestamps are read from a [`Clock`]: the system clock, until a node
+//! learns the cluster's time (the master's) from an answer bound to
+//! something it just sent (the join nonce, a report's sequence number); from
+//! then on it counts from that answer on the monotonic clock, so a Pi that
+//! booted hours off, or whose clock NTP steps later, stamps and checks
+//! envelopes in the master's time.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
@@ -84,6 +92,103 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where a [`Clock`] reads time: the wall clock, and a monotonic one that
+/// never jumps. Tests inject their own.
+pub trait TimeSource: Send + Sync {
+    /// Unix time in milliseconds.
+    fn wall_ms(&self) -> i64;
+    /// Time since some fixed start; never goes back, never jumps.
+    fn monotonic(&self) -> Duration;
+}
+
+/// The system's clocks.
+pub struct SystemTimeSource;
+
+impl TimeSource for SystemTimeSource {
+    fn wall_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    fn monotonic(&self) -> Duration {
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
+    }
+}
+
+/// The time a sender stamps and a receiver checks against: the wall clock,
+/// or, once [`Clock::sync`] took a sample of the master's, that sample plus
+/// the monotonic time since. Clones share the same time.
+#[derive(Clone)]
+pub struct Clock {
+    source: Arc<dyn TimeSource>,
+    /// The master's time (Unix ms) at a monotonic instant.
+    anchor: Arc<Mutex<Option<(i64, Duration)>>>,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock(offset {} ms)", self.offset_ms())
+    }
+}
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock::with_source(Arc::new(SystemTimeSource))
+    }
+
+    pub fn with_source(source: Arc<dyn TimeSource>) -> Clock {
+        Clock {
+            source,
+            anchor: Arc::default(),
+        }
+    }
+
+    /// Unix time in milliseconds, in the cluster's time once synced.
+    pub fn now_ms(&self) -> i64 {
+        match *self.anchor.lock().expect("clock lock") {
+            Some((ms, at)) => ms + self.source.monotonic().saturating_sub(at).as_millis() as i64,
+            None => self.source.wall_ms(),
+        }
+    }
+
+    /// How far this clock is from the wall clock (what a sync corrected).
+    pub fn offset_ms(&self) -> i64 {
+        self.now_ms() - self.source.wall_ms()
+    }
+
+    /// The monotonic time now, to measure a round trip for [`Clock::sync`].
+    pub fn monotonic(&self) -> Duration {
+        self.source.monotonic()
+    }
+
+    /// Takes a sample of the master's time: `master_ms`, stamped by the
+    /// master on an answer to something sent at monotonic time `sent_at`
+    /// (so the answer is fresh whatever its timestamp says). The master's
+    /// time now lies within `[master_ms, master_ms + round trip]`; if ours
+    /// is outside, ours becomes the middle of it. Returns the correction
+    /// made, in ms.
+    ///
+    /// Only a sample bound to something just sent may be given here: an old
+    /// message replayed would set the clock back to when it was sent.
+    pub fn sync(&self, master_ms: i64, sent_at: Duration) -> Option<i64> {
+        let now_mono = self.source.monotonic();
+        let rtt = now_mono.saturating_sub(sent_at).as_millis() as i64;
+        let ours = self.now_ms();
+        if (master_ms..=master_ms + rtt).contains(&ours) {
+            return None;
+        }
+        let theirs = master_ms + rtt / 2;
+        *self.anchor.lock().expect("clock lock") = Some((theirs, now_mono));
+        Some(theirs - ours)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {
@@ -99,6 +204,7 @@ pub enum EnvelopeError {
     WrongRecipient { to: String },
     #[error("replayed message {seq} from {from:?}")]
     Replay { from: String, seq: u64 },
+    /// Authentic (the signature is checked first) but outside the window.
     #[error(
         "timestamp {skew_ms} ms away from our clock (more than the allowed window; check the clocks)"
     )]
@@ -112,6 +218,7 @@ pub struct Sealer {
     key: KeyPair,
     id: String,
     seq: AtomicU64,
+    clock: Clock,
 }
 
 impl Sealer {
@@ -126,7 +233,14 @@ impl Sealer {
             key,
             id: id.into(),
             seq: AtomicU64::new(start),
+            clock: Clock::system(),
         }
+    }
+
+    /// Stamps envelopes with `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Sealer {
+        self.clock = clock;
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -145,19 +259,31 @@ impl Sealer {
     }
 
     pub fn seal_bytes(&self, topic: &str, to: &str, body: Vec<u8>) -> Vec<u8> {
+        self.seal_numbered_bytes(topic, to, body).1
+    }
+
+    /// Like [`Sealer::seal`], also returning the envelope's sequence number
+    /// (an answer naming it is an answer to this message).
+    pub fn seal_numbered<T: Serialize>(&self, topic: &str, to: &str, body: &T) -> (u64, Vec<u8>) {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(body, &mut bytes).expect("CBOR into a Vec cannot fail");
+        self.seal_numbered_bytes(topic, to, bytes)
+    }
+
+    fn seal_numbered_bytes(&self, topic: &str, to: &str, body: Vec<u8>) -> (u64, Vec<u8>) {
         let mut env = Envelope {
             v: PROTOCOL_VERSION,
             from: self.id.clone(),
             to: to.to_string(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
-            ts: now_ms(),
+            ts: self.clock.now_ms(),
             body,
             sig: Vec::new(),
         };
         env.sig = self.key.sign(&signed_bytes(&env, topic)).to_vec();
         let mut out = Vec::with_capacity(env.body.len() + 160);
         ciborium::into_writer(&env, &mut out).expect("CBOR into a Vec cannot fail");
-        out
+        (env.seq, out)
     }
 }
 
@@ -166,6 +292,9 @@ impl Sealer {
 pub struct Opened<T> {
     pub from: String,
     pub body: T,
+    /// The sender's sequence number and timestamp.
+    pub seq: u64,
+    pub ts: i64,
 }
 
 /// Checks envelopes for one receiver.
@@ -175,6 +304,7 @@ pub struct Verifier {
     window_ms: i64,
     seen: HashSet<(String, u64)>,
     order: VecDeque<(i64, String, u64)>,
+    clock: Clock,
 }
 
 impl Verifier {
@@ -188,7 +318,14 @@ impl Verifier {
             window_ms: window.as_millis() as i64,
             seen: HashSet::new(),
             order: VecDeque::new(),
+            clock: Clock::system(),
         }
+    }
+
+    /// Checks timestamps against `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Verifier {
+        self.clock = clock;
+        self
     }
 
     pub fn trust(&mut self, id: impl Into<String>, key: PublicKey) {
@@ -221,6 +358,8 @@ impl Verifier {
         Ok(Opened {
             from: env.from,
             body,
+            seq: env.seq,
+            ts: env.ts,
         })
     }
 
@@ -241,6 +380,8 @@ impl Verifier {
         Ok(Opened {
             from: env.from,
             body,
+            seq: env.seq,
+            ts: env.ts,
         })
     }
 
@@ -270,7 +411,7 @@ impl Verifier {
 
     fn check(&mut self, topic: &str, bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let env = self.authentic(topic, bytes)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let skew = env.ts - now;
         if skew.abs() > self.window_ms {
             return Err(EnvelopeError::Stale { skew_ms: skew });
@@ -426,6 +567,117 @@ mod tests {
             v.open::<String>("t", &forged),
             Err(EnvelopeError::BadSignature(_))
         ));
+    }
+
+    /// A clock under the test's control.
+    #[derive(Default)]
+    struct Manual {
+        wall: std::sync::atomic::AtomicI64,
+        mono_ms: AtomicU64,
+    }
+
+    impl Manual {
+        fn at(wall: i64) -> Arc<Manual> {
+            let m = Manual::default();
+            m.wall.store(wall, Ordering::SeqCst);
+            Arc::new(m)
+        }
+        fn pass(&self, ms: u64) {
+            self.mono_ms.fetch_add(ms, Ordering::SeqCst);
+            self.wall.fetch_add(ms as i64, Ordering::SeqCst);
+        }
+        fn step_wall(&self, ms: i64) {
+            self.wall.fetch_add(ms, Ordering::SeqCst);
+        }
+    }
+
+    impl TimeSource for Manual {
+        fn wall_ms(&self) -> i64 {
+            self.wall.load(Ordering::SeqCst)
+        }
+        fn monotonic(&self) -> Duration {
+            Duration::from_millis(self.mono_ms.load(Ordering::SeqCst))
+        }
+    }
+
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn a_synced_clock_keeps_the_masters_time_through_wall_steps() {
+        let src = Manual::at(1_000);
+        let clock = Clock::with_source(src.clone());
+        assert_eq!(clock.now_ms(), 1_000, "unsynced: the wall clock");
+        let sent_at = clock.monotonic();
+        src.pass(200);
+        // The master stamped 5 h; the answer took 200 ms to come back.
+        let master = 5 * HOUR;
+        assert_eq!(clock.sync(master, sent_at), Some(master + 100 - 1_200));
+        assert_eq!(clock.now_ms(), master + 100);
+        assert_eq!(clock.offset_ms(), master + 100 - 1_200);
+        src.pass(1_000);
+        assert_eq!(clock.now_ms(), master + 1_100);
+        // NTP steps the wall clock: the cluster time does not jump.
+        src.step_wall(3 * HOUR);
+        assert_eq!(clock.now_ms(), master + 1_100);
+        // A clone is the same clock.
+        assert_eq!(clock.clone().now_ms(), master + 1_100);
+    }
+
+    #[test]
+    fn a_sample_within_the_round_trip_changes_nothing() {
+        let src = Manual::at(10 * HOUR);
+        let clock = Clock::with_source(src.clone());
+        let sent_at = clock.monotonic();
+        src.pass(300);
+        // The master's stamp is 100 ms before our now and the round trip
+        // 300 ms: our time fits, nothing to correct.
+        assert_eq!(clock.sync(10 * HOUR + 200, sent_at), None);
+        assert_eq!(clock.now_ms(), 10 * HOUR + 300);
+        // A clock ahead is set back as well.
+        assert_eq!(
+            clock.sync(9 * HOUR, sent_at),
+            Some(9 * HOUR + 150 - (10 * HOUR + 300))
+        );
+        assert_eq!(clock.now_ms(), 9 * HOUR + 150);
+    }
+
+    #[test]
+    fn envelopes_stamped_and_checked_with_a_synced_clock() {
+        let key = KeyPair::generate();
+        let behind = Manual::at(now_ms() - 5 * HOUR);
+        let node_clock = Clock::with_source(behind.clone());
+        let sealer = Sealer::new(key.clone(), "node:pi1").with_clock(node_clock.clone());
+        let mut master = Verifier::new(&["master"], Duration::from_secs(600));
+        master.trust("node:pi1", key.public());
+        assert!(matches!(
+            master.open::<u8>("t", &sealer.seal("t", "master", &1u8)),
+            Err(EnvelopeError::Stale { .. })
+        ));
+        // And the node, checking the master's messages with its own clock.
+        let cluster = KeyPair::generate();
+        let master_sealer = Sealer::new(cluster.clone(), MASTER_ID);
+        let mut node =
+            Verifier::new(&["node:pi1"], Duration::from_secs(600)).with_clock(node_clock.clone());
+        node.trust(MASTER_ID, cluster.public());
+        let from_master = master_sealer.seal("a", "node:pi1", &2u8);
+        assert!(matches!(
+            node.open::<u8>("a", &from_master),
+            Err(EnvelopeError::Stale { .. })
+        ));
+        // An answer to what the node just sent: authentic, whatever its age.
+        let sent_at = node_clock.monotonic();
+        let answer = node.open_any_age::<u8>("a", &from_master).unwrap();
+        assert!(node_clock.sync(answer.ts, sent_at).is_some());
+        assert!(node_clock.offset_ms() > 4 * HOUR);
+        let (seq, bytes) = sealer.seal_numbered("t", "master", &3u8);
+        let opened = master.open::<u8>("t", &bytes).unwrap();
+        assert_eq!((opened.body, opened.seq), (3, seq));
+        assert_eq!(
+            node.open::<u8>("a", &master_sealer.seal("a", "node:pi1", &4u8))
+                .unwrap()
+                .body,
+            4
+        );
     }
 
     #[test]

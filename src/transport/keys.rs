@@ -66,6 +66,13 @@ impl KeyPair {
         h.finalize().into()
     }
 
+    /// The X25519 secret of this key (the scalar half of the seed's SHA-512,
+    /// unclamped: X25519 clamps it), so what was sealed to
+    /// [`PublicKey::x25519`] opens with the same key pair (`transport::seal`).
+    pub(crate) fn x25519_secret(&self) -> [u8; 32] {
+        self.signing.to_scalar_bytes()
+    }
+
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
     }
@@ -131,6 +138,12 @@ impl PublicKey {
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         let sig = Signature::from_bytes(signature);
         self.0.verify(message, &sig).is_ok()
+    }
+
+    /// The X25519 (Montgomery) form of this key: the birational map of the
+    /// Edwards point, as libsodium's `crypto_sign_ed25519_pk_to_curve25519`.
+    pub(crate) fn x25519(&self) -> [u8; 32] {
+        self.0.to_montgomery().to_bytes()
     }
 
     pub fn to_hex(&self) -> String {

@@ -386,8 +386,27 @@ pub struct Assignment {
     pub configmaps: Vec<ConfigMap>,
     /// Exactly the Secrets these pods reference (the same places, plus
     /// `imagePullSecrets`); a node never receives one none of its pods names.
-    #[serde(default)]
+    /// Never serialized: they travel (and are stored by the worker) only as
+    /// `sealed_secrets`; the worker fills this in when it opens them.
+    #[serde(skip)]
     pub secrets: Vec<Secret>,
+    /// `secrets` sealed to the node's own key for this node and generation
+    /// (`transport::seal`); `None` when there are none.
+    #[serde(default)]
+    pub sealed_secrets: Option<crate::transport::seal::Sealed>,
+    /// Set when the master answers a report whose timestamp was off its
+    /// clock: that report's session and sequence number, so the node knows
+    /// this envelope's timestamp is the master's time now and syncs to it.
+    #[serde(default)]
+    pub clock_echo: Option<ClockEcho>,
+}
+
+/// Names one report of one agent run (`NodeReport::session`, the envelope's
+/// sequence number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockEcho {
+    pub session: u64,
+    pub seq: u64,
 }
 
 /// Master → every worker on `services` (retained).
@@ -445,6 +464,11 @@ pub struct JoinReply {
     /// fingerprint its token pins before believing anything else here.
     pub master_key: String,
     pub result: Result<Joined, String>,
+    /// Set when the request's timestamp was this far off the master's clock:
+    /// nothing was admitted; the node syncs to this reply's timestamp (the
+    /// nonce makes it an answer to its request) and asks again.
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,9 +2,10 @@
 //!
 //! Owns: topic names ([`topics`]), the signed CBOR envelope and replay
 //! protection ([`envelope`]), ed25519 keys on disk ([`keys`]), the message
-//! bodies every role exchanges ([`messages`]), the flow control of byte
-//! streams ([`stream`]), the embedded rumqttd broker ([`broker`]) and the
-//! rumqttc client wrapper ([`client`]).
+//! bodies every role exchanges ([`messages`]), what is sealed to one node's
+//! key ([`seal`]), the flow control of byte streams ([`stream`]), the
+//! embedded rumqttd broker ([`broker`]) and the rumqttc client wrapper
+//! ([`client`]).
 //!
 //! Must not touch: the store, the runtime, the network. The broker is untrusted:
 //! nothing here treats a message as authentic until [`envelope::Verifier`] says
@@ -15,6 +16,7 @@ pub mod client;
 pub mod envelope;
 pub mod keys;
 pub mod messages;
+pub mod seal;
 pub mod stream;
 pub mod topics;
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, write_atomic};
 use crate::master::tokens::{JoinToken, TokenError, join_proof};
-use crate::transport::envelope::{self, MASTER_ID};
+use crate::transport::envelope::{self, Clock, MASTER_ID};
 use crate::transport::messages::{JoinReply, JoinRequest};
 use crate::transport::{
     KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
@@ -100,6 +100,27 @@ pub async fn join(
     labels: BTreeMap<String, String>,
     data_dir: &Path,
 ) -> Result<Membership, JoinError> {
+    let clock = Clock::system();
+    join_with_clock(
+        broker, topics, node, node_key, token, labels, data_dir, &clock,
+    )
+    .await
+}
+
+/// [`join`] with the request stamped by `clock`. A master that finds the
+/// stamp off its clock answers with its time, which `clock` takes (the
+/// nonce binds the answer to this request) before the request goes again.
+#[allow(clippy::too_many_arguments)]
+pub async fn join_with_clock(
+    broker: &crate::transport::BrokerConfig,
+    topics: &Topics,
+    node: &str,
+    node_key: &KeyPair,
+    token: &str,
+    labels: BTreeMap<String, String>,
+    data_dir: &Path,
+    clock: &Clock,
+) -> Result<Membership, JoinError> {
     let token = JoinToken::parse(token)?;
     let key_hex = node_key.public().to_hex();
     let nonce: u64 = rand::random();
@@ -112,7 +133,7 @@ pub async fn join(
         labels,
     };
     let me = envelope::node_id(node);
-    let sealer = Sealer::new(node_key.clone(), me.clone());
+    let sealer = Sealer::new(node_key.clone(), me.clone()).with_clock(clock.clone());
     let client_id = format!(
         "bramble-join-{node}-{:06x}",
         rand::random::<u32>() & 0xff_ffff
@@ -125,6 +146,8 @@ pub async fn join(
     let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
     let mut resend = tokio::time::interval(RESEND);
     let mut verifier = Verifier::new(&[me.as_str()], Duration::from_secs(600));
+    // Every answer names the nonce, so none predates the first send.
+    let first_sent = clock.monotonic();
     let outcome = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break Err(JoinError::Timeout(ANSWER_WAIT)),
@@ -139,8 +162,13 @@ pub async fn join(
             ev = events.recv() => match ev {
                 Some(MqttEvent::Message { topic, payload }) if topic == reply_topic => {
                     match check_reply(&mut verifier, &token, &topic, &payload, nonce) {
-                        Ok(Some(r)) => break r,
-                        Ok(None) => {}
+                        Ok(Reply::Answer(r)) => break r,
+                        Ok(Reply::Ignored) => {}
+                        Ok(Reply::ClockOff { master_ms, skew_ms }) => {
+                            let by = clock.sync(master_ms, first_sent);
+                            tracing::info!(skew_ms, corrected_ms = ?by, "our clock is off the master's; asking again in its time");
+                            resend.reset_immediately();
+                        }
                         Err(e) => break Err(e),
                     }
                 }
@@ -166,25 +194,41 @@ pub async fn join(
 
 type Answer = Result<(String, crate::transport::messages::Joined), JoinError>;
 
-/// `Ok(None)`: not an answer to this request (someone else's, or a forgery:
-/// logged and ignored, the wait goes on).
+/// What a message on the reply topic means for this request.
+#[derive(Debug)]
+enum Reply {
+    Answer(Answer),
+    /// Not an answer to this request (someone else's, or a forgery: logged
+    /// and ignored, the wait goes on).
+    Ignored,
+    /// The master found our stamp `skew_ms` off its clock and admitted
+    /// nothing; its time was `master_ms` when it answered.
+    ClockOff {
+        master_ms: i64,
+        skew_ms: i64,
+    },
+}
+
+/// The reply must name our nonce and come from the cluster key the token
+/// pins; its age does not matter (the nonce is new for this join), so a
+/// node whose clock is hours off still understands the answer.
 fn check_reply(
     verifier: &mut Verifier,
     token: &JoinToken,
     topic: &str,
     payload: &[u8],
     nonce: u64,
-) -> Result<Option<Answer>, JoinError> {
+) -> Result<Reply, JoinError> {
     let Ok((from, reply)) = envelope::peek::<JoinReply>(payload) else {
         tracing::warn!(%topic, "dropped a malformed join reply");
-        return Ok(None);
+        return Ok(Reply::Ignored);
     };
     let Ok(key) = reply.master_key.parse::<PublicKey>() else {
         tracing::warn!(%topic, "dropped a join reply with a malformed key");
-        return Ok(None);
+        return Ok(Reply::Ignored);
     };
     if from != MASTER_ID || reply.nonce != nonce {
-        return Ok(None);
+        return Ok(Reply::Ignored);
     }
     if key.fingerprint() != token.fingerprint {
         return Err(JoinError::WrongMaster {
@@ -193,15 +237,99 @@ fn check_reply(
         });
     }
     verifier.trust(MASTER_ID, key);
-    let reply = match verifier.open::<JoinReply>(topic, payload) {
-        Ok(o) => o.body,
+    let opened = match verifier.open_any_age::<JoinReply>(topic, payload) {
+        Ok(o) => o,
         Err(e) => {
             tracing::warn!(%topic, error = %e, "dropped a join reply");
-            return Ok(None);
+            return Ok(Reply::Ignored);
         }
     };
-    Ok(Some(match reply.result {
+    let reply = opened.body;
+    if let Some(skew_ms) = reply.clock_skew_ms {
+        return Ok(Reply::ClockOff {
+            master_ms: opened.ts,
+            skew_ms,
+        });
+    }
+    Ok(Reply::Answer(match reply.result {
         Ok(joined) => Ok((reply.master_key, joined)),
         Err(why) => Err(JoinError::Refused(why)),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::envelope::TimeSource;
+    use crate::transport::messages::Joined;
+    use std::sync::Arc;
+
+    /// The wall clock this many ms off.
+    struct Off(i64);
+
+    impl TimeSource for Off {
+        fn wall_ms(&self) -> i64 {
+            envelope::now_ms() + self.0
+        }
+        fn monotonic(&self) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    fn reply(cluster: &KeyPair, clock_off_ms: i64, nonce: u64, skew: Option<i64>) -> Vec<u8> {
+        let sealer = Sealer::new(cluster.clone(), MASTER_ID)
+            .with_clock(Clock::with_source(Arc::new(Off(clock_off_ms))));
+        let body = JoinReply {
+            nonce,
+            master_key: cluster.public().to_hex(),
+            result: Ok(Joined {
+                pod_cidr: "10.88.1.0/24".into(),
+            }),
+            clock_skew_ms: skew,
+        };
+        sealer.seal("j/reply", &envelope::node_id("pi"), &body)
+    }
+
+    #[test]
+    fn replies_are_taken_whatever_their_age_when_they_name_our_nonce() {
+        let cluster = KeyPair::generate();
+        let token = JoinToken {
+            fingerprint: cluster.public().fingerprint(),
+            id: "abc".into(),
+            secret: "s".into(),
+        };
+        let mut v = Verifier::new(
+            &[envelope::node_id("pi").as_str()],
+            Duration::from_secs(600),
+        );
+        const HOURS_5: i64 = 5 * 3_600_000;
+        // The master's clock is 5 h from ours: its answer still counts.
+        let got = check_reply(
+            &mut v,
+            &token,
+            "j/reply",
+            &reply(&cluster, HOURS_5, 7, None),
+            7,
+        );
+        assert!(matches!(got, Ok(Reply::Answer(Ok(_)))), "{got:?}");
+        // Its "your clock is off" answer carries its time.
+        let got = check_reply(
+            &mut v,
+            &token,
+            "j/reply",
+            &reply(&cluster, HOURS_5, 7, Some(-HOURS_5)),
+            7,
+        );
+        let Ok(Reply::ClockOff { master_ms, skew_ms }) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(skew_ms, -HOURS_5);
+        assert!(master_ms > envelope::now_ms() + HOURS_5 - 60_000);
+        // Another request's answer, or another cluster's, is not ours.
+        let got = check_reply(&mut v, &token, "j/reply", &reply(&cluster, 0, 8, None), 7);
+        assert!(matches!(got, Ok(Reply::Ignored)), "{got:?}");
+        let stranger = KeyPair::generate();
+        let got = check_reply(&mut v, &token, "j/reply", &reply(&stranger, 0, 7, None), 7);
+        assert!(matches!(got, Err(JoinError::WrongMaster { .. })), "{got:?}");
+    }
 }

@@ -19,7 +19,7 @@ pub mod status;
 pub mod streams;
 pub mod volumes;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,11 +37,12 @@ use crate::proxy::{Proxy, ProxyConfig};
 use crate::runtime::log_times::LogClock;
 use crate::runtime::{ContainerState, Runtime, RuntimeError};
 use crate::store::{LocalOp, LocalStore, StoreError};
-use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
+use crate::transport::envelope::{self, Clock, DropLog, EnvelopeError, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
     Assignment, ContainerUsage, NodeFacts, NodeReport, Online, PodEvent, PodReport, ServiceTable,
     StreamMsg,
 };
+use crate::transport::seal;
 use crate::transport::stream::MqttLink;
 use crate::transport::{
     KeyPair, Mqtt, MqttEvent, MqttOptions, PublicKey, Sealer, Topics, TransportError, Verifier,
@@ -184,15 +185,42 @@ struct Agent {
     /// Image pulls running in the background, and their results.
     pulls: images::ImagePulls,
     log_clock: LogClock,
+    /// The cluster's time, as envelopes are stamped and checked.
+    clock: Clock,
+    /// Our recent reports (sequence number, monotonic time sent): the
+    /// master names one when it sends us its time.
+    sent_reports: VecDeque<(u64, Duration)>,
 }
 
+/// A master's answer to a report older than this is not taken as its time.
+const CLOCK_ECHO_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// Runs the agent until `shutdown` flips. Pods keep running afterwards.
-pub async fn run(
+pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    run_with_clock(cfg, Clock::system(), shutdown).await
+}
+
+/// [`run`], stamping and checking envelopes with `clock`, which the agent
+/// syncs to the master's time when the master answers a report of ours that
+/// was off its clock (tests give it a clock hours off).
+pub async fn run_with_clock(
     cfg: WorkerConfig,
+    clock: Clock,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let db = LocalStore::open(&cfg.layout.worker_db())?;
-    let assignment: Option<Assignment> = db.get(T_ASSIGNMENT, CURRENT)?.and_then(|b| uncbor(&b));
+    let assignment = db
+        .get(T_ASSIGNMENT, CURRENT)?
+        .and_then(|b| uncbor::<Assignment>(&b))
+        .map(|mut a| {
+            // Stored as it came, Secrets sealed to our key. One that no
+            // longer opens (a new node key) still runs the pods it names;
+            // only containers needing a Secret wait for the next assignment.
+            if let Err(e) = seal::open_secrets(&mut a, &cfg.node_key) {
+                tracing::error!(error = %e, "stored assignment");
+            }
+            a
+        });
     let services: ServiceTable = db
         .get(T_SERVICES, CURRENT)?
         .and_then(|b| uncbor(&b))
@@ -208,7 +236,7 @@ pub async fn run(
     let node = cfg.node_name.clone();
     let online = cfg.topics.online(&node);
     let me = envelope::node_id(&node);
-    let sealer = Arc::new(Sealer::new(cfg.node_key.clone(), me.clone()));
+    let sealer = Arc::new(Sealer::new(cfg.node_key.clone(), me.clone()).with_clock(clock.clone()));
     // The Last Will is sealed now and published by the broker whenever the
     // connection dies; the session ties it to this run of the agent.
     let session: u64 = rand::random();
@@ -226,7 +254,7 @@ pub async fn run(
     mqtt.subscribe(&cfg.topics.assign(&node)).await?;
     mqtt.subscribe(&cfg.topics.services()).await?;
     mqtt.subscribe(&cfg.topics.stream_in_filter(&node)).await?;
-    let mut verifier = Verifier::new(&[me.as_str()], cfg.clock_window);
+    let mut verifier = Verifier::new(&[me.as_str()], cfg.clock_window).with_clock(clock.clone());
     verifier.trust(MASTER_ID, cfg.master_key);
     let facts = facts::gather(cfg.node_ip, &cfg.layout.data_dir, cfg.reserved);
     let proxy = cfg.bridge.as_ref().map(|_| {
@@ -262,6 +290,8 @@ pub async fn run(
         streams: HashMap::new(),
         pulls,
         log_clock: LogClock::new(),
+        clock,
+        sent_reports: VecDeque::new(),
     };
     agent.ensure_network().await;
     agent.apply_services().await;
@@ -589,8 +619,34 @@ impl Agent {
     async fn on_message(&mut self, topic: &str, payload: &[u8]) -> bool {
         let t = &self.cfg.topics;
         if topic == t.assign(&self.cfg.node_name) {
-            let a = match self.verifier.open::<Assignment>(topic, payload) {
-                Ok(o) if o.from == MASTER_ID => o.body,
+            let mut echoed = None;
+            let opened = match self.verifier.open::<Assignment>(topic, payload) {
+                // Off our clock but perhaps the master's answer to a report
+                // of ours: then it is fresh whatever its timestamp says.
+                Err(e @ EnvelopeError::Stale { .. }) => {
+                    match self.verifier.open_any_age::<Assignment>(topic, payload) {
+                        Ok(o) => {
+                            echoed = self.echoed_report(&o.body);
+                            if echoed.is_some() { Ok(o) } else { Err(e) }
+                        }
+                        Err(_) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            let a = match opened {
+                Ok(o) if o.from == MASTER_ID => {
+                    if let Some(sent_at) = echoed.or_else(|| self.echoed_report(&o.body))
+                        && let Some(by) = self.clock.sync(o.ts, sent_at)
+                    {
+                        tracing::info!(
+                            corrected_ms = by,
+                            offset_ms = self.clock.offset_ms(),
+                            "clock synced to the master's"
+                        );
+                    }
+                    o.body
+                }
                 Ok(o) => {
                     self.drops
                         .dropped(topic, &format!("assignment signed by {}", o.from));
@@ -607,6 +663,12 @@ impl Agent {
                     .as_ref()
                     .is_some_and(|cur| cur.generation >= a.generation)
             {
+                return false;
+            }
+            let mut a = a;
+            if let Err(e) = seal::open_secrets(&mut a, &self.cfg.node_key) {
+                // Keep running the previous assignment.
+                self.drops.dropped(topic, &e);
                 return false;
             }
             if let Err(e) = self
@@ -1403,6 +1465,20 @@ impl Agent {
         }
     }
 
+    /// When the report `a` answers (its clock echo) was sent, if it is
+    /// one of ours from this run and recent; each is answered once.
+    fn echoed_report(&mut self, a: &Assignment) -> Option<Duration> {
+        let echo = a.clock_echo.filter(|e| e.session == self.session)?;
+        let now = self.clock.monotonic();
+        self.sent_reports
+            .retain(|(_, at)| now.saturating_sub(*at) <= CLOCK_ECHO_MAX_AGE);
+        let i = self
+            .sent_reports
+            .iter()
+            .position(|(seq, _)| *seq == echo.seq)?;
+        self.sent_reports.remove(i).map(|(_, at)| at)
+    }
+
     /// Sends a status report when something changed, or always with `force`
     /// (the heartbeat).
     async fn report(&mut self, force: bool) {
@@ -1448,8 +1524,15 @@ impl Agent {
             session: self.session,
         };
         let topic = self.cfg.topics.status(&self.cfg.node_name);
-        let bytes = self.sealer.seal(&topic, MASTER_ID, &report);
-        if self.mqtt.publish(&topic, bytes, false).await.is_ok() {
+        let (seq, bytes) = self.sealer.seal_numbered(&topic, MASTER_ID, &report);
+        let now = self.clock.monotonic();
+        self.sent_reports
+            .retain(|(_, at)| now.saturating_sub(*at) <= CLOCK_ECHO_MAX_AGE);
+        self.sent_reports.push_back((seq, now));
+        // Never waits: without a broker the client's queue fills, and a
+        // blocked loop would stop restarting containers. A report that does
+        // not fit is dropped; its events go with the next one.
+        if self.mqtt.try_publish(&topic, bytes, false).is_ok() {
             self.last_report = Some(pods);
             self.events.clear();
         }

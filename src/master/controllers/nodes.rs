@@ -20,8 +20,9 @@ pub fn reconcile(snap: &Snapshot) -> Vec<Action> {
     for node in snap.nodes() {
         let name = node.metadata.name.as_deref().unwrap_or("");
         let fresh = snap.last_seen.get(name).is_some_and(|t| {
+            // Ahead of now: the allowance a restarted master gives.
             let age = snap.now.duration_since(*t);
-            age.unsigned_abs() <= snap.node_grace
+            age.is_negative() || age.unsigned_abs() <= snap.node_grace
         });
         let (status, reason, message) = if fresh {
             (
