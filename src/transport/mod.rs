@@ -4,7 +4,8 @@
 //! protection ([`envelope`]), ed25519 keys on disk ([`keys`]), the message
 //! bodies every role exchanges ([`messages`]), the flow control of byte
 //! streams ([`stream`]), the embedded rumqttd broker ([`broker`]) and the
-//! rumqttc client wrapper ([`client`]).
+//! rumqttc client wrapper ([`client`]), and the tokens nodes show the
+//! master's registry mirror ([`mirror_token`]).
 //!
 //! Must not touch: the store, the runtime, the network. The broker is untrusted:
 //! nothing here treats a message as authentic until [`envelope::Verifier`] says
@@ -15,6 +16,7 @@ pub mod client;
 pub mod envelope;
 pub mod keys;
 pub mod messages;
+pub mod mirror_token;
 pub mod stream;
 pub mod topics;
 

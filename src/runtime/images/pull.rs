@@ -16,10 +16,24 @@
 //! choice; we keep control of platform selection, verification, resumption
 //! and storage, which is why we use its raw-manifest and blob-stream calls
 //! rather than its all-in-one `pull` (which buffers layers in memory).
+//!
+//! When the master advertises its registry mirror ([`RegistryMirror`], in
+//! the options' [`MirrorSlot`]), a pull asks it first, for any reference:
+//! `docker.io/library/busybox:1.36` is fetched as
+//! `<mirror>/docker.io/library/busybox:1.36`, over plain HTTP with the
+//! node's token, and verified exactly as a registry's answer is (a blob
+//! that does not match its digest is refused). Whatever goes wrong there,
+//! the pull falls back to the image's own registry, as containerd does
+//! with its mirrors; the stored reference is the image's own either way.
+//!
+//! A store that keeps layer blobs (the master's) keeps each fetched layer
+//! blob instead of deleting it once unpacked, and the indexes it went
+//! through, so that its mirror can hand the image on.
 
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -77,6 +91,44 @@ pub enum ImageAction {
     NotPresent,
 }
 
+/// The master's registry mirror, as a node pulls from it.
+#[derive(Clone)]
+pub struct RegistryMirror {
+    /// `host:port`, spoken to over plain HTTP (everything it sends is
+    /// checked against digests the node asked for or got from it).
+    pub registry: String,
+    /// Makes the credential for one pull (the node's signed token).
+    pub credential: Arc<dyn Fn() -> Option<Credential> + Send + Sync>,
+}
+
+impl std::fmt::Debug for RegistryMirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryMirror")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a node's pulls find the master's mirror. The master advertises it
+/// at run time (in the Service table), so the slot is shared: every clone
+/// of the options sees what [`set`](MirrorSlot::set) put there last.
+#[derive(Clone, Debug, Default)]
+pub struct MirrorSlot(Arc<RwLock<Option<RegistryMirror>>>);
+
+impl MirrorSlot {
+    /// Replaces the mirror; `true` when its address changed.
+    pub fn set(&self, mirror: Option<RegistryMirror>) -> bool {
+        let mut slot = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let changed = slot.as_ref().map(|m| &m.registry) != mirror.as_ref().map(|m| &m.registry);
+        *slot = mirror;
+        changed
+    }
+
+    pub fn get(&self) -> Option<RegistryMirror> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// How this node reaches registries.
 #[derive(Clone, Debug)]
 pub struct PullOptions {
@@ -89,6 +141,8 @@ pub struct PullOptions {
     pub connect_timeout: Duration,
     /// A registry silent this long mid-transfer counts as a dropped connection.
     pub read_timeout: Duration,
+    /// The master's mirror, asked first when set.
+    pub mirror: MirrorSlot,
 }
 
 impl Default for PullOptions {
@@ -98,6 +152,7 @@ impl Default for PullOptions {
             insecure_registries: Vec::new(),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
+            mirror: MirrorSlot::default(),
         }
     }
 }
@@ -360,6 +415,25 @@ impl ImageStore {
             }
         })?;
         let _lock = self.lock_shared()?;
+        let mut mirror_failure: Option<(String, RuntimeError)> = None;
+        if let Some(mirror) = options.mirror.get() {
+            match self
+                .pull_from_mirror(&mirror, &canonical, options, progress)
+                .await
+            {
+                Ok((mut info, mut stats)) => {
+                    stats.duration = started.elapsed();
+                    info.pulled = Some(stats);
+                    tracing::debug!(image = %canonical, mirror = %mirror.registry, "pulled from the master's mirror");
+                    return Ok(info);
+                }
+                Err(e @ RuntimeError::DiskFull { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(image = %canonical, mirror = %mirror.registry, error = %e, "the master's registry mirror did not provide the image; trying its registry");
+                    mirror_failure = Some((mirror.registry, e));
+                }
+            }
+        }
         let mut candidates: Vec<Option<&RegistryAuth>> =
             credentials_for(auth, name).into_iter().map(Some).collect();
         if candidates.is_empty() {
@@ -389,7 +463,14 @@ impl ImageStore {
                                 target.image, target.registry
                             ),
                         },
-                        other => other,
+                        other => match mirror_failure.take() {
+                            Some((mirror, m)) => RuntimeError::PullFailed {
+                                mirror,
+                                mirror_error: Box::new(m),
+                                registry: Box::new(other),
+                            },
+                            None => other,
+                        },
                     });
                 }
                 Ok((mut info, mut stats)) => {
@@ -402,9 +483,54 @@ impl ImageStore {
         unreachable!("there is always at least one candidate")
     }
 
+    /// One attempt at the master's mirror: the image under its canonical
+    /// name below the mirror's address, with the node's token.
+    async fn pull_from_mirror(
+        &self,
+        mirror: &RegistryMirror,
+        canonical: &str,
+        options: &PullOptions,
+        progress: &(dyn Fn(&PullEvent) + Send + Sync),
+    ) -> Result<(ImageInfo, PullStats), RuntimeError> {
+        let target = Target {
+            registry: mirror.registry.clone(),
+            image: canonical.to_string(),
+        };
+        let oci_ref: Reference = format!("{}/{canonical}", mirror.registry)
+            .parse()
+            .map_err(|e: oci_client::ParseError| {
+                target.protocol(format!("cannot name the image on the mirror: {e}"))
+            })?;
+        let client = self.client_with(&target, true, options)?;
+        let credential = (mirror.credential)().map(|credential| RegistryAuth {
+            registry: mirror.registry.clone(),
+            credential,
+        });
+        self.pull_with(
+            &client,
+            &oci_ref,
+            &oci_auth(credential.as_ref()),
+            &target,
+            options,
+            progress,
+        )
+        .await
+        .map_err(disk_full_or)
+    }
+
     fn client(&self, target: &Target, options: &PullOptions) -> Result<Client, RuntimeError> {
+        let insecure = is_insecure(&target.registry, &options.insecure_registries);
+        self.client_with(target, insecure, options)
+    }
+
+    fn client_with(
+        &self,
+        target: &Target,
+        plain_http: bool,
+        options: &PullOptions,
+    ) -> Result<Client, RuntimeError> {
         let mut insecure = Vec::new();
-        if is_insecure(&target.registry, &options.insecure_registries) {
+        if plain_http {
             insecure.push(target.registry.clone());
         }
         let config = ClientConfig {
@@ -428,7 +554,8 @@ impl ImageStore {
         options: &PullOptions,
         progress: &(dyn Fn(&PullEvent) + Send + Sync),
     ) -> Result<(ImageInfo, PullStats), RuntimeError> {
-        let (manifest_digest, manifest_bytes, manifest) =
+        let keep = self.keeps_layer_blobs();
+        let (manifest_digest, manifest_bytes, manifest, indexes) =
             resolve_manifest(client, oci_ref, auth, target, &options.platform).await?;
 
         // The config: small, fetched into memory, verified.
@@ -478,7 +605,7 @@ impl ImageStore {
         };
         for (index, (desc, diff_id)) in manifest.layers().iter().zip(&diff_ids).enumerate() {
             let dest = self.layer_dir(diff_id)?;
-            if dest.is_dir() {
+            if self.layer_complete(desc, diff_id, keep)? {
                 progress(&PullEvent::LayerPresent { index });
                 continue;
             }
@@ -492,6 +619,7 @@ impl ImageStore {
                     desc,
                     diff_id,
                     index,
+                    keep,
                     progress,
                 )
                 .await?
@@ -502,6 +630,12 @@ impl ImageStore {
             };
             stats.layers_fetched += 1;
             stats.bytes_fetched += fetched;
+            if dest.is_dir() {
+                // Only the blob was missing (a store that keeps them).
+                self.keep_blob(&blob, desc)?;
+                progress(&PullEvent::LayerDone { index });
+                continue;
+            }
             let tmp = self.tmp_path("layer");
             let unpacked = layer::unpack_blob(&blob.0, &tmp, Some(desc.digest().as_ref()), diff_id)
                 .map_err(|e| match e {
@@ -526,20 +660,36 @@ impl ImageStore {
                     return Err(io_err(format!("storing layer {}", dest.display()))(e));
                 }
             }
-            blob.discard();
+            if keep {
+                self.keep_blob(&blob, desc)?;
+            } else {
+                blob.discard();
+            }
             progress(&PullEvent::LayerDone { index });
         }
 
-        for (digest, bytes) in [
-            (&cdigest, &config_bytes),
-            (&manifest_digest, &manifest_bytes),
-        ] {
+        let mut blobs = vec![
+            (cdigest.clone(), config_bytes),
+            (manifest_digest.clone(), manifest_bytes),
+        ];
+        if keep {
+            // Bottom-up, so a stored index never names a missing manifest.
+            blobs.extend(indexes.iter().rev().cloned());
+        }
+        for (digest, bytes) in &blobs {
             let path = self.blob_path(digest)?;
             if !path.is_file() {
                 self.write_atomic(&path, bytes)?;
             }
         }
         self.write_ref(&target.image, &manifest_digest)?;
+        if keep {
+            // The mirror answers with the index for this reference, if any.
+            match indexes.first() {
+                Some((top, _)) => self.write_mirror_ref(&target.image, top)?,
+                None => self.remove_mirror_ref(&target.image)?,
+            }
+        }
         self.remove_placeholder(&manifest_digest)?;
         self.touch_used(&manifest_digest);
         let size = cdesc.size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
@@ -554,16 +704,41 @@ impl ImageStore {
         ))
     }
 
+    /// Whether a layer needs no fetching: unpacked, and its blob kept when
+    /// this store keeps them.
+    fn layer_complete(
+        &self,
+        desc: &Descriptor,
+        diff_id: &str,
+        keep: bool,
+    ) -> Result<bool, RuntimeError> {
+        Ok(self.layer_dir(diff_id)?.is_dir()
+            && (!keep || self.blob_path(desc.digest().as_ref())?.is_file()))
+    }
+
+    /// Moves a verified download into `blobs/` (a store that keeps them).
+    fn keep_blob(&self, blob: &Download, desc: &Descriptor) -> Result<(), RuntimeError> {
+        let dest = self.blob_path(desc.digest().as_ref())?;
+        if dest.is_file() {
+            blob.discard();
+            return Ok(());
+        }
+        fs::rename(&blob.0, &dest)
+            .map_err(io_err(format!("storing layer blob {}", desc.digest())))
+    }
+
     /// Streams one layer blob to its download file, resuming what an
     /// earlier attempt left, and checks its digest. Returns the complete,
     /// verified file and the bytes fetched now, or `None` when another pull
-    /// unpacked the layer while we waited for its download.
+    /// stored the layer while we waited for its download.
+    #[allow(clippy::too_many_arguments)]
     async fn download_layer(
         &self,
         remote: Remote<'_>,
         desc: &Descriptor,
         diff_id: &str,
         index: usize,
+        keep: bool,
         progress: &(dyn Fn(&PullEvent) + Send + Sync),
     ) -> Result<Option<(Download, u64)>, RuntimeError> {
         let Remote {
@@ -592,7 +767,7 @@ impl ImageStore {
             match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => {
                     // The previous holder may have finished the layer.
-                    if self.layer_dir(diff_id)?.is_dir() {
+                    if self.layer_complete(desc, diff_id, keep)? {
                         if locked.metadata().is_ok_and(|m| m.len() == 0) {
                             let _ = fs::remove_file(&path);
                         }
@@ -726,6 +901,10 @@ fn hash_prefix(file: &mut fs::File, len: u64, hasher: &mut Sha256) -> io::Result
     Ok(())
 }
 
+/// What [`resolve_manifest`] found: the platform's manifest (digest, bytes,
+/// parsed) and the indexes it went through, `(digest, bytes)`, top first.
+type Resolved = (String, Vec<u8>, ImageManifest, Vec<(String, Vec<u8>)>);
+
 /// Fetches the manifest for `platform`, following an index (or a nested
 /// one) through [`select_platform`]; each step is checked against its digest.
 async fn resolve_manifest(
@@ -734,10 +913,11 @@ async fn resolve_manifest(
     auth: &OciAuth,
     target: &Target,
     platform: &Platform,
-) -> Result<(String, Vec<u8>, ImageManifest), RuntimeError> {
+) -> Result<Resolved, RuntimeError> {
     let mut current = oci_ref.clone();
     let mut expected: Option<String> = None;
-    for _depth in 0..4 {
+    let mut indexes = Vec::new();
+    for _depth in 0..super::MAX_INDEX_DEPTH {
         let what = match &expected {
             Some(d) => format!("manifest {d}"),
             None => "manifest".to_string(),
@@ -766,7 +946,7 @@ async fn resolve_manifest(
         if value.get("manifests").is_none() {
             let manifest = ImageManifest::from_reader(&bytes[..])
                 .map_err(|e| target.protocol(format!("{what} {digest}: {e}")))?;
-            return Ok((actual, bytes.to_vec(), manifest));
+            return Ok((actual, bytes.to_vec(), manifest, indexes));
         }
         let index = ImageIndex::from_reader(&bytes[..])
             .map_err(|e| target.protocol(format!("index {digest}: {e}")))?;
@@ -785,6 +965,7 @@ async fn resolve_manifest(
             }
         })?;
         let d = descs[chosen].digest().to_string();
+        indexes.push((actual, bytes.to_vec()));
         current = oci_ref.clone_with_digest(d.clone());
         expected = Some(d);
     }
