@@ -9,8 +9,10 @@
 //! ```
 //!
 //! `<name>` is the image's full normalised name (`docker.io/library/busybox`,
-//! `bramble.local/demo`): a node asks for `<mirror>/<reference>`. A
-//! containerd-style `?ns=<registry>` query is honoured too
+//! `bramble.local/demo`): a node asks for `<mirror>/<reference>`. A port in
+//! the registry is written `__` ([`name_on_mirror`]: `reg.local:5000/app`
+//! is `reg.local__5000/app`), since a repository path cannot hold a `:`.
+//! A containerd-style `?ns=<registry>` query is honoured too
 //! (`/v2/library/busybox/manifests/1.36?ns=docker.io`). A tag resolves
 //! through the store's mirror refs (a kept multi-platform index) and then
 //! its refs (the node's own manifest). Digests name any manifest, index or
@@ -306,6 +308,17 @@ impl Ctx {
     }
 }
 
+/// The reference a node asks the mirror for: `canonical` (a normalised
+/// reference) below the mirror's address, the registry's port as `__`.
+/// `None` for a registry a path cannot name (an IPv6 address).
+pub fn name_on_mirror(mirror: &str, canonical: &str) -> Option<String> {
+    let (registry, rest) = canonical.split_once('/')?;
+    if registry.starts_with('[') {
+        return None;
+    }
+    Some(format!("{mirror}/{}/{rest}", registry.replace(':', "__")))
+}
+
 /// Where a node reaches the mirror the master advertises (`host:port`):
 /// an empty or unspecified host means the host of the node's broker
 /// (`broker_host`), which then is the master's machine. `None` for an
@@ -350,16 +363,28 @@ fn route(path: &str, query: Option<&str>) -> Result<Route, ApiError> {
     if !parts.iter().all(|c| valid_component(c)) {
         return Err(bad_name(format!("invalid repository name {name:?}")));
     }
-    // containerd's mirrors name the upstream registry in `ns`.
-    if let Some(ns) = query
+    // containerd's mirrors name the upstream registry in `ns`; ours lead
+    // with it, its port as `__`.
+    match query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|kv| kv.strip_prefix("ns="))
     {
-        if !valid_component(ns) {
-            return Err(bad_name(format!("invalid registry {ns:?}")));
+        Some(ns) => {
+            if !valid_component(ns) {
+                return Err(bad_name(format!("invalid registry {ns:?}")));
+            }
+            name = format!("{ns}/{name}");
         }
-        name = format!("{ns}/{name}");
+        None => {
+            if let Some((registry, port)) = parts[0].rsplit_once("__")
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !port.is_empty()
+            {
+                parts[0] = "";
+                name = format!("{registry}:{port}{}", parts.join("/"));
+            }
+        }
     }
     let digest = |r: &str| {
         r.strip_prefix("sha256:")
@@ -546,6 +571,22 @@ mod tests {
                 reference: Reference::Tag("1.36".into())
             })
         );
+        assert_eq!(
+            route("/v2/reg.local__5000/a/b/manifests/1", None),
+            Ok(Route::Manifest {
+                name: "reg.local:5000/a/b".into(),
+                reference: Reference::Tag("1".into())
+            })
+        );
+        assert_eq!(
+            name_on_mirror("m:5050", "reg.local:5000/a/b:1").as_deref(),
+            Some("m:5050/reg.local__5000/a/b:1")
+        );
+        assert_eq!(
+            name_on_mirror("m:5050", "docker.io/library/busybox:1").as_deref(),
+            Some("m:5050/docker.io/library/busybox:1")
+        );
+        assert_eq!(name_on_mirror("m:5050", "[::1]:5000/a:1"), None);
         assert_eq!(
             route(&format!("/v2/x/blobs/{D}"), None),
             Ok(Route::Blob { digest: D.into() })

@@ -496,11 +496,11 @@ impl ImageStore {
             registry: mirror.registry.clone(),
             image: canonical.to_string(),
         };
-        let oci_ref: Reference = format!("{}/{canonical}", mirror.registry)
-            .parse()
-            .map_err(|e: oci_client::ParseError| {
-                target.protocol(format!("cannot name the image on the mirror: {e}"))
-            })?;
+        let on_mirror = super::mirror::name_on_mirror(&mirror.registry, canonical)
+            .ok_or_else(|| target.protocol("the mirror cannot name this registry".into()))?;
+        let oci_ref: Reference = on_mirror.parse().map_err(|e: oci_client::ParseError| {
+            target.protocol(format!("cannot name the image on the mirror: {e}"))
+        })?;
         let client = self.client_with(&target, true, options)?;
         let credential = (mirror.credential)().map(|credential| RegistryAuth {
             registry: mirror.registry.clone(),
