@@ -288,7 +288,9 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883)));
     let mut master_args = args.master;
     // One machine: its worker shares the master's image store.
-    master_args.registry_mirror_listen.get_or_insert_with(|| "off".into());
+    master_args
+        .registry_mirror_listen
+        .get_or_insert_with(|| "off".into());
     run_master(master_args, listen, Some(args.node), demo, config).await
 }
 

@@ -213,7 +213,10 @@ impl Resp {
 
     fn error_code(&self) -> String {
         let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
-        v["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+        v["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -281,13 +284,19 @@ async fn endpoint_speaks_the_distribution_api() {
     assert!(r.header("www-authenticate").is_some());
     assert_eq!(r.error_code(), "UNAUTHORIZED");
     let forged = mirror_token::mint(&KeyPair::generate(), "node:w1", 0);
-    assert_eq!(request(a, "GET", "/v2/", Some(&forged), &[]).await.status, 401);
+    assert_eq!(
+        request(a, "GET", "/v2/", Some(&forged), &[]).await.status,
+        401
+    );
     let stranger = mirror_token::mint(
         &KeyPair::generate(),
         "node:w9",
         jiff::Timestamp::now().as_second(),
     );
-    assert_eq!(request(a, "GET", "/v2/", Some(&stranger), &[]).await.status, 401);
+    assert_eq!(
+        request(a, "GET", "/v2/", Some(&stranger), &[]).await.status,
+        401
+    );
     let r = request(a, "GET", "/v2/", tok, &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -315,7 +324,10 @@ async fn endpoint_speaks_the_distribution_api() {
         r.header("content-type"),
         Some("application/vnd.oci.image.index.v1+json")
     );
-    assert_eq!(r.header("docker-content-digest"), Some(image.index.as_str()));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(image.index.as_str())
+    );
     assert_eq!(digest(&r.body), image.index);
     let index_len = r.body.len();
     let index: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -349,7 +361,10 @@ async fn endpoint_speaks_the_distribution_api() {
     // HEAD: the same headers, no body.
     let r = request(a, "HEAD", path, tok, &[]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("docker-content-digest"), Some(image.index.as_str()));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(image.index.as_str())
+    );
     assert_eq!(
         r.header("content-length"),
         Some(index_len.to_string().as_str())
@@ -383,13 +398,33 @@ async fn endpoint_speaks_the_distribution_api() {
     // What is not there, and what is not a request of ours.
     let zero = format!("sha256:{}", "0".repeat(64));
     for (method, path, status, code) in [
-        ("GET", "/v2/bramble.local/multi/manifests/v2", 404, "MANIFEST_UNKNOWN"),
-        ("GET", "/v2/bramble.local/other/manifests/v1", 404, "MANIFEST_UNKNOWN"),
+        (
+            "GET",
+            "/v2/bramble.local/multi/manifests/v2",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "GET",
+            "/v2/bramble.local/other/manifests/v1",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         ("HEAD", "/v2/bramble.local/multi/manifests/v2", 404, ""),
-        ("GET", &format!("/v2/x/manifests/{zero}"), 404, "MANIFEST_UNKNOWN"),
+        (
+            "GET",
+            &format!("/v2/x/manifests/{zero}"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         ("GET", &format!("/v2/x/blobs/{zero}"), 404, "BLOB_UNKNOWN"),
         // A blob that is no manifest, asked for as one.
-        ("GET", &format!("/v2/x/manifests/{layer}"), 404, "MANIFEST_UNKNOWN"),
+        (
+            "GET",
+            &format!("/v2/x/manifests/{layer}"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         ("GET", "/v2/x/blobs/sha256:1234", 400, "DIGEST_INVALID"),
         ("GET", "/v2/x/blobs/md5:1234", 400, "DIGEST_INVALID"),
         ("GET", "/v2/x/manifests/..", 400, "TAG_INVALID"),
@@ -560,11 +595,7 @@ async fn without_the_image_on_the_mirror_pulls_fall_back_to_its_registry() {
 
     // The mirror refuses this node (not registered).
     let w = env.store("w-401");
-    let o = options_via(
-        &m.addr.to_string(),
-        KeyPair::generate(),
-        &host.to_string(),
-    );
+    let o = options_via(&m.addr.to_string(), KeyPair::generate(), &host.to_string());
     w.pull(&image, &[], &o, &quiet).await.unwrap();
 
     // The mirror is down.
@@ -695,7 +726,12 @@ async fn an_image_for_other_platforms_is_kept_for_the_mirror_only() {
     assert_eq!(count(&m.images, "layers"), 0, "nothing unpacked here");
     let info = env
         .store("pi")
-        .pull("bramble.local/pi-only:v1", &[], &m.options("linux/arm64"), &quiet)
+        .pull(
+            "bramble.local/pi-only:v1",
+            &[],
+            &m.options("linux/arm64"),
+            &quiet,
+        )
         .await
         .unwrap();
     assert_eq!(info.manifest_digest, arm64);

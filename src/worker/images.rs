@@ -284,7 +284,9 @@ impl Agent {
         let registry = mirror.as_ref().map(|m| m.registry.clone());
         if self.cfg.runtime.set_registry_mirror(mirror) {
             match registry {
-                Some(r) => tracing::info!(mirror = %r, "pulls ask the master's registry mirror first"),
+                Some(r) => {
+                    tracing::info!(mirror = %r, "pulls ask the master's registry mirror first")
+                }
                 None => tracing::info!("no registry mirror: pulls go to each image's registry"),
             }
         }

@@ -403,12 +403,14 @@ fn served_tree(
             if blob_file(dir, config.digest().as_ref()).is_err() {
                 return Ok(false);
             }
-            let cbytes = read_verified(dir, config, &format!("{what}: config {}", config.digest()))?;
+            let cbytes =
+                read_verified(dir, config, &format!("{what}: config {}", config.digest()))?;
             for l in manifest.layers() {
                 let Ok(path) = blob_file(dir, l.digest().as_ref()) else {
                     return Ok(false);
                 };
-                let f = fs::File::open(&path).map_err(io_err(format!("{what}: layer {}", l.digest())))?;
+                let f = fs::File::open(&path)
+                    .map_err(io_err(format!("{what}: layer {}", l.digest())))?;
                 let (actual, size) = HashingReader::new(f)
                     .finish()
                     .map_err(io_err(format!("{what}: hashing layer {}", l.digest())))?;
@@ -600,7 +602,10 @@ fn docker_save(
                 manifest.config().digest().to_string(),
                 Staged::Bytes(config_bytes.clone()),
             ));
-            blobs.push((manifest_digest.clone(), Staged::Bytes(manifest_bytes.clone())));
+            blobs.push((
+                manifest_digest.clone(),
+                Staged::Bytes(manifest_bytes.clone()),
+            ));
             out.served.push(ServedImage {
                 names: names.clone(),
                 top_digest: manifest_digest.clone(),

@@ -195,9 +195,8 @@ impl Ctx {
         }
         let route = route(req.uri().path(), req.uri().query())?;
         let token = bearer_token(req.headers());
-        let caller = (self.authorize)(token.as_deref()).map_err(|reason| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", reason)
-        })?;
+        let caller = (self.authorize)(token.as_deref())
+            .map_err(|reason| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", reason))?;
         tracing::debug!(%caller, ?route, "registry mirror: request");
         match route {
             Route::Base => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
@@ -212,7 +211,9 @@ impl Ctx {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(tag) => {
                 let full = ImageRef::parse(&format!("{name}:{tag}"))
-                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string()))?
+                    .map_err(|e| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string())
+                    })?
                     .to_string();
                 let found = match self.store.read_mirror_ref(&full) {
                     Ok(Some(d)) => Some(d),
@@ -225,9 +226,10 @@ impl Ctx {
             .store
             .blob_path(&digest)
             .map_err(|_| unknown(format!("{digest} is not on the master")))?;
-        let bytes = std::fs::read(&path).map_err(|_| unknown(format!("{digest} is not on the master")))?;
-        let served = Served::parse(&bytes)
-            .ok_or_else(|| unknown(format!("{digest} is not a manifest")))?;
+        let bytes =
+            std::fs::read(&path).map_err(|_| unknown(format!("{digest} is not on the master")))?;
+        let served =
+            Served::parse(&bytes).ok_or_else(|| unknown(format!("{digest} is not a manifest")))?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string));
@@ -278,7 +280,11 @@ impl Ctx {
                 None => {
                     let mut r = Response::new(empty());
                     *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-                    insert(r.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{total}"));
+                    insert(
+                        r.headers_mut(),
+                        header::CONTENT_RANGE,
+                        &format!("bytes */{total}"),
+                    );
                     return Ok(r);
                 }
             },
@@ -426,8 +432,7 @@ fn valid_component(c: &str) -> bool {
         && c.len() <= 255
         && c != "."
         && c != ".."
-        && c
-            .bytes()
+        && c.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
@@ -435,8 +440,7 @@ fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && !t.starts_with(['.', '-'])
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -604,7 +608,9 @@ mod tests {
         assert_eq!(status("/v2/a/manifests/-x"), StatusCode::BAD_REQUEST);
         assert_eq!(status("/v2/a/manifests/..%2f"), StatusCode::BAD_REQUEST);
         assert_eq!(
-            route("/v2/a/manifests/x", Some("ns=../..")).unwrap_err().status,
+            route("/v2/a/manifests/x", Some("ns=../.."))
+                .unwrap_err()
+                .status,
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
@@ -617,9 +623,18 @@ mod tests {
     fn mirror_addresses() {
         let at = |a: &str, b: &str| mirror_address(a, b);
         assert_eq!(at(":5050", "10.0.0.2").as_deref(), Some("10.0.0.2:5050"));
-        assert_eq!(at("0.0.0.0:5050", "pi.local").as_deref(), Some("pi.local:5050"));
-        assert_eq!(at("[::]:5050", "fd00::2").as_deref(), Some("[fd00::2]:5050"));
-        assert_eq!(at("10.0.0.9:6000", "10.0.0.2").as_deref(), Some("10.0.0.9:6000"));
+        assert_eq!(
+            at("0.0.0.0:5050", "pi.local").as_deref(),
+            Some("pi.local:5050")
+        );
+        assert_eq!(
+            at("[::]:5050", "fd00::2").as_deref(),
+            Some("[fd00::2]:5050")
+        );
+        assert_eq!(
+            at("10.0.0.9:6000", "10.0.0.2").as_deref(),
+            Some("10.0.0.9:6000")
+        );
         assert_eq!(at("[fd00::9]:6000", "x").as_deref(), Some("[fd00::9]:6000"));
         assert_eq!(at("10.0.0.9", "x"), None);
         assert_eq!(at("10.0.0.9:0", "x"), None);
@@ -646,10 +661,16 @@ mod tests {
     fn tokens_from_headers() {
         let mut h = hyper::HeaderMap::new();
         assert_eq!(bearer_token(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc.def"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc.def"),
+        );
         assert_eq!(bearer_token(&h).as_deref(), Some("abc.def"));
         // user:tok
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjp0b2s="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjp0b2s="),
+        );
         assert_eq!(bearer_token(&h).as_deref(), Some("tok"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
         assert_eq!(bearer_token(&h), None);

@@ -381,7 +381,11 @@ impl ImageStore {
         read_trimmed(&self.mirror_ref_path(reference)?)
     }
 
-    pub(crate) fn write_mirror_ref(&self, reference: &str, digest: &str) -> Result<(), RuntimeError> {
+    pub(crate) fn write_mirror_ref(
+        &self,
+        reference: &str,
+        digest: &str,
+    ) -> Result<(), RuntimeError> {
         self.write_atomic(
             &self.mirror_ref_path(reference)?,
             format!("{digest}\n").as_bytes(),
@@ -776,8 +780,8 @@ fn ref_name(reference: &str) -> &str {
 
 /// A stored manifest or index: what the mirror hands out by digest.
 pub(crate) enum Served {
-    Manifest(ImageManifest),
-    Index(ImageIndex),
+    Manifest(Box<ImageManifest>),
+    Index(Box<ImageIndex>),
 }
 
 impl Served {
@@ -788,9 +792,13 @@ impl Served {
             return None;
         }
         if value.get("manifests").is_some() {
-            ImageIndex::from_reader(bytes).ok().map(Served::Index)
+            ImageIndex::from_reader(bytes)
+                .ok()
+                .map(|i| Served::Index(Box::new(i)))
         } else {
-            ImageManifest::from_reader(bytes).ok().map(Served::Manifest)
+            ImageManifest::from_reader(bytes)
+                .ok()
+                .map(|m| Served::Manifest(Box::new(m)))
         }
     }
 }

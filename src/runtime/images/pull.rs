@@ -723,8 +723,7 @@ impl ImageStore {
             blob.discard();
             return Ok(());
         }
-        fs::rename(&blob.0, &dest)
-            .map_err(io_err(format!("storing layer blob {}", desc.digest())))
+        fs::rename(&blob.0, &dest).map_err(io_err(format!("storing layer blob {}", desc.digest())))
     }
 
     /// Streams one layer blob to its download file, resuming what an
