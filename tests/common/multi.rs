@@ -147,6 +147,17 @@ pub struct TestClusterOptions {
     pub broker: Option<String>,
 }
 
+/// Where the demo image is when the workers start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoImage {
+    /// Built into every worker's own store (what [`TestCluster::start`] does).
+    OnEveryWorker,
+    /// Imported on the master only, with `bramble image import`: the
+    /// workers' stores start empty and must pull it from the master's
+    /// registry mirror.
+    OnMasterOnly,
+}
+
 impl TestCluster {
     /// The LAN's /24: inside this test's 10.X.0.0/16 lease, clear of the
     /// cluster (10.X.0.0/17) and service (10.X.128.0/24) ranges.
@@ -155,6 +166,10 @@ impl TestCluster {
     }
 
     pub fn start(opts: TestClusterOptions) -> TestCluster {
+        Self::start_with(opts, DemoImage::OnEveryWorker)
+    }
+
+    pub fn start_with(opts: TestClusterOptions, demo: DemoImage) -> TestCluster {
         let tag = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
         let dir = std::env::temp_dir().join(format!("bramble-multi-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -262,11 +277,20 @@ impl TestCluster {
         let broker = c.broker.clone();
         // The demo image, built into each node's own store first, so the
         // join time is the join's alone.
-        for w in &c.workers {
-            let layout = bramble::config::Layout::new(&w.data_dir).unwrap();
-            let store = bramble::runtime::ImageStore::open(&layout.images()).unwrap();
-            bramble::runtime::demo::build_demo_image(&store, std::path::Path::new("/bin/busybox"))
-                .unwrap();
+        let busybox = std::path::Path::new("/bin/busybox");
+        match demo {
+            DemoImage::OnEveryWorker => {
+                for w in &c.workers {
+                    let layout = bramble::config::Layout::new(&w.data_dir).unwrap();
+                    let store = bramble::runtime::ImageStore::open(&layout.images()).unwrap();
+                    bramble::runtime::demo::build_demo_image(&store, busybox).unwrap();
+                }
+            }
+            DemoImage::OnMasterOnly => {
+                let archive = c.dir.join("demo-image.tar");
+                bramble::runtime::demo::write_demo_archive(busybox, &archive).unwrap();
+                c.ok(&["image", "import", archive.to_str().unwrap()]);
+            }
         }
         let started = Instant::now();
         for w in &mut c.workers {
