@@ -348,6 +348,12 @@ fn apply_master_file(
     if let Some(t) = file.topic_prefix {
         m.topic_prefix = t;
     }
+    if m.registry_mirror_listen.is_none() {
+        m.registry_mirror_listen = file.registry_mirror_listen;
+    }
+    if m.registry_mirror_advertise.is_none() {
+        m.registry_mirror_advertise = file.registry_mirror_advertise;
+    }
     args.with_worker |= file.with_worker;
     Ok(())
 }
