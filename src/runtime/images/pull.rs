@@ -199,6 +199,9 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
     oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
 ];
 
+/// How long a pull waits for the master's mirror to accept a connection.
+const MIRROR_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Configs are small JSON; anything bigger is not one.
 const MAX_CONFIG_BYTES: u64 = 8 << 20;
 
@@ -501,7 +504,13 @@ impl ImageStore {
         let oci_ref: Reference = on_mirror.parse().map_err(|e: oci_client::ParseError| {
             target.protocol(format!("cannot name the image on the mirror: {e}"))
         })?;
-        let client = self.client_with(&target, true, options)?;
+        // On the LAN: a master that is down should not hold every pull for
+        // the registry's connect timeout.
+        let lan = PullOptions {
+            connect_timeout: options.connect_timeout.min(MIRROR_CONNECT_TIMEOUT),
+            ..options.clone()
+        };
+        let client = self.client_with(&target, true, &lan)?;
         let credential = (mirror.credential)().map(|credential| RegistryAuth {
             registry: mirror.registry.clone(),
             credential,
