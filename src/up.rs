@@ -441,6 +441,7 @@ async fn run_master(
         &args,
         &layout,
         &store,
+        &cluster_key,
         admin_key.public(),
         &broker_url,
         stop_rx.clone(),
@@ -559,6 +560,7 @@ async fn start_registry_mirror(
     args: &MasterArgs,
     layout: &Layout,
     store: &Store,
+    cluster_key: &KeyPair,
     admin_key: crate::transport::PublicKey,
     broker_url: &str,
     stop: watch::Receiver<bool>,
@@ -590,6 +592,7 @@ async fn start_registry_mirror(
         store: store.clone(),
         admin_keys: vec![admin_key],
         clock_window: Duration::from_secs(600),
+        cluster_key: cluster_key.clone(),
     };
     let bound = master::mirror::start(listen, images, readers, stop)
         .await

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bramble::master::mirror::{Readers, start};
+use bramble::runtime::images::mirror::{TagAnswer, tag_message};
 use bramble::runtime::images::{PullEvent, PullOptions};
 use bramble::runtime::{Credential, ImageStore, Platform, RegistryMirror, RuntimeError};
 use bramble::store::Store;
-use bramble::transport::{KeyPair, mirror_token};
+use bramble::transport::{KeyPair, PublicKey, mirror_token};
 use common::registry::{Layout, Registry, busybox_layer, digest, hex_of, noise_layer};
 use tokio::sync::watch;
 
@@ -56,6 +57,7 @@ struct Mirror {
     addr: SocketAddr,
     images: ImageStore,
     node_key: KeyPair,
+    cluster_key: KeyPair,
     _stop: watch::Sender<bool>,
 }
 
@@ -72,10 +74,12 @@ async fn start_mirror(env: &Env) -> Mirror {
     )
     .unwrap();
     let (stop, stop_rx) = watch::channel(false);
+    let cluster_key = KeyPair::generate();
     let readers = Readers {
         store,
         admin_keys: vec![],
         clock_window: Duration::from_secs(600),
+        cluster_key: cluster_key.clone(),
     };
     let addr = start(
         "127.0.0.1:0".parse().unwrap(),
@@ -90,6 +94,7 @@ async fn start_mirror(env: &Env) -> Mirror {
         addr,
         images,
         node_key,
+        cluster_key,
         _stop: stop,
     }
 }
@@ -105,11 +110,16 @@ impl Mirror {
 
     /// Pull options of node `w1` on `platform`, mirror first.
     fn options(&self, platform: &str) -> PullOptions {
-        options_via(&self.addr.to_string(), self.node_key.clone(), platform)
+        options_via(
+            &self.addr.to_string(),
+            self.node_key.clone(),
+            self.cluster_key.public(),
+            platform,
+        )
     }
 }
 
-fn options_via(mirror: &str, key: KeyPair, platform: &str) -> PullOptions {
+fn options_via(mirror: &str, key: KeyPair, master: PublicKey, platform: &str) -> PullOptions {
     let o = PullOptions {
         platform: Platform::parse(platform).unwrap(),
         connect_timeout: Duration::from_secs(3),
@@ -124,6 +134,7 @@ fn options_via(mirror: &str, key: KeyPair, platform: &str) -> PullOptions {
                 jiff::Timestamp::now().as_second(),
             )))
         }),
+        verify: Arc::new(move |m, sig| master.verify(m, sig)),
     }));
     o
 }
@@ -348,6 +359,28 @@ async fn endpoint_speaks_the_distribution_api() {
             Some("application/vnd.oci.image.manifest.v1+json")
         );
     }
+    // The tag's digest, signed by the master's cluster key (what nodes ask).
+    let r = request(a, "GET", "/bramble/v1/tag/bramble.local/multi/v1", tok, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let answer: TagAnswer = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answer.reference, "bramble.local/multi:v1");
+    assert_eq!(answer.digest, image.index);
+    let sig: [u8; 64] = hex::decode(&answer.signature).unwrap().try_into().unwrap();
+    assert!(m.cluster_key.public().verify(
+        &tag_message(&answer.reference, &answer.digest, answer.time),
+        &sig
+    ));
+    let r = request(
+        a,
+        "GET",
+        "/bramble/v1/tag/bramble.local/multi/v1",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = request(a, "GET", "/bramble/v1/tag/bramble.local/multi/v9", tok, &[]).await;
+    assert_eq!(r.status, 404);
     // containerd's form: the registry in `ns`.
     let r = request(
         a,
@@ -595,7 +628,12 @@ async fn without_the_image_on_the_mirror_pulls_fall_back_to_its_registry() {
 
     // The mirror refuses this node (not registered).
     let w = env.store("w-401");
-    let o = options_via(&m.addr.to_string(), KeyPair::generate(), &host.to_string());
+    let o = options_via(
+        &m.addr.to_string(),
+        KeyPair::generate(),
+        m.cluster_key.public(),
+        &host.to_string(),
+    );
     w.pull(&image, &[], &o, &quiet).await.unwrap();
 
     // The mirror is down.
@@ -603,7 +641,12 @@ async fn without_the_image_on_the_mirror_pulls_fall_back_to_its_registry() {
     let dead = closed.local_addr().unwrap().to_string();
     drop(closed);
     let w = env.store("w-down");
-    let o = options_via(&dead, m.node_key.clone(), &host.to_string());
+    let o = options_via(
+        &dead,
+        m.node_key.clone(),
+        m.cluster_key.public(),
+        &host.to_string(),
+    );
     w.pull(&image, &[], &o, &quiet).await.unwrap();
 
     // Neither has it: both reasons.
@@ -738,4 +781,38 @@ async fn an_image_for_other_platforms_is_kept_for_the_mirror_only() {
     m.images.remove("bramble.local/pi-only:v1").unwrap();
     assert_eq!(count(&m.images, "blobs/sha256"), 0);
     assert!(m.images.list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_the_master_did_not_sign_is_refused() {
+    let env = Env::new();
+    let m = start_mirror(&env).await;
+    let image = multi_arch(&env, "bramble.local/multi:v1");
+    m.images.import_archive(&image.archive).unwrap();
+    // A node that pinned another master (as if someone in the middle
+    // answered for this one): the tag's digest does not verify.
+    let worker = env.store("worker");
+    let o = options_via(
+        &m.addr.to_string(),
+        m.node_key.clone(),
+        KeyPair::generate().public(),
+        "linux/arm64",
+    );
+    let err = worker
+        .pull("bramble.local/multi:v1", &[], &o, &quiet)
+        .await
+        .unwrap_err();
+    let RuntimeError::PullFailed { mirror_error, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(
+        matches!(&**mirror_error, RuntimeError::RegistryProtocol { reason, .. } if reason.contains("not signed by the master")),
+        "{err}"
+    );
+    assert!(worker.list().unwrap().is_empty());
+    assert_eq!(count(&worker, "layers"), 0, "nothing fetched");
+    // Pinned by digest, nothing needs the master's word: the digest is.
+    let pinned = format!("bramble.local/multi@{}", image.index);
+    let info = worker.pull(&pinned, &[], &o, &quiet).await.unwrap();
+    assert_eq!(info.manifest_digest, image.manifests["arm64"]);
 }

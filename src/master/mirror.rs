@@ -9,6 +9,7 @@
 //! request must carry a token signed by a registered node's key or an admin
 //! key (`transport::mirror_token`); the node keys are looked up in the store
 //! at each request, so a node deleted from the cluster reads nothing more.
+//! Tag resolutions are signed with the cluster key.
 //!
 //! Owns: that wiring. Must not touch: the HTTP protocol or the store's
 //! layout (the runtime's), the reconcile loop.
@@ -21,11 +22,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
-use crate::runtime::images::mirror::{self, Authorize};
+use crate::runtime::images::mirror::{self, Access, Authorize};
 use crate::runtime::{ImageStore, RuntimeError};
 use crate::store::Store;
 use crate::transport::envelope::admin_id;
-use crate::transport::{PublicKey, mirror_token};
+use crate::transport::{KeyPair, PublicKey, mirror_token};
 
 /// The default port (`bramble master`): the registry port 5000 is often
 /// taken on a home server, and k3s's embedded mirror shares its API port.
@@ -44,13 +45,15 @@ pub enum MirrorError {
     Store(#[from] RuntimeError),
 }
 
-/// Who the mirror serves.
+/// Who the mirror serves, and the key it signs tag digests with.
 pub struct Readers {
     /// The master's store: registered nodes' keys.
     pub store: Store,
     pub admin_keys: Vec<PublicKey>,
     /// How far ahead of our clock a token may be dated.
     pub clock_window: Duration,
+    /// The cluster key, which every node pinned when it joined.
+    pub cluster_key: KeyPair,
 }
 
 /// Serves `images` on `listen` until `shutdown` flips; returns the bound
@@ -75,12 +78,12 @@ pub async fn start(
             source,
         })?;
     warn_about_incomplete(&images);
-    tokio::spawn(mirror::serve(
-        listener,
-        images,
-        authorizer(readers),
-        shutdown,
-    ));
+    let key = readers.cluster_key.clone();
+    let access = Access {
+        authorize: authorizer(readers),
+        sign: Arc::new(move |message: &[u8]| key.sign(message)),
+    };
+    tokio::spawn(mirror::serve(listener, images, access, shutdown));
     Ok(bound)
 }
 

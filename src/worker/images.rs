@@ -260,7 +260,8 @@ impl Agent {
 
     /// Points the runtime's pulls at the registry mirror the master
     /// advertises in the Service table (or at none), with a token signed by
-    /// this node's key, fresh for each pull.
+    /// this node's key, fresh for each pull, and the master's key to check
+    /// the digests it signs for tags.
     pub(super) fn apply_registry_mirror(&self) {
         let broker_host = crate::transport::client::parse_url(&self.cfg.broker_url)
             .map(|u| u.host)
@@ -273,12 +274,14 @@ impl Agent {
         let mirror = address.map(|registry| {
             let key = self.cfg.node_key.clone();
             let id = crate::transport::envelope::node_id(&self.cfg.node_name);
+            let master = self.cfg.master_key;
             RegistryMirror {
                 registry,
                 credential: Arc::new(move || {
                     let now = jiff::Timestamp::now().as_second();
                     Some(Credential::Bearer(mirror_token::mint(&key, &id, now)))
                 }),
+                verify: Arc::new(move |message, signature| master.verify(message, signature)),
             }
         });
         let registry = mirror.as_ref().map(|m| m.registry.clone());

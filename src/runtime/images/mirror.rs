@@ -6,7 +6,16 @@
 //! GET      /v2/                               200 {} (the API version check)
 //! GET|HEAD /v2/<name>/manifests/<tag|digest>  the manifest or index, with its media type and digest
 //! GET|HEAD /v2/<name>/blobs/<digest>          a config or layer blob; `Range: bytes=N-[M]` → 206
+//! GET      /bramble/v1/tag/<name>/<tag>       the tag's digest, signed by the master ([`TagAnswer`])
 //! ```
+//!
+//! Digests protect everything but the step from a tag to a digest, and the
+//! mirror speaks plain HTTP: someone in the middle on the LAN could answer a
+//! tag with an image of their own. So a node does not ask for a tag's
+//! manifest: it asks for the tag's digest, which the master signs with the
+//! cluster key the node pinned when it joined ([`tag_message`], dated, good
+//! for the clock window), then fetches `<name>@<digest>`, every byte of which
+//! it verifies. Other clients (containerd, skopeo) may use the tag routes.
 //!
 //! `<name>` is the image's full normalised name (`docker.io/library/busybox`,
 //! `bramble.local/demo`): a node asks for `<mirror>/<reference>`. A port in
@@ -63,6 +72,55 @@ use super::{ImageStore, Served};
 /// without one), the caller's id, or why not.
 pub type Authorize = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
 
+/// Signs with the master's cluster key.
+pub type Sign = Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>;
+
+/// Who may read, and how the mirror signs tag resolutions.
+#[derive(Clone)]
+pub struct Access {
+    pub authorize: Authorize,
+    pub sign: Sign,
+}
+
+/// The answer to `GET /bramble/v1/tag/<name>/<tag>`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TagAnswer {
+    /// The normalised `name:tag`.
+    pub reference: String,
+    pub digest: String,
+    /// Unix seconds when the master signed it.
+    pub time: i64,
+    /// Hex ed25519 signature of [`tag_message`].
+    pub signature: String,
+}
+
+/// What the master signs for a tag resolution.
+pub fn tag_message(reference: &str, digest: &str, time: i64) -> Vec<u8> {
+    format!("bramble-mirror-tag-v1\n{reference}\n{digest}\n{time}").into_bytes()
+}
+
+/// The path of a tag resolution for `canonical` (`name:tag`, normalised),
+/// the registry's port as `__`; `None` when it has no tag or names a
+/// registry a path cannot hold.
+pub fn tag_path(canonical: &str) -> Option<String> {
+    let ImageRef::Named {
+        name,
+        tag: Some(tag),
+        digest: None,
+    } = ImageRef::parse(canonical).ok()?
+    else {
+        return None;
+    };
+    let (registry, rest) = name.split_once('/')?;
+    if registry.starts_with('[') {
+        return None;
+    }
+    Some(format!(
+        "/bramble/v1/tag/{}/{rest}/{tag}",
+        registry.replace(':', "__")
+    ))
+}
+
 /// Connections served at once; more are closed as they arrive.
 pub const MAX_CONNECTIONS: usize = 64;
 
@@ -87,6 +145,8 @@ enum Route {
     Manifest { name: String, reference: Reference },
     /// A blob, by digest.
     Blob { digest: String },
+    /// The signed digest of a tag.
+    Tag { name: String, tag: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,11 +177,11 @@ impl ApiError {
 pub async fn serve(
     listener: TcpListener,
     store: ImageStore,
-    authorize: Authorize,
+    access: Access,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let ctx = Arc::new(Ctx { store, authorize });
+    let ctx = Arc::new(Ctx { store, access });
     loop {
         tokio::select! {
             // Stop accepting; connections in flight end with the process.
@@ -164,7 +224,7 @@ pub async fn serve(
 
 struct Ctx {
     store: ImageStore,
-    authorize: Authorize,
+    access: Access,
 }
 
 impl Ctx {
@@ -195,32 +255,64 @@ impl Ctx {
         }
         let route = route(req.uri().path(), req.uri().query())?;
         let token = bearer_token(req.headers());
-        let caller = (self.authorize)(token.as_deref())
+        let caller = (self.access.authorize)(token.as_deref())
             .map_err(|reason| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", reason))?;
         tracing::debug!(%caller, ?route, "registry mirror: request");
         match route {
             Route::Base => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
             Route::Manifest { name, reference } => self.manifest(&name, &reference),
             Route::Blob { digest } => self.blob(&digest, req.headers()).await,
+            Route::Tag { name, tag } => self.tag(&name, &tag),
         }
+    }
+
+    /// `name:tag` (normalised) and the digest the store answers for it.
+    fn resolve_tag(&self, name: &str, tag: &str) -> Result<(String, String), ApiError> {
+        let full = ImageRef::parse(&format!("{name}:{tag}"))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string()))?
+            .to_string();
+        let found = match self.store.read_mirror_ref(&full) {
+            Ok(Some(d)) => Some(d),
+            _ => self.store.read_ref(&full).ok().flatten(),
+        };
+        let digest = found.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                format!("{full} is not on the master"),
+            )
+        })?;
+        Ok((full, digest))
+    }
+
+    fn tag(&self, name: &str, tag: &str) -> Result<Response<Body>, ApiError> {
+        let (reference, digest) = self.resolve_tag(name, tag)?;
+        if !self.store.servable(&digest) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                format!("the master cannot serve {reference} whole (import it again)"),
+            ));
+        }
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let signature = hex::encode((self.access.sign)(&tag_message(&reference, &digest, time)));
+        let answer = TagAnswer {
+            reference,
+            digest,
+            time,
+            signature,
+        };
+        let body = serde_json::to_vec(&answer).unwrap_or_default();
+        Ok(json_response(StatusCode::OK, Bytes::from(body)))
     }
 
     fn manifest(&self, name: &str, reference: &Reference) -> Result<Response<Body>, ApiError> {
         let unknown = |what: String| ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", what);
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
-            Reference::Tag(tag) => {
-                let full = ImageRef::parse(&format!("{name}:{tag}"))
-                    .map_err(|e| {
-                        ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string())
-                    })?
-                    .to_string();
-                let found = match self.store.read_mirror_ref(&full) {
-                    Ok(Some(d)) => Some(d),
-                    _ => self.store.read_ref(&full).ok().flatten(),
-                };
-                found.ok_or_else(|| unknown(format!("{full} is not on the master")))?
-            }
+            Reference::Tag(tag) => self.resolve_tag(name, tag)?.1,
         };
         let path = self
             .store
@@ -355,6 +447,24 @@ fn route(path: &str, query: Option<&str>) -> Result<Route, ApiError> {
     if path == "/v2" || path == "/v2/" {
         return Ok(Route::Base);
     }
+    if let Some(rest) = path.strip_prefix("/bramble/v1/tag/") {
+        let mut parts: Vec<&str> = rest.split('/').collect();
+        if parts.len() < 2 || rest.len() > 1024 {
+            return Err(not_found());
+        }
+        let tag = parts.pop().unwrap_or_default();
+        if !valid_tag(tag) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "TAG_INVALID",
+                format!("{tag:?} is not a tag"),
+            ));
+        }
+        return Ok(Route::Tag {
+            name: repository_name(&mut parts, None)?,
+            tag: tag.to_string(),
+        });
+    }
     let rest = path.strip_prefix("/v2/").ok_or_else(not_found)?;
     if rest.len() > 1024 {
         return Err(bad_name("path too long".into()));
@@ -365,33 +475,7 @@ fn route(path: &str, query: Option<&str>) -> Result<Route, ApiError> {
     }
     let reference = parts.pop().unwrap_or_default();
     let kind = parts.pop().unwrap_or_default();
-    let mut name = parts.join("/");
-    if !parts.iter().all(|c| valid_component(c)) {
-        return Err(bad_name(format!("invalid repository name {name:?}")));
-    }
-    // containerd's mirrors name the upstream registry in `ns`; ours lead
-    // with it, its port as `__`.
-    match query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|kv| kv.strip_prefix("ns="))
-    {
-        Some(ns) => {
-            if !valid_component(ns) {
-                return Err(bad_name(format!("invalid registry {ns:?}")));
-            }
-            name = format!("{ns}/{name}");
-        }
-        None => {
-            if let Some((registry, port)) = parts[0].rsplit_once("__")
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && !port.is_empty()
-            {
-                parts[0] = "";
-                name = format!("{registry}:{port}{}", parts.join("/"));
-            }
-        }
-    }
+    let name = repository_name(&mut parts, query)?;
     let digest = |r: &str| {
         r.strip_prefix("sha256:")
             .filter(|h| is_sha256_hex(h))
@@ -424,6 +508,35 @@ fn route(path: &str, query: Option<&str>) -> Result<Route, ApiError> {
         }),
         _ => Err(not_found()),
     }
+}
+
+/// The full image name of a path's components (and query): containerd's
+/// mirrors name the upstream registry in `ns`; ours lead with it, its port
+/// as `__`.
+fn repository_name(parts: &mut [&str], query: Option<&str>) -> Result<String, ApiError> {
+    let bad_name = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", m);
+    let name = parts.join("/");
+    if parts.is_empty() || !parts.iter().all(|c| valid_component(c)) {
+        return Err(bad_name(format!("invalid repository name {name:?}")));
+    }
+    if let Some(ns) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("ns="))
+    {
+        if !valid_component(ns) {
+            return Err(bad_name(format!("invalid registry {ns:?}")));
+        }
+        return Ok(format!("{ns}/{name}"));
+    }
+    if let Some((registry, port)) = parts[0].rsplit_once("__")
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+    {
+        parts[0] = "";
+        return Ok(format!("{registry}:{port}{}", parts.join("/")));
+    }
+    Ok(name)
 }
 
 /// A path component of a repository name, or a registry `host[:port]`.
@@ -591,6 +704,31 @@ mod tests {
             Some("m:5050/docker.io/library/busybox:1")
         );
         assert_eq!(name_on_mirror("m:5050", "[::1]:5000/a:1"), None);
+        assert_eq!(
+            tag_path("reg.local:5000/a/b:1").as_deref(),
+            Some("/bramble/v1/tag/reg.local__5000/a/b/1")
+        );
+        assert_eq!(tag_path(&format!("x.io/a@{D}")), None);
+        assert_eq!(tag_path(&format!("x.io/a:1@{D}")), None);
+        assert_eq!(
+            route("/bramble/v1/tag/reg.local__5000/a/b/1", None),
+            Ok(Route::Tag {
+                name: "reg.local:5000/a/b".into(),
+                tag: "1".into()
+            })
+        );
+        assert_eq!(
+            route("/bramble/v1/tag/x/..", None).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            route("/bramble/v1/tag/../x/1", None).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            route("/bramble/v1/tag/1", None).unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(
             route(&format!("/v2/x/blobs/{D}"), None),
             Ok(Route::Blob { digest: D.into() })

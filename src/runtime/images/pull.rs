@@ -18,11 +18,13 @@
 //! rather than its all-in-one `pull` (which buffers layers in memory).
 //!
 //! When the master advertises its registry mirror ([`RegistryMirror`], in
-//! the options' [`MirrorSlot`]), a pull asks it first, for any reference:
-//! `docker.io/library/busybox:1.36` is fetched as
-//! `<mirror>/docker.io/library/busybox:1.36`, over plain HTTP with the
-//! node's token, and verified exactly as a registry's answer is (a blob
-//! that does not match its digest is refused). Whatever goes wrong there,
+//! the options' [`MirrorSlot`]), a pull asks it first, for any reference,
+//! over plain HTTP with the node's token: a tag's digest, signed by the
+//! master's cluster key (checked, so that no one in the middle on the LAN
+//! can swap the image), then `<mirror>/<name>@<digest>`
+//! (`docker.io/library/busybox:1.36` → `<mirror>/docker.io/library/busybox@sha256:…`),
+//! verified exactly as a registry's answer is (a blob that does not match
+//! its digest is refused). Whatever goes wrong there,
 //! the pull falls back to the image's own registry, as containerd does
 //! with its mirrors; the stored reference is the image's own either way.
 //!
@@ -48,6 +50,7 @@ use sha2::{Digest as _, Sha256};
 use super::credentials::{Credential, RegistryAuth, credentials_for};
 use super::import::{check_config_platform, descriptor_platform};
 use super::layer::{self, sha256_digest};
+use super::mirror::TagAnswer;
 use super::platform::{Platform, select_platform};
 use super::reference::ImageRef;
 use super::{ImageInfo, ImageStore, PullStats, io_err};
@@ -99,7 +102,12 @@ pub struct RegistryMirror {
     pub registry: String,
     /// Makes the credential for one pull (the node's signed token).
     pub credential: Arc<dyn Fn() -> Option<Credential> + Send + Sync>,
+    /// Checks the master's signature (its cluster key) on a tag's digest.
+    pub verify: Verify,
 }
+
+/// Checks a signature (`message`, `signature`) with a key the node trusts.
+pub type Verify = Arc<dyn Fn(&[u8], &[u8; 64]) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for RegistryMirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,6 +209,13 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
 
 /// How long a pull waits for the master's mirror to accept a connection.
 const MIRROR_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How far a signed tag answer's date may be from the node's clock (Pis
+/// have no RTC), as for every signed message.
+const TAG_CLOCK_WINDOW: Duration = Duration::from_secs(600);
+
+/// A tag answer is a small JSON object.
+const MAX_TAG_ANSWER: usize = 64 * 1024;
 
 /// Configs are small JSON; anything bigger is not one.
 const MAX_CONFIG_BYTES: u64 = 8 << 20;
@@ -499,22 +514,38 @@ impl ImageStore {
             registry: mirror.registry.clone(),
             image: canonical.to_string(),
         };
-        let on_mirror = super::mirror::name_on_mirror(&mirror.registry, canonical)
-            .ok_or_else(|| target.protocol("the mirror cannot name this registry".into()))?;
-        let oci_ref: Reference = on_mirror.parse().map_err(|e: oci_client::ParseError| {
-            target.protocol(format!("cannot name the image on the mirror: {e}"))
-        })?;
         // On the LAN: a master that is down should not hold every pull for
         // the registry's connect timeout.
         let lan = PullOptions {
             connect_timeout: options.connect_timeout.min(MIRROR_CONNECT_TIMEOUT),
             ..options.clone()
         };
-        let client = self.client_with(&target, true, &lan)?;
         let credential = (mirror.credential)().map(|credential| RegistryAuth {
             registry: mirror.registry.clone(),
             credential,
         });
+        let token = match credential.as_ref().map(|c| &c.credential) {
+            Some(Credential::Bearer(t)) => Some(t.as_str()),
+            _ => None,
+        };
+        // A tag is asked for by the digest the master signs for it.
+        let by_digest = match super::mirror::tag_path(canonical) {
+            Some(path) => {
+                let answer = fetch_tag(&target, &path, token, &lan).await?;
+                check_tag_answer(&target, mirror, &answer)?;
+                let ImageRef::Named { name, .. } = ImageRef::parse(canonical)? else {
+                    return Err(target.protocol("not a named reference".into()));
+                };
+                format!("{name}@{}", answer.digest)
+            }
+            None => canonical.to_string(),
+        };
+        let on_mirror = super::mirror::name_on_mirror(&mirror.registry, &by_digest)
+            .ok_or_else(|| target.protocol("the mirror cannot name this registry".into()))?;
+        let oci_ref: Reference = on_mirror.parse().map_err(|e: oci_client::ParseError| {
+            target.protocol(format!("cannot name the image on the mirror: {e}"))
+        })?;
+        let client = self.client_with(&target, true, &lan)?;
         self.pull_with(
             &client,
             &oci_ref,
@@ -876,6 +907,110 @@ impl ImageStore {
         download.discard();
         Err(target.mismatch(&what, &digest, "(content changed on retry)"))
     }
+}
+
+/// Asks the mirror for the signed digest of a tag (`path`: its
+/// [`tag_path`](super::mirror::tag_path)).
+async fn fetch_tag(
+    target: &Target,
+    path: &str,
+    token: Option<&str>,
+    options: &PullOptions,
+) -> Result<TagAnswer, RuntimeError> {
+    use http_body_util::BodyExt as _;
+    let what = "the tag's signed digest";
+    let stream = tokio::time::timeout(
+        options.connect_timeout,
+        tokio::net::TcpStream::connect(target.registry.as_str()),
+    )
+    .await
+    .map_err(|_| target.connection(format!("{what}: connecting timed out")))?
+    .map_err(|e| target.connection(format!("{what}: {e}")))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| target.connection(format!("{what}: {e}")))?;
+    // Drives the connection; it ends when the sender and response are gone.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, &target.registry);
+    if let Some(t) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| target.protocol(format!("{what}: {e}")))?;
+    let read = async {
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_TAG_ANSWER)
+            .collect()
+            .await
+            .map(|b| b.to_bytes());
+        Ok::<_, hyper::Error>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(options.read_timeout, read)
+        .await
+        .map_err(|_| target.connection(format!("{what}: no answer in time")))?
+        .map_err(|e| target.connection(format!("{what}: {e}")))?;
+    let body = body.map_err(|e| target.protocol(format!("{what}: {e}")))?;
+    let detail = || truncate(&String::from_utf8_lossy(&body), 200);
+    match status {
+        200 => serde_json::from_slice(&body)
+            .map_err(|e| target.protocol(format!("{what} is not one: {e}"))),
+        401 | 403 => Err(target.unauthorized(format!("HTTP {status} for {what}: {}", detail()))),
+        404 => Err(RuntimeError::RegistryNotFound {
+            registry: target.registry.clone(),
+            image: target.image.clone(),
+            detail: format!("HTTP 404 for {what}: {}", detail()),
+        }),
+        status => Err(RuntimeError::RegistryStatus {
+            registry: target.registry.clone(),
+            image: target.image.clone(),
+            status,
+            detail: format!("{what}: {}", detail()),
+        }),
+    }
+}
+
+/// The mirror's answer names the tag asked for, is signed by the master
+/// and dated within the clock window.
+fn check_tag_answer(
+    target: &Target,
+    mirror: &RegistryMirror,
+    answer: &TagAnswer,
+) -> Result<(), RuntimeError> {
+    let refuse = |why: String| target.protocol(format!("the tag's digest from the mirror: {why}"));
+    if answer.reference != target.image {
+        return Err(refuse(format!("it answers for {}", answer.reference)));
+    }
+    if !answer
+        .digest
+        .strip_prefix("sha256:")
+        .is_some_and(super::reference::is_sha256_hex)
+    {
+        return Err(refuse(format!(
+            "{:?} is not a sha256 digest",
+            answer.digest
+        )));
+    }
+    let signature: [u8; 64] = hex::decode(&answer.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| refuse("a malformed signature".into()))?;
+    let message = super::mirror::tag_message(&answer.reference, &answer.digest, answer.time);
+    if !(mirror.verify)(&message, &signature) {
+        return Err(refuse("not signed by the master's cluster key".into()));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let off = (now - answer.time).abs();
+    if off > TAG_CLOCK_WINDOW.as_secs() as i64 {
+        return Err(refuse(format!("dated {off}s away from this node's clock")));
+    }
+    Ok(())
 }
 
 /// Where blobs come from.
