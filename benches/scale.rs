@@ -213,6 +213,7 @@ async fn run(nodes: usize, pods: usize) {
         resync: Duration::from_secs(5),
         clock_window: Duration::from_secs(600),
         home_assistant_prefix: None,
+        registry_mirror: None,
     };
     let master_task = tokio::spawn(master::run(master_cfg, stop_rx.clone()));
 

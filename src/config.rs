@@ -210,6 +210,13 @@ pub struct MasterFile {
     pub with_worker: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_prefix: Option<String>,
+    /// The registry mirror's listen address (`ADDR:PORT` or `off`;
+    /// default `0.0.0.0:5050`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_mirror_listen: Option<String>,
+    /// The registry mirror's address as workers reach it (`HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_mirror_advertise: Option<String>,
 }
 
 /// Reads a TOML settings file, naming the file (and the line) on error.

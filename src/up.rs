@@ -154,6 +154,15 @@ pub struct MasterArgs {
     /// replaced elsewhere, in seconds (pods may tolerate longer).
     #[arg(long, default_value_t = 2)]
     pub pod_eviction_seconds: u64,
+    /// Where the registry mirror serves the master's images to the nodes
+    /// (`ADDR:PORT`, or `off`); default 0.0.0.0:5050 for `master`, off for
+    /// `up`.
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub registry_mirror_listen: Option<String>,
+    /// The registry mirror's address as workers reach it (default: the
+    /// listen address, or the host workers reach the broker at).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub registry_mirror_advertise: Option<String>,
 }
 
 /// What a worker needs, shared by `up`, `master --with-worker` and `worker`.
@@ -326,7 +335,12 @@ pub async fn up(args: UpArgs, config: Option<&Path>) -> Result<ExitCode, UpError
         .master
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883)));
-    run_master(args.master, listen, Some(args.node), demo, config).await
+    let mut master_args = args.master;
+    // One machine: its worker shares the master's image store.
+    master_args
+        .registry_mirror_listen
+        .get_or_insert_with(|| "off".into());
+    run_master(master_args, listen, Some(args.node), demo, config).await
 }
 
 /// `bramble master`.
@@ -340,6 +354,9 @@ pub async fn master(mut args: MasterRoleArgs, config: Option<&Path>) -> Result<E
         .listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883)));
     let node = args.with_worker.then_some(args.node);
+    args.master.registry_mirror_listen.get_or_insert_with(|| {
+        SocketAddr::from(([0, 0, 0, 0], master::mirror::DEFAULT_PORT)).to_string()
+    });
     run_master(args.master, listen, node, None, config).await
 }
 
@@ -380,6 +397,12 @@ fn apply_master_file(
     }
     if let Some(t) = file.topic_prefix {
         m.topic_prefix = t;
+    }
+    if m.registry_mirror_listen.is_none() {
+        m.registry_mirror_listen = file.registry_mirror_listen;
+    }
+    if m.registry_mirror_advertise.is_none() {
+        m.registry_mirror_advertise = file.registry_mirror_advertise;
     }
     args.with_worker |= file.with_worker;
     Ok(())
@@ -475,6 +498,16 @@ async fn run_master(
     let token_file = initial_join_token(&store, &layout, &cluster_key)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let registry_mirror = start_registry_mirror(
+        &args,
+        &layout,
+        &store,
+        &cluster_key,
+        admin_key.public(),
+        &broker_url,
+        stop_rx.clone(),
+    )
+    .await?;
     let topics = Topics::new(&args.topic_prefix);
     let mut node_line = String::new();
     let worker_task = match (&node, &node_name) {
@@ -533,6 +566,7 @@ async fn run_master(
         clock_window: Duration::from_secs(600),
         home_assistant_prefix: (!args.no_home_assistant)
             .then(|| args.home_assistant_prefix.clone()),
+        registry_mirror,
     };
     let master_task = tokio::spawn(master::run(master_cfg, stop_rx));
 
@@ -595,6 +629,60 @@ async fn run_master(
     }
     let _ = std::fs::remove_file(layout.pid_file());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The registry mirror over the master's image store, unless
+/// `--registry-mirror-listen off`; returns the address workers are told.
+async fn start_registry_mirror(
+    args: &MasterArgs,
+    layout: &Layout,
+    store: &Store,
+    cluster_key: &KeyPair,
+    admin_key: crate::transport::PublicKey,
+    broker_url: &str,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<String>, UpError> {
+    let flag = |reason: String| UpError::Flag {
+        flag: "registry-mirror-listen",
+        reason,
+    };
+    let images = ImageStore::open(&layout.images())?;
+    let listen = match args.registry_mirror_listen.as_deref() {
+        None | Some("off") => {
+            // New imports stop keeping layer blobs; kept ones stay.
+            images.set_keep_layer_blobs(false)?;
+            return Ok(None);
+        }
+        Some(a) => a
+            .parse::<SocketAddr>()
+            .map_err(|_| flag(format!("{a:?} is not ADDR:PORT or off")))?,
+    };
+    if let Some(a) = &args.registry_mirror_advertise
+        && crate::runtime::images::mirror::mirror_address(a, "master").is_none()
+    {
+        return Err(UpError::Flag {
+            flag: "registry-mirror-advertise",
+            reason: format!("{a:?} is not HOST:PORT"),
+        });
+    }
+    let readers = master::mirror::Readers {
+        store: store.clone(),
+        admin_keys: vec![admin_key],
+        clock_window: Duration::from_secs(600),
+        cluster_key: cluster_key.clone(),
+    };
+    let bound = master::mirror::start(listen, images, readers, stop)
+        .await
+        .map_err(|e| flag(e.to_string()))?;
+    let broker = crate::transport::client::parse_url(broker_url)?;
+    let advertised = master::mirror::advertised(
+        bound,
+        args.registry_mirror_advertise.as_deref(),
+        &broker.host,
+        broker.port,
+    );
+    tracing::info!(listen = %bound, %advertised, "registry mirror serving the master's images");
+    Ok(Some(advertised))
 }
 
 async fn wait_for_stop() -> Result<(), UpError> {

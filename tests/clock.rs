@@ -159,6 +159,7 @@ async fn nodes_hours_off_the_masters_clock_join_and_run_pods() {
             resync: Duration::from_secs(1),
             clock_window: Duration::from_secs(600),
             home_assistant_prefix: None,
+            registry_mirror: None,
         },
         stop_rx.clone(),
     ));

@@ -117,6 +117,11 @@ pub struct ClusterNetwork {
     /// pod CIDRs through their addresses (host-gw).
     #[serde(default)]
     pub nodes: Vec<NodeRoute>,
+    /// The master's registry mirror, `host:port` (an empty or unspecified
+    /// host means the host of the broker the node reaches the master
+    /// through); `None` when the master serves none.
+    #[serde(default)]
+    pub registry_mirror: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,8 +1,12 @@
-//! `bramble image pull REF | import FILE | ls | rm REF`: the local node's
-//! image store. Pulling fetches from an OCI / Docker registry (the platform
-//! of this machine unless `--platform`); importing works without a registry
-//! from an OCI image-layout or `docker save` archive. Both go straight into
-//! the content-addressed store the node's runtime reads.
+//! `bramble image pull REF | import FILE | ls | rm REF`: the image store of
+//! the machine the CLI runs on (the data dir its config names, or
+//! `--data-dir`). Pulling fetches from an OCI / Docker registry (the
+//! platform of this machine unless `--platform`); importing works without a
+//! registry from an OCI image-layout or `docker save` archive. Both go
+//! straight into the content-addressed store the node's runtime reads. Run
+//! on the master (whose CLI config `bramble master` writes), they fill the
+//! store its registry mirror serves to every worker: an image imported there
+//! reaches the cluster with no outside registry.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -68,7 +72,7 @@ fn store(data_dir: Option<PathBuf>, config: Option<&Path>) -> Result<ImageStore,
         Some(d) => d,
         None => super::load_config(config)?.data_dir.ok_or_else(|| {
             CliError::Usage(
-                "this cluster's config names no local data directory; pass --data-dir".into(),
+                "this cluster's config names no local data directory: `bramble image` works on the store of the machine it runs on; run it on the master (its registry mirror serves the workers) or pass --data-dir".into(),
             )
         })?,
     };
@@ -95,16 +99,28 @@ pub async fn run(cmd: Cmd, config: Option<&Path>) -> Result<ExitCode, CliError> 
                 .await
                 .map_err(|e| CliError::Usage(format!("import task failed: {e}")))??;
             for img in imported {
-                println!("imported {} ({})", img.reference, img.digest);
+                if img.runs_here {
+                    println!("imported {} ({})", img.reference, img.digest);
+                } else {
+                    println!(
+                        "imported {} ({}) for the registry mirror only: no manifest for this machine's platform",
+                        img.reference, img.digest
+                    );
+                }
             }
         }
         Cmd::Ls { data_dir } => {
             let images = store(data_dir, config)?;
             println!("{:<50} {:<20} {:>10}", "IMAGE", "DIGEST", "SIZE");
             for img in images.list()? {
+                let reference = if img.runs_here {
+                    img.reference
+                } else {
+                    format!("{} (mirror only)", img.reference)
+                };
                 println!(
                     "{:<50} {:<20} {:>10}",
-                    img.reference,
+                    reference,
                     short(&img.digest),
                     human_size(img.size)
                 );

@@ -183,6 +183,7 @@ pub async fn run(cmd: Cmd) -> Result<ExitCode, CliError> {
                 service_cidr: a.service_cidr.map(|c| c.to_string()),
                 with_worker: a.with_worker,
                 topic_prefix: a.topic_prefix.clone(),
+                ..MasterFile::default()
             };
             let given = file
                 != MasterFile {

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod controllers;
 pub mod discovery;
 pub mod join;
+pub mod mirror;
 pub mod publish;
 pub mod scheduler;
 pub mod services;
@@ -74,6 +75,9 @@ pub struct MasterConfig {
     /// Home Assistant's discovery prefix (`homeassistant`); `None` turns
     /// discovery off.
     pub home_assistant_prefix: Option<String>,
+    /// The registry mirror's address as workers are told it (`mirror.rs`);
+    /// `None` when the master serves none.
+    pub registry_mirror: Option<String>,
 }
 
 /// Namespaces every cluster has: `default` for users, `kube-system` for what
@@ -439,6 +443,7 @@ impl Master {
         let routes = publish::service_routes(snap);
         let mut network = services::cluster_network(&self.cfg.settings);
         network.nodes = publish::node_routes(snap);
+        network.registry_mirror = self.cfg.registry_mirror.clone();
         if self
             .published
             .services

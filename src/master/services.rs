@@ -24,6 +24,7 @@ pub fn cluster_network(settings: &Settings) -> ClusterNetwork {
         dns_ip: cluster_dns_ip(settings.service_cidr),
         domain: settings.cluster_domain.clone(),
         nodes: Vec::new(),
+        registry_mirror: None,
     }
 }
 

@@ -69,6 +69,19 @@ pub fn build_demo_image(store: &ImageStore, busybox: &Path) -> Result<String, Ru
         .ok_or_else(|| RuntimeError::Image("demo archive imported no image".into()))
 }
 
+/// Writes the demo image's OCI image-layout tar to `dest` (for
+/// `bramble image import`, e.g. on a master whose mirror serves it).
+pub fn write_demo_archive(busybox: &Path, dest: &Path) -> Result<(), RuntimeError> {
+    let binary = fs::read(busybox).map_err(|source| RuntimeError::Io {
+        context: format!("reading busybox at {}", busybox.display()),
+        source,
+    })?;
+    fs::write(dest, demo_layout(&binary)?).map_err(|source| RuntimeError::Io {
+        context: format!("writing {}", dest.display()),
+        source,
+    })
+}
+
 /// The OCI image-layout tar of the demo image.
 fn demo_layout(busybox: &[u8]) -> Result<Vec<u8>, RuntimeError> {
     let layer = demo_layer(busybox)?;

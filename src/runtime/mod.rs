@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::images::{
     Credential, ImageInfo, ImageSettings, ImageStore, ImageSummary, Platform, PullPolicy,
-    RegistryAuth, ResolvedImage,
+    RegistryAuth, RegistryMirror, ResolvedImage,
 };
 pub use self::linux::{
     EXEC_HELPER_SUBCOMMAND, HELPER_SUBCOMMAND, LibcontainerRuntime, RuntimeConfig,
@@ -264,6 +264,14 @@ pub enum RuntimeError {
     /// The image store's filesystem is full (ENOSPC / EDQUOT); nothing partial was kept.
     #[error("{context}: no space left on device")]
     DiskFull { context: String },
+    /// Neither the master's registry mirror nor the image's own registry
+    /// gave the image: both reasons.
+    #[error("{registry} (the master's registry mirror {mirror} did not either: {mirror_error})")]
+    PullFailed {
+        mirror: String,
+        mirror_error: Box<RuntimeError>,
+        registry: Box<RuntimeError>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -356,6 +364,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// removed. Runtimes without a disk (the fake) have nothing to collect.
     fn collect_images(&self) -> Result<Vec<String>, RuntimeError> {
         Ok(Vec::new())
+    }
+
+    /// Where later pulls look first: the master's registry mirror as it
+    /// advertises it (`None`: straight to each image's registry). Returns
+    /// whether that changed. Runtimes that pull nothing ignore it.
+    fn set_registry_mirror(&self, mirror: Option<RegistryMirror>) -> bool {
+        let _ = mirror;
+        false
     }
 
     /// Creates and starts the container; returns once its process runs.

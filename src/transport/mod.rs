@@ -4,8 +4,9 @@
 //! protection ([`envelope`]), ed25519 keys on disk ([`keys`]), the message
 //! bodies every role exchanges ([`messages`]), what is sealed to one node's
 //! key ([`seal`]), the flow control of byte streams ([`stream`]), the
-//! embedded rumqttd broker ([`broker`]) and the rumqttc client wrapper
-//! ([`client`]).
+//! embedded rumqttd broker ([`broker`]), the rumqttc client wrapper
+//! ([`client`]), and the tokens nodes show the master's registry mirror
+//! ([`mirror_token`]).
 //!
 //! Must not touch: the store, the runtime, the network. The broker is untrusted:
 //! nothing here treats a message as authentic until [`envelope::Verifier`] says
@@ -16,6 +17,7 @@ pub mod client;
 pub mod envelope;
 pub mod keys;
 pub mod messages;
+pub mod mirror_token;
 pub mod seal;
 pub mod stream;
 pub mod topics;

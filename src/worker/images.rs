@@ -10,6 +10,9 @@
 //! which records it (Events, the pull back-off in `podsync`) and wakes the
 //! loop, so the next pass starts the container or backs off.
 //!
+//! Pulls ask the master's registry mirror first when the Service table
+//! names one ([`Agent::apply_registry_mirror`]).
+//!
 //! Owns: in-flight pulls and finished pulls not yet consumed by a start.
 //! Must not touch: the pod state machine's rules (it calls
 //! `PodRecord::on_pull_*`), the image store (only through the runtime seam).
@@ -25,7 +28,11 @@ use tokio::sync::mpsc;
 use super::Agent;
 use super::podsync::Happening;
 use crate::runtime::images::credentials::{parse_docker_config, parse_dockercfg};
-use crate::runtime::{ImageInfo, PullPolicy, RegistryAuth, RuntimeError};
+use crate::runtime::images::mirror::mirror_address;
+use crate::runtime::{
+    Credential, ImageInfo, PullPolicy, RegistryAuth, RegistryMirror, RuntimeError,
+};
+use crate::transport::mirror_token;
 
 /// Pulls that share everything share one task.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -249,6 +256,43 @@ impl Agent {
             });
         });
         false
+    }
+
+    /// Points the runtime's pulls at the registry mirror the master
+    /// advertises in the Service table (or at none), with a token signed by
+    /// this node's key, fresh for each pull, and the master's key to check
+    /// the digests it signs for tags.
+    pub(super) fn apply_registry_mirror(&self) {
+        let broker_host = crate::transport::client::parse_url(&self.cfg.broker.url)
+            .map(|u| u.host)
+            .unwrap_or_default();
+        let advertised = self.services.network.registry_mirror.as_deref();
+        let address = advertised.and_then(|a| mirror_address(a, &broker_host));
+        if let (Some(a), None) = (advertised, &address) {
+            tracing::warn!(advertised = %a, "the master advertises a registry mirror address this node cannot use");
+        }
+        let mirror = address.map(|registry| {
+            let key = self.cfg.node_key.clone();
+            let id = crate::transport::envelope::node_id(&self.cfg.node_name);
+            let master = self.cfg.master_key;
+            RegistryMirror {
+                registry,
+                credential: Arc::new(move || {
+                    let now = jiff::Timestamp::now().as_second();
+                    Some(Credential::Bearer(mirror_token::mint(&key, &id, now)))
+                }),
+                verify: Arc::new(move |message, signature| master.verify(message, signature)),
+            }
+        });
+        let registry = mirror.as_ref().map(|m| m.registry.clone());
+        if self.cfg.runtime.set_registry_mirror(mirror) {
+            match registry {
+                Some(r) => {
+                    tracing::info!(mirror = %r, "pulls ask the master's registry mirror first")
+                }
+                None => tracing::info!("no registry mirror: pulls go to each image's registry"),
+            }
+        }
     }
 
     /// A background pull ended: Events and state for every container that

@@ -452,6 +452,7 @@ impl Agent {
     }
 
     async fn apply_services(&mut self) {
+        self.apply_registry_mirror();
         let host_ports = self.host_port_routes();
         let (Some(net), Some(proxy)) = (&self.net, &self.proxy) else {
             return;

@@ -165,6 +165,17 @@ pub struct LanBroker<'a> {
     pub worker_args: Box<dyn Fn(usize) -> Vec<String> + 'a>,
 }
 
+/// Where the demo image is when the workers start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoImage {
+    /// Built into every worker's own store (what [`TestCluster::start`] does).
+    OnEveryWorker,
+    /// Imported on the master only, with `bramble image import`: the
+    /// workers' stores start empty and must pull it from the master's
+    /// registry mirror.
+    OnMasterOnly,
+}
+
 impl TestCluster {
     /// The LAN's /24: inside this test's 10.X.0.0/16 lease, clear of the
     /// cluster (10.X.0.0/17) and service (10.X.128.0/24) ranges.
@@ -173,16 +184,24 @@ impl TestCluster {
     }
 
     pub fn start(opts: TestClusterOptions) -> TestCluster {
-        Self::start_inner(opts, None)
+        Self::start_inner(opts, None, DemoImage::OnEveryWorker)
     }
 
     /// A cluster on a broker the test starts on the LAN (see [`LanBroker`]);
     /// `opts.broker` is ignored.
     pub fn start_with_broker(opts: TestClusterOptions, broker: LanBroker<'_>) -> TestCluster {
-        Self::start_inner(opts, Some(broker))
+        Self::start_inner(opts, Some(broker), DemoImage::OnEveryWorker)
     }
 
-    fn start_inner(mut opts: TestClusterOptions, lan_broker: Option<LanBroker<'_>>) -> TestCluster {
+    pub fn start_with(opts: TestClusterOptions, demo: DemoImage) -> TestCluster {
+        Self::start_inner(opts, None, demo)
+    }
+
+    fn start_inner(
+        mut opts: TestClusterOptions,
+        lan_broker: Option<LanBroker<'_>>,
+        demo: DemoImage,
+    ) -> TestCluster {
         let tag = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
         let dir = std::env::temp_dir().join(format!("bramble-multi-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -276,8 +295,18 @@ impl TestCluster {
         let broker = c.broker.clone();
         // The demo image, built into each node's own store first, so the
         // join time is the join's alone.
-        for w in &c.workers {
-            seed_demo_image(w);
+        match demo {
+            DemoImage::OnEveryWorker => {
+                for w in &c.workers {
+                    seed_demo_image(w);
+                }
+            }
+            DemoImage::OnMasterOnly => {
+                let archive = c.dir.join("demo-image.tar");
+                let busybox = std::path::Path::new("/bin/busybox");
+                bramble::runtime::demo::write_demo_archive(busybox, &archive).unwrap();
+                c.ok(&["image", "import", archive.to_str().unwrap()]);
+            }
         }
         let started = Instant::now();
         for (i, w) in c.workers.iter_mut().enumerate() {

@@ -421,6 +421,7 @@ mod tests {
             dns_ip: Some("10.96.0.10".parse().unwrap()),
             domain: "cluster.local".into(),
             nodes: Vec::new(),
+            registry_mirror: None,
         }
     }
 

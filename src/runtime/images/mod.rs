@@ -10,6 +10,9 @@
 //! <root>/downloads/<hex>.partial  a layer blob being fetched; resumed after a dropped connection
 //! <root>/tmp/                 staging; renamed into place only once complete and verified
 //! <root>/lock                 flock: shared while importing or pulling, exclusive while collecting
+//! <root>/keep-layer-blobs     marker: this store also keeps compressed layer blobs (the master's, for its mirror)
+//! <root>/mirror/<reference>   "sha256:<hex>": what the mirror serves for a reference when that is
+//!                             not the node's own manifest (a multi-platform index, another platform)
 //! ```
 //!
 //! The CLI (`bramble image import|pull`, its own process) and the agent use
@@ -17,9 +20,16 @@
 //! complete file or directory renamed into place, and garbage collection
 //! excludes imports and pulls through the lock file. Compressed layer blobs
 //! are not kept once verified and unpacked: on a Pi's SD card the unpacked
-//! layer is the copy that matters.
+//! layer is the copy that matters. The exception is a store that serves
+//! other nodes ([`mirror`], the master's): with the `keep-layer-blobs`
+//! marker, imports and pulls also keep every layer blob exactly as its
+//! manifest names it (what a registry hands out), and imports keep the
+//! whole multi-platform index with every platform's manifests, configs and
+//! layers, unpacking only the node's own.
 //!
-//! - [`pull`]: registries (`oci-client`), platform selection, resumable downloads.
+//! - [`pull`]: registries (`oci-client`), platform selection, resumable downloads,
+//!   the master's mirror first.
+//! - [`mirror`]: the read-only OCI distribution endpoint over this store.
 //! - [`credentials`]: docker `config.json` credentials and which apply to an image.
 //! - [`gc`]: collection of unused images when the disk fills up.
 //!
@@ -29,6 +39,7 @@ pub mod credentials;
 pub mod gc;
 mod import;
 pub(crate) mod layer;
+pub mod mirror;
 pub mod platform;
 pub mod pull;
 pub mod reference;
@@ -39,13 +50,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use oci_spec::image::{ImageConfiguration, ImageManifest};
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde::{Deserialize, Serialize};
 
 pub use self::credentials::{Credential, RegistryAuth};
 pub use self::gc::GcPolicy;
 pub use self::platform::{Platform, select_platform};
-pub use self::pull::{ImageAction, PullEvent, PullOptions, PullPolicy};
+pub use self::pull::{ImageAction, MirrorSlot, PullEvent, PullOptions, PullPolicy, RegistryMirror};
 pub use self::reference::{ImageRef, normalize};
 use crate::runtime::RuntimeError;
 
@@ -73,6 +84,9 @@ pub struct ImageSummary {
     pub digest: String,
     /// Compressed size: config plus layers, as the manifest records it.
     pub size: u64,
+    /// This node can run it; `false` for an image kept only for the
+    /// registry mirror (no manifest for this node's platform).
+    pub runs_here: bool,
 }
 
 /// What [`Runtime::ensure_image`](crate::runtime::Runtime::ensure_image) found or fetched.
@@ -126,6 +140,7 @@ impl ImageStore {
             "tmp",
             "downloads",
             "used",
+            "mirror",
         ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -224,6 +239,22 @@ impl ImageStore {
                 reference,
                 digest,
                 size,
+                runs_here: true,
+            });
+        }
+        // Images kept only for the mirror (other platforms than this node's).
+        for (reference, digest) in self.mirror_refs()? {
+            if out.iter().any(|s| s.reference == reference) {
+                continue;
+            }
+            let Ok(size) = self.served_size(&digest) else {
+                continue;
+            };
+            out.push(ImageSummary {
+                reference,
+                digest,
+                size,
+                runs_here: false,
             });
         }
         out.sort_by(|a, b| a.reference.cmp(&b.reference));
@@ -264,12 +295,30 @@ impl ImageStore {
                 }
             }
         };
-        if doomed.is_empty() {
-            return Err(RuntimeError::ImageNotPresent(parsed.to_string()));
+        let canonical = parsed.to_string();
+        let doomed_mirror: Vec<String> = self
+            .mirror_refs()?
+            .into_iter()
+            .filter(|(r, t)| match &parsed {
+                ImageRef::Digest(d) => t == d,
+                ImageRef::Named {
+                    name,
+                    tag: None,
+                    digest: Some(d),
+                } => (t == d && ref_name(r) == name) || *r == canonical,
+                _ => *r == canonical,
+            })
+            .map(|(r, _)| r)
+            .collect();
+        if doomed.is_empty() && doomed_mirror.is_empty() {
+            return Err(RuntimeError::ImageNotPresent(canonical));
         }
         for r in doomed {
             let path = self.ref_path(&r)?;
             fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+        }
+        for r in doomed_mirror {
+            self.remove_mirror_ref(&r)?;
         }
         self.collect_locked()
     }
@@ -295,7 +344,117 @@ impl ImageStore {
             return Err(RuntimeError::ImageNotPresent(digest));
         }
         self.write_ref(&parsed.to_string(), &digest)?;
+        // The name now means this node's manifest, for the mirror too.
+        self.remove_mirror_ref(&parsed.to_string())?;
         self.remove_placeholder(&digest)
+    }
+
+    /// Whether this store keeps compressed layer blobs (and whole
+    /// multi-platform images) for other nodes: the master's, which
+    /// [`mirror`] serves.
+    pub fn keeps_layer_blobs(&self) -> bool {
+        self.root.join(KEEP_BLOBS_MARKER).exists()
+    }
+
+    /// Turns [`keeps_layer_blobs`](Self::keeps_layer_blobs) on or off; the
+    /// setting is a file in the store, so the CLI's imports follow it.
+    /// Turned off, the kept blobs go at the next collection.
+    pub fn set_keep_layer_blobs(&self, keep: bool) -> Result<(), RuntimeError> {
+        let path = self.root.join(KEEP_BLOBS_MARKER);
+        if keep {
+            if !path.exists() {
+                self.write_atomic(&path, b"layer blobs are kept for the registry mirror\n")?;
+            }
+            return Ok(());
+        }
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err(format!("removing {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What the mirror serves for `reference` (normalised) when it is not
+    /// the reference's own manifest: an index, or another platform's image.
+    pub(crate) fn read_mirror_ref(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
+        read_trimmed(&self.mirror_ref_path(reference)?)
+    }
+
+    pub(crate) fn write_mirror_ref(
+        &self,
+        reference: &str,
+        digest: &str,
+    ) -> Result<(), RuntimeError> {
+        self.write_atomic(
+            &self.mirror_ref_path(reference)?,
+            format!("{digest}\n").as_bytes(),
+        )
+    }
+
+    pub(crate) fn remove_mirror_ref(&self, reference: &str) -> Result<(), RuntimeError> {
+        let path = self.mirror_ref_path(reference)?;
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err(format!("removing {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `(reference, digest)` for every mirror ref.
+    pub(crate) fn mirror_refs(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        list_refs(&self.root.join("mirror"))
+    }
+
+    fn mirror_ref_path(&self, reference: &str) -> Result<PathBuf, RuntimeError> {
+        Ok(self
+            .root
+            .join("mirror")
+            .join(self.ref_path(reference)?.file_name().unwrap_or_default()))
+    }
+
+    /// A stored manifest or index, parsed.
+    pub(crate) fn served(&self, digest: &str) -> Result<Served, RuntimeError> {
+        let path = self.blob_path(digest)?;
+        let bytes = fs::read(&path).map_err(io_err(format!("reading manifest {digest}")))?;
+        Served::parse(&bytes).ok_or_else(|| {
+            RuntimeError::Image(format!("blob {digest} is not an image manifest or index"))
+        })
+    }
+
+    /// Whether the mirror can hand out the manifest or index `digest`
+    /// whole: it is stored, and so is every blob a manifest names (an
+    /// index's manifests may be missing: those platforms come from their
+    /// registry).
+    pub fn servable(&self, digest: &str) -> bool {
+        match self.served(digest) {
+            Ok(Served::Index(_)) => true,
+            Ok(Served::Manifest(m)) => self.missing_blob(&m).is_none(),
+            Err(_) => false,
+        }
+    }
+
+    /// The first blob `manifest` names that is not stored.
+    pub(crate) fn missing_blob(&self, manifest: &ImageManifest) -> Option<String> {
+        std::iter::once(manifest.config())
+            .chain(manifest.layers())
+            .map(|d| d.digest().to_string())
+            .find(|d| !self.blob_path(d).is_ok_and(|p| p.is_file()))
+    }
+
+    /// Compressed size of what a manifest or an index (its stored
+    /// manifests) names.
+    fn served_size(&self, digest: &str) -> Result<u64, RuntimeError> {
+        Ok(match self.served(digest)? {
+            Served::Manifest(m) => manifest_size(&m),
+            Served::Index(i) => i
+                .manifests()
+                .iter()
+                .filter_map(|d| self.manifest(d.digest().as_ref()).ok())
+                .map(|m| manifest_size(&m))
+                .sum(),
+        })
     }
 
     /// The digest-named ref only keeps an unnamed image alive; a name replaces it.
@@ -363,11 +522,18 @@ impl ImageStore {
             };
             live_blobs.insert(hex_of(&digest).to_string());
             live_blobs.insert(hex_of(manifest.config().digest().as_ref()).to_string());
+            // Kept only by a store that serves the mirror; absent elsewhere.
+            for l in manifest.layers() {
+                live_blobs.insert(hex_of(l.digest().as_ref()).to_string());
+            }
             if let Ok(config) = self.config_of(&manifest) {
                 for d in config.rootfs().diff_ids() {
                     live_layers.insert(hex_of(d).to_string());
                 }
             }
+        }
+        for (_, digest) in self.mirror_refs()? {
+            self.mark_served(&digest, &mut live_blobs, 0);
         }
         for entry in read_dir(&self.root.join("leases"))? {
             if let Ok(bytes) = fs::read(&entry)
@@ -412,6 +578,28 @@ impl ImageStore {
             }
         }
         Ok(())
+    }
+
+    /// Adds the blobs a mirror ref's tree holds (an index, its manifests,
+    /// their configs and layers) to `live`.
+    fn mark_served(&self, digest: &str, live: &mut HashSet<String>, depth: u32) {
+        if depth > MAX_INDEX_DEPTH || !live.insert(hex_of(digest).to_string()) {
+            return;
+        }
+        match self.served(digest) {
+            Ok(Served::Manifest(m)) => {
+                live.insert(hex_of(m.config().digest().as_ref()).to_string());
+                for l in m.layers() {
+                    live.insert(hex_of(l.digest().as_ref()).to_string());
+                }
+            }
+            Ok(Served::Index(i)) => {
+                for d in i.manifests() {
+                    self.mark_served(d.digest().as_ref(), live, depth + 1);
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     /// Records that the image `manifest_digest` was just pulled or run.
@@ -536,13 +724,8 @@ impl ImageStore {
             .join(format!("{what}-{}-{n:016x}", std::process::id()))
     }
 
-    fn read_ref(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
-        let path = self.ref_path(reference)?;
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(Some(s.trim().to_string())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
-        }
+    pub(crate) fn read_ref(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
+        read_trimmed(&self.ref_path(reference)?)
     }
 
     pub(crate) fn write_ref(&self, reference: &str, digest: &str) -> Result<(), RuntimeError> {
@@ -551,22 +734,7 @@ impl ImageStore {
 
     /// `(reference, manifest digest)` for every ref file.
     pub(crate) fn refs(&self) -> Result<Vec<(String, String)>, RuntimeError> {
-        let mut out = Vec::new();
-        for path in read_dir(&self.root.join("refs"))? {
-            let Some(reference) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(decode_ref)
-            else {
-                continue;
-            };
-            match fs::read_to_string(&path) {
-                Ok(s) => out.push((reference, s.trim().to_string())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
-            }
-        }
-        Ok(out)
+        list_refs(&self.root.join("refs"))
     }
 
     pub(crate) fn manifest(&self, digest: &str) -> Result<ImageManifest, RuntimeError> {
@@ -608,6 +776,66 @@ fn ref_name(reference: &str) -> &str {
         Some(i) => &reference[..last_slash + i],
         None => reference,
     }
+}
+
+/// A stored manifest or index: what the mirror hands out by digest.
+pub(crate) enum Served {
+    Manifest(Box<ImageManifest>),
+    Index(Box<ImageIndex>),
+}
+
+impl Served {
+    /// `bytes` as an image manifest or an index (schema 2), else `None`.
+    pub(crate) fn parse(bytes: &[u8]) -> Option<Served> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        if value.get("schemaVersion").and_then(|v| v.as_u64()) != Some(2) {
+            return None;
+        }
+        if value.get("manifests").is_some() {
+            ImageIndex::from_reader(bytes)
+                .ok()
+                .map(|i| Served::Index(Box::new(i)))
+        } else {
+            ImageManifest::from_reader(bytes)
+                .ok()
+                .map(|m| Served::Manifest(Box::new(m)))
+        }
+    }
+}
+
+fn manifest_size(m: &ImageManifest) -> u64 {
+    m.config().size() + m.layers().iter().map(|l| l.size()).sum::<u64>()
+}
+
+/// Indexes nest at most this deep (as pulls and imports follow them).
+pub(crate) const MAX_INDEX_DEPTH: u32 = 4;
+
+const KEEP_BLOBS_MARKER: &str = "keep-layer-blobs";
+
+fn read_trimmed(path: &Path) -> Result<Option<String>, RuntimeError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// `(reference, digest)` for every ref file in `dir`.
+fn list_refs(dir: &Path) -> Result<Vec<(String, String)>, RuntimeError> {
+    let mut out = Vec::new();
+    for path in read_dir(dir)? {
+        let Some(reference) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(decode_ref)
+        else {
+            continue;
+        };
+        if let Some(digest) = read_trimmed(&path)? {
+            out.push((reference, digest));
+        }
+    }
+    Ok(out)
 }
 
 /// How long a partial layer download is kept for a later pull to resume.

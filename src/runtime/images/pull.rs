@@ -16,10 +16,26 @@
 //! choice; we keep control of platform selection, verification, resumption
 //! and storage, which is why we use its raw-manifest and blob-stream calls
 //! rather than its all-in-one `pull` (which buffers layers in memory).
+//!
+//! When the master advertises its registry mirror ([`RegistryMirror`], in
+//! the options' [`MirrorSlot`]), a pull asks it first, for any reference,
+//! over plain HTTP with the node's token: a tag's digest, signed by the
+//! master's cluster key (checked, so that no one in the middle on the LAN
+//! can swap the image), then `<mirror>/<name>@<digest>`
+//! (`docker.io/library/busybox:1.36` → `<mirror>/docker.io/library/busybox@sha256:…`),
+//! verified exactly as a registry's answer is (a blob that does not match
+//! its digest is refused). Whatever goes wrong there,
+//! the pull falls back to the image's own registry, as containerd does
+//! with its mirrors; the stored reference is the image's own either way.
+//!
+//! A store that keeps layer blobs (the master's) keeps each fetched layer
+//! blob instead of deleting it once unpacked, and the indexes it went
+//! through, so that its mirror can hand the image on.
 
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -34,6 +50,7 @@ use sha2::{Digest as _, Sha256};
 use super::credentials::{Credential, RegistryAuth, credentials_for};
 use super::import::{check_config_platform, descriptor_platform};
 use super::layer::{self, sha256_digest};
+use super::mirror::TagAnswer;
 use super::platform::{Platform, select_platform};
 use super::reference::ImageRef;
 use super::{ImageInfo, ImageStore, PullStats, io_err};
@@ -77,6 +94,49 @@ pub enum ImageAction {
     NotPresent,
 }
 
+/// The master's registry mirror, as a node pulls from it.
+#[derive(Clone)]
+pub struct RegistryMirror {
+    /// `host:port`, spoken to over plain HTTP (everything it sends is
+    /// checked against digests the node asked for or got from it).
+    pub registry: String,
+    /// Makes the credential for one pull (the node's signed token).
+    pub credential: Arc<dyn Fn() -> Option<Credential> + Send + Sync>,
+    /// Checks the master's signature (its cluster key) on a tag's digest.
+    pub verify: Verify,
+}
+
+/// Checks a signature (`message`, `signature`) with a key the node trusts.
+pub type Verify = Arc<dyn Fn(&[u8], &[u8; 64]) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for RegistryMirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryMirror")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a node's pulls find the master's mirror. The master advertises it
+/// at run time (in the Service table), so the slot is shared: every clone
+/// of the options sees what [`set`](MirrorSlot::set) put there last.
+#[derive(Clone, Debug, Default)]
+pub struct MirrorSlot(Arc<RwLock<Option<RegistryMirror>>>);
+
+impl MirrorSlot {
+    /// Replaces the mirror; `true` when its address changed.
+    pub fn set(&self, mirror: Option<RegistryMirror>) -> bool {
+        let mut slot = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let changed = slot.as_ref().map(|m| &m.registry) != mirror.as_ref().map(|m| &m.registry);
+        *slot = mirror;
+        changed
+    }
+
+    pub fn get(&self) -> Option<RegistryMirror> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// How this node reaches registries.
 #[derive(Clone, Debug)]
 pub struct PullOptions {
@@ -89,6 +149,8 @@ pub struct PullOptions {
     pub connect_timeout: Duration,
     /// A registry silent this long mid-transfer counts as a dropped connection.
     pub read_timeout: Duration,
+    /// The master's mirror, asked first when set.
+    pub mirror: MirrorSlot,
 }
 
 impl Default for PullOptions {
@@ -98,6 +160,7 @@ impl Default for PullOptions {
             insecure_registries: Vec::new(),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
+            mirror: MirrorSlot::default(),
         }
     }
 }
@@ -143,6 +206,16 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
     oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
     oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
 ];
+
+/// How long a pull waits for the master's mirror to accept a connection.
+const MIRROR_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How far a signed tag answer's date may be from the node's clock (Pis
+/// have no RTC), as for every signed message.
+const TAG_CLOCK_WINDOW: Duration = Duration::from_secs(600);
+
+/// A tag answer is a small JSON object.
+const MAX_TAG_ANSWER: usize = 64 * 1024;
 
 /// Configs are small JSON; anything bigger is not one.
 const MAX_CONFIG_BYTES: u64 = 8 << 20;
@@ -360,6 +433,25 @@ impl ImageStore {
             }
         })?;
         let _lock = self.lock_shared()?;
+        let mut mirror_failure: Option<(String, RuntimeError)> = None;
+        if let Some(mirror) = options.mirror.get() {
+            match self
+                .pull_from_mirror(&mirror, &canonical, options, progress)
+                .await
+            {
+                Ok((mut info, mut stats)) => {
+                    stats.duration = started.elapsed();
+                    info.pulled = Some(stats);
+                    tracing::debug!(image = %canonical, mirror = %mirror.registry, "pulled from the master's mirror");
+                    return Ok(info);
+                }
+                Err(e @ RuntimeError::DiskFull { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(image = %canonical, mirror = %mirror.registry, error = %e, "the master's registry mirror did not provide the image; trying its registry");
+                    mirror_failure = Some((mirror.registry, e));
+                }
+            }
+        }
         let mut candidates: Vec<Option<&RegistryAuth>> =
             credentials_for(auth, name).into_iter().map(Some).collect();
         if candidates.is_empty() {
@@ -389,7 +481,14 @@ impl ImageStore {
                                 target.image, target.registry
                             ),
                         },
-                        other => other,
+                        other => match mirror_failure.take() {
+                            Some((mirror, m)) => RuntimeError::PullFailed {
+                                mirror,
+                                mirror_error: Box::new(m),
+                                registry: Box::new(other),
+                            },
+                            None => other,
+                        },
                     });
                 }
                 Ok((mut info, mut stats)) => {
@@ -402,9 +501,76 @@ impl ImageStore {
         unreachable!("there is always at least one candidate")
     }
 
+    /// One attempt at the master's mirror: the image under its canonical
+    /// name below the mirror's address, with the node's token.
+    async fn pull_from_mirror(
+        &self,
+        mirror: &RegistryMirror,
+        canonical: &str,
+        options: &PullOptions,
+        progress: &(dyn Fn(&PullEvent) + Send + Sync),
+    ) -> Result<(ImageInfo, PullStats), RuntimeError> {
+        let target = Target {
+            registry: mirror.registry.clone(),
+            image: canonical.to_string(),
+        };
+        // On the LAN: a master that is down should not hold every pull for
+        // the registry's connect timeout.
+        let lan = PullOptions {
+            connect_timeout: options.connect_timeout.min(MIRROR_CONNECT_TIMEOUT),
+            ..options.clone()
+        };
+        let credential = (mirror.credential)().map(|credential| RegistryAuth {
+            registry: mirror.registry.clone(),
+            credential,
+        });
+        let token = match credential.as_ref().map(|c| &c.credential) {
+            Some(Credential::Bearer(t)) => Some(t.as_str()),
+            _ => None,
+        };
+        // A tag is asked for by the digest the master signs for it.
+        let by_digest = match super::mirror::tag_path(canonical) {
+            Some(path) => {
+                let answer = fetch_tag(&target, &path, token, &lan).await?;
+                check_tag_answer(&target, mirror, &answer)?;
+                let ImageRef::Named { name, .. } = ImageRef::parse(canonical)? else {
+                    return Err(target.protocol("not a named reference".into()));
+                };
+                format!("{name}@{}", answer.digest)
+            }
+            None => canonical.to_string(),
+        };
+        let on_mirror = super::mirror::name_on_mirror(&mirror.registry, &by_digest)
+            .ok_or_else(|| target.protocol("the mirror cannot name this registry".into()))?;
+        let oci_ref: Reference = on_mirror.parse().map_err(|e: oci_client::ParseError| {
+            target.protocol(format!("cannot name the image on the mirror: {e}"))
+        })?;
+        let client = self.client_with(&target, true, &lan)?;
+        self.pull_with(
+            &client,
+            &oci_ref,
+            &oci_auth(credential.as_ref()),
+            &target,
+            options,
+            progress,
+        )
+        .await
+        .map_err(disk_full_or)
+    }
+
     fn client(&self, target: &Target, options: &PullOptions) -> Result<Client, RuntimeError> {
+        let insecure = is_insecure(&target.registry, &options.insecure_registries);
+        self.client_with(target, insecure, options)
+    }
+
+    fn client_with(
+        &self,
+        target: &Target,
+        plain_http: bool,
+        options: &PullOptions,
+    ) -> Result<Client, RuntimeError> {
         let mut insecure = Vec::new();
-        if is_insecure(&target.registry, &options.insecure_registries) {
+        if plain_http {
             insecure.push(target.registry.clone());
         }
         let config = ClientConfig {
@@ -428,7 +594,8 @@ impl ImageStore {
         options: &PullOptions,
         progress: &(dyn Fn(&PullEvent) + Send + Sync),
     ) -> Result<(ImageInfo, PullStats), RuntimeError> {
-        let (manifest_digest, manifest_bytes, manifest) =
+        let keep = self.keeps_layer_blobs();
+        let (manifest_digest, manifest_bytes, manifest, indexes) =
             resolve_manifest(client, oci_ref, auth, target, &options.platform).await?;
 
         // The config: small, fetched into memory, verified.
@@ -478,7 +645,7 @@ impl ImageStore {
         };
         for (index, (desc, diff_id)) in manifest.layers().iter().zip(&diff_ids).enumerate() {
             let dest = self.layer_dir(diff_id)?;
-            if dest.is_dir() {
+            if self.layer_complete(desc, diff_id, keep)? {
                 progress(&PullEvent::LayerPresent { index });
                 continue;
             }
@@ -492,6 +659,7 @@ impl ImageStore {
                     desc,
                     diff_id,
                     index,
+                    keep,
                     progress,
                 )
                 .await?
@@ -502,6 +670,12 @@ impl ImageStore {
             };
             stats.layers_fetched += 1;
             stats.bytes_fetched += fetched;
+            if dest.is_dir() {
+                // Only the blob was missing (a store that keeps them).
+                self.keep_blob(&blob, desc)?;
+                progress(&PullEvent::LayerDone { index });
+                continue;
+            }
             let tmp = self.tmp_path("layer");
             let unpacked = layer::unpack_blob(&blob.0, &tmp, Some(desc.digest().as_ref()), diff_id)
                 .map_err(|e| match e {
@@ -526,20 +700,36 @@ impl ImageStore {
                     return Err(io_err(format!("storing layer {}", dest.display()))(e));
                 }
             }
-            blob.discard();
+            if keep {
+                self.keep_blob(&blob, desc)?;
+            } else {
+                blob.discard();
+            }
             progress(&PullEvent::LayerDone { index });
         }
 
-        for (digest, bytes) in [
-            (&cdigest, &config_bytes),
-            (&manifest_digest, &manifest_bytes),
-        ] {
+        let mut blobs = vec![
+            (cdigest.clone(), config_bytes),
+            (manifest_digest.clone(), manifest_bytes),
+        ];
+        if keep {
+            // Bottom-up, so a stored index never names a missing manifest.
+            blobs.extend(indexes.iter().rev().cloned());
+        }
+        for (digest, bytes) in &blobs {
             let path = self.blob_path(digest)?;
             if !path.is_file() {
                 self.write_atomic(&path, bytes)?;
             }
         }
         self.write_ref(&target.image, &manifest_digest)?;
+        if keep {
+            // The mirror answers with the index for this reference, if any.
+            match indexes.first() {
+                Some((top, _)) => self.write_mirror_ref(&target.image, top)?,
+                None => self.remove_mirror_ref(&target.image)?,
+            }
+        }
         self.remove_placeholder(&manifest_digest)?;
         self.touch_used(&manifest_digest);
         let size = cdesc.size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
@@ -554,16 +744,40 @@ impl ImageStore {
         ))
     }
 
+    /// Whether a layer needs no fetching: unpacked, and its blob kept when
+    /// this store keeps them.
+    fn layer_complete(
+        &self,
+        desc: &Descriptor,
+        diff_id: &str,
+        keep: bool,
+    ) -> Result<bool, RuntimeError> {
+        Ok(self.layer_dir(diff_id)?.is_dir()
+            && (!keep || self.blob_path(desc.digest().as_ref())?.is_file()))
+    }
+
+    /// Moves a verified download into `blobs/` (a store that keeps them).
+    fn keep_blob(&self, blob: &Download, desc: &Descriptor) -> Result<(), RuntimeError> {
+        let dest = self.blob_path(desc.digest().as_ref())?;
+        if dest.is_file() {
+            blob.discard();
+            return Ok(());
+        }
+        fs::rename(&blob.0, &dest).map_err(io_err(format!("storing layer blob {}", desc.digest())))
+    }
+
     /// Streams one layer blob to its download file, resuming what an
     /// earlier attempt left, and checks its digest. Returns the complete,
     /// verified file and the bytes fetched now, or `None` when another pull
-    /// unpacked the layer while we waited for its download.
+    /// stored the layer while we waited for its download.
+    #[allow(clippy::too_many_arguments)]
     async fn download_layer(
         &self,
         remote: Remote<'_>,
         desc: &Descriptor,
         diff_id: &str,
         index: usize,
+        keep: bool,
         progress: &(dyn Fn(&PullEvent) + Send + Sync),
     ) -> Result<Option<(Download, u64)>, RuntimeError> {
         let Remote {
@@ -592,7 +806,7 @@ impl ImageStore {
             match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => {
                     // The previous holder may have finished the layer.
-                    if self.layer_dir(diff_id)?.is_dir() {
+                    if self.layer_complete(desc, diff_id, keep)? {
                         if locked.metadata().is_ok_and(|m| m.len() == 0) {
                             let _ = fs::remove_file(&path);
                         }
@@ -695,6 +909,110 @@ impl ImageStore {
     }
 }
 
+/// Asks the mirror for the signed digest of a tag (`path`: its
+/// [`tag_path`](super::mirror::tag_path)).
+async fn fetch_tag(
+    target: &Target,
+    path: &str,
+    token: Option<&str>,
+    options: &PullOptions,
+) -> Result<TagAnswer, RuntimeError> {
+    use http_body_util::BodyExt as _;
+    let what = "the tag's signed digest";
+    let stream = tokio::time::timeout(
+        options.connect_timeout,
+        tokio::net::TcpStream::connect(target.registry.as_str()),
+    )
+    .await
+    .map_err(|_| target.connection(format!("{what}: connecting timed out")))?
+    .map_err(|e| target.connection(format!("{what}: {e}")))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| target.connection(format!("{what}: {e}")))?;
+    // Drives the connection; it ends when the sender and response are gone.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, &target.registry);
+    if let Some(t) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| target.protocol(format!("{what}: {e}")))?;
+    let read = async {
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_TAG_ANSWER)
+            .collect()
+            .await
+            .map(|b| b.to_bytes());
+        Ok::<_, hyper::Error>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(options.read_timeout, read)
+        .await
+        .map_err(|_| target.connection(format!("{what}: no answer in time")))?
+        .map_err(|e| target.connection(format!("{what}: {e}")))?;
+    let body = body.map_err(|e| target.protocol(format!("{what}: {e}")))?;
+    let detail = || truncate(&String::from_utf8_lossy(&body), 200);
+    match status {
+        200 => serde_json::from_slice(&body)
+            .map_err(|e| target.protocol(format!("{what} is not one: {e}"))),
+        401 | 403 => Err(target.unauthorized(format!("HTTP {status} for {what}: {}", detail()))),
+        404 => Err(RuntimeError::RegistryNotFound {
+            registry: target.registry.clone(),
+            image: target.image.clone(),
+            detail: format!("HTTP 404 for {what}: {}", detail()),
+        }),
+        status => Err(RuntimeError::RegistryStatus {
+            registry: target.registry.clone(),
+            image: target.image.clone(),
+            status,
+            detail: format!("{what}: {}", detail()),
+        }),
+    }
+}
+
+/// The mirror's answer names the tag asked for, is signed by the master
+/// and dated within the clock window.
+fn check_tag_answer(
+    target: &Target,
+    mirror: &RegistryMirror,
+    answer: &TagAnswer,
+) -> Result<(), RuntimeError> {
+    let refuse = |why: String| target.protocol(format!("the tag's digest from the mirror: {why}"));
+    if answer.reference != target.image {
+        return Err(refuse(format!("it answers for {}", answer.reference)));
+    }
+    if !answer
+        .digest
+        .strip_prefix("sha256:")
+        .is_some_and(super::reference::is_sha256_hex)
+    {
+        return Err(refuse(format!(
+            "{:?} is not a sha256 digest",
+            answer.digest
+        )));
+    }
+    let signature: [u8; 64] = hex::decode(&answer.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| refuse("a malformed signature".into()))?;
+    let message = super::mirror::tag_message(&answer.reference, &answer.digest, answer.time);
+    if !(mirror.verify)(&message, &signature) {
+        return Err(refuse("not signed by the master's cluster key".into()));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let off = (now - answer.time).abs();
+    if off > TAG_CLOCK_WINDOW.as_secs() as i64 {
+        return Err(refuse(format!("dated {off}s away from this node's clock")));
+    }
+    Ok(())
+}
+
 /// Where blobs come from.
 struct Remote<'a> {
     client: &'a Client,
@@ -726,6 +1044,10 @@ fn hash_prefix(file: &mut fs::File, len: u64, hasher: &mut Sha256) -> io::Result
     Ok(())
 }
 
+/// What [`resolve_manifest`] found: the platform's manifest (digest, bytes,
+/// parsed) and the indexes it went through, `(digest, bytes)`, top first.
+type Resolved = (String, Vec<u8>, ImageManifest, Vec<(String, Vec<u8>)>);
+
 /// Fetches the manifest for `platform`, following an index (or a nested
 /// one) through [`select_platform`]; each step is checked against its digest.
 async fn resolve_manifest(
@@ -734,10 +1056,11 @@ async fn resolve_manifest(
     auth: &OciAuth,
     target: &Target,
     platform: &Platform,
-) -> Result<(String, Vec<u8>, ImageManifest), RuntimeError> {
+) -> Result<Resolved, RuntimeError> {
     let mut current = oci_ref.clone();
     let mut expected: Option<String> = None;
-    for _depth in 0..4 {
+    let mut indexes = Vec::new();
+    for _depth in 0..super::MAX_INDEX_DEPTH {
         let what = match &expected {
             Some(d) => format!("manifest {d}"),
             None => "manifest".to_string(),
@@ -766,7 +1089,7 @@ async fn resolve_manifest(
         if value.get("manifests").is_none() {
             let manifest = ImageManifest::from_reader(&bytes[..])
                 .map_err(|e| target.protocol(format!("{what} {digest}: {e}")))?;
-            return Ok((actual, bytes.to_vec(), manifest));
+            return Ok((actual, bytes.to_vec(), manifest, indexes));
         }
         let index = ImageIndex::from_reader(&bytes[..])
             .map_err(|e| target.protocol(format!("index {digest}: {e}")))?;
@@ -785,6 +1108,7 @@ async fn resolve_manifest(
             }
         })?;
         let d = descs[chosen].digest().to_string();
+        indexes.push((actual, bytes.to_vec()));
         current = oci_ref.clone_with_digest(d.clone());
         expected = Some(d);
     }

@@ -600,6 +600,10 @@ impl Runtime for LibcontainerRuntime {
         self.inner.images.collect_for_disk(&self.image_settings.gc)
     }
 
+    fn set_registry_mirror(&self, mirror: Option<super::RegistryMirror>) -> bool {
+        self.image_settings.pull.mirror.set(mirror)
+    }
+
     fn run_container(&self, config: &ContainerConfig) -> Result<ContainerInfo, RuntimeError> {
         self.create(config)
     }
