@@ -124,11 +124,11 @@ const POD_SPEC: &[&str] = &[
     "affinity.nodeAffinity",
     "tolerations",
     "hostname",
-    // Probes with exec, TCP, HTTP and gRPC handlers (HTTPS is not run:
-    // `httpGet.scheme` is allowed only at its default, below).
+    // Probes with exec, TCP, HTTP(S) and gRPC handlers.
     "containers[].livenessProbe.exec",
     "containers[].livenessProbe.tcpSocket",
     "containers[].livenessProbe.grpc",
+    "containers[].livenessProbe.httpGet.scheme",
     "containers[].livenessProbe.httpGet.path",
     "containers[].livenessProbe.httpGet.port",
     "containers[].livenessProbe.httpGet.host",
@@ -142,6 +142,7 @@ const POD_SPEC: &[&str] = &[
     "containers[].readinessProbe.exec",
     "containers[].readinessProbe.tcpSocket",
     "containers[].readinessProbe.grpc",
+    "containers[].readinessProbe.httpGet.scheme",
     "containers[].readinessProbe.httpGet.path",
     "containers[].readinessProbe.httpGet.port",
     "containers[].readinessProbe.httpGet.host",
@@ -154,6 +155,7 @@ const POD_SPEC: &[&str] = &[
     "containers[].startupProbe.exec",
     "containers[].startupProbe.tcpSocket",
     "containers[].startupProbe.grpc",
+    "containers[].startupProbe.httpGet.scheme",
     "containers[].startupProbe.httpGet.path",
     "containers[].startupProbe.httpGet.port",
     "containers[].startupProbe.httpGet.host",
@@ -170,6 +172,7 @@ const POD_SPEC: &[&str] = &[
     "containers[].lifecycle.postStart.httpGet.port",
     "containers[].lifecycle.postStart.httpGet.host",
     "containers[].lifecycle.postStart.httpGet.httpHeaders",
+    "containers[].lifecycle.postStart.httpGet.scheme",
     "containers[].lifecycle.postStart.tcpSocket",
     "containers[].lifecycle.postStart.sleep",
     "containers[].lifecycle.preStop.exec",
@@ -177,6 +180,7 @@ const POD_SPEC: &[&str] = &[
     "containers[].lifecycle.preStop.httpGet.port",
     "containers[].lifecycle.preStop.httpGet.host",
     "containers[].lifecycle.preStop.httpGet.httpHeaders",
+    "containers[].lifecycle.preStop.httpGet.scheme",
     "containers[].lifecycle.preStop.tcpSocket",
     "containers[].lifecycle.preStop.sleep",
     // Init containers, run in order before the app containers.
@@ -229,27 +233,6 @@ const POD_SPEC_DEFAULTS: &[(&str, KubeDefault)] = &[
     ("containers[].stdin", KubeDefault::Bool(false)),
     ("containers[].stdinOnce", KubeDefault::Bool(false)),
     ("containers[].tty", KubeDefault::Bool(false)),
-    // HTTP is what probes and hooks speak; HTTPS warns.
-    (
-        "containers[].livenessProbe.httpGet.scheme",
-        KubeDefault::Str("HTTP"),
-    ),
-    (
-        "containers[].readinessProbe.httpGet.scheme",
-        KubeDefault::Str("HTTP"),
-    ),
-    (
-        "containers[].startupProbe.httpGet.scheme",
-        KubeDefault::Str("HTTP"),
-    ),
-    (
-        "containers[].lifecycle.postStart.httpGet.scheme",
-        KubeDefault::Str("HTTP"),
-    ),
-    (
-        "containers[].lifecycle.preStop.httpGet.scheme",
-        KubeDefault::Str("HTTP"),
-    ),
 ];
 
 const REPLICASET_SPEC: &[&str] = &["replicas", "selector", "minReadySeconds"];
@@ -626,7 +609,6 @@ mod tests {
             check(&d),
             vec![
                 "metadata.finalizers: not implemented by Bramble, ignored",
-                "spec.template.spec.containers[0].startupProbe.httpGet.scheme: not implemented by Bramble, ignored",
                 "spec.template.spec.securityContext.seccompProfile: not implemented by Bramble, ignored",
             ]
         );

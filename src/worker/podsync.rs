@@ -1429,7 +1429,7 @@ mod tests {
     }
 
     #[test]
-    fn exec_probes_are_run_and_https_ones_are_not() {
+    fn exec_probes_are_run_and_empty_ones_are_not() {
         let mut p = pod("Always");
         let c = &mut p.spec.as_mut().unwrap().containers[0];
         c.readiness_probe = Some(Probe {
@@ -1440,10 +1440,8 @@ mod tests {
             ..Default::default()
         });
         c.liveness_probe = Some(Probe {
-            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
-                port: IntOrString::Int(443),
-                scheme: Some("HTTPS".into()),
-                ..Default::default()
+            exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                command: Some(vec![]),
             }),
             ..Default::default()
         });

@@ -6,9 +6,8 @@
 //! means.
 //!
 //! `grpc` probes call the standard health service (`grpc.health.v1.Health/
-//! Check`) over plaintext HTTP/2, as the kubelet does. HTTPS is not run:
-//! [`supported`] says so, and such probes act as if absent (their fields
-//! warn when applied).
+//! Check`) over plaintext HTTP/2, and HTTPS `httpGet` skips certificate
+//! checks, both as the kubelet does.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -61,7 +60,7 @@ pub fn supported(p: &Probe) -> bool {
             .is_some_and(|e| e.command.as_ref().is_some_and(|c| !c.is_empty()))
         || p.http_get
             .as_ref()
-            .is_some_and(|h| h.scheme.as_deref().unwrap_or("HTTP") == "HTTP")
+            .is_some_and(|h| matches!(h.scheme.as_deref(), None | Some("HTTP" | "HTTPS")))
 }
 
 /// A port as a probe names it: a number, or a container port's name.
@@ -120,11 +119,22 @@ async fn http(
         .clone()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "/".into());
-    let url = format!("http://{addr}{path}");
+    let tls = action.scheme.as_deref() == Some("HTTPS");
+    let url = format!("{}://{addr}{path}", if tls { "https" } else { "http" });
     let request = async {
-        let mut s = TcpStream::connect(addr)
+        let s = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("Get \"{url}\": dial tcp {addr}: {e}"))?;
+        let mut s: Box<dyn Stream> = if tls {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(insecure_tls())
+                .connect(name, s)
+                .await
+                .map_err(|e| format!("Get \"{url}\": {e}"))?;
+            Box::new(tls)
+        } else {
+            Box::new(s)
+        };
         let mut req = format!("GET {path} HTTP/1.1\r\n");
         let mut has_host = false;
         for h in action.http_headers.iter().flatten() {
@@ -167,6 +177,78 @@ async fn http(
         Err(_) => Err(format!(
             "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
         )),
+    }
+}
+
+/// A connection a probe speaks HTTP over, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The kubelet's HTTPS probes set `InsecureSkipVerify`: a pod's certificate
+/// names whatever the application chose, rarely its IP. The handshake's own
+/// signature is still checked, so the peer holds the key of the
+/// certificate it shows.
+fn insecure_tls() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("the aws-lc-rs provider supports the default TLS versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -597,6 +679,82 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("no port named"), "{err}");
+    }
+
+    /// An HTTPS server on loopback with a self-signed certificate for
+    /// another name (as pods' certificates are), answering `status` once.
+    async fn https_server(status: u16) -> (u16, tokio::task::JoinHandle<String>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=web.example"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl runs (scripts/deps installs it)");
+        assert!(out.status.success(), "{out:?}");
+        let certs = CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = acceptor.accept(s).await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let _ = s.shutdown().await;
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (port, h)
+    }
+
+    #[tokio::test]
+    async fn https_probe_skips_certificate_checks_as_the_kubelet_does() {
+        let lo = target();
+        let c = container();
+        let probe = |port: u16| Probe {
+            http_get: Some(HTTPGetAction {
+                port: IntOrString::Int(i32::from(port)),
+                path: Some("/healthz".into()),
+                scheme: Some("HTTPS".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(supported(&probe(443)));
+        let (port, req) = https_server(200).await;
+        check(&probe(port), &c, &lo).await.unwrap();
+        assert!(req.await.unwrap().starts_with("GET /healthz HTTP/1.1\r\n"));
+        let (port, _) = https_server(500).await;
+        let err = check(&probe(port), &c, &lo).await.unwrap_err();
+        assert_eq!(err, "HTTP probe failed with statuscode: 500");
+        // A plain HTTP server behind an HTTPS probe: a failed handshake.
+        let (port, _) = server(200).await;
+        let err = check(&probe(port), &c, &lo).await.unwrap_err();
+        assert!(
+            err.starts_with(&format!("Get \"https://127.0.0.1:{port}/healthz\": ")),
+            "{err}"
+        );
     }
 
     /// A gRPC health server on loopback: every call is answered with
