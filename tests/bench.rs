@@ -1,7 +1,9 @@
-//! `bramble bench --quick` runs to the end: every figure on Bramble's side,
-//! and on the peers' side (Docker, Swarm, crun) where they can be installed
-//! and started — otherwise the report says "peer skipped: why". Asserts the
-//! shape of the report and that the peers left nothing behind; never a time.
+//! `bramble bench --quick` runs to the end: every figure on Bramble's side
+//! (the idle ones for `bramble up` and for a split cluster's worker and
+//! master), and on the peers' side (Docker, Swarm, crun) where they can be
+//! installed and started — otherwise the report says "peer skipped: why".
+//! Asserts the shape of the report and that the peers left nothing behind;
+//! never a time.
 
 use std::path::Path;
 use std::process::Command;
@@ -69,6 +71,25 @@ fn quick_bench_runs_to_the_end() {
             figures.iter().any(|f| f.starts_with(expected)),
             "no {expected:?} row in {figures:?}\n{stderr}"
         );
+    }
+    // Every idle figure has a row for each Bramble setup: the one-process
+    // `up`, and the worker and the master of a split cluster.
+    for figure in ["idle memory: RSS", "idle CPU", "disk written while idle"] {
+        let setups: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["figure"].as_str().unwrap().starts_with(figure))
+            .map(|r| r["bramble_setup"].as_str().unwrap())
+            .collect();
+        for role in [
+            "`bramble up`",
+            "`bramble worker` alone",
+            "`bramble master` alone",
+        ] {
+            assert!(
+                setups.iter().any(|s| s.starts_with(role)),
+                "no {role} row for {figure:?}: {setups:?}"
+            );
+        }
     }
     let notes: Vec<&str> = report["notes"]
         .as_array()

@@ -1,5 +1,6 @@
-//! Bramble's side: a one-machine cluster (`bramble up` as a child process of
-//! this binary) with a bridge, address block, ports and data directory no
+//! Bramble's side: clusters on this host, each a child process of this
+//! binary (`bramble up`), or two (`bramble master` and a `bramble worker`
+//! joined to it), with a bridge, address block, ports and data directories no
 //! other cluster or test uses, taken down (`bramble down --purge`) on drop;
 //! and an in-process client for polling pods without a CLI process per look.
 //!
@@ -11,7 +12,7 @@ use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
@@ -74,100 +75,334 @@ impl Drop for NetLease {
     }
 }
 
+/// One process of a bench cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `bramble up`: broker, master and worker in one process.
+    Up,
+    /// `bramble master` without a worker: broker and master.
+    Master,
+    /// `bramble worker`, joined to the master of the same cluster.
+    Worker,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Up => "up",
+            Role::Master => "master",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// A `bramble` child process with its data dir and log.
+struct Agent {
+    role: Role,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn spawn(
+        exe: &Path,
+        dir: &Path,
+        role: Role,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Agent, BenchError> {
+        let data_dir = dir.join(format!("{}-data", role.name()));
+        let log = dir.join(format!("{}.log", role.name()));
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io_err(&log))?;
+        let err = out.try_clone().map_err(io_err(&log))?;
+        let child = Command::new(exe)
+            .arg(role.name())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            // Ctrl-C reaches only the bench, which stops the agents in order.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io_err(exe))?;
+        Ok(Agent {
+            role,
+            data_dir,
+            log,
+            child: Some(child),
+        })
+    }
+
+    /// How the process ended, if it has.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok()?
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then SIGKILL after 20 s.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A bench cluster on this host: one `bramble up` process ([`start`]), or a
+/// `bramble master` and a `bramble worker` joined to it ([`start_split`]),
+/// what every Pi but the master runs.
+///
+/// Several can run side by side on the host's network namespace: each has
+/// its own bridge (and so its own nftables table), address block (pod CIDR,
+/// ClusterIPs, the DNS address its agent binds port 53 on), broker port,
+/// data dir (and so `/run/bramble/<id>` and cgroups), and one node, so no
+/// host-gw routes. What they would share is the NodePort range: a Service
+/// given no `nodePort` could get the same port in two clusters, so the
+/// bench always names one ([`free_node_port`]).
+///
+/// [`start`]: LocalCluster::start
+/// [`start_split`]: LocalCluster::start_split
 pub struct LocalCluster {
     pub exe: PathBuf,
     pub dir: PathBuf,
-    pub data_dir: PathBuf,
     pub config: PathBuf,
     pub bridge: String,
-    pub log: PathBuf,
-    child: Option<Child>,
+    pub node_name: String,
+    /// In start order; stopped in reverse.
+    agents: Vec<Agent>,
     net: NetLease,
 }
 
 impl LocalCluster {
-    /// Starts `bramble up` under `dir` and waits until the CLI gets an answer.
-    pub fn start(exe: &Path, dir: &Path, tag: &str) -> Result<LocalCluster, BenchError> {
+    fn new(exe: &Path, dir: &Path, tag: &str) -> Result<LocalCluster, BenchError> {
         let net = NetLease::take()?;
-        let port = free_port()?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut c = LocalCluster {
+        Ok(LocalCluster {
             exe: exe.to_path_buf(),
             dir: dir.to_path_buf(),
-            data_dir: dir.join("data"),
             config: dir.join("config.toml"),
             bridge: format!("bt{tag}"),
-            log: dir.join("up.log"),
-            child: None,
+            node_name: format!("bench-{tag}"),
+            agents: Vec::new(),
             net,
-        };
-        let octet = c.net.octet;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&c.log)
-            .map_err(io_err(&c.log))?;
-        let log2 = log.try_clone().map_err(io_err(&c.log))?;
-        let child = Command::new(exe)
-            .arg("up")
-            .arg("--data-dir")
-            .arg(&c.data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--bridge", &c.bridge])
-            .args(["--node-name", &format!("bench-{tag}")])
-            .args(["--cluster-cidr", &format!("10.{octet}.0.0/17")])
-            .args(["--service-cidr", &format!("10.{octet}.128.0/24")])
+        })
+    }
+
+    fn master_args(&self, port: u16) -> Vec<String> {
+        let octet = self.net.octet;
+        vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--cluster-cidr".into(),
+            format!("10.{octet}.0.0/17"),
+            "--service-cidr".into(),
+            format!("10.{octet}.128.0/24"),
+        ]
+    }
+
+    fn node_args(&self) -> Vec<String> {
+        vec![
+            "--bridge".into(),
+            self.bridge.clone(),
+            "--node-name".into(),
+            self.node_name.clone(),
             // The bench's images are imported, not pullable: a shared disk
             // filling up for a moment must not collect them mid-run.
-            .args(["--image-gc-high-threshold", "100"])
-            .env("BRAMBLE_CONFIG", &c.config)
-            .env_remove("RUST_LOG")
-            // Ctrl-C reaches only the bench, which stops the agent in order.
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(io_err(exe))?;
-        c.child = Some(child);
+            "--image-gc-high-threshold".into(),
+            "100".into(),
+        ]
+    }
+
+    /// Waits until `check` holds, failing early if an agent exits.
+    fn wait(
+        &mut self,
+        what: &str,
+        check: impl Fn(&LocalCluster) -> bool,
+    ) -> Result<(), BenchError> {
         wait_until(
-            "bramble up to answer",
+            what,
             Duration::from_secs(60),
             Duration::from_millis(100),
             || {
-                if let Some(Ok(Some(status))) = c.child.as_mut().map(|ch| ch.try_wait()) {
+                if let Some((role, status)) = self
+                    .agents
+                    .iter_mut()
+                    .find_map(|a| Some((a.role, a.exited()?)))
+                {
                     return Err(BenchError::Cluster(format!(
-                        "bramble up exited ({status})\n{}",
-                        c.log_tail()
+                        "bramble {} exited ({status})\n{}",
+                        role.name(),
+                        self.log_tail()
                     )));
                 }
-                let answered =
-                    c.config.exists() && c.cli(&["get", "nodes"]).is_ok_and(|o| o.status.success());
-                Ok(answered.then_some(()))
+                Ok(check(self).then_some(()))
             },
+        )
+        .map_err(|e| match e {
+            BenchError::Timeout { what, seconds } => BenchError::Timeout {
+                what: format!("{what}\n{}", self.log_tail()),
+                seconds,
+            },
+            e => e,
+        })
+    }
+
+    fn answers(&self) -> bool {
+        self.config.exists()
+            && self
+                .cli(&["get", "nodes"])
+                .is_ok_and(|o| o.status.success())
+    }
+
+    /// Starts `bramble up` under `dir` and waits until the CLI gets an answer.
+    pub fn start(exe: &Path, dir: &Path, tag: &str) -> Result<LocalCluster, BenchError> {
+        let mut c = LocalCluster::new(exe, dir, tag)?;
+        let mut args = c.master_args(free_port()?);
+        args.extend(c.node_args());
+        let config = c.config.display().to_string();
+        c.agents.push(Agent::spawn(
+            exe,
+            dir,
+            Role::Up,
+            &args,
+            &[("BRAMBLE_CONFIG", &config)],
+        )?);
+        c.wait("bramble up to answer", LocalCluster::answers)?;
+        Ok(c)
+    }
+
+    /// Starts `bramble master` (no worker) and a `bramble worker` joined to
+    /// it with the master's `join-token`, each with its own data dir, and
+    /// waits until the worker's node is Ready. `prepare` runs on the
+    /// worker's layout before the worker starts (to put images in its store).
+    pub fn start_split(
+        exe: &Path,
+        dir: &Path,
+        tag: &str,
+        prepare: impl FnOnce(&Layout) -> Result<(), BenchError>,
+    ) -> Result<LocalCluster, BenchError> {
+        let mut c = LocalCluster::new(exe, dir, tag)?;
+        let port = free_port()?;
+        let args = c.master_args(port);
+        let config = c.config.display().to_string();
+        c.agents.push(Agent::spawn(
+            exe,
+            dir,
+            Role::Master,
+            &args,
+            &[("BRAMBLE_CONFIG", &config)],
+        )?);
+        let token_file = c.agents[0].data_dir.join("join-token");
+        c.wait("bramble master to answer", |c| {
+            token_file.exists() && c.answers()
+        })?;
+        let token = std::fs::read_to_string(&token_file).map_err(io_err(&token_file))?;
+        let worker_dir = dir.join(format!("{}-data", Role::Worker.name()));
+        prepare(&Layout::new(&worker_dir)?)?;
+        let mut args = vec!["--broker".into(), format!("mqtt://127.0.0.1:{port}")];
+        args.extend(c.node_args());
+        // In the environment, not on the command line `ps` shows.
+        c.agents.push(Agent::spawn(
+            exe,
+            dir,
+            Role::Worker,
+            &args,
+            &[("BRAMBLE_JOIN_TOKEN", token.trim())],
+        )?);
+        c.wait(
+            "bramble worker to join and be Ready",
+            LocalCluster::node_ready,
         )?;
         Ok(c)
     }
 
-    /// The agent's pid (broker, master and worker).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
+    /// This cluster's node reports Ready.
+    fn node_ready(&self) -> bool {
+        let Ok(out) = self.cli(&["get", "node", &self.node_name, "-o", "json"]) else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        out.status.success()
+            && v["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
     }
 
+    /// The process running this cluster's node (its pods are its children):
+    /// the `bramble up` process, or the worker of a split cluster.
+    pub fn pid(&self) -> u32 {
+        self.pid_of(Role::Up)
+            .or_else(|| self.pid_of(Role::Worker))
+            .unwrap_or(0)
+    }
+
+    /// The process playing `role`, if this cluster has one.
+    pub fn pid_of(&self, role: Role) -> Option<u32> {
+        self.agents
+            .iter()
+            .find(|a| a.role == role)
+            .and_then(Agent::pid)
+    }
+
+    /// The data dir of the process running the node (its image store).
+    fn node_data_dir(&self) -> &Path {
+        self.agents
+            .iter()
+            .find(|a| a.role != Role::Master)
+            .or(self.agents.first())
+            .map(|a| a.data_dir.as_path())
+            .unwrap_or(&self.dir)
+    }
+
+    /// The node's data layout (where its images go).
     pub fn layout(&self) -> Result<Layout, BenchError> {
-        Ok(Layout::new(&self.data_dir)?)
+        Ok(Layout::new(self.node_data_dir())?)
+    }
+
+    /// Each process's log file, with a name (`up.log`, `master.log`, …).
+    pub fn logs(&self) -> Vec<(PathBuf, String)> {
+        self.agents
+            .iter()
+            .map(|a| (a.log.clone(), format!("{}.log", a.role.name())))
+            .collect()
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        // The embedded broker's connection chatter says nothing about pods.
-        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("rumqttd")).collect();
-        format!(
-            "--- last lines of bramble up ---\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
+        let mut out = Vec::new();
+        for a in &self.agents {
+            let text = std::fs::read_to_string(&a.log).unwrap_or_default();
+            // The embedded broker's connection chatter says nothing about pods.
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("rumqttd")).collect();
+            out.push(format!(
+                "--- last lines of bramble {} ---\n{}",
+                a.role.name(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
+        }
+        out.join("\n")
     }
-
     /// The CLI against this cluster, as a user runs it.
     pub fn command(&self) -> Command {
         let mut c = Command::new(&self.exe);
@@ -203,33 +438,32 @@ impl LocalCluster {
         Ok(file)
     }
 
-    /// Stops the agent and removes everything it made; returns what failed.
+    /// Stops the agents (the worker before its master) and removes
+    /// everything they made; returns what failed.
     pub fn shutdown(&mut self) -> Vec<String> {
         let mut remains = Vec::new();
-        let Some(mut child) = self.child.take() else {
+        if self.agents.iter().all(|a| a.child.is_none()) {
             return remains;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        match Command::new(&self.exe)
-            .args(["down", "--purge", "--data-dir"])
-            .arg(&self.data_dir)
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => remains.push(format!(
-                "bramble down failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => remains.push(format!("bramble down did not run: {e}")),
+        for a in self.agents.iter_mut().rev() {
+            a.stop();
+        }
+        for a in self.agents.iter().rev() {
+            match Command::new(&self.exe)
+                .args(["down", "--purge", "--data-dir"])
+                .arg(&a.data_dir)
+                .output()
+            {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => remains.push(format!(
+                    "bramble down ({}) failed: {}",
+                    a.role.name(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => {
+                    remains.push(format!("bramble down ({}) did not run: {e}", a.role.name()))
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         remains

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
-use super::cluster::{Api, LocalCluster, PodView, free_node_port};
+use super::cluster::{Api, LocalCluster, PodView, Role, free_node_port};
 use super::docker::{DockerEngine, wait_tasks};
 use super::image::{SERVE_BINARY, import_into_bramble, libraries, rootfs_tar, stripped_self};
 use super::procfs::{self, IdleCost, Usage};
@@ -92,6 +92,45 @@ fn kill9(pid: u32) {
     );
 }
 
+/// Waits until `n` pods of `app` run (and none of them is being deleted).
+fn wait_running(
+    api: &mut Api,
+    cluster: &LocalCluster,
+    app: &str,
+    n: usize,
+    limit: Duration,
+) -> Result<(), BenchError> {
+    let what = format!("{n} running pods of {app}");
+    let selector = format!("app={app}");
+    wait_until(&what, limit, Duration::from_millis(10), || {
+        let pods = api.pods(&selector)?;
+        Ok((pods.iter().filter(|p| p.running && !p.deleting).count() == n).then_some(()))
+    })
+    .map_err(|e| with_log(cluster, e))
+}
+
+/// Adds the cluster's last log lines to a timeout.
+fn with_log(cluster: &LocalCluster, e: BenchError) -> BenchError {
+    match e {
+        BenchError::Timeout { what, seconds } => BenchError::Timeout {
+            what: format!("{what}\n{}", cluster.log_tail()),
+            seconds,
+        },
+        e => e,
+    }
+}
+
+/// Copies the cluster's logs to `dir` as `bramble-bench-{tag}-{name}`
+/// before its scratch directory goes, so a failure can be read afterwards.
+fn keep_logs(cluster: &LocalCluster, dir: &Path, tag: &str) {
+    for (from, name) in cluster.logs() {
+        let to = dir.join(format!("bramble-bench-{tag}-{name}"));
+        if std::fs::copy(&from, &to).is_ok() {
+            eprintln!("bench: kept {}", to.display());
+        }
+    }
+}
+
 /// Removes the scratch directory at the end, whatever happened.
 struct Scratch(PathBuf);
 
@@ -108,6 +147,11 @@ struct Bench<'a> {
     tools: &'a Tools,
     cluster: &'a LocalCluster,
     api: Api,
+    handle: Handle,
+    /// For the demo image in the split cluster's worker.
+    busybox: PathBuf,
+    /// Where a failed run's logs are kept (`--work-dir`).
+    keep_dir: PathBuf,
     docker: Option<DockerEngine>,
     /// Why there is no Docker peer (or no Swarm, once `swarm_init` failed).
     docker_why: String,
@@ -146,25 +190,12 @@ impl Bench<'_> {
     }
 
     fn wait_running(&mut self, app: &str, n: usize, limit: Duration) -> Result<(), BenchError> {
-        let what = format!("{n} running pods of {app}");
-        let api = &mut self.api;
-        let selector = format!("app={app}");
-        wait_until(&what, limit, Duration::from_millis(10), || {
-            let pods = api.pods(&selector)?;
-            Ok((pods.iter().filter(|p| p.running && !p.deleting).count() == n).then_some(()))
-        })
-        .map_err(|e| self.with_log(e))
+        wait_running(&mut self.api, self.cluster, app, n, limit)
     }
 
     /// Adds the agent's last log lines to a timeout.
     fn with_log(&self, e: BenchError) -> BenchError {
-        match e {
-            BenchError::Timeout { what, seconds } => BenchError::Timeout {
-                what: format!("{what}\n{}", self.cluster.log_tail()),
-                seconds,
-            },
-            e => e,
-        }
+        with_log(self.cluster, e)
     }
 
     fn start(&mut self) -> Result<(), BenchError> {
@@ -270,16 +301,48 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// The idle figures for three Bramble setups in one window: the `up`
+    /// cluster, and the worker and the master of a split cluster started
+    /// for this figure alone, each with `n` idle pods on its node; against
+    /// Docker with `n` idle containers.
     fn idle(&mut self) -> Result<(), BenchError> {
         let n = self.s.idle_pods;
-        let window = self.s.idle_window;
         eprintln!(
-            "bench: idle cost with {n} idle pods, {} s window",
-            window.as_secs()
+            "bench: idle cost with {n} idle pods, {} s window; starting a split cluster (bramble master + bramble worker)",
+            self.s.idle_window.as_secs()
         );
         let yaml = deployment("bench-idle", n, DEMO_IMAGE, &["sleep", "3600"]);
         self.cluster.apply("bench-idle", &yaml)?;
-        self.wait_running("bench-idle", n, 2 * MINUTE)?;
+        let busybox = self.busybox.clone();
+        let mut split = LocalCluster::start_split(
+            &self.cluster.exe,
+            &self.scratch.join("split"),
+            &format!("{}s", self.tag),
+            |layout| {
+                build_demo_image(&ImageStore::open(&layout.images())?, &busybox)?;
+                Ok(())
+            },
+        )?;
+        let result = self.idle_with(&split, &yaml);
+        if result.is_err() {
+            keep_logs(&split, &self.keep_dir, &format!("{}-split", self.tag));
+        }
+        self.report.left_behind.extend(split.shutdown());
+        result?;
+        self.cluster.ok(&["delete", "deployment", "bench-idle"])?;
+        let _ = self.on_docker(false, |d| {
+            let names: Vec<String> = (0..n).map(|i| format!("bench-idle-{i}")).collect();
+            let mut args = vec!["rm", "-f"];
+            args.extend(names.iter().map(String::as_str));
+            d.ok(&args).map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    fn idle_with(&mut self, split: &LocalCluster, yaml: &str) -> Result<(), BenchError> {
+        let n = self.s.idle_pods;
+        let window = self.s.idle_window;
+        split.apply("bench-idle", yaml)?;
         let started = self.on_docker(false, |d| {
             for i in 0..n {
                 d.ok(&[
@@ -294,27 +357,53 @@ impl Bench<'_> {
             }
             Ok(())
         })?;
-        // Nothing talks to either side during the window.
+        self.wait_running("bench-idle", n, 2 * MINUTE)?;
+        let mut split_api = Api::new(self.handle.clone(), split)?;
+        wait_running(&mut split_api, split, "bench-idle", n, 2 * MINUTE)?;
+        // Nothing talks to any side during the window.
+        split_api.disconnect();
         self.api.disconnect();
         pause(self.s.settle)?;
-        let bramble_set = BTreeSet::from([self.cluster.pid()]);
+        let pids = |pid: Option<u32>| BTreeSet::from_iter(pid);
+        let sets = [
+            BTreeSet::from([self.cluster.pid()]),
+            pids(split.pid_of(Role::Worker)),
+            pids(split.pid_of(Role::Master)),
+        ];
         let docker_set = match (&started, &self.docker) {
             (Ok(()), Some(d)) => d.processes(),
             _ => BTreeSet::new(),
         };
-        let (b0, d0) = (Usage::of(&bramble_set), Usage::of(&docker_set));
+        let before: Vec<Usage> = sets.iter().map(Usage::of).collect();
+        let d0 = Usage::of(&docker_set);
         let t = Instant::now();
         pause(window)?;
-        let (b1, d1) = (Usage::of(&bramble_set), Usage::of(&docker_set));
+        let after: Vec<Usage> = sets.iter().map(Usage::of).collect();
+        let d1 = Usage::of(&docker_set);
         let seconds = t.elapsed().as_secs_f64();
-        let b = IdleCost::between(&b0, &b1, seconds);
+        let bramble: Vec<IdleCost> = before
+            .iter()
+            .zip(&after)
+            .map(|(b0, b1)| IdleCost::between(b0, b1, seconds))
+            .collect();
+        if let Some(i) = after.iter().position(|u| u.processes != 1) {
+            return Err(BenchError::Cluster(format!(
+                "bramble process {i} of the idle figure is gone\n{}",
+                split.log_tail()
+            )));
+        }
         let d: Result<IdleCost, String> = match started {
             Ok(()) if d1.processes > 0 => Ok(IdleCost::between(&d0, &d1, seconds)),
             Ok(()) => Err("no dockerd processes found".into()),
             Err(why) => Err(why),
         };
-        let bramble_setup =
-            format!("`bramble up` (broker + master + worker, one process), {n} idle pods");
+        let bramble_setups = [
+            format!("`bramble up` (broker + master + worker, one process), {n} idle pods"),
+            format!("`bramble worker` alone (joined to a `bramble master`), {n} idle pods"),
+            format!(
+                "`bramble master` alone (broker + master, no worker); its worker runs {n} idle pods"
+            ),
+        ];
         let peer_setup = match &d {
             Ok(c) => format!(
                 "dockerd + containerd + {} shims ({} processes), {n} idle containers",
@@ -342,25 +431,20 @@ impl Bench<'_> {
             } else {
                 figure.to_string()
             };
-            self.report.push(Row::new(
-                figure,
-                unit,
-                &bramble_setup,
-                Outcome::Measured(Summary::one(get(&b))),
-                &peer_setup,
-                match &d {
-                    Ok(c) => Outcome::Measured(Summary::one(get(c))),
-                    Err(why) => Outcome::Skipped(why.clone()),
-                },
-            ));
+            for (setup, cost) in bramble_setups.iter().zip(&bramble) {
+                self.report.push(Row::new(
+                    &figure,
+                    unit,
+                    setup,
+                    Outcome::Measured(Summary::one(get(cost))),
+                    &peer_setup,
+                    match &d {
+                        Ok(c) => Outcome::Measured(Summary::one(get(c))),
+                        Err(why) => Outcome::Skipped(why.clone()),
+                    },
+                ));
+            }
         }
-        self.cluster.ok(&["delete", "deployment", "bench-idle"])?;
-        let _ = self.on_docker(false, |d| {
-            let names: Vec<String> = (0..n).map(|i| format!("bench-idle-{i}")).collect();
-            let mut args = vec!["rm", "-f"];
-            args.extend(names.iter().map(String::as_str));
-            d.ok(&args).map(|_| ())
-        })?;
         Ok(())
     }
 
@@ -996,7 +1080,7 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
         }
         _ => None,
     };
-    let api = Api::new(handle, &cluster)?;
+    let api = Api::new(handle.clone(), &cluster)?;
     let mut bench = Bench {
         s,
         tag,
@@ -1004,6 +1088,9 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
         tools: &tools,
         cluster: &cluster,
         api,
+        handle,
+        busybox: args.busybox.clone(),
+        keep_dir: args.work_dir.clone(),
         docker,
         docker_why,
         swarm_why: None,
@@ -1026,15 +1113,12 @@ pub fn run_all(args: &Args, handle: Handle) -> Result<Report, BenchError> {
     bench.api.disconnect();
     if result.is_err() {
         // The scratch directory goes; the logs that explain the failure stay.
-        let mut logs = vec![(cluster.log.clone(), "up.log")];
+        keep_logs(&cluster, &args.work_dir, &bench.tag);
         if let Some(d) = &bench.docker {
-            logs.push((d.log.clone(), "dockerd.log"));
-        }
-        for (from, name) in logs {
             let to = args
                 .work_dir
-                .join(format!("bramble-bench-{}-{name}", bench.tag));
-            if std::fs::copy(&from, &to).is_ok() {
+                .join(format!("bramble-bench-{}-dockerd.log", bench.tag));
+            if std::fs::copy(&d.log, &to).is_ok() {
                 eprintln!("bench: kept {}", to.display());
             }
         }
@@ -1056,7 +1140,7 @@ fn notes(report: &mut Report) {
     for n in [
         "Ratio: Bramble's median ÷ the peer's (below 1 is Bramble faster or smaller, except throughput, where above 1 is Bramble faster).",
         "Start: Bramble's clock runs from spawning `bramble apply` (a new CLI process, its MQTT connection, the signed round trip) until a `get` shows the pod Running and Ready, so it includes scheduling, the pod's network (veth, IP) and the runtime; `crun run -d` is create + start with no network; `docker run -d` returns once the container started on the default bridge.",
-        "Idle: the same idle window for both sides; container processes themselves are not counted on either side. Bramble's one process also holds the MQTT broker. Docker runs without Swarm for this figure. A worker alone (`bramble worker`) comes with issue 7; until then only the whole one-machine cluster is measured.",
+        "Idle: the same idle window for every side; container processes themselves are not counted on any side. Three Bramble setups in that one window, each node with its own idle pods: `bramble up` (one process holding the MQTT broker, the master and the worker), and a split cluster on the same host, a `bramble worker` (what every Pi but the master runs) joined to a `bramble master` (broker and master, no worker of its own), each process counted alone. Each row's ratio is against the same Docker figure. Docker runs without Swarm for this figure. PSS splits the pages of the `bramble` binary among every process mapping it (here the bench itself, `up`, the master and the worker), so a lone worker on a Pi has a larger PSS than its row shows; its RSS and the anonymous part of its PSS do not depend on that.",
         "Killed → serving: SIGKILL to the container's init, then plain HTTP GETs until one is answered. Bramble restarts the container in place (a pod's first restart is immediate; later ones back off 10 s, 20 s, … like the kubelet, so each run uses a fresh pod); Swarm replaces the task with a new container after its restart delay.",
         "Swarm publishes ports in host mode: its ingress routing mesh needs IPVS, which this kernel lacks.",
         "Throughput: the same keep-alive server (`bramble __bench-serve`, this binary in the demo rootfs) on both sides, one replica; the Bramble pod requests one CPU (cpu.shares 1024, like a Docker container), wrk runs on the host, targets interleaved.",
