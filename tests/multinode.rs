@@ -324,7 +324,8 @@ fn cross_node_traffic(c: &TestCluster) {
     );
 }
 
-/// A node's key speaks for that node only: w1 reporting for w2 is dropped.
+/// A node's key speaks for that node only: w1 reporting for w2 is dropped,
+/// and so is an admin command signed by w1's key.
 fn forged_status_is_dropped(c: &TestCluster) {
     use bramble::transport::envelope::{MASTER_ID, node_id};
     use bramble::transport::messages::{NodeFacts, NodeReport};
@@ -358,19 +359,47 @@ fn forged_status_is_dropped(c: &TestCluster) {
                 .await
                 .unwrap();
         }
+        // An admin command (delete the web Deployment) signed by w1's key,
+        // as the node and as an admin id of that key: neither runs.
+        use bramble::transport::messages::{Command, DeleteRequest, Request};
+        let cmd_topic = topics.cmd("delete");
+        let cmd = Command {
+            id: 1,
+            reply_to: topics.reply("forger"),
+            reply_as: "client:forger".into(),
+            request: Request::Delete(DeleteRequest {
+                kind: bramble::api::Kind::Deployment,
+                namespace: "default".into(),
+                names: vec!["web".into()],
+                selector: None,
+                all: false,
+                propagation: None,
+                dry_run: false,
+            }),
+        };
+        let as_admin = bramble::transport::envelope::admin_id(&key.public());
+        for id in [node_id("w1"), as_admin] {
+            let sealer = Sealer::new(key.clone(), id);
+            mqtt.publish(&cmd_topic, sealer.seal(&cmd_topic, MASTER_ID, &cmd), false)
+                .await
+                .unwrap();
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         mqtt.disconnect().await;
     });
     c.wait_for(
-        "the master logging both forgeries",
+        "the master logging every forgery",
         Duration::from_secs(10),
         || {
             let log = c.master.log();
-            log.contains("node:w1 reporting for node w2") && log.contains("bad signature")
+            log.contains("node:w1 reporting for node w2")
+                && log.contains("bad signature")
+                && log.contains("node:w1 may not issue commands")
         },
     );
     assert!(c.node_ready("w2"), "w2 is untouched");
     assert_eq!(nodes_of(&c.running_ready("app=web"))["w2"], 2);
+    assert_eq!(c.json(&["get", "deployment", "web"])["spec"]["replicas"], 6);
 }
 
 /// A token deleted (revoked) on the master joins nothing, with a clear error.
