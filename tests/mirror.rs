@@ -21,35 +21,8 @@ use bramble::runtime::images::{PullEvent, PullOptions};
 use bramble::runtime::{Credential, ImageStore, Platform, RegistryMirror, RuntimeError};
 use bramble::store::Store;
 use bramble::transport::{KeyPair, PublicKey, mirror_token};
-use common::registry::{Layout, Registry, busybox_layer, digest, hex_of, noise_layer};
+use common::registry::{Env, Layout, Registry, busybox_layer, count, digest, hex_of, noise_layer};
 use tokio::sync::watch;
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::Builder::new()
-                .prefix("bramble-mirror-")
-                .tempdir_in("/tmp")
-                .unwrap(),
-        }
-    }
-
-    fn store(&self, name: &str) -> ImageStore {
-        ImageStore::open(&self.dir.path().join(name)).unwrap()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-fn count(store: &ImageStore, sub: &str) -> usize {
-    std::fs::read_dir(store.root().join(sub)).unwrap().count()
-}
 
 /// A running mirror over a master store that keeps blobs, serving the
 /// registered node `w1`.
@@ -280,7 +253,7 @@ async fn request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_speaks_the_distribution_api() {
-    let env = Env::new();
+    let env = Env::new("bramble-mirror-");
     let m = start_mirror(&env).await;
     let image = multi_arch(&env, "bramble.local/multi:v1");
     let imported = m.images.import_archive(&image.archive).unwrap();
@@ -490,7 +463,7 @@ async fn endpoint_speaks_the_distribution_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_pull_each_platform_from_the_mirror() {
-    let env = Env::new();
+    let env = Env::new("bramble-mirror-");
     let m = start_mirror(&env).await;
     let image = multi_arch(&env, "bramble.local/multi:v1");
     m.images.import_archive(&image.archive).unwrap();
@@ -544,7 +517,7 @@ async fn workers_pull_each_platform_from_the_mirror() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_blob_is_refused_and_nothing_stored() {
-    let env = Env::new();
+    let env = Env::new("bramble-mirror-");
     let m = start_mirror(&env).await;
     let image = multi_arch(&env, "bramble.local/multi:v1");
     m.images.import_archive(&image.archive).unwrap();
@@ -602,7 +575,7 @@ async fn a_tampered_blob_is_refused_and_nothing_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_image_on_the_mirror_pulls_fall_back_to_its_registry() {
-    let env = Env::new();
+    let env = Env::new("bramble-mirror-");
     let reg = Registry::start(None);
     let host = Platform::host();
     let mut l = Layout::default();
@@ -680,7 +653,7 @@ async fn without_the_image_on_the_mirror_pulls_fall_back_to_its_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_master_pulled_it_serves_on() {
-    let env = Env::new();
+    let env = Env::new("bramble-mirror-");
     let reg = Registry::start(None);
     let host = Platform::host();
     let mut l = Layout::default();
@@ -736,7 +709,7 @@ async fn what_the_master_pulled_it_serves_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_for_other_platforms_is_kept_for_the_mirror_only() {
-    let env = Env::new();
+    let env = Env::new("bramble-mirror-");
     let m = start_mirror(&env).await;
     // arm64 and arm/v7 only: nothing the (x86_64) master runs.
     let mut l = Layout::default();
@@ -785,7 +758,7 @@ async fn an_image_for_other_platforms_is_kept_for_the_mirror_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_the_master_did_not_sign_is_refused() {
-    let env = Env::new();
+    let env = Env::new("bramble-mirror-");
     let m = start_mirror(&env).await;
     let image = multi_arch(&env, "bramble.local/multi:v1");
     m.images.import_archive(&image.archive).unwrap();

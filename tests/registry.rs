@@ -20,35 +20,8 @@ use bramble::runtime::images::credentials::parse_docker_config;
 use bramble::runtime::images::gc::DiskUsage;
 use bramble::runtime::images::{GcPolicy, PullEvent, PullOptions};
 use bramble::runtime::{Credential, ImageStore, Platform, RegistryAuth, RuntimeError};
-use common::registry::{Layout, Registry, busybox_layer, noise_layer};
+use common::registry::{Env, Layout, Registry, busybox_layer, count, noise_layer};
 use common::{BIN, Cluster, ClusterOptions};
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::Builder::new()
-                .prefix("bramble-pull-")
-                .tempdir_in("/tmp")
-                .unwrap(),
-        }
-    }
-
-    fn store(&self, name: &str) -> ImageStore {
-        ImageStore::open(&self.dir.path().join(name)).unwrap()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-fn count(store: &ImageStore, sub: &str) -> usize {
-    std::fs::read_dir(store.root().join(sub)).unwrap().count()
-}
 
 /// `app:v1` (busybox + two noise layers) and `app2:v1` (busybox + one
 /// other): three and two layers, the busybox one shared.
@@ -112,7 +85,7 @@ fn quiet(_: &PullEvent) {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_arch_index_picks_the_node_platform() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(None);
     let (image, index_digest) = push_multi(&reg, &env);
     for (i, (platform, arch, variant)) in [
@@ -201,7 +174,7 @@ async fn multi_arch_index_picks_the_node_platform() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_layers_are_fetched_once() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(None);
     let (app, app2) = push_apps(&reg, &env);
     let store = env.store("s");
@@ -244,7 +217,7 @@ async fn shared_layers_are_fetched_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_from_credentials_and_docker_config() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(Some("pi:raspberry"));
     let (app, _) = push_apps(&reg, &env);
     let store = env.store("s");
@@ -302,7 +275,7 @@ async fn basic_auth_from_credentials_and_docker_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_tags_and_unreachable_registries() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(None);
     let (app, _) = push_apps(&reg, &env);
     let store = env.store("s");
@@ -381,7 +354,7 @@ impl Drop for FailingServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_name_their_status() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let server = FailingServer::start();
     let store = env.store("s");
     let image = format!("127.0.0.1:{}/test/app:v1", server.port);
@@ -408,7 +381,7 @@ async fn server_errors_name_their_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_blob_is_refused_and_nothing_stored() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(None);
     let (app, _) = push_apps(&reg, &env);
     // The third layer's bytes, replaced by garbage of the same length.
@@ -523,7 +496,7 @@ impl Drop for CuttingProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_dropped_mid_layer_then_resumed() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(None);
     let (app, _) = push_apps(&reg, &env);
     let proxy = CuttingProxy::start(reg.addr(), 200_000);
@@ -600,7 +573,7 @@ impl Drop for Tmpfs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_is_a_clear_error_and_leaves_nothing() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(None);
     let (app, _) = push_apps(&reg, &env);
     // Room for the busybox layer's download but not for it unpacked too.
@@ -622,7 +595,7 @@ async fn full_disk_is_a_clear_error_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_pressure_collects_least_recently_used_unleased_images() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(None);
     let host = Platform::host();
     let mut refs = Vec::new();
@@ -693,7 +666,7 @@ async fn disk_pressure_collects_least_recently_used_unleased_images() {
 
 #[test]
 fn cli_pull_ls_rm_with_plain_progress() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(Some("pi:raspberry"));
     let (app, app2) = push_apps(&reg, &env);
     let data = env.path("data");
@@ -792,7 +765,7 @@ fn waiting_reason(c: &Cluster, pod: &str) -> String {
 
 #[test]
 fn worker_pulls_with_pull_secrets_and_backs_off_on_a_missing_tag() {
-    let env = Env::new();
+    let env = Env::new("bramble-pull-");
     let reg = Registry::start(Some("pi:raspberry"));
     let (app, _) = push_apps(&reg, &env);
     let c = Cluster::start(ClusterOptions {

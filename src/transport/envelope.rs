@@ -350,17 +350,7 @@ impl Verifier {
         topic: &str,
         bytes: &[u8],
     ) -> Result<Opened<T>, EnvelopeError> {
-        let env = self.check(topic, bytes)?;
-        let body = ciborium::from_reader(env.body.as_slice()).map_err(|e| EnvelopeError::Body {
-            from: env.from.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Opened {
-            from: env.from,
-            body,
-            seq: env.seq,
-            ts: env.ts,
-        })
+        decode(self.check(topic, bytes)?)
     }
 
     /// Like [`Verifier::open`] without the freshness checks: for a Last
@@ -372,17 +362,7 @@ impl Verifier {
         topic: &str,
         bytes: &[u8],
     ) -> Result<Opened<T>, EnvelopeError> {
-        let env = self.authentic(topic, bytes)?;
-        let body = ciborium::from_reader(env.body.as_slice()).map_err(|e| EnvelopeError::Body {
-            from: env.from.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Opened {
-            from: env.from,
-            body,
-            seq: env.seq,
-            ts: env.ts,
-        })
+        decode(self.authentic(topic, bytes)?)
     }
 
     fn authentic(&self, topic: &str, bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
@@ -487,6 +467,20 @@ impl DropLog {
             self.suppressed += 1;
         }
     }
+}
+
+/// The body of an envelope already checked.
+fn decode<T: DeserializeOwned>(env: Envelope) -> Result<Opened<T>, EnvelopeError> {
+    let body = ciborium::from_reader(env.body.as_slice()).map_err(|e| EnvelopeError::Body {
+        from: env.from.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Opened {
+        from: env.from,
+        body,
+        seq: env.seq,
+        ts: env.ts,
+    })
 }
 
 #[cfg(test)]

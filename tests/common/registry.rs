@@ -13,6 +13,35 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+/// A scratch directory for image stores, removed on drop.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new(prefix: &str) -> Env {
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in("/tmp")
+                .unwrap(),
+        }
+    }
+
+    pub fn store(&self, name: &str) -> bramble::runtime::ImageStore {
+        bramble::runtime::ImageStore::open(&self.dir.path().join(name)).unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// How many entries a store has under `sub` (`blobs/sha256`, `layers`…).
+pub fn count(store: &bramble::runtime::ImageStore, sub: &str) -> usize {
+    std::fs::read_dir(store.root().join(sub)).unwrap().count()
+}
+
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
