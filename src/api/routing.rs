@@ -49,6 +49,34 @@ impl Balance {
     }
 }
 
+/// Where a Service's packets are steered. Chosen per Service with
+/// [`PROXY_MODE_ANNOTATION`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProxyMode {
+    /// The agent's L4 proxy: every policy, a retry on a refused connect.
+    #[default]
+    Userspace,
+    /// nftables DNAT on each node (round-robin only): the kernel forwards
+    /// the packets, so throughput is that of the direct path; a refused
+    /// connect reaches the client as a refusal.
+    Kernel,
+}
+
+/// Service annotation choosing the data path: `userspace` (the default) or
+/// `kernel`.
+pub const PROXY_MODE_ANNOTATION: &str = "bramble.io/proxy-mode";
+
+impl ProxyMode {
+    /// The annotation's value, or `None` when it names no mode.
+    pub fn parse(value: &str) -> Option<ProxyMode> {
+        match value {
+            "userspace" => Some(ProxyMode::Userspace),
+            "kernel" => Some(ProxyMode::Kernel),
+            _ => None,
+        }
+    }
+}
+
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 
@@ -74,6 +102,8 @@ pub struct ServiceRoute {
     pub affinity_seconds: Option<u32>,
     #[serde(default)]
     pub balance: Balance,
+    #[serde(default)]
+    pub mode: ProxyMode,
     pub ports: Vec<RoutePort>,
     /// The endpoint addresses DNS publishes (for headless Services): ready
     /// ones, or all with `publishNotReadyAddresses`, sorted by IP.

@@ -1540,6 +1540,38 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
             &["round-robin", "least-connections"],
         ));
     }
+    if let Some(v) = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::routing::PROXY_MODE_ANNOTATION))
+    {
+        let path = format!(
+            "metadata.annotations[{}]",
+            crate::api::routing::PROXY_MODE_ANNOTATION
+        );
+        match crate::api::routing::ProxyMode::parse(v) {
+            None => errs.push(FieldError::unsupported(path, v, &["userspace", "kernel"])),
+            // The kernel path is nftables round-robin: it has no way to
+            // count connections or to remember a client.
+            Some(crate::api::routing::ProxyMode::Kernel) => {
+                let least = svc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::api::routing::BALANCE_ANNOTATION))
+                    .is_some_and(|b| b == "least-connections");
+                if least || spec.session_affinity.as_deref() == Some("ClientIP") {
+                    errs.push(FieldError::invalid(
+                        path,
+                        json!(v),
+                        "the kernel path balances round-robin only: not with least-connections or sessionAffinity: ClientIP",
+                    ));
+                }
+            }
+            Some(_) => {}
+        }
+    }
     one_of(
         "spec.internalTrafficPolicy",
         spec.internal_traffic_policy.as_deref(),

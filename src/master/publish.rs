@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod, PodSpec, Secret, Service};
 
 use crate::api::routing::{
-    BALANCE_ANNOTATION, Balance, DEFAULT_AFFINITY_SECONDS, DnsAddress, Protocol, RoutePort,
-    ServiceRoute,
+    BALANCE_ANNOTATION, Balance, DEFAULT_AFFINITY_SECONDS, DnsAddress, PROXY_MODE_ANNOTATION,
+    Protocol, ProxyMode, RoutePort, ServiceRoute,
 };
 use crate::master::controllers::Snapshot;
 
@@ -249,6 +249,13 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
         .and_then(|a| a.get(BALANCE_ANNOTATION))
         .and_then(|v| Balance::parse(v))
         .unwrap_or_default();
+    let mode = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROXY_MODE_ANNOTATION))
+        .and_then(|v| ProxyMode::parse(v))
+        .unwrap_or_default();
     Some(ServiceRoute {
         namespace: ns,
         name,
@@ -258,6 +265,7 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
         load_balancer: type_ == "LoadBalancer",
         affinity_seconds,
         balance,
+        mode,
         ports,
         addresses,
     })
@@ -529,5 +537,20 @@ mod tests {
         // Another node's assignment carries none of them.
         let (cms, secrets) = referenced_objects(&snap, &assignment_pods(&snap, "n2"));
         assert!(cms.is_empty() && secrets.is_empty());
+    }
+
+    #[test]
+    fn proxy_mode_comes_from_the_annotation() {
+        let mut fast = service("fast", "default", "web", 80, IntOrString::Int(8080));
+        fast.metadata.annotations =
+            Some([(PROXY_MODE_ANNOTATION.to_string(), "kernel".to_string())].into());
+        let plain = service("plain", "default", "web", 80, IntOrString::Int(8080));
+        let routes = service_routes(&snapshot(vec![
+            Object::Service(fast),
+            Object::Service(plain),
+        ]));
+        let by = |n: &str| routes.iter().find(|r| r.name == n).unwrap();
+        assert_eq!(by("fast").mode, ProxyMode::Kernel);
+        assert_eq!(by("plain").mode, ProxyMode::Userspace);
     }
 }

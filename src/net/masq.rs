@@ -47,7 +47,7 @@ pub fn ruleset(bridge: &str, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> String
     )
 }
 
-async fn nft(op: &'static str, script: &str) -> Result<(), NetError> {
+pub(super) async fn nft(op: &'static str, script: &str) -> Result<(), NetError> {
     let fail = |reason: String| NetError::Nft { op, reason };
     let mut child = Command::new("nft")
         .args(["-f", "-"])

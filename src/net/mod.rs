@@ -26,6 +26,7 @@ mod ipam;
 mod link;
 pub mod masq;
 mod netns;
+pub mod svcnat;
 
 use std::collections::BTreeSet;
 use std::io;
@@ -121,6 +122,9 @@ pub struct PodNetwork {
     lock: Mutex<()>,
     /// The cluster CIDR the masquerade rule was last installed for.
     masquerade: Mutex<Option<Ipv4Net>>,
+    /// The Service DNAT ruleset last installed, `Some(None)` once known to be
+    /// absent (see [`svcnat`]).
+    service_nat: Mutex<Option<Option<String>>>,
 }
 
 /// The host-side veth name for a pod: `bv` + 11 hex chars of the uid's SHA-256.
@@ -191,6 +195,7 @@ impl PodNetwork {
             host,
             lock: Mutex::new(()),
             masquerade: Mutex::new(None),
+            service_nat: Mutex::new(None),
         };
         network.ensure_bridge().await?;
         Ok(network)
@@ -506,6 +511,34 @@ impl PodNetwork {
         Ok(())
     }
 
+    /// Steers the Services that ask for the kernel path by nftables DNAT (see
+    /// [`svcnat`]); the others are left to the proxy. Only a changed ruleset
+    /// is written.
+    pub async fn set_service_nat(
+        &self,
+        routes: &[crate::api::routing::ServiceRoute],
+    ) -> Result<(), NetError> {
+        let wanted = svcnat::ruleset(&self.config.bridge, routes);
+        let mut installed = self.service_nat.lock().await;
+        if installed.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        match &wanted {
+            Some(script) => {
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
+                    NetError::Nft {
+                        op: "enable IPv4 forwarding",
+                        reason: e.to_string(),
+                    }
+                })?;
+                svcnat::install(&self.config.bridge, script).await?
+            }
+            None => svcnat::remove(&self.config.bridge).await?,
+        }
+        *installed = Some(wanted);
+        Ok(())
+    }
+
     /// Removes every pod namespace under `netns_dir`, every pod veth on the
     /// bridge, the masquerade table, and the bridge with its ClusterIPs. The
     /// network is unusable after; [`PodNetwork::new`] builds it again.
@@ -514,6 +547,8 @@ impl PodNetwork {
         let _serial = self.lock.lock().await;
         masq::remove(&self.config.bridge).await?;
         *self.masquerade.lock().await = None;
+        svcnat::remove(&self.config.bridge).await?;
+        *self.service_nat.lock().await = None;
         let dir = &self.config.netns_dir;
         match std::fs::read_dir(dir) {
             Ok(entries) => {

@@ -478,6 +478,9 @@ impl Agent {
         for e in proxy.apply(&routes).await {
             tracing::warn!(error = %e, "proxy");
         }
+        if let Err(e) = net.set_service_nat(&self.services.routes).await {
+            tracing::warn!(error = %e, "Services in kernel mode go through the proxy");
+        }
         // host-gw: the other nodes' pods are behind the other nodes.
         let own_pod_cidr = net.config().pod_cidr;
         let node_routes: BTreeMap<ipnet::Ipv4Net, Ipv4Addr> = self
