@@ -9,6 +9,15 @@
 //!   datagrams in flight, 10 s) against `netserve udp-echo`: pod IP, ClusterIP,
 //!   NodePort. Replies/s (each one datagram up and one down) and the loss.
 //!
+//! Each Service also has a twin annotated `bramble.io/proxy-mode: kernel`
+//! (nftables DNAT, `src/net/svcnat.rs`), measured in the same run: its
+//! ClusterIP and its NodePort on the node address (the kernel path leaves
+//! 127.0.0.1 to the proxy).
+//!
+//! The proxy's copy mode is the agent's `BRAMBLE_PROXY_COPY` (`auto`, the
+//! default, `splice` or `read-write`), inherited from this process: run the
+//! bench once per mode to compare them.
+//!
 //! One replica, so the proxy has the same single endpoint the direct runs hit.
 //! Run by `cargo test --all-targets` too, then in a quick mode (1 s runs, few
 //! connections) that only checks the bench runs to the end.
@@ -33,6 +42,29 @@ struct Settings {
     connections: u32,
     udp_flows: usize,
     udp_window: usize,
+}
+
+/// The kernel-path twin of a Service in [`manifests`].
+fn kernel_twin(name: &str, port: u16, target: u16, protocol: &str, node_port: u16) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}-k
+  annotations:
+    bramble.io/proxy-mode: kernel
+spec:
+  type: NodePort
+  selector:
+    app: {name}
+  ports:
+    - port: {port}
+      protocol: {protocol}
+      targetPort: {target}
+      nodePort: {node_port}
+"#
+    )
 }
 
 fn manifests(http_np: u16, udp_np: u16, bulk_np: u16) -> String {
@@ -178,6 +210,16 @@ fn udp_load(to: SocketAddr, s: &Settings) -> (f64, u64) {
     (count as f64 / elapsed, lost.load(Ordering::Relaxed))
 }
 
+fn node_ip(c: &Cluster) -> std::net::Ipv4Addr {
+    let node = c.json(&["get", "node", &c.node]);
+    node["status"]["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+        .and_then(|a| a["address"].as_str())
+        .and_then(|a| a.parse().ok())
+        .expect("the node's InternalIP")
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let settings = if full {
@@ -204,7 +246,13 @@ fn main() {
     );
     netkit::import_image(&c);
     let (http_np, udp_np, bulk_np) = (free_node_port(), free_node_port(), free_node_port());
-    must_apply(&c, "bench.yaml", &manifests(http_np, udp_np, bulk_np));
+    let (http_k, udp_k, bulk_k) = (free_node_port(), free_node_port(), free_node_port());
+    let mut yaml = manifests(http_np, udp_np, bulk_np);
+    yaml.push_str(&kernel_twin("bench-web", 80, 8080, "TCP", http_k));
+    yaml.push_str(&kernel_twin("bench-bulk", 80, 8080, "TCP", bulk_k));
+    yaml.push_str(&kernel_twin("bench-echo", 9000, 9000, "UDP", udp_k));
+    must_apply(&c, "bench.yaml", &yaml);
+    let node = node_ip(&c);
     c.wait_for("the bench pods", Duration::from_secs(60), || {
         ["app=bench-web", "app=bench-echo", "app=bench-bulk"]
             .iter()
@@ -214,6 +262,8 @@ fn main() {
     let echo_pod = pod_ip(&c, "bench-echo").unwrap();
     let web_svc = cluster_ip(&c, "bench-web");
     let echo_svc = cluster_ip(&c, "bench-echo");
+    let web_k = cluster_ip(&c, "bench-web-k");
+    let echo_k = cluster_ip(&c, "bench-echo-k");
     let http_targets = [
         ("pod IP (direct)", format!("http://{web_pod}:8080/")),
         ("ClusterIP (proxy)", format!("http://{web_svc}/")),
@@ -221,10 +271,19 @@ fn main() {
             "NodePort 127.0.0.1 (proxy)",
             format!("http://127.0.0.1:{http_np}/"),
         ),
+        ("ClusterIP (kernel)", format!("http://{web_k}/")),
+        (
+            "NodePort node IP (kernel)",
+            format!("http://{node}:{http_k}/"),
+        ),
     ];
     for (_, url) in &http_targets {
         c.wait_for(url, Duration::from_secs(30), || curl(url).is_some());
     }
+    println!(
+        "proxy copy mode: {}\n",
+        std::env::var("BRAMBLE_PROXY_COPY").unwrap_or_else(|_| "auto".into())
+    );
     println!(
         "HTTP, wrk -t2 -c{} -d{}s, keep-alive, netserve in one pod:",
         settings.connections, settings.seconds
@@ -240,12 +299,18 @@ fn main() {
     }
     let bulk_pod = pod_ip(&c, "bench-bulk").unwrap();
     let bulk_svc = cluster_ip(&c, "bench-bulk");
+    let bulk_k_ip = cluster_ip(&c, "bench-bulk-k");
     let bulk_targets = [
         ("pod IP (direct)", format!("http://{bulk_pod}:8080/")),
         ("ClusterIP (proxy)", format!("http://{bulk_svc}/")),
         (
             "NodePort 127.0.0.1 (proxy)",
             format!("http://127.0.0.1:{bulk_np}/"),
+        ),
+        ("ClusterIP (kernel)", format!("http://{bulk_k_ip}/")),
+        (
+            "NodePort node IP (kernel)",
+            format!("http://{node}:{bulk_k}/"),
         ),
     ];
     for (_, url) in &bulk_targets {
@@ -270,6 +335,11 @@ fn main() {
         (
             "NodePort 127.0.0.1 (proxy)",
             SocketAddr::from(([127, 0, 0, 1], udp_np)),
+        ),
+        ("ClusterIP (kernel)", SocketAddr::new(echo_k.into(), 9000)),
+        (
+            "NodePort node IP (kernel)",
+            SocketAddr::new(node.into(), udp_k),
         ),
     ];
     println!(
