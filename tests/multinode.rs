@@ -322,6 +322,81 @@ fn cross_node_traffic(c: &TestCluster) {
         pods.iter()
             .any(|p| body.contains(p["metadata"]["name"].as_str().unwrap()))
     );
+    kernel_path_across_nodes(c, &pods, a["metadata"]["name"].as_str().unwrap());
+}
+
+/// The same pods behind a Service on the kernel path: w1's DNAT sends its
+/// pod's connections to pods on other nodes (masqueraded, so the replies come
+/// back through w1), and w2's NodePort serves the LAN.
+fn kernel_path_across_nodes(c: &TestCluster, pods: &[serde_json::Value], client: &str) {
+    apply(
+        c,
+        "web-k.yaml",
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web-k
+  annotations:
+    bramble.io/proxy-mode: kernel
+spec:
+  type: NodePort
+  selector:
+    app: web
+  ports:
+    - name: http
+      port: 80
+      targetPort: http
+      nodePort: 31081
+"#,
+    );
+    let dnat_rules = |w: &str| {
+        let out = c.worker(w).run_in("nft", &["list", "ruleset"]);
+        String::from_utf8_lossy(&out.stdout)
+            .matches("dnat to")
+            .count()
+    };
+    c.wait_for(
+        "every node's DNAT rules over the 6 pods",
+        Duration::from_secs(60),
+        || ["w1", "w2", "w3"].iter().all(|w| dnat_rules(w) >= 6),
+    );
+    let svc = c.json(&["get", "svc", "web-k"]);
+    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let out = c.ok(&[
+            "exec",
+            client,
+            "--",
+            "wget",
+            "-qO-",
+            &format!("http://{cluster_ip}/"),
+        ]);
+        served.extend(
+            pods.iter()
+                .filter(|p| out.contains(p["metadata"]["name"].as_str().unwrap()))
+                .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string()),
+        );
+    }
+    assert!(
+        served.len() >= 2,
+        "the kernel path spreads over nodes: {served:?}"
+    );
+    let w2 = c.worker("w2");
+    let mut lan = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let body = common::http_get(&format!("{}:31081", w2.ip)).expect("kernel NodePort on w2");
+        lan.extend(
+            pods.iter()
+                .filter(|p| body.contains(p["metadata"]["name"].as_str().unwrap()))
+                .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string()),
+        );
+    }
+    assert!(
+        lan.len() >= 2,
+        "w2's NodePort DNATs to other nodes: {lan:?}"
+    );
+    c.ok(&["delete", "svc", "web-k"]);
 }
 
 /// A node's key speaks for that node only: w1 reporting for w2 is dropped,
