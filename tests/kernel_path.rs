@@ -3,14 +3,15 @@
 //! for the ClusterIP (from the host and from a pod on the same bridge, which
 //! needs the hairpin masquerade) and for the NodePort on the node address, UDP
 //! included; the table's counters show the kernel carried them, not the proxy;
-//! the rules follow a scale-up; a Service switched back to `userspace` leaves
+//! a UDP flow whose endpoint goes is moved to another (its conntrack entry
+//! deleted); the rules follow a scale-up; a Service switched back to `userspace` leaves
 //! the table and is served by the proxy; `bramble down` removes the table.
 
 mod common;
 mod netkit;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
@@ -135,6 +136,49 @@ fn udp_ask(c: &Cluster, to: SocketAddr, message: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// One flow (one client socket) sticks to its endpoint through conntrack;
+/// when that pod goes, its conntrack entry must go too, or the flow's
+/// datagrams would keep going to the dead address for as long as the client
+/// keeps sending.
+fn udp_flow_moves_off_a_removed_endpoint(c: &Cluster, echo: SocketAddr) {
+    let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let ask = |m: &str| -> Option<String> {
+        sock.send_to(m.as_bytes(), echo).ok()?;
+        let mut buf = [0u8; 512];
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        Some(reply.split(':').next().unwrap_or_default().to_string())
+    };
+    let mut first = None;
+    c.wait_for("a UDP reply", PATIENCE, || {
+        first = ask("hello");
+        first.is_some()
+    });
+    let first = first.unwrap();
+    for _ in 0..3 {
+        if let Some(again) = ask("again") {
+            assert_eq!(again, first, "a flow sticks to its endpoint");
+        }
+    }
+    let gone_ip = c
+        .running_ready("app=web")
+        .iter()
+        .find(|p| p["metadata"]["name"] == first.as_str())
+        .and_then(|p| p["status"]["podIP"].as_str().map(str::to_string))
+        .unwrap();
+    c.ok(&["delete", "pod", &first]);
+    c.wait_for("the pod's DNAT rules removed", PATIENCE, || {
+        table(c).is_some_and(|t| !t.contains(&format!("{gone_ip}:9000")))
+    });
+    let mut moved = None;
+    c.wait_for("the flow answered by another pod", PATIENCE, || {
+        moved = ask("moved").filter(|n| *n != first);
+        moved.is_some()
+    });
+}
+
 #[test]
 fn kernel_path_services() {
     let c = Cluster::start_with(
@@ -218,6 +262,8 @@ spec:
             "{name} never answered the pod:\n{log}"
         );
     }
+
+    udp_flow_moves_off_a_removed_endpoint(&c, echo);
 
     // The rules follow the endpoints.
     c.ok(&["scale", "deployment", "web", "--replicas", "3"]);

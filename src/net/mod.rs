@@ -125,6 +125,8 @@ pub struct PodNetwork {
     /// The Service DNAT ruleset last installed, `Some(None)` once known to be
     /// absent (see [`svcnat`]).
     service_nat: Mutex<Option<Option<String>>>,
+    /// The UDP endpoints of that ruleset, whose flows go when they leave it.
+    kernel_udp: Mutex<BTreeSet<std::net::SocketAddrV4>>,
 }
 
 /// The host-side veth name for a pod: `bv` + 11 hex chars of the uid's SHA-256.
@@ -196,6 +198,7 @@ impl PodNetwork {
             lock: Mutex::new(()),
             masquerade: Mutex::new(None),
             service_nat: Mutex::new(None),
+            kernel_udp: Mutex::new(BTreeSet::new()),
         };
         network.ensure_bridge().await?;
         Ok(network)
@@ -519,6 +522,7 @@ impl PodNetwork {
         routes: &[crate::api::routing::ServiceRoute],
     ) -> Result<(), NetError> {
         let wanted = svcnat::ruleset(&self.config.bridge, routes);
+        let udp = svcnat::udp_endpoints(routes);
         let mut installed = self.service_nat.lock().await;
         if installed.as_ref() == Some(&wanted) {
             return Ok(());
@@ -536,6 +540,15 @@ impl PodNetwork {
             None => svcnat::remove(&self.config.bridge).await?,
         }
         *installed = Some(wanted);
+        // Only once the new rules are in: a datagram arriving in between is
+        // DNATed by them, not by the old ones.
+        let mut kernel_udp = self.kernel_udp.lock().await;
+        for gone in kernel_udp.difference(&udp) {
+            if let Err(e) = svcnat::forget_udp_flows(*gone).await {
+                tracing::warn!(error = %e, "UDP flows to a removed endpoint stay until they time out");
+            }
+        }
+        *kernel_udp = udp;
         Ok(())
     }
 

@@ -12,13 +12,18 @@
 //! refuses it), and NodePorts on 127.0.0.0/8 (locally generated traffic to
 //! loopback cannot be DNATed to a pod without `route_localnet`).
 //!
-//! Removed endpoints drain: their conntrack entries live on until the
-//! connection ends; new connections only go to the endpoints listed.
+//! Removed TCP endpoints drain: their conntrack entries live on until the
+//! connection ends; new connections only go to the endpoints listed. A UDP
+//! flow has no end to wait for, so the flows of a removed UDP endpoint are
+//! deleted from conntrack (Debian's `conntrack` tool), as kube-proxy does: the
+//! flow's next datagram is DNATed afresh to an endpoint still listed.
 //!
 //! Owns only that table; the table is left in place when the agent stops (the
 //! pods keep serving) and removed by `bramble down`.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::net::SocketAddrV4;
 
 use crate::api::routing::{Protocol, ProxyMode, ServiceRoute};
 
@@ -125,6 +130,44 @@ pub fn ruleset(bridge: &str, routes: &[ServiceRoute]) -> Option<String> {
     out.push_str(&chains);
     out.push_str("}\n");
     Some(out)
+}
+
+/// The UDP endpoints the kernel path sends flows to.
+pub fn udp_endpoints(routes: &[ServiceRoute]) -> BTreeSet<SocketAddrV4> {
+    routes
+        .iter()
+        .filter(|r| r.mode == ProxyMode::Kernel)
+        .flat_map(|r| &r.ports)
+        .filter(|p| p.protocol == Protocol::Udp)
+        .flat_map(|p| p.endpoints.iter().copied())
+        .collect()
+}
+
+/// Deletes the conntrack entries of UDP flows answered by `endpoint`.
+pub async fn forget_udp_flows(endpoint: SocketAddrV4) -> Result<(), NetError> {
+    let fail = |reason: String| NetError::Nft {
+        op: "delete UDP flows",
+        reason,
+    };
+    let out = tokio::process::Command::new("conntrack")
+        .args(["-D", "-p", "udp", "--reply-src"])
+        .arg(endpoint.ip().to_string())
+        .arg("--reply-port-src")
+        .arg(endpoint.port().to_string())
+        .output()
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                fail("the `conntrack` tool is not installed (Debian package conntrack)".into())
+            }
+            _ => fail(format!("running conntrack: {e}")),
+        })?;
+    // Exit 1 with "0 flow entries have been deleted" is not a failure.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || stderr.contains("0 flow entries") {
+        return Ok(());
+    }
+    Err(fail(format!("{endpoint}: {}", stderr.trim())))
 }
 
 /// Replaces the table with `script` (from [`ruleset`]).
