@@ -136,6 +136,11 @@ pub struct ContainerRecord {
     pub attempt: u32,
     /// Restarts after the first start, as `kubectl get pods` counts them.
     pub restart_count: u32,
+    /// Restarts since the crash back-off was last reset (a run of
+    /// [`BACKOFF_RESET_MS`] or more); the back-off is computed from this,
+    /// not from `restart_count`, which only ever grows.
+    #[serde(default)]
+    pub crash_restarts: u32,
     pub state: CState,
     pub last_termination: Option<Terminated>,
     /// Not before this time (back-off).
@@ -268,11 +273,11 @@ fn init_policy(pod: &Pod) -> &'static str {
     }
 }
 
-pub fn backoff_ms(restart_count: u32) -> i64 {
-    if restart_count == 0 {
+pub fn backoff_ms(restarts: u32) -> i64 {
+    if restarts == 0 {
         return 0;
     }
-    let shift = (restart_count - 1).min(16);
+    let shift = (restarts - 1).min(16);
     (BACKOFF_BASE_MS << shift).min(BACKOFF_MAX_MS)
 }
 
@@ -312,6 +317,7 @@ impl ContainerRecord {
             runtime_id: None,
             attempt: 0,
             restart_count: 0,
+            crash_restarts: 0,
             state: CState::Waiting {
                 reason: if init {
                     "PodInitializing"
@@ -482,11 +488,10 @@ impl PodRecord {
                 _ => false,
             };
             let ran = term.finished_at - term.started_at;
-            let delay = if ran >= BACKOFF_RESET_MS {
-                0
-            } else {
-                backoff_ms(c.restart_count)
-            };
+            if ran >= BACKOFF_RESET_MS {
+                c.crash_restarts = 0;
+            }
+            let delay = backoff_ms(c.crash_restarts);
             c.next_start_at = term.finished_at + delay;
             c.last_termination = Some(term.clone());
             c.ready = false;
@@ -824,6 +829,7 @@ impl PodRecord {
             c.pull_failures = 0;
             if c.attempt > 0 {
                 c.restart_count += 1;
+                c.crash_restarts = c.crash_restarts.saturating_add(1);
             }
             c.attempt += 1;
             c.runtime_id = Some(runtime_id);
@@ -842,11 +848,14 @@ impl PodRecord {
     /// same back-off as a crash.
     pub fn on_start_failed(&mut self, container: &str, reason: &str, message: String, now: i64) {
         if let Some(c) = self.containers.get_mut(container) {
-            let failures = c.restart_count + u32::from(c.attempt > 0);
+            let failures = c.crash_restarts + u32::from(c.attempt > 0);
             c.next_start_at = now + backoff_ms(failures.max(1));
             if reason == "RunContainerError" {
                 c.attempt += 1;
-                c.restart_count += u32::from(c.attempt > 1);
+                if c.attempt > 1 {
+                    c.restart_count += 1;
+                    c.crash_restarts = c.crash_restarts.saturating_add(1);
+                }
             }
             c.state = CState::Waiting {
                 reason: reason.to_string(),
@@ -1047,11 +1056,35 @@ mod tests {
         let p = pod("Always");
         let mut r = PodRecord::new(&p, 0);
         r.network_ready = true;
-        r.containers.get_mut("main").unwrap().restart_count = 5;
-        r.on_started("main", "x".into(), 0);
-        let actual = HashMap::from([("x".to_string(), exited(1, 0, BACKOFF_RESET_MS))]);
-        r.observe(Some(&p), &actual, BACKOFF_RESET_MS);
-        assert_eq!(r.containers["main"].next_start_at, BACKOFF_RESET_MS);
+        // Five quick crashes: the back-off has grown to 2 min 40 s.
+        let mut t = 0;
+        for attempt in 0..6 {
+            let id = format!("a{attempt}");
+            r.on_started("main", id.clone(), t);
+            let actual = HashMap::from([(id, exited(1, t, t + 1))]);
+            r.observe(Some(&p), &actual, t + 1);
+            t = r.containers["main"].next_start_at;
+        }
+        assert_eq!(r.containers["main"].restart_count, 5);
+        let grown = r.containers["main"].last_termination.clone().unwrap();
+        assert_eq!(t - grown.finished_at, 160_000);
+        // A run of 10 minutes resets it: the restart is immediate ...
+        r.on_started("main", "long".into(), t);
+        let end = t + BACKOFF_RESET_MS;
+        let actual = HashMap::from([("long".to_string(), exited(1, t, end))]);
+        r.observe(Some(&p), &actual, end);
+        assert_eq!(r.containers["main"].next_start_at, end);
+        assert!(matches!(r.containers["main"].state, CState::Terminated(_)));
+        // ... and the next quick crash waits the first step, 10 s, not 5 min.
+        r.on_started("main", "quick".into(), end);
+        let actual = HashMap::from([("quick".to_string(), exited(1, end, end + 1))]);
+        let happened = r.observe(Some(&p), &actual, end + 1);
+        let c = &r.containers["main"];
+        assert_eq!(c.next_start_at, end + 1 + BACKOFF_BASE_MS);
+        assert!(matches!(&c.state, CState::Waiting { reason, .. } if reason == "CrashLoopBackOff"));
+        assert_eq!(happened.len(), 1);
+        // The count users see keeps going, as in Kubernetes.
+        assert_eq!(c.restart_count, 7);
     }
 
     #[test]
