@@ -178,6 +178,9 @@ pub struct PodRecord {
     pub name: String,
     pub ip: Option<Ipv4Addr>,
     pub network_ready: bool,
+    /// A failed network setup is retried no sooner than this.
+    #[serde(default)]
+    pub network_retry_at: i64,
     pub created_at: i64,
     /// When the first container started (`status.startTime`).
     pub started_at: Option<i64>,
@@ -373,6 +376,7 @@ impl PodRecord {
             name: pod.metadata.name.clone().unwrap_or_default(),
             ip: None,
             network_ready: false,
+            network_retry_at: 0,
             created_at: now,
             started_at: None,
             containers: BTreeMap::new(),
@@ -595,7 +599,9 @@ impl PodRecord {
             return steps;
         };
         if !self.network_ready {
-            steps.push(Step::SetupNetwork);
+            if now >= self.network_retry_at {
+                steps.push(Step::SetupNetwork);
+            }
             return steps;
         }
         // Probe verdicts that stop a container, and postStart hooks.
@@ -936,6 +942,40 @@ impl PodRecord {
         }
     }
 
+    /// The pod's network is up (or it uses the host's): containers may start.
+    pub fn on_network_ready(&mut self, ip: Option<Ipv4Addr>) {
+        self.ip = ip;
+        self.network_ready = true;
+        self.network_retry_at = 0;
+    }
+
+    /// Setting up the pod's network failed (the kubelet's failed sandbox):
+    /// its containers keep waiting with the reason as their message, the
+    /// setup is tried again after [`BACKOFF_BASE_MS`] (the kubelet's retry
+    /// of a failed pod sync), and a `FailedCreatePodSandBox` Warning is
+    /// due. `ip`, when one was allocated, stays reserved for the retry.
+    pub fn on_network_failed(
+        &mut self,
+        ip: Option<Ipv4Addr>,
+        message: &str,
+        now: i64,
+    ) -> Happening {
+        if ip.is_some() {
+            self.ip = ip;
+        }
+        self.network_ready = false;
+        self.network_retry_at = now + BACKOFF_BASE_MS;
+        for c in self.containers.values_mut() {
+            if let CState::Waiting { message: m, .. } = &mut c.state {
+                *m = Some(format!("pod network: {message}"));
+            }
+        }
+        Happening::warning(
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: {message}"),
+        )
+    }
+
     pub fn on_released(&mut self) {
         self.released = true;
         self.network_ready = false;
@@ -1085,6 +1125,38 @@ mod tests {
         assert_eq!(happened.len(), 1);
         // The count users see keeps going, as in Kubernetes.
         assert_eq!(c.restart_count, 7);
+    }
+
+    #[test]
+    fn a_failed_network_setup_waits_warns_and_retries() {
+        let p = pod("Always");
+        let mut r = PodRecord::new(&p, 0);
+        let none = HashMap::new();
+        assert_eq!(r.next_steps(Some(&p), &none, 0), vec![Step::SetupNetwork]);
+        let ip = Ipv4Addr::new(10, 1, 0, 7);
+        let h = r.on_network_failed(Some(ip), "creating veth: File exists", 1_000);
+        assert!(h.warning);
+        assert_eq!(h.reason, "FailedCreatePodSandBox");
+        assert!(h.message.contains("creating veth: File exists"), "{h:?}");
+        assert_eq!(r.ip, Some(ip));
+        assert_eq!(
+            r.containers["main"].state,
+            CState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: Some("pod network: creating veth: File exists".into()),
+            }
+        );
+        // Nothing starts, and the setup waits out the retry delay.
+        assert_eq!(r.next_steps(Some(&p), &none, 1_001), vec![]);
+        let retry = 1_000 + BACKOFF_BASE_MS;
+        assert_eq!(r.next_steps(Some(&p), &none, retry - 1), vec![]);
+        assert_eq!(r.next_steps(Some(&p), &none, retry), vec![Step::SetupNetwork]);
+        // A second failure keeps the IP if none is given, and warns again.
+        let h = r.on_network_failed(None, "no free pod IP", retry);
+        assert_eq!(h.reason, "FailedCreatePodSandBox");
+        assert_eq!(r.ip, Some(ip));
+        r.on_network_ready(Some(ip));
+        assert_eq!(r.next_steps(Some(&p), &none, retry + 1), vec![start("main")]);
     }
 
     #[test]
