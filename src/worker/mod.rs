@@ -1089,7 +1089,7 @@ impl Agent {
             && !path.exists()
         {
             if let Some(r) = self.records.get_mut(uid) {
-                r.network_ready = false;
+                r.on_network_lost();
             }
             return;
         }

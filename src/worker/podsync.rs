@@ -949,6 +949,12 @@ impl PodRecord {
         self.network_retry_at = 0;
     }
 
+    /// The pod's network namespace is gone (a reboot emptied its tmpfs):
+    /// set it up again before the next start.
+    pub fn on_network_lost(&mut self) {
+        self.network_ready = false;
+    }
+
     /// Setting up the pod's network failed (the kubelet's failed sandbox):
     /// its containers keep waiting with the reason as their message, the
     /// setup is tried again after [`BACKOFF_BASE_MS`] (the kubelet's retry
@@ -1150,13 +1156,19 @@ mod tests {
         assert_eq!(r.next_steps(Some(&p), &none, 1_001), vec![]);
         let retry = 1_000 + BACKOFF_BASE_MS;
         assert_eq!(r.next_steps(Some(&p), &none, retry - 1), vec![]);
-        assert_eq!(r.next_steps(Some(&p), &none, retry), vec![Step::SetupNetwork]);
+        assert_eq!(
+            r.next_steps(Some(&p), &none, retry),
+            vec![Step::SetupNetwork]
+        );
         // A second failure keeps the IP if none is given, and warns again.
         let h = r.on_network_failed(None, "no free pod IP", retry);
         assert_eq!(h.reason, "FailedCreatePodSandBox");
         assert_eq!(r.ip, Some(ip));
         r.on_network_ready(Some(ip));
-        assert_eq!(r.next_steps(Some(&p), &none, retry + 1), vec![start("main")]);
+        assert_eq!(
+            r.next_steps(Some(&p), &none, retry + 1),
+            vec![start("main")]
+        );
     }
 
     #[test]
