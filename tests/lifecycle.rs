@@ -1,5 +1,7 @@
 //! The pod lifecycle on real containers: init containers in order before the
-//! app (sharing a volume with it), readiness deciding Endpoints, a failing
+//! app (sharing a volume with it), a crash loop as `get` and `describe` show
+//! it, graceful termination (SIGTERM handled, or SIGKILL after the grace
+//! period), readiness deciding Endpoints, a failing
 //! liveness probe restarting a container, postStart/preStop hooks reaching a
 //! server the test runs, and exec probes and hooks run inside the container
 //! (a readiness file toggled with `bramble exec`, a liveness command that
@@ -66,10 +68,60 @@ spec:
   - name: app
     image: bramble.local/demo:v1
     command: ["sh", "-c", "sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: crasher
+spec:
+  containers:
+  - name: app
+    image: bramble.local/demo:v1
+    command: ["sh", "-c", "exit 1"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stubborn
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: bramble.local/demo:v1
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+    livenessProbe:
+      exec: {command: [sh, -c, "test ! -e /tmp/die"]}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: polite
+spec:
+  terminationGracePeriodSeconds: 60
+  containers:
+  - name: app
+    image: bramble.local/demo:v1
+    command: ["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 1; done"]
+    livenessProbe:
+      exec: {command: [sh, -c, "test ! -e /tmp/die"]}
+      periodSeconds: 1
+      failureThreshold: 1
 "#;
 
+fn restarts(c: &Cluster, name: &str) -> i64 {
+    pod(c, name)["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+fn last_exit_code(c: &Cluster, name: &str) -> serde_json::Value {
+    pod(c, name)["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"].clone()
+}
+
 #[test]
-fn init_containers_run_in_order_and_a_failed_one_fails_the_pod() {
+fn init_containers_crash_loops_and_graceful_termination() {
     let c = Cluster::start(ClusterOptions {
         demo: true,
         broker: None,
@@ -108,6 +160,53 @@ fn init_containers_run_in_order_and_a_failed_one_fails_the_pod() {
     assert!(
         p["status"]["containerStatuses"][0]["state"]["running"].is_null(),
         "the app never ran"
+    );
+
+    // A container that keeps failing: restarted at once, then backed off,
+    // as kubectl shows it.
+    c.wait_for(
+        "crasher in CrashLoopBackOff",
+        Duration::from_secs(60),
+        || status_column(&c, "crasher") == "CrashLoopBackOff",
+    );
+    let described = c.ok(&["describe", "pod", "crasher"]);
+    assert!(
+        described.contains("Back-off restarting failed container app in pod crasher"),
+        "{described}"
+    );
+    assert_eq!(last_exit_code(&c, "crasher"), 1);
+
+    // A stop is SIGTERM, then SIGKILL when the grace period is over. A
+    // failed liveness probe stops the container the way a deletion does,
+    // and its restart keeps the exit code to look at: SIGKILL's 137 for the
+    // container that ignores SIGTERM, its own 7 for the one that handles it
+    // (its grace period of 60 s never runs out).
+    for name in ["stubborn", "polite"] {
+        c.wait_for(&format!("{name} running"), Duration::from_secs(60), || {
+            !pod(&c, name)["status"]["containerStatuses"][0]["state"]["running"].is_null()
+        });
+        c.ok(&["exec", name, "--", "touch", "/tmp/die"]);
+    }
+    for (name, code) in [("stubborn", 137), ("polite", 7)] {
+        c.wait_for(
+            &format!("{name} restarted"),
+            Duration::from_secs(90),
+            || {
+                restarts(&c, name) >= 1
+                    && !pod(&c, name)["status"]["containerStatuses"][0]["state"]["running"]
+                        .is_null()
+            },
+        );
+        assert_eq!(last_exit_code(&c, name), code, "{}", pod(&c, name));
+    }
+    // Deleted, the stubborn pod is gone no sooner than its grace period.
+    let begun = std::time::Instant::now();
+    c.ok(&["delete", "pod", "stubborn"]);
+    let took = begun.elapsed();
+    assert!(took >= Duration::from_secs(2), "deleted in {took:?}");
+    assert!(
+        !c.ok(&["get", "pods", "--no-headers"]).contains("stubborn"),
+        "stubborn still listed after its deletion returned"
     );
 }
 

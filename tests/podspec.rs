@@ -2,8 +2,8 @@
 //! libcontainer, network namespaces, cgroups, tmpfs): containers of one pod
 //! on localhost and sharing an emptyDir, env from every source with `$(VAR)`
 //! expansion, configMap/secret/projected volumes updated in place (subPath
-//! not), hostPath type checks, runAsUser/runAsGroup, a read-only root,
-//! privileged devices, host network, a hostPort, cgroup limits, an OOM kill,
+//! not), hostPath type checks, runAsUser/runAsGroup, a read-only root, a
+//! workingDir the image lacks, privileged devices, host network, a hostPort, cgroup limits, an OOM kill,
 //! configuration errors, and a pod too big for the node.
 //!
 //! One cluster serves every case (pods start side by side), so the file costs
@@ -253,7 +253,8 @@ spec:
       image: {IMAGE}
       imagePullPolicy: Never
       securityContext: {{readOnlyRootFilesystem: true}}
-      command: [sh, -c, "id; touch /written 2>/dev/null && echo ROOTFS-WRITABLE || echo ROOTFS-READONLY; exec sleep 3600"]
+      workingDir: /made/here
+      command: [sh, -c, "pwd; ls -ld /made/here; id; touch /written 2>/dev/null && echo ROOTFS-WRITABLE || echo ROOTFS-READONLY; exec sleep 3600"]
 ---
 apiVersion: v1
 kind: Pod
@@ -483,8 +484,15 @@ fn pod_shape_volumes_and_resources() {
         c.ok(&["get", "events"]).contains("FailedMount")
     });
 
-    // runAsUser/runAsGroup/supplementalGroups, and a read-only root.
+    // runAsUser/runAsGroup/supplementalGroups, and a read-only root; a
+    // workingDir the image lacks is made (0755, root's, as runc makes it).
     let out = wait_log(&c, "ids", "main", "ROOTFS-");
+    assert!(out.lines().any(|l| l == "/made/here"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("drwxr-xr-x") && l.contains(" root ")),
+        "{out}"
+    );
     assert!(out.contains("uid=1234 gid=5678"), "{out}");
     assert!(out.contains("777"), "{out}");
     assert!(out.contains("ROOTFS-READONLY"), "{out}");

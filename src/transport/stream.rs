@@ -702,6 +702,63 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_client_whose_node_goes_silent_ends_within_the_lease() {
+        let (to_node, mut node_in) = mpsc::channel(64);
+        let (to_client, client_in) = mpsc::channel(4);
+        let client = Engine::new(
+            ChanLink {
+                to: to_node,
+                drop_nth: None,
+                count: AtomicU64::new(0),
+                log: Arc::default(),
+            },
+            Role::Client,
+            client_in,
+        );
+        let (_src, source) = mpsc::channel(1);
+        let (sink, consumed_rx, _t) = consumer(Duration::ZERO);
+        let run = tokio::spawn(client.run(Ends {
+            source,
+            sink,
+            consumed: consumed_rx,
+        }));
+        // The node answers the hello and one data frame, then says nothing
+        // more (its agent was killed, its link cut); `to_client` stays open,
+        // so only the lease can end the stream.
+        assert!(matches!(
+            node_in.recv().await,
+            Some(StreamMsg::Ack { seq: 0 })
+        ));
+        to_client.send(StreamMsg::Ack { seq: 0 }).await.unwrap();
+        to_client
+            .send(StreamMsg::Frame(Frame {
+                seq: 1,
+                body: data(1),
+            }))
+            .await
+            .unwrap();
+        let heard = Instant::now();
+        let outcome = run.await.unwrap();
+        let took = Instant::now() - heard;
+        assert!(matches!(outcome, Outcome::LeaseExpired), "{outcome:?}");
+        // Paused time advances to the next timer exactly: the lease, no
+        // keep-alive of the client's own, is what ended it.
+        assert!(
+            took >= LEASE && took < LEASE + Duration::from_secs(1),
+            "{took:?}"
+        );
+        // Meanwhile the client kept acknowledging what it got.
+        let mut acks = Vec::new();
+        while let Ok(m) = node_in.try_recv() {
+            if let StreamMsg::Ack { seq } = m {
+                acks.push(seq);
+            }
+        }
+        assert!(acks.contains(&1), "{acks:?}");
+        drop(to_client);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_silent_client_loses_its_lease() {
         let (_to_node, node_in) = mpsc::channel(4);
         let (to_client, mut client_in) = mpsc::channel(64);

@@ -961,7 +961,7 @@ impl Agent {
 
     async fn execute(&mut self, uid: &str, pod: Option<&Pod>, step: Step, now: i64) {
         match step {
-            Step::SetupNetwork => self.setup_network(uid).await,
+            Step::SetupNetwork => self.setup_network(uid, now).await,
             Step::Start { container } => {
                 if let Some(pod) = pod {
                     self.start(uid, pod, &container, now).await;
@@ -1024,7 +1024,7 @@ impl Agent {
         }
     }
 
-    async fn setup_network(&mut self, uid: &str) {
+    async fn setup_network(&mut self, uid: &str, now: i64) {
         let host_network = self
             .desired()
             .get(uid)
@@ -1034,8 +1034,7 @@ impl Agent {
             // No namespace of its own: the pod's IP is the node's.
             let ip = self.host_ip().parse().ok();
             if let Some(r) = self.records.get_mut(uid) {
-                r.ip = ip;
-                r.network_ready = true;
+                r.on_network_ready(ip);
             }
             return;
         }
@@ -1048,20 +1047,14 @@ impl Agent {
             Some(ip) => ip,
             None => {
                 tracing::warn!(%cidr, "no free pod IP");
+                self.network_failed(uid, None, &format!("no free pod IP in {cidr}"), now);
                 return;
             }
         };
         if let Some(net) = &self.net {
             if let Err(e) = net.setup_pod(uid, ip).await {
                 tracing::warn!(%uid, error = %e, "cannot set up pod network; retrying");
-                if let Some(r) = self.records.get_mut(uid) {
-                    r.ip = Some(ip);
-                    for c in r.containers.values_mut() {
-                        if let podsync::CState::Waiting { message, .. } = &mut c.state {
-                            *message = Some(format!("pod network: {e}"));
-                        }
-                    }
-                }
+                self.network_failed(uid, Some(ip), &e.to_string(), now);
                 return;
             }
         } else if self.cfg.bridge.is_some() {
@@ -1070,8 +1063,14 @@ impl Agent {
             return;
         }
         if let Some(r) = self.records.get_mut(uid) {
-            r.ip = Some(ip);
-            r.network_ready = true;
+            r.on_network_ready(Some(ip));
+        }
+    }
+
+    fn network_failed(&mut self, uid: &str, ip: Option<Ipv4Addr>, message: &str, now: i64) {
+        if let Some(r) = self.records.get_mut(uid) {
+            let h = r.on_network_failed(ip, message, now);
+            self.emit(uid, h, now);
         }
     }
 
@@ -1093,7 +1092,7 @@ impl Agent {
             && !path.exists()
         {
             if let Some(r) = self.records.get_mut(uid) {
-                r.network_ready = false;
+                r.on_network_lost();
             }
             return;
         }

@@ -136,6 +136,11 @@ pub struct ContainerRecord {
     pub attempt: u32,
     /// Restarts after the first start, as `kubectl get pods` counts them.
     pub restart_count: u32,
+    /// Restarts since the crash back-off was last reset (a run of
+    /// [`BACKOFF_RESET_MS`] or more); the back-off is computed from this,
+    /// not from `restart_count`, which only ever grows.
+    #[serde(default)]
+    pub crash_restarts: u32,
     pub state: CState,
     pub last_termination: Option<Terminated>,
     /// Not before this time (back-off).
@@ -173,6 +178,9 @@ pub struct PodRecord {
     pub name: String,
     pub ip: Option<Ipv4Addr>,
     pub network_ready: bool,
+    /// A failed network setup is retried no sooner than this.
+    #[serde(default)]
+    pub network_retry_at: i64,
     pub created_at: i64,
     /// When the first container started (`status.startTime`).
     pub started_at: Option<i64>,
@@ -268,11 +276,11 @@ fn init_policy(pod: &Pod) -> &'static str {
     }
 }
 
-pub fn backoff_ms(restart_count: u32) -> i64 {
-    if restart_count == 0 {
+pub fn backoff_ms(restarts: u32) -> i64 {
+    if restarts == 0 {
         return 0;
     }
-    let shift = (restart_count - 1).min(16);
+    let shift = (restarts - 1).min(16);
     (BACKOFF_BASE_MS << shift).min(BACKOFF_MAX_MS)
 }
 
@@ -312,6 +320,7 @@ impl ContainerRecord {
             runtime_id: None,
             attempt: 0,
             restart_count: 0,
+            crash_restarts: 0,
             state: CState::Waiting {
                 reason: if init {
                     "PodInitializing"
@@ -367,6 +376,7 @@ impl PodRecord {
             name: pod.metadata.name.clone().unwrap_or_default(),
             ip: None,
             network_ready: false,
+            network_retry_at: 0,
             created_at: now,
             started_at: None,
             containers: BTreeMap::new(),
@@ -482,11 +492,10 @@ impl PodRecord {
                 _ => false,
             };
             let ran = term.finished_at - term.started_at;
-            let delay = if ran >= BACKOFF_RESET_MS {
-                0
-            } else {
-                backoff_ms(c.restart_count)
-            };
+            if ran >= BACKOFF_RESET_MS {
+                c.crash_restarts = 0;
+            }
+            let delay = backoff_ms(c.crash_restarts);
             c.next_start_at = term.finished_at + delay;
             c.last_termination = Some(term.clone());
             c.ready = false;
@@ -590,7 +599,9 @@ impl PodRecord {
             return steps;
         };
         if !self.network_ready {
-            steps.push(Step::SetupNetwork);
+            if now >= self.network_retry_at {
+                steps.push(Step::SetupNetwork);
+            }
             return steps;
         }
         // Probe verdicts that stop a container, and postStart hooks.
@@ -824,6 +835,7 @@ impl PodRecord {
             c.pull_failures = 0;
             if c.attempt > 0 {
                 c.restart_count += 1;
+                c.crash_restarts = c.crash_restarts.saturating_add(1);
             }
             c.attempt += 1;
             c.runtime_id = Some(runtime_id);
@@ -842,11 +854,14 @@ impl PodRecord {
     /// same back-off as a crash.
     pub fn on_start_failed(&mut self, container: &str, reason: &str, message: String, now: i64) {
         if let Some(c) = self.containers.get_mut(container) {
-            let failures = c.restart_count + u32::from(c.attempt > 0);
+            let failures = c.crash_restarts + u32::from(c.attempt > 0);
             c.next_start_at = now + backoff_ms(failures.max(1));
             if reason == "RunContainerError" {
                 c.attempt += 1;
-                c.restart_count += u32::from(c.attempt > 1);
+                if c.attempt > 1 {
+                    c.restart_count += 1;
+                    c.crash_restarts = c.crash_restarts.saturating_add(1);
+                }
             }
             c.state = CState::Waiting {
                 reason: reason.to_string(),
@@ -925,6 +940,46 @@ impl PodRecord {
                 s.kill_sent = true;
             }
         }
+    }
+
+    /// The pod's network is up (or it uses the host's): containers may start.
+    pub fn on_network_ready(&mut self, ip: Option<Ipv4Addr>) {
+        self.ip = ip;
+        self.network_ready = true;
+        self.network_retry_at = 0;
+    }
+
+    /// The pod's network namespace is gone (a reboot emptied its tmpfs):
+    /// set it up again before the next start.
+    pub fn on_network_lost(&mut self) {
+        self.network_ready = false;
+    }
+
+    /// Setting up the pod's network failed (the kubelet's failed sandbox):
+    /// its containers keep waiting with the reason as their message, the
+    /// setup is tried again after [`BACKOFF_BASE_MS`] (the kubelet's retry
+    /// of a failed pod sync), and a `FailedCreatePodSandBox` Warning is
+    /// due. `ip`, when one was allocated, stays reserved for the retry.
+    pub fn on_network_failed(
+        &mut self,
+        ip: Option<Ipv4Addr>,
+        message: &str,
+        now: i64,
+    ) -> Happening {
+        if ip.is_some() {
+            self.ip = ip;
+        }
+        self.network_ready = false;
+        self.network_retry_at = now + BACKOFF_BASE_MS;
+        for c in self.containers.values_mut() {
+            if let CState::Waiting { message: m, .. } = &mut c.state {
+                *m = Some(format!("pod network: {message}"));
+            }
+        }
+        Happening::warning(
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: {message}"),
+        )
     }
 
     pub fn on_released(&mut self) {
@@ -1047,11 +1102,73 @@ mod tests {
         let p = pod("Always");
         let mut r = PodRecord::new(&p, 0);
         r.network_ready = true;
-        r.containers.get_mut("main").unwrap().restart_count = 5;
-        r.on_started("main", "x".into(), 0);
-        let actual = HashMap::from([("x".to_string(), exited(1, 0, BACKOFF_RESET_MS))]);
-        r.observe(Some(&p), &actual, BACKOFF_RESET_MS);
-        assert_eq!(r.containers["main"].next_start_at, BACKOFF_RESET_MS);
+        // Five quick crashes: the back-off has grown to 2 min 40 s.
+        let mut t = 0;
+        for attempt in 0..6 {
+            let id = format!("a{attempt}");
+            r.on_started("main", id.clone(), t);
+            let actual = HashMap::from([(id, exited(1, t, t + 1))]);
+            r.observe(Some(&p), &actual, t + 1);
+            t = r.containers["main"].next_start_at;
+        }
+        assert_eq!(r.containers["main"].restart_count, 5);
+        let grown = r.containers["main"].last_termination.clone().unwrap();
+        assert_eq!(t - grown.finished_at, 160_000);
+        // A run of 10 minutes resets it: the restart is immediate ...
+        r.on_started("main", "long".into(), t);
+        let end = t + BACKOFF_RESET_MS;
+        let actual = HashMap::from([("long".to_string(), exited(1, t, end))]);
+        r.observe(Some(&p), &actual, end);
+        assert_eq!(r.containers["main"].next_start_at, end);
+        assert!(matches!(r.containers["main"].state, CState::Terminated(_)));
+        // ... and the next quick crash waits the first step, 10 s, not 5 min.
+        r.on_started("main", "quick".into(), end);
+        let actual = HashMap::from([("quick".to_string(), exited(1, end, end + 1))]);
+        let happened = r.observe(Some(&p), &actual, end + 1);
+        let c = &r.containers["main"];
+        assert_eq!(c.next_start_at, end + 1 + BACKOFF_BASE_MS);
+        assert!(matches!(&c.state, CState::Waiting { reason, .. } if reason == "CrashLoopBackOff"));
+        assert_eq!(happened.len(), 1);
+        // The count users see keeps going, as in Kubernetes.
+        assert_eq!(c.restart_count, 7);
+    }
+
+    #[test]
+    fn a_failed_network_setup_waits_warns_and_retries() {
+        let p = pod("Always");
+        let mut r = PodRecord::new(&p, 0);
+        let none = HashMap::new();
+        assert_eq!(r.next_steps(Some(&p), &none, 0), vec![Step::SetupNetwork]);
+        let ip = Ipv4Addr::new(10, 1, 0, 7);
+        let h = r.on_network_failed(Some(ip), "creating veth: File exists", 1_000);
+        assert!(h.warning);
+        assert_eq!(h.reason, "FailedCreatePodSandBox");
+        assert!(h.message.contains("creating veth: File exists"), "{h:?}");
+        assert_eq!(r.ip, Some(ip));
+        assert_eq!(
+            r.containers["main"].state,
+            CState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: Some("pod network: creating veth: File exists".into()),
+            }
+        );
+        // Nothing starts, and the setup waits out the retry delay.
+        assert_eq!(r.next_steps(Some(&p), &none, 1_001), vec![]);
+        let retry = 1_000 + BACKOFF_BASE_MS;
+        assert_eq!(r.next_steps(Some(&p), &none, retry - 1), vec![]);
+        assert_eq!(
+            r.next_steps(Some(&p), &none, retry),
+            vec![Step::SetupNetwork]
+        );
+        // A second failure keeps the IP if none is given, and warns again.
+        let h = r.on_network_failed(None, "no free pod IP", retry);
+        assert_eq!(h.reason, "FailedCreatePodSandBox");
+        assert_eq!(r.ip, Some(ip));
+        r.on_network_ready(Some(ip));
+        assert_eq!(
+            r.next_steps(Some(&p), &none, retry + 1),
+            vec![start("main")]
+        );
     }
 
     #[test]

@@ -366,6 +366,10 @@ impl LibcontainerRuntime {
         })?;
         spec.save(dir.join("config.json"))
             .map_err(|e| fail(format!("writing config.json: {e}")))?;
+        if let Some(cwd) = spec.process().as_ref().map(|p| p.cwd()) {
+            rootfs::make_working_dir(&rootfs, &config.mounts, &cwd.to_string_lossy())
+                .map_err(fail)?;
+        }
 
         if let Some(parent) = config.log_path.parent() {
             fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
