@@ -370,7 +370,12 @@ mod tests {
                         ..Default::default()
                     },
                 ]),
-                not_ready_addresses: None,
+                // A pod that is not ready: neither routed nor in DNS.
+                not_ready_addresses: Some(vec![EndpointAddress {
+                    ip: "10.88.0.7".into(),
+                    hostname: Some("db-2".into()),
+                    ..Default::default()
+                }]),
                 ports: Some(vec![EndpointPort {
                     port: 5432,
                     protocol: Some("TCP".into()),
@@ -405,9 +410,50 @@ mod tests {
                 },
             ]
         );
+        assert!(
+            db.ports[0]
+                .endpoints
+                .iter()
+                .all(|e| e.ip() != &Ipv4Addr::new(10, 88, 0, 7))
+        );
+        let zone = crate::net::dns::Zone::new(&routes, &Default::default());
+        for name in [
+            "db.default.svc.cluster.local.",
+            "db-2.db.default.svc.cluster.local.",
+            "10-88-0-7.db.default.svc.cluster.local.",
+        ] {
+            let answer = dns_a(&zone, name);
+            assert!(!answer.contains(&"10.88.0.7".to_string()), "{name}: {answer:?}");
+        }
+        assert_eq!(
+            dns_a(&zone, "db.default.svc.cluster.local."),
+            vec!["10.88.0.8", "10.88.0.9"]
+        );
         let ext = by("ext");
         assert_eq!(ext.external_name.as_deref(), Some("example.org"));
         assert!(!ext.headless && ext.cluster_ip.is_none());
+    }
+
+    /// The A records the cluster DNS answers `name` with.
+    fn dns_a(zone: &crate::net::dns::Zone, name: &str) -> Vec<String> {
+        use hickory_proto::op::{Message, Query};
+        use hickory_proto::rr::{Name, RData, RecordType};
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let crate::net::dns::Handling::Respond(reply) =
+            crate::net::dns::handle(zone, &q.to_vec().unwrap(), false)
+        else {
+            panic!("{name} not answered locally")
+        };
+        Message::from_vec(&reply)
+            .unwrap()
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
