@@ -184,6 +184,7 @@ fn proxy() -> Proxy {
     Proxy::new(ProxyConfig {
         node_port_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         load_balancer_addrs: Vec::new(),
+        node_name: "n1".into(),
     })
 }
 
@@ -471,6 +472,7 @@ async fn udp_flows_through_cluster_ip_and_wildcard_node_port() {
     let proxy = Proxy::new(ProxyConfig {
         node_port_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         load_balancer_addrs: Vec::new(),
+        node_name: "n1".into(),
     });
     let errors = proxy
         .apply(&[udp_route(
@@ -617,6 +619,7 @@ async fn load_balancer_ports_listen_on_the_node_addresses() {
     let proxy = Proxy::new(ProxyConfig {
         node_port_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         load_balancer_addrs: vec![IpAddr::V4(lb_ip)],
+        node_name: "n1".into(),
     });
     let mut r = route("web", net.ip(10), port, None, &[a]);
     r.load_balancer = true;

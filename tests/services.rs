@@ -133,6 +133,11 @@ fn every_service_type_dns_env_and_udp() {
     let dns = dns_addr(&c);
     let node_port = free_node_port();
     let lb_port = free_port();
+    // A ClusterIP chosen by the user, far above what the allocator hands out.
+    let given_ip = {
+        let cidr: ipnet::Ipv4Net = c.net.service_cidr().parse().unwrap();
+        Ipv4Addr::from(u32::from(cidr.network()) + 200)
+    };
 
     must_apply(&c, "web.yaml", &web_deployment("web", 2));
     must_apply(
@@ -208,6 +213,18 @@ metadata:
 spec:
   type: ExternalName
   externalName: example.org
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: given
+spec:
+  clusterIP: {given_ip}
+  selector:
+    app: web
+  ports:
+    - port: 80
+      targetPort: http
 ---
 apiVersion: v1
 kind: Service
@@ -348,6 +365,11 @@ subsets:
         served.insert(curl(&format!("http://{sticky}/")).unwrap());
     }
     assert_eq!(served.len(), 1, "{served:?}");
+    // The ClusterIP as given is kept and served.
+    assert_eq!(cluster_ip(&c, "given"), given_ip);
+    c.wait_for("the given ClusterIP to serve", PATIENCE, || {
+        curl(&format!("http://{given_ip}/")).is_some_and(|b| web.contains(&b))
+    });
     // The hand-written Endpoints.
     let manual = cluster_ip(&c, "manual");
     c.wait_for("the selector-less Service", PATIENCE, || {
@@ -390,6 +412,16 @@ subsets:
     assert_eq!(
         dig_short(dns, "ext.default.svc.cluster.local", "CNAME"),
         vec!["example.org.".to_string()]
+    );
+    // An address query gets the CNAME and the target's address, resolved
+    // through the upstream, since stub resolvers do not chase the CNAME.
+    assert_eq!(
+        dig_short(dns, "ext.default.svc.cluster.local", "A"),
+        vec!["198.51.100.7".to_string(), "example.org.".to_string()]
+    );
+    assert_eq!(
+        netkit::dig(dns, &["+short", "+tcp", "ext.default.svc.cluster.local", "A"]),
+        "example.org.\n198.51.100.7"
     );
     assert_eq!(
         dig_short(dns, "web.default.svc.cluster.local", "AAAA"),
@@ -469,8 +501,14 @@ spec:
           echo '--- wget stateful'; wget -q -O - http://db-1.db:8080/
           echo '--- udp'; netserve udp-ask {echo_ip}:9000 from-pod
           echo '--- outside'; nslookup example.org
+          echo '--- ext'; nslookup ext
+          echo '--- expanded'; echo "$URL $0"
           echo '--- done'
           sleep 3600
+      args: ["$(WEB_SERVICE_HOST)"]
+      env:
+        - name: URL
+          value: http://$(WEB_SERVICE_HOST):$(WEB_SERVICE_PORT)
 "#
         ),
     );
@@ -511,6 +549,14 @@ spec:
     assert_eq!(section("wget stateful"), "db-1", "{log}");
     assert_eq!(section("udp"), "echo:from-pod", "{log}");
     assert!(section("outside").contains("198.51.100.7"), "{log}");
+    // musl/busybox do not chase a CNAME: the address must come with it.
+    assert!(section("ext").contains("198.51.100.7"), "{log}");
+    // `$(VAR)` in env and args sees the Service variables.
+    assert_eq!(
+        section("expanded"),
+        format!("http://{web_ip}:80 {web_ip}"),
+        "{log}"
+    );
 
     // --- Bad Services are refused whole, the field named, nothing stored.
     let bad = |name: &str, spec: &str, field: &str| {

@@ -242,6 +242,19 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
             .filter(|t| *t > 0)
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = matches!(type_, "NodePort" | "LoadBalancer")
+        && spec.external_traffic_policy.as_deref() == Some("Local");
+    let mut endpoint_nodes: Vec<(Ipv4Addr, String)> = if internal_local || external_local {
+        subsets()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter_map(|a| Some((a.ip.parse().ok()?, a.node_name.clone()?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    endpoint_nodes.sort();
+    endpoint_nodes.dedup_by(|a, b| a.0 == b.0);
     let balance = svc
         .metadata
         .annotations
@@ -258,6 +271,9 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
         load_balancer: type_ == "LoadBalancer",
         affinity_seconds,
         balance,
+        internal_local,
+        external_local,
+        endpoint_nodes,
         ports,
         addresses,
     })
@@ -333,6 +349,66 @@ mod tests {
             routes[0].ports[0].endpoints,
             vec!["10.88.0.3:8080".parse().unwrap()]
         );
+    }
+
+    #[test]
+    fn local_traffic_policies_carry_the_endpoints_nodes() {
+        let ep = |name: &str| Endpoints {
+            metadata: meta(name, "default"),
+            subsets: Some(vec![EndpointSubset {
+                addresses: Some(vec![
+                    EndpointAddress {
+                        ip: "10.88.1.3".into(),
+                        node_name: Some("n2".into()),
+                        ..Default::default()
+                    },
+                    EndpointAddress {
+                        ip: "10.88.0.3".into(),
+                        node_name: Some("n1".into()),
+                        ..Default::default()
+                    },
+                ]),
+                not_ready_addresses: None,
+                ports: Some(vec![EndpointPort {
+                    port: 8080,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+            }]),
+        };
+        let mut internal = service("internal", "default", "web", 80, IntOrString::Int(8080));
+        internal.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        let mut external = service("external", "default", "web", 80, IntOrString::Int(8080));
+        let spec = external.spec.as_mut().unwrap();
+        spec.type_ = Some("NodePort".into());
+        spec.external_traffic_policy = Some("Local".into());
+        // externalTrafficPolicy means nothing without a NodePort.
+        let mut plain = service("plain", "default", "web", 80, IntOrString::Int(8080));
+        plain.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let routes = service_routes(&snapshot(vec![
+            Object::Service(internal),
+            Object::Service(external),
+            Object::Service(plain),
+            Object::Endpoints(ep("internal")),
+            Object::Endpoints(ep("external")),
+            Object::Endpoints(ep("plain")),
+        ]));
+        let by = |n: &str| routes.iter().find(|r| r.name == n).unwrap();
+        let nodes = vec![
+            (Ipv4Addr::new(10, 88, 0, 3), "n1".to_string()),
+            (Ipv4Addr::new(10, 88, 1, 3), "n2".to_string()),
+        ];
+        let internal = by("internal");
+        assert!(internal.internal_local && !internal.external_local);
+        assert_eq!(internal.endpoint_nodes, nodes);
+        assert!(internal.on_node(&Ipv4Addr::new(10, 88, 1, 3), "n2"));
+        assert!(!internal.on_node(&Ipv4Addr::new(10, 88, 1, 3), "n1"));
+        let external = by("external");
+        assert!(!external.internal_local && external.external_local);
+        assert_eq!(external.endpoint_nodes, nodes);
+        let plain = by("plain");
+        assert!(!plain.internal_local && !plain.external_local);
+        assert!(plain.endpoint_nodes.is_empty());
     }
 
     #[test]

@@ -261,6 +261,7 @@ pub async fn run_with_clock(
         Arc::new(Proxy::new(ProxyConfig {
             node_port_addr: cfg.node_port_addr,
             load_balancer_addrs: load_balancer_addrs(cfg.node_port_addr, &facts),
+            node_name: cfg.node_name.clone(),
         }))
     });
     let mut runtime_events = cfg.runtime.events();
@@ -1113,6 +1114,12 @@ impl Agent {
                 return;
             }
         };
+        let service_env = if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false)
+        {
+            crate::api::routing::service_env(&self.services.routes, &rec.namespace)
+        } else {
+            Vec::new()
+        };
         let config = containers::container_config(
             pod,
             rec,
@@ -1124,6 +1131,7 @@ impl Agent {
                 volumes: volume_paths.clone(),
             },
             &node,
+            &service_env,
         )
         .map_err(|e| e.to_string())
         .and_then(|mut c| {
@@ -1145,19 +1153,15 @@ impl Agent {
             return;
         }
         let mut config = config;
-        let node_resolv = crate::net::dns::resolv::parse_resolv_conf(
-            &std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default(),
+        let node_resolv = crate::net::dns::resolv::read_for_pods(
+            &self.cfg.resolv_conf,
+            crate::net::dns::resolv::fallback_for(&self.cfg.resolv_conf),
         );
         config.resolv_conf = Some(crate::net::dns::resolv::pod_resolv_conf(
             pod,
             &self.services.network,
             &node_resolv,
         ));
-        if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
-            let mut env = crate::api::routing::service_env(&self.services.routes, &rec.namespace);
-            env.append(&mut config.env);
-            config.env = env;
-        }
         if let Some(h) = pod.spec.as_ref().and_then(|s| s.hostname.clone()) {
             config.hostname = h;
         }

@@ -2,7 +2,9 @@
 //! DNS address (a reserved ClusterIP on the bridge, so pods reach it through
 //! their default route like any ClusterIP) that answers names under the
 //! cluster domain from the node's own Service table ([`zone`]) and forwards
-//! everything else to the node's upstream resolvers (its resolv.conf). It keeps
+//! everything else to the node's upstream resolvers (its resolv.conf); an
+//! ExternalName's target outside the cluster is resolved through them too and
+//! its addresses appended to the CNAME, as CoreDNS does. It keeps
 //! answering without the master: the table is the one the worker persisted.
 //!
 //! Owns: its two sockets and the forwarding sockets it opens. Must not touch:
@@ -251,6 +253,21 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 let _ = socket.send_to(&reply, peer).await;
             }
             Handling::Drop => trace!(%peer, bytes = n, "DNS datagram dropped"),
+            Handling::Chase(partial) => {
+                let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
+                    send_servfail(&socket, &partial.query, peer).await;
+                    continue;
+                };
+                let (socket, shared) = (socket.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Handling::Respond(reply) =
+                        chase(partial, &shared.upstreams.current(), true).await
+                    {
+                        let _ = socket.send_to(&reply, peer).await;
+                    }
+                });
+            }
             Handling::Forward(query) => {
                 let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
                     send_servfail(&socket, &query, peer).await;
@@ -280,6 +297,24 @@ async fn send_servfail(socket: &UdpSocket, query: &Message, peer: SocketAddr) {
     if let Some(reply) = servfail(query) {
         let _ = socket.send_to(&reply, peer).await;
     }
+}
+
+/// Completes an ExternalName's answer with its target's addresses from the
+/// upstreams (over TCP when the UDP answer was truncated). Without an
+/// upstream answer the CNAME alone is sent, as before the chase.
+async fn chase(chase: Box<zone::Chase>, upstreams: &[SocketAddr], udp: bool) -> Handling {
+    let Ok(query) = chase.upstream_query(rand::random()).to_vec() else {
+        return chase.finish(None, udp);
+    };
+    let parse = |r: Vec<u8>| Message::from_vec(&r).ok();
+    let mut reply = forward_udp(&query, upstreams).await.and_then(parse);
+    if reply.as_ref().is_some_and(|r| r.metadata.truncation) {
+        reply = forward_tcp(&query, upstreams)
+            .await
+            .and_then(parse)
+            .or(reply);
+    }
+    chase.finish(reply.as_ref(), udp)
 }
 
 /// Asks each upstream in turn; the first reply with the query's ID wins.
@@ -375,6 +410,15 @@ async fn serve_tcp_client(mut stream: TcpStream, shared: &Shared) -> io::Result<
         let reply = match handle(&zone, &query, false) {
             Handling::Respond(r) => r,
             Handling::Drop => return Ok(()),
+            Handling::Chase(partial) => {
+                let Ok(_permit) = shared.forwards.try_acquire() else {
+                    return Ok(());
+                };
+                match chase(partial, &shared.upstreams.current(), false).await {
+                    Handling::Respond(r) => r,
+                    _ => return Ok(()),
+                }
+            }
             Handling::Forward(q) => {
                 let Ok(_permit) = shared.forwards.try_acquire() else {
                     return Ok(());
