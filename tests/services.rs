@@ -902,3 +902,57 @@ spec:
         "the rule outlived bramble down"
     );
 }
+
+/// A NodePort a host process holds when the Service arrives: the node warns
+/// once (an Event on the Service) and keeps trying with back-off, so the port
+/// serves as soon as the process lets go, with nothing applied again.
+#[test]
+fn a_node_port_held_by_the_host_serves_once_released() {
+    let c = cluster(&[]);
+    let node_port = free_node_port();
+    let holder = std::net::TcpListener::bind(("0.0.0.0", node_port)).unwrap();
+    must_apply(&c, "web.yaml", &web_deployment("web", 1));
+    must_apply(
+        &c,
+        "svc.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: held\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n    - port: 80\n      targetPort: http\n      nodePort: {node_port}\n"
+        ),
+    );
+    let web = names(&wait_ready(&c, "app=web", 1));
+    let bind_warnings = || -> Vec<serde_json::Value> {
+        c.json(&["get", "events"])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                e["involvedObject"]["kind"] == "Service"
+                    && e["involvedObject"]["name"] == "held"
+                    && e["type"] == "Warning"
+                    && e["reason"] == "FailedBindPort"
+            })
+            .collect()
+    };
+    let mut warnings = Vec::new();
+    c.wait_for("a FailedBindPort Event on the Service", PATIENCE, || {
+        warnings = bind_warnings();
+        !warnings.is_empty()
+    });
+    let message = warnings[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&node_port.to_string()), "{message}");
+    // The host process still has the port: the node keeps quiet meanwhile
+    // (one Event for the episode, not one per retry).
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{node_port}/")),
+        None,
+        "the port is the host process's"
+    );
+    drop(holder);
+    c.wait_for("the NodePort to serve once released", PATIENCE, || {
+        curl(&format!("http://127.0.0.1:{node_port}/")).is_some_and(|b| web.contains(&b))
+    });
+    let warnings = bind_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["count"], 1, "{warnings:?}");
+}

@@ -11,6 +11,7 @@
 
 pub mod containers;
 pub mod facts;
+pub mod faults;
 pub mod images;
 pub mod join;
 pub mod podsync;
@@ -33,14 +34,14 @@ use crate::api::routing::{Protocol, RoutePort, ServiceRoute};
 use crate::config::Layout;
 use crate::net::dns::DnsServer;
 use crate::net::{NetConfig, PodNetwork};
-use crate::proxy::{Proxy, ProxyConfig};
+use crate::proxy::{Proxy, ProxyConfig, ProxyError};
 use crate::runtime::log_times::LogClock;
 use crate::runtime::{ContainerState, Runtime, RuntimeError};
 use crate::store::{LocalOp, LocalStore, StoreError};
 use crate::transport::envelope::{self, Clock, DropLog, EnvelopeError, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
-    Assignment, ContainerUsage, NodeFacts, NodeReport, Online, PodEvent, PodReport, ServiceTable,
-    StreamMsg,
+    Assignment, ContainerUsage, EventSubject, NodeFacts, NodeReport, ObjectEvent, Online, PodEvent,
+    PodReport, ServiceTable, StreamMsg,
 };
 use crate::transport::seal;
 use crate::transport::stream::MqttLink;
@@ -176,6 +177,10 @@ struct Agent {
     applied_routes: Option<u64>,
     /// The hostPort forwards the proxy runs now.
     applied_host_ports: Vec<ServiceRoute>,
+    /// What failed when the routes were last applied, and when to retry.
+    route_faults: faults::Faults,
+    /// Events about Services and this node not yet sent to the master.
+    object_events: Vec<ObjectEvent>,
     last_report: Option<Vec<PodReport>>,
     /// Events not yet sent to the master.
     events: Vec<PodEvent>,
@@ -285,6 +290,8 @@ pub async fn run_with_clock(
         dns: None,
         applied_routes: None,
         applied_host_ports: Vec::new(),
+        route_faults: faults::Faults::default(),
+        object_events: Vec::new(),
         last_report: None,
         events: Vec::new(),
         tasks: task_tx,
@@ -458,11 +465,14 @@ impl Agent {
         let (Some(net), Some(proxy)) = (&self.net, &self.proxy) else {
             return;
         };
+        let now = tokio::time::Instant::now();
         if self.applied_routes == Some(self.services.generation)
             && self.applied_host_ports == host_ports
+            && !self.route_faults.due(now)
         {
             return;
         }
+        let mut found: Vec<(faults::Fault, String)> = Vec::new();
         let mut ips: BTreeSet<Ipv4Addr> = self
             .services
             .routes
@@ -478,6 +488,26 @@ impl Agent {
         routes.extend(host_ports.iter().cloned());
         for e in proxy.apply(&routes).await {
             tracing::warn!(error = %e, "proxy");
+            // A port the host holds may be released: retried. A conflict
+            // between Services only changes with the table.
+            if let ProxyError::Bind { service, addr, .. } = &e
+                && let Some((namespace, name)) = service
+                    .split_once('/')
+                    .and_then(|(ns, rest)| Some((ns, rest.split_once(':')?.0)))
+                && namespace != "hostport"
+            {
+                found.push((
+                    faults::Fault {
+                        subject: EventSubject::Service {
+                            namespace: namespace.to_string(),
+                            name: name.to_string(),
+                        },
+                        reason: "FailedBindPort",
+                        part: addr.to_string(),
+                    },
+                    e.to_string(),
+                ));
+            }
         }
         // host-gw: the other nodes' pods are behind the other nodes.
         let own_pod_cidr = net.config().pod_cidr;
@@ -490,22 +520,63 @@ impl Agent {
             .filter(|n| !self.facts.addresses.contains(&n.address.to_string()))
             .map(|n| (n.pod_cidr, n.address))
             .collect();
+        let node_fault = |reason: &'static str, part: String, message: String| {
+            (
+                faults::Fault {
+                    subject: EventSubject::Node,
+                    reason,
+                    part,
+                },
+                message,
+            )
+        };
         if let Err(e) = net.set_node_routes(&node_routes).await {
             tracing::warn!(error = %e, "pods cannot reach other nodes' pods");
+            found.push(node_fault(
+                "FailedNodeRoutes",
+                String::new(),
+                format!("pods cannot reach other nodes' pods: {e}"),
+            ));
         }
         // Egress failing (no `nft`) must not keep Services and DNS down; it
-        // is tried again with the next table.
+        // is retried with back-off.
         if let Some(cidr) = self.services.network.cluster_cidr
             && let Err(e) = net.ensure_masquerade(cidr).await
         {
             tracing::warn!(error = %e, "pods have no egress to outside the cluster");
+            found.push(node_fault(
+                "FailedMasquerade",
+                cidr.to_string(),
+                format!("pods have no egress to outside the cluster: {e}"),
+            ));
         }
-        self.dns = crate::net::dns::serve(
+        let (dns, dns_error) = crate::net::dns::serve(
             self.dns.take(),
             &self.services.routes,
             &self.services.network,
             &self.cfg.resolv_conf,
         );
+        self.dns = dns;
+        if let Some(e) = dns_error {
+            found.push(node_fault(
+                "FailedClusterDNS",
+                String::new(),
+                format!("the cluster DNS is not running: {e}"),
+            ));
+        }
+        let at = now_ms();
+        for (fault, message) in self.route_faults.after_attempt(now, found) {
+            self.object_events.push(ObjectEvent {
+                subject: fault.subject,
+                type_: "Warning".into(),
+                reason: fault.reason.into(),
+                message,
+                at,
+            });
+        }
+        if !self.route_faults.any() {
+            tracing::debug!("Services and networking applied");
+        }
         self.applied_routes = Some(self.services.generation);
         self.applied_host_ports = host_ports;
     }
@@ -1507,7 +1578,11 @@ impl Agent {
                 }
             })
             .collect();
-        if !force && self.events.is_empty() && self.last_report.as_ref() == Some(&pods) {
+        if !force
+            && self.events.is_empty()
+            && self.object_events.is_empty()
+            && self.last_report.as_ref() == Some(&pods)
+        {
             return;
         }
         let mut sent = pods.clone();
@@ -1526,6 +1601,7 @@ impl Agent {
             },
             pods: sent,
             events: self.events.clone(),
+            object_events: self.object_events.clone(),
             session: self.session,
         };
         let topic = self.cfg.topics.status(&self.cfg.node_name);
@@ -1540,6 +1616,7 @@ impl Agent {
         if self.mqtt.try_publish(&topic, bytes, false).is_ok() {
             self.last_report = Some(pods);
             self.events.clear();
+            self.object_events.clear();
         }
     }
 }

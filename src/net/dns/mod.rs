@@ -207,18 +207,22 @@ impl Drop for DnsServer {
 
 /// Keeps the node's DNS server in line with the Service table: started on the
 /// table's DNS address once it names one, updated in place, restarted if the
-/// address moves. A bind failure is logged and retried with the next table.
+/// address moves. A bind failure is logged and returned beside `None`; the
+/// worker retries it.
 pub fn serve(
     current: Option<DnsServer>,
     routes: &[ServiceRoute],
     network: &ClusterNetwork,
     resolv_conf: &std::path::Path,
-) -> Option<DnsServer> {
-    let addr = SocketAddr::new(network.dns_ip?.into(), 53);
+) -> (Option<DnsServer>, Option<DnsError>) {
+    let Some(dns_ip) = network.dns_ip else {
+        return (None, None);
+    };
+    let addr = SocketAddr::new(dns_ip.into(), 53);
     if let Some(server) = current {
         if server.addr() == addr {
             server.update(routes, network);
-            return Some(server);
+            return (Some(server), None);
         }
         drop(server);
     }
@@ -227,10 +231,10 @@ pub fn serve(
         resolv_conf: resolv_conf.to_path_buf(),
     };
     match DnsServer::start(config, routes, network) {
-        Ok(server) => Some(server),
+        Ok(server) => (Some(server), None),
         Err(e) => {
             warn!(error = %e, "cluster DNS is not running");
-            None
+            (None, Some(e))
         }
     }
 }
