@@ -4,8 +4,10 @@
 //! with `dig` (Debian's dnsutils), names outside the cluster forwarded to a
 //! tiny resolver the test runs on loopback, garbage thrown at the DNS server,
 //! UDP echo across a Service, bad Services refused, a failover with a client
-//! that keeps sending while an endpoint's container is killed, and egress
-//! through the masquerade rule, which `bramble down` removes.
+//! that keeps sending while an endpoint's container is killed, egress
+//! through the masquerade rule past a FORWARD chain that drops (Docker's
+//! policy), which `bramble down` removes, and a NodePort a host process
+//! holds, served once it is released.
 
 mod common;
 mod netkit;
@@ -839,6 +841,61 @@ impl Drop for Lan {
     }
 }
 
+/// Drops forwarded traffic from and to `cidr` at the end of the iptables
+/// FORWARD chain while it lives: what a FORWARD policy of DROP (Docker's)
+/// does to the pods' traffic, without cutting the forwarding of anything
+/// else on this shared host. Removed on drop, also when the test fails.
+struct ForwardDrop {
+    rules: Vec<Vec<String>>,
+}
+
+impl ForwardDrop {
+    fn new(cidr: &str) -> ForwardDrop {
+        let guard = ForwardDrop {
+            rules: ["-s", "-d"]
+                .iter()
+                .map(|dir| {
+                    [dir, cidr, "-m", "comment", "--comment", "bramble-test-drop", "-j", "DROP"]
+                        .map(str::to_string)
+                        .to_vec()
+                })
+                .collect(),
+        };
+        for rule in &guard.rules {
+            let st = Command::new("iptables")
+                .args(["-w", "-A", "FORWARD"])
+                .args(rule)
+                .status()
+                .unwrap();
+            assert!(st.success(), "iptables -A FORWARD {rule:?}");
+        }
+        guard
+    }
+}
+
+impl Drop for ForwardDrop {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables")
+                .args(["-w", "-D", "FORWARD"])
+                .args(rule)
+                .status();
+        }
+    }
+}
+
+/// The FORWARD rules of ours for `bridge`'s pods.
+fn forward_accepts(bridge: &str) -> usize {
+    let out = Command::new("iptables")
+        .args(["-w", "-S", "FORWARD"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("bramble:{bridge}")) && l.ends_with("-j ACCEPT"))
+        .count()
+}
+
 fn nft_table_exists(bridge: &str) -> bool {
     Command::new("nft")
         .args([
@@ -856,6 +913,8 @@ fn nft_table_exists(bridge: &str) -> bool {
 #[test]
 fn egress_is_masqueraded_and_down_removes_the_rule() {
     let c = cluster(&[]);
+    // The host drops forwarded pod traffic, as with Docker's FORWARD DROP.
+    let _drop = ForwardDrop::new(&c.net.cluster_cidr());
     let lan = Lan::new(c.net.octet);
     let (server, handle) = lan.serve();
     c.wait_for("the masquerade table", PATIENCE, || {
@@ -887,6 +946,7 @@ spec:
         "{log}\n{}",
         c.log_tail()
     );
+    assert_eq!(forward_accepts(&c.bridge), 2, "from and to the pod CIDR");
     let out = Command::new(common::BIN)
         .args(["down", "--data-dir"])
         .arg(&c.data_dir)
@@ -900,6 +960,11 @@ spec:
     assert!(
         !nft_table_exists(&c.bridge),
         "the rule outlived bramble down"
+    );
+    assert_eq!(
+        forward_accepts(&c.bridge),
+        0,
+        "the FORWARD rules outlived bramble down"
     );
 }
 

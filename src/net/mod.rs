@@ -91,6 +91,8 @@ pub enum NetError {
     Thread(#[source] io::Error),
     #[error("nftables: {op}: {reason}")]
     Nft { op: &'static str, reason: String },
+    #[error("iptables: {op}: {reason}")]
+    Iptables { op: &'static str, reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -512,7 +514,7 @@ impl PodNetwork {
     pub async fn teardown_all(&self) -> Result<(), NetError> {
         self.set_node_routes(&Default::default()).await?;
         let _serial = self.lock.lock().await;
-        masq::remove(&self.config.bridge).await?;
+        masq::remove(&self.config.bridge, self.config.pod_cidr).await?;
         *self.masquerade.lock().await = None;
         let dir = &self.config.netns_dir;
         match std::fs::read_dir(dir) {
