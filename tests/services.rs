@@ -422,7 +422,10 @@ subsets:
         vec!["198.51.100.7".to_string(), "example.org.".to_string()]
     );
     assert_eq!(
-        netkit::dig(dns, &["+short", "+tcp", "ext.default.svc.cluster.local", "A"]),
+        netkit::dig(
+            dns,
+            &["+short", "+tcp", "ext.default.svc.cluster.local", "A"]
+        ),
         "example.org.\n198.51.100.7"
     );
     assert_eq!(
@@ -855,9 +858,18 @@ impl ForwardDrop {
             rules: ["-s", "-d"]
                 .iter()
                 .map(|dir| {
-                    [dir, cidr, "-m", "comment", "--comment", "bramble-test-drop", "-j", "DROP"]
-                        .map(str::to_string)
-                        .to_vec()
+                    [
+                        dir,
+                        cidr,
+                        "-m",
+                        "comment",
+                        "--comment",
+                        "bramble-test-drop",
+                        "-j",
+                        "DROP",
+                    ]
+                    .map(str::to_string)
+                    .to_vec()
                 })
                 .collect(),
         };

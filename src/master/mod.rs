@@ -777,10 +777,9 @@ impl Master {
         ops: &[Op],
     ) -> Option<Op> {
         let (key, component) = match &ev.subject {
-            EventSubject::Service { namespace, name } => (
-                ObjectKey::new(Kind::Service, namespace, name),
-                "kube-proxy",
-            ),
+            EventSubject::Service { namespace, name } => {
+                (ObjectKey::new(Kind::Service, namespace, name), "kube-proxy")
+            }
             EventSubject::Node => (ObjectKey::new(Kind::Node, "", node), "kubelet"),
         };
         let obj = self.cfg.store.get(&key)?;
@@ -812,9 +811,7 @@ impl Master {
             component,
             at,
         );
-        if cluster_scoped
-            && let controllers::Action::Create(Object::Event(e)) = &mut action
-        {
+        if cluster_scoped && let controllers::Action::Create(Object::Event(e)) = &mut action {
             e.involved_object.namespace = None;
         }
         Some(commands::to_op(action))

@@ -499,7 +499,10 @@ mod tests {
             "10-88-0-7.db.default.svc.cluster.local.",
         ] {
             let answer = dns_a(&zone, name);
-            assert!(!answer.contains(&"10.88.0.7".to_string()), "{name}: {answer:?}");
+            assert!(
+                !answer.contains(&"10.88.0.7".to_string()),
+                "{name}: {answer:?}"
+            );
         }
         assert_eq!(
             dns_a(&zone, "db.default.svc.cluster.local."),

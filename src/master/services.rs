@@ -452,7 +452,10 @@ mod tests {
         // Not an address at all.
         let mut s = svc("bad", json!({"clusterIP": "ten", "ports": [{"port": 80}]}));
         let err = prepare(&e, &mut s).unwrap_err();
-        assert!(err.contains("spec.clusterIP") && err.contains("valid IP"), "{err}");
+        assert!(
+            err.contains("spec.clusterIP") && err.contains("valid IP"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -55,7 +55,11 @@ impl Faults {
     /// failing at the previous attempt: each deserves a Warning Event. Those
     /// still failing were reported already; those that went away end their
     /// episode, so failing again later is news again.
-    pub fn after_attempt(&mut self, now: Instant, found: Vec<(Fault, String)>) -> Vec<(Fault, String)> {
+    pub fn after_attempt(
+        &mut self,
+        now: Instant,
+        found: Vec<(Fault, String)>,
+    ) -> Vec<(Fault, String)> {
         let new: Vec<(Fault, String)> = found
             .iter()
             .filter(|(f, _)| !self.failing.contains_key(f))

@@ -1185,8 +1185,7 @@ impl Agent {
                 return;
             }
         };
-        let service_env = if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false)
-        {
+        let service_env = if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
             crate::api::routing::service_env(&self.services.routes, &rec.namespace)
         } else {
             Vec::new()

@@ -700,7 +700,9 @@ mod tests {
         let m = Message::from_vec(&reply).unwrap();
         assert_eq!(m.metadata.id, 77);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-        assert!(matches!(&m.answers[0].data, RData::CNAME(c) if c.0.to_ascii() == "db.example.org."));
+        assert!(
+            matches!(&m.answers[0].data, RData::CNAME(c) if c.0.to_ascii() == "db.example.org.")
+        );
         assert_eq!(ips(&m), vec!["198.51.100.7"]);
         // No upstream answer: the CNAME alone, as before.
         let c = chase(&z, "ext.default.svc.cluster.local.", RecordType::A);
@@ -728,7 +730,10 @@ mod tests {
         let m = ask(&z, "alias.default.svc.cluster.local.", RecordType::A);
         assert!(matches!(&m.answers[0].data,
             RData::CNAME(c) if c.0.to_ascii() == "web.default.svc.cluster.local."));
-        assert_eq!(m.answers[1].name.to_ascii(), "web.default.svc.cluster.local.");
+        assert_eq!(
+            m.answers[1].name.to_ascii(),
+            "web.default.svc.cluster.local."
+        );
         assert_eq!(ips(&m), vec!["10.96.0.5"]);
         // A loop ends, with an answer.
         let m = ask(&z, "loop-a.default.svc.cluster.local.", RecordType::A);
