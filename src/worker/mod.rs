@@ -379,6 +379,9 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// The namespace of the proxy routes that serve pods' hostPorts.
+const HOST_PORT_NAMESPACE: &str = "hostport";
+
 /// How often a stopping pod's drain looks at the proxy.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -494,15 +497,23 @@ impl Agent {
                 && let Some((namespace, name)) = service
                     .split_once('/')
                     .and_then(|(ns, rest)| Some((ns, rest.split_once(':')?.0)))
-                && namespace != "hostport"
             {
-                found.push((
-                    faults::Fault {
-                        subject: EventSubject::Service {
+                // A pod's hostPort is the node's business, not a Service's.
+                let (subject, reason) = if namespace == HOST_PORT_NAMESPACE {
+                    (EventSubject::Node, "FailedBindHostPort")
+                } else {
+                    (
+                        EventSubject::Service {
                             namespace: namespace.to_string(),
                             name: name.to_string(),
                         },
-                        reason: "FailedBindPort",
+                        "FailedBindPort",
+                    )
+                };
+                found.push((
+                    faults::Fault {
+                        subject,
+                        reason,
                         part: addr.to_string(),
                     },
                     e.to_string(),
@@ -628,7 +639,7 @@ impl Agent {
             }
             if !ports.is_empty() {
                 out.push(ServiceRoute {
-                    namespace: "hostport".into(),
+                    namespace: HOST_PORT_NAMESPACE.into(),
                     name: format!(
                         "{}.{}",
                         pod.metadata.namespace.as_deref().unwrap_or(""),
