@@ -197,6 +197,7 @@ async fn forged_and_replayed_messages_are_dropped() {
         info: NodeFacts::default(),
         pods: vec![],
         events: vec![],
+        object_events: vec![],
         session: 0,
     };
     let as_node = Sealer::new(KeyPair::generate(), envelope::node_id(&c.node));

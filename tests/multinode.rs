@@ -425,6 +425,7 @@ fn forged_status_is_dropped(c: &TestCluster) {
             info: NodeFacts::default(),
             pods: vec![],
             events: vec![],
+            object_events: vec![],
             session: 0,
         };
         // Signed by w1's real key, as w1 and as w2.

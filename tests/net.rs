@@ -400,6 +400,7 @@ async fn pod_reaches_pod_through_a_cluster_ip_and_the_proxy() {
     let proxy = Proxy::new(ProxyConfig {
         node_port_addr: network.gateway().into(),
         load_balancer_addrs: Vec::new(),
+        node_name: "n1".into(),
     });
     // The proxy goes first: it binds before the address is on the bridge.
     let errors = proxy

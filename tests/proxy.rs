@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use bramble::api::routing::{Protocol, RoutePort, ServiceRoute};
+use bramble::api::routing::{Balance, Protocol, RoutePort, ServiceRoute};
 use bramble::proxy::{Proxy, ProxyConfig, ProxyError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -184,6 +184,7 @@ fn proxy() -> Proxy {
     Proxy::new(ProxyConfig {
         node_port_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         load_balancer_addrs: Vec::new(),
+        node_name: "n1".into(),
     })
 }
 
@@ -471,6 +472,7 @@ async fn udp_flows_through_cluster_ip_and_wildcard_node_port() {
     let proxy = Proxy::new(ProxyConfig {
         node_port_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         load_balancer_addrs: Vec::new(),
+        node_name: "n1".into(),
     });
     let errors = proxy
         .apply(&[udp_route(
@@ -545,27 +547,50 @@ async fn udp_refused_endpoint_resends_to_the_next_and_removed_endpoint_moves_the
     proxy.shutdown().await;
 }
 
-#[tokio::test]
-async fn least_connections_fills_the_idle_endpoint_first() {
+/// Three connections held open to `a` (the only endpoint then), `b` added,
+/// then three new connections opened and held: where did those go?
+async fn new_connections_after_a_holds_three(balance: Balance) -> Vec<String> {
     let net = Net::new();
     let a = backend(net.ip(1), "a").await;
     let b = backend(net.ip(2), "b").await;
     let cluster = at(net.ip(10), free_port(net.ip(10)));
     let proxy = proxy();
-    let mut r = route("web", net.ip(10), cluster.port(), None, &[a, b]);
-    r.balance = bramble::api::routing::Balance::LeastConnections;
-    assert!(proxy.apply(&[r]).await.is_empty());
-    // Sessions stay open, so the counts only grow.
-    let s1 = Session::open(cluster).await.unwrap();
-    let s2 = Session::open(cluster).await.unwrap();
-    assert_ne!(s1.server, s2.server, "the idle endpoint gets the second");
-    let s3 = Session::open(cluster).await.unwrap();
-    let s4 = Session::open(cluster).await.unwrap();
-    assert_ne!(s3.server, s4.server, "1-1 then 2-1: the fourth evens it");
-    for s in [s1, s2, s3, s4] {
+    let mut r = route("web", net.ip(10), cluster.port(), None, &[a]);
+    r.balance = balance;
+    assert!(proxy.apply(std::slice::from_ref(&r)).await.is_empty());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = Session::open(cluster).await.unwrap();
+        assert_eq!(s.server, "a");
+        held.push(s);
+    }
+    // Same Service port: only the endpoints change; a's count stays 3.
+    r.ports[0].endpoints = vec![a, b];
+    assert!(proxy.apply(std::slice::from_ref(&r)).await.is_empty());
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let s = Session::open(cluster).await.unwrap();
+        servers.push(s.server.clone());
+        held.push(s);
+    }
+    for s in held {
         s.finish("bye").await;
     }
     proxy.shutdown().await;
+    servers
+}
+
+#[tokio::test]
+async fn least_connections_fills_the_idle_endpoint_first() {
+    // a has 3 open, b none: b takes the next three (0, 1, 2 < 3).
+    assert_eq!(
+        new_connections_after_a_holds_three(Balance::LeastConnections).await,
+        ["b", "b", "b"]
+    );
+    // The same sequence under round-robin alternates, so the assertion above
+    // tells the two policies apart.
+    let rr = new_connections_after_a_holds_three(Balance::RoundRobin).await;
+    assert!(rr.iter().any(|s| s == "a"), "{rr:?}");
 }
 
 #[tokio::test]
@@ -594,6 +619,7 @@ async fn load_balancer_ports_listen_on_the_node_addresses() {
     let proxy = Proxy::new(ProxyConfig {
         node_port_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         load_balancer_addrs: vec![IpAddr::V4(lb_ip)],
+        node_name: "n1".into(),
     });
     let mut r = route("web", net.ip(10), port, None, &[a]);
     r.load_balancer = true;

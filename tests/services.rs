@@ -4,8 +4,10 @@
 //! with `dig` (Debian's dnsutils), names outside the cluster forwarded to a
 //! tiny resolver the test runs on loopback, garbage thrown at the DNS server,
 //! UDP echo across a Service, bad Services refused, a failover with a client
-//! that keeps sending while an endpoint's container is killed, and egress
-//! through the masquerade rule, which `bramble down` removes.
+//! that keeps sending while an endpoint's container is killed, egress
+//! through the masquerade rule past a FORWARD chain that drops (Docker's
+//! policy), which `bramble down` removes, and a NodePort a host process
+//! holds, served once it is released.
 
 mod common;
 mod netkit;
@@ -133,6 +135,11 @@ fn every_service_type_dns_env_and_udp() {
     let dns = dns_addr(&c);
     let node_port = free_node_port();
     let lb_port = free_port();
+    // A ClusterIP chosen by the user, far above what the allocator hands out.
+    let given_ip = {
+        let cidr: ipnet::Ipv4Net = c.net.service_cidr().parse().unwrap();
+        Ipv4Addr::from(u32::from(cidr.network()) + 200)
+    };
 
     must_apply(&c, "web.yaml", &web_deployment("web", 2));
     must_apply(
@@ -208,6 +215,18 @@ metadata:
 spec:
   type: ExternalName
   externalName: example.org
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: given
+spec:
+  clusterIP: {given_ip}
+  selector:
+    app: web
+  ports:
+    - port: 80
+      targetPort: http
 ---
 apiVersion: v1
 kind: Service
@@ -348,6 +367,11 @@ subsets:
         served.insert(curl(&format!("http://{sticky}/")).unwrap());
     }
     assert_eq!(served.len(), 1, "{served:?}");
+    // The ClusterIP as given is kept and served.
+    assert_eq!(cluster_ip(&c, "given"), given_ip);
+    c.wait_for("the given ClusterIP to serve", PATIENCE, || {
+        curl(&format!("http://{given_ip}/")).is_some_and(|b| web.contains(&b))
+    });
     // The hand-written Endpoints.
     let manual = cluster_ip(&c, "manual");
     c.wait_for("the selector-less Service", PATIENCE, || {
@@ -390,6 +414,19 @@ subsets:
     assert_eq!(
         dig_short(dns, "ext.default.svc.cluster.local", "CNAME"),
         vec!["example.org.".to_string()]
+    );
+    // An address query gets the CNAME and the target's address, resolved
+    // through the upstream, since stub resolvers do not chase the CNAME.
+    assert_eq!(
+        dig_short(dns, "ext.default.svc.cluster.local", "A"),
+        vec!["198.51.100.7".to_string(), "example.org.".to_string()]
+    );
+    assert_eq!(
+        netkit::dig(
+            dns,
+            &["+short", "+tcp", "ext.default.svc.cluster.local", "A"]
+        ),
+        "example.org.\n198.51.100.7"
     );
     assert_eq!(
         dig_short(dns, "web.default.svc.cluster.local", "AAAA"),
@@ -469,8 +506,14 @@ spec:
           echo '--- wget stateful'; wget -q -O - http://db-1.db:8080/
           echo '--- udp'; netserve udp-ask {echo_ip}:9000 from-pod
           echo '--- outside'; nslookup example.org
+          echo '--- ext'; nslookup ext
+          echo '--- expanded'; echo "$URL $0"
           echo '--- done'
           sleep 3600
+      args: ["$(WEB_SERVICE_HOST)"]
+      env:
+        - name: URL
+          value: http://$(WEB_SERVICE_HOST):$(WEB_SERVICE_PORT)
 "#
         ),
     );
@@ -511,6 +554,14 @@ spec:
     assert_eq!(section("wget stateful"), "db-1", "{log}");
     assert_eq!(section("udp"), "echo:from-pod", "{log}");
     assert!(section("outside").contains("198.51.100.7"), "{log}");
+    // musl/busybox do not chase a CNAME: the address must come with it.
+    assert!(section("ext").contains("198.51.100.7"), "{log}");
+    // `$(VAR)` in env and args sees the Service variables.
+    assert_eq!(
+        section("expanded"),
+        format!("http://{web_ip}:80 {web_ip}"),
+        "{log}"
+    );
 
     // --- Bad Services are refused whole, the field named, nothing stored.
     let bad = |name: &str, spec: &str, field: &str| {
@@ -793,6 +844,70 @@ impl Drop for Lan {
     }
 }
 
+/// Drops forwarded traffic from and to `cidr` at the end of the iptables
+/// FORWARD chain while it lives: what a FORWARD policy of DROP (Docker's)
+/// does to the pods' traffic, without cutting the forwarding of anything
+/// else on this shared host. Removed on drop, also when the test fails.
+struct ForwardDrop {
+    rules: Vec<Vec<String>>,
+}
+
+impl ForwardDrop {
+    fn new(cidr: &str) -> ForwardDrop {
+        let guard = ForwardDrop {
+            rules: ["-s", "-d"]
+                .iter()
+                .map(|dir| {
+                    [
+                        dir,
+                        cidr,
+                        "-m",
+                        "comment",
+                        "--comment",
+                        "bramble-test-drop",
+                        "-j",
+                        "DROP",
+                    ]
+                    .map(str::to_string)
+                    .to_vec()
+                })
+                .collect(),
+        };
+        for rule in &guard.rules {
+            let st = Command::new("iptables")
+                .args(["-w", "-A", "FORWARD"])
+                .args(rule)
+                .status()
+                .unwrap();
+            assert!(st.success(), "iptables -A FORWARD {rule:?}");
+        }
+        guard
+    }
+}
+
+impl Drop for ForwardDrop {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables")
+                .args(["-w", "-D", "FORWARD"])
+                .args(rule)
+                .status();
+        }
+    }
+}
+
+/// The FORWARD rules of ours for `bridge`'s pods.
+fn forward_accepts(bridge: &str) -> usize {
+    let out = Command::new("iptables")
+        .args(["-w", "-S", "FORWARD"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("bramble:{bridge}")) && l.ends_with("-j ACCEPT"))
+        .count()
+}
+
 fn nft_table_exists(bridge: &str) -> bool {
     Command::new("nft")
         .args([
@@ -810,6 +925,8 @@ fn nft_table_exists(bridge: &str) -> bool {
 #[test]
 fn egress_is_masqueraded_and_down_removes_the_rule() {
     let c = cluster(&[]);
+    // The host drops forwarded pod traffic, as with Docker's FORWARD DROP.
+    let _drop = ForwardDrop::new(&c.net.cluster_cidr());
     let lan = Lan::new(c.net.octet);
     let (server, handle) = lan.serve();
     c.wait_for("the masquerade table", PATIENCE, || {
@@ -841,6 +958,7 @@ spec:
         "{log}\n{}",
         c.log_tail()
     );
+    assert_eq!(forward_accepts(&c.bridge), 2, "from and to the pod CIDR");
     let out = Command::new(common::BIN)
         .args(["down", "--data-dir"])
         .arg(&c.data_dir)
@@ -855,4 +973,63 @@ spec:
         !nft_table_exists(&c.bridge),
         "the rule outlived bramble down"
     );
+    assert_eq!(
+        forward_accepts(&c.bridge),
+        0,
+        "the FORWARD rules outlived bramble down"
+    );
+}
+
+/// A NodePort a host process holds when the Service arrives: the node warns
+/// once (an Event on the Service) and keeps trying with back-off, so the port
+/// serves as soon as the process lets go, with nothing applied again.
+#[test]
+fn a_node_port_held_by_the_host_serves_once_released() {
+    let c = cluster(&[]);
+    let node_port = free_node_port();
+    let holder = std::net::TcpListener::bind(("0.0.0.0", node_port)).unwrap();
+    must_apply(&c, "web.yaml", &web_deployment("web", 1));
+    must_apply(
+        &c,
+        "svc.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: held\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n    - port: 80\n      targetPort: http\n      nodePort: {node_port}\n"
+        ),
+    );
+    let web = names(&wait_ready(&c, "app=web", 1));
+    let bind_warnings = || -> Vec<serde_json::Value> {
+        c.json(&["get", "events"])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                e["involvedObject"]["kind"] == "Service"
+                    && e["involvedObject"]["name"] == "held"
+                    && e["type"] == "Warning"
+                    && e["reason"] == "FailedBindPort"
+            })
+            .collect()
+    };
+    let mut warnings = Vec::new();
+    c.wait_for("a FailedBindPort Event on the Service", PATIENCE, || {
+        warnings = bind_warnings();
+        !warnings.is_empty()
+    });
+    let message = warnings[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&node_port.to_string()), "{message}");
+    // The host process still has the port: the node keeps quiet meanwhile
+    // (one Event for the episode, not one per retry).
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{node_port}/")),
+        None,
+        "the port is the host process's"
+    );
+    drop(holder);
+    c.wait_for("the NodePort to serve once released", PATIENCE, || {
+        curl(&format!("http://127.0.0.1:{node_port}/")).is_some_and(|b| web.contains(&b))
+    });
+    let warnings = bind_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["count"], 1, "{warnings:?}");
 }

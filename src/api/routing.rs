@@ -104,6 +104,18 @@ pub struct ServiceRoute {
     pub balance: Balance,
     #[serde(default)]
     pub mode: ProxyMode,
+    /// `internalTrafficPolicy: Local`: a node's proxy sends ClusterIP traffic
+    /// only to the endpoints on that node.
+    #[serde(default)]
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local` (NodePort, LoadBalancer): NodePort and
+    /// LoadBalancer traffic only to the endpoints on the node it arrives at.
+    #[serde(default)]
+    pub external_local: bool,
+    /// The node of each endpoint address (Endpoints' `nodeName`), sorted by
+    /// address; filled only for Services with a `Local` policy.
+    #[serde(default)]
+    pub endpoint_nodes: Vec<(Ipv4Addr, String)>,
     pub ports: Vec<RoutePort>,
     /// The endpoint addresses DNS publishes (for headless Services): ready
     /// ones, or all with `publishNotReadyAddresses`, sorted by IP.
@@ -122,6 +134,15 @@ pub struct RoutePort {
     pub node_port: Option<u16>,
     /// Ready endpoints only, in a stable order; round-robin walks this list.
     pub endpoints: Vec<SocketAddrV4>,
+}
+
+impl ServiceRoute {
+    /// Whether endpoint address `ip` is on `node`, by [`Self::endpoint_nodes`].
+    pub fn on_node(&self, ip: &Ipv4Addr, node: &str) -> bool {
+        self.endpoint_nodes
+            .binary_search_by(|(a, _)| a.cmp(ip))
+            .is_ok_and(|i| self.endpoint_nodes[i].1 == node)
+    }
 }
 
 /// An endpoint address as DNS names it: `<hostname>.<svc>.<ns>.svc.<domain>`

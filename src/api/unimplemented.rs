@@ -260,15 +260,13 @@ const SERVICE_SPEC: &[&str] = &[
     "sessionAffinity",
     "sessionAffinityConfig",
     "internalTrafficPolicy",
+    "externalTrafficPolicy",
     "ipFamilies",
     "ipFamilyPolicy",
     "externalName",
     "publishNotReadyAddresses",
     "allocateLoadBalancerNodePorts",
 ];
-
-const SERVICE_SPEC_DEFAULTS: &[(&str, KubeDefault)] =
-    &[("externalTrafficPolicy", KubeDefault::Str("Cluster"))];
 
 const STATEFULSET_SPEC: &[&str] = &[
     "replicas",
@@ -420,7 +418,6 @@ impl Table {
             }
             Kind::Service => {
                 t.allow("spec.", SERVICE_SPEC);
-                t.default("spec.", SERVICE_SPEC_DEFAULTS);
             }
             Kind::ConfigMap => t.allow("", CONFIGMAP),
             Kind::Namespace => t.allow("spec.", NAMESPACE_SPEC),
@@ -619,7 +616,7 @@ mod tests {
         let s = obj(
             Kind::Service,
             json!({"metadata": {"name": "s"}, "spec": {
-                "type": "NodePort", "externalTrafficPolicy": "Cluster",
+                "type": "NodePort", "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
                 "externalIPs": ["1.2.3.4"], "ports": [{"port": 80, "appProtocol": "http"}]
             }}),
         );

@@ -1579,6 +1579,12 @@ fn validate_service(svc: &Service, opts: &ValidationOptions, errs: &mut Vec<Fiel
         errs,
     );
     one_of(
+        "spec.externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+        &["Cluster", "Local"],
+        errs,
+    );
+    one_of(
         "spec.ipFamilyPolicy",
         spec.ip_family_policy.as_deref(),
         &["SingleStack", "PreferDualStack"],

@@ -35,8 +35,8 @@ use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::store::{Mode, Op, Store, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
-    Assignment, ClockEcho, Command, JoinReply, JoinRequest, Joined, NodeReport, Online, Reply,
-    ServiceTable, StreamMsg,
+    Assignment, ClockEcho, Command, EventSubject, JoinReply, JoinRequest, Joined, NodeReport,
+    ObjectEvent, Online, Reply, ServiceTable, StreamMsg,
 };
 use crate::transport::seal;
 use crate::transport::{
@@ -766,6 +766,57 @@ impl Master {
         }
     }
 
+    /// The op recording `ev` from `node`: about a Service that exists, or
+    /// about the reporting node itself (a node speaks for no other). Events
+    /// already in `ops` (the same happening twice in one report) are skipped.
+    fn object_event(
+        &self,
+        node: &str,
+        ev: &ObjectEvent,
+        at: jiff::Timestamp,
+        ops: &[Op],
+    ) -> Option<Op> {
+        let (key, component) = match &ev.subject {
+            EventSubject::Service { namespace, name } => {
+                (ObjectKey::new(Kind::Service, namespace, name), "kube-proxy")
+            }
+            EventSubject::Node => (ObjectKey::new(Kind::Node, "", node), "kubelet"),
+        };
+        let obj = self.cfg.store.get(&key)?;
+        let mut involved = controllers::events::Involved::of(&obj);
+        // Events about cluster-scoped objects live in `default`, as in
+        // Kubernetes.
+        let cluster_scoped = involved.namespace.is_empty();
+        if cluster_scoped {
+            involved.namespace = crate::api::DEFAULT_NAMESPACE.to_string();
+        }
+        let ekey = controllers::events::key(&involved, &ev.reason, &ev.message);
+        if ops
+            .iter()
+            .any(|op| matches!(op, Op::Update(o) | Op::Create(o) if o.key() == ekey))
+        {
+            return None;
+        }
+        let existing = self.cfg.store.get(&ekey);
+        let existing = existing.as_deref().and_then(|o| match o {
+            Object::Event(e) => Some(e),
+            _ => None,
+        });
+        let mut action = controllers::events::record(
+            existing,
+            &involved,
+            &ev.type_,
+            &ev.reason,
+            &ev.message,
+            component,
+            at,
+        );
+        if cluster_scoped && let controllers::Action::Create(Object::Event(e)) = &mut action {
+            e.involved_object.namespace = None;
+        }
+        Some(commands::to_op(action))
+    }
+
     async fn on_status(&mut self, node: &str, topic: &str, payload: &[u8]) {
         let opened = match self.verifier.open::<NodeReport>(topic, payload) {
             Ok(o) => o,
@@ -888,6 +939,11 @@ impl Master {
                 at,
             );
             ops.push(commands::to_op(action));
+        }
+        for ev in &report.object_events {
+            if let Some(op) = self.object_event(node, ev, at, &ops) {
+                ops.push(op);
+            }
         }
         let live: HashSet<&str> = report.pods.iter().map(|p| p.uid.as_str()).collect();
         self.usage.forget_missing(node, &live);

@@ -242,6 +242,19 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
             .filter(|t| *t > 0)
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = matches!(type_, "NodePort" | "LoadBalancer")
+        && spec.external_traffic_policy.as_deref() == Some("Local");
+    let mut endpoint_nodes: Vec<(Ipv4Addr, String)> = if internal_local || external_local {
+        subsets()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter_map(|a| Some((a.ip.parse().ok()?, a.node_name.clone()?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    endpoint_nodes.sort();
+    endpoint_nodes.dedup_by(|a, b| a.0 == b.0);
     let balance = svc
         .metadata
         .annotations
@@ -266,6 +279,9 @@ fn route(snap: &Snapshot, svc: &Service) -> Option<ServiceRoute> {
         affinity_seconds,
         balance,
         mode,
+        internal_local,
+        external_local,
+        endpoint_nodes,
         ports,
         addresses,
     })
@@ -344,6 +360,66 @@ mod tests {
     }
 
     #[test]
+    fn local_traffic_policies_carry_the_endpoints_nodes() {
+        let ep = |name: &str| Endpoints {
+            metadata: meta(name, "default"),
+            subsets: Some(vec![EndpointSubset {
+                addresses: Some(vec![
+                    EndpointAddress {
+                        ip: "10.88.1.3".into(),
+                        node_name: Some("n2".into()),
+                        ..Default::default()
+                    },
+                    EndpointAddress {
+                        ip: "10.88.0.3".into(),
+                        node_name: Some("n1".into()),
+                        ..Default::default()
+                    },
+                ]),
+                not_ready_addresses: None,
+                ports: Some(vec![EndpointPort {
+                    port: 8080,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+            }]),
+        };
+        let mut internal = service("internal", "default", "web", 80, IntOrString::Int(8080));
+        internal.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        let mut external = service("external", "default", "web", 80, IntOrString::Int(8080));
+        let spec = external.spec.as_mut().unwrap();
+        spec.type_ = Some("NodePort".into());
+        spec.external_traffic_policy = Some("Local".into());
+        // externalTrafficPolicy means nothing without a NodePort.
+        let mut plain = service("plain", "default", "web", 80, IntOrString::Int(8080));
+        plain.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let routes = service_routes(&snapshot(vec![
+            Object::Service(internal),
+            Object::Service(external),
+            Object::Service(plain),
+            Object::Endpoints(ep("internal")),
+            Object::Endpoints(ep("external")),
+            Object::Endpoints(ep("plain")),
+        ]));
+        let by = |n: &str| routes.iter().find(|r| r.name == n).unwrap();
+        let nodes = vec![
+            (Ipv4Addr::new(10, 88, 0, 3), "n1".to_string()),
+            (Ipv4Addr::new(10, 88, 1, 3), "n2".to_string()),
+        ];
+        let internal = by("internal");
+        assert!(internal.internal_local && !internal.external_local);
+        assert_eq!(internal.endpoint_nodes, nodes);
+        assert!(internal.on_node(&Ipv4Addr::new(10, 88, 1, 3), "n2"));
+        assert!(!internal.on_node(&Ipv4Addr::new(10, 88, 1, 3), "n1"));
+        let external = by("external");
+        assert!(!external.internal_local && external.external_local);
+        assert_eq!(external.endpoint_nodes, nodes);
+        let plain = by("plain");
+        assert!(!plain.internal_local && !plain.external_local);
+        assert!(plain.endpoint_nodes.is_empty());
+    }
+
+    #[test]
     fn route_kinds_affinity_balance_and_dns_addresses() {
         let mut lb = service("lb", "default", "web", 80, IntOrString::Int(8080));
         lb.metadata.annotations = Some(
@@ -378,7 +454,12 @@ mod tests {
                         ..Default::default()
                     },
                 ]),
-                not_ready_addresses: None,
+                // A pod that is not ready: neither routed nor in DNS.
+                not_ready_addresses: Some(vec![EndpointAddress {
+                    ip: "10.88.0.7".into(),
+                    hostname: Some("db-2".into()),
+                    ..Default::default()
+                }]),
                 ports: Some(vec![EndpointPort {
                     port: 5432,
                     protocol: Some("TCP".into()),
@@ -413,9 +494,53 @@ mod tests {
                 },
             ]
         );
+        assert!(
+            db.ports[0]
+                .endpoints
+                .iter()
+                .all(|e| e.ip() != &Ipv4Addr::new(10, 88, 0, 7))
+        );
+        let zone = crate::net::dns::Zone::new(&routes, &Default::default());
+        for name in [
+            "db.default.svc.cluster.local.",
+            "db-2.db.default.svc.cluster.local.",
+            "10-88-0-7.db.default.svc.cluster.local.",
+        ] {
+            let answer = dns_a(&zone, name);
+            assert!(
+                !answer.contains(&"10.88.0.7".to_string()),
+                "{name}: {answer:?}"
+            );
+        }
+        assert_eq!(
+            dns_a(&zone, "db.default.svc.cluster.local."),
+            vec!["10.88.0.8", "10.88.0.9"]
+        );
         let ext = by("ext");
         assert_eq!(ext.external_name.as_deref(), Some("example.org"));
         assert!(!ext.headless && ext.cluster_ip.is_none());
+    }
+
+    /// The A records the cluster DNS answers `name` with.
+    fn dns_a(zone: &crate::net::dns::Zone, name: &str) -> Vec<String> {
+        use hickory_proto::op::{Message, Query};
+        use hickory_proto::rr::{Name, RData, RecordType};
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let crate::net::dns::Handling::Respond(reply) =
+            crate::net::dns::handle(zone, &q.to_vec().unwrap(), false)
+        else {
+            panic!("{name} not answered locally")
+        };
+        Message::from_vec(&reply)
+            .unwrap()
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]

@@ -408,6 +408,57 @@ mod tests {
     }
 
     #[test]
+    fn cluster_ip_as_given_kept_if_free_refused_if_taken_or_outside() {
+        let e = env(vec![svc(
+            "web",
+            json!({"clusterIP": "10.96.0.3", "ports": [{"port": 80}]}),
+        )]);
+        // A free address in the service CIDR is kept as given, not replaced
+        // by the allocator's first free one (10.96.0.1).
+        let mut s = svc(
+            "mine",
+            json!({"clusterIP": "10.96.0.7", "ports": [{"port": 80}]}),
+        );
+        prepare(&e, &mut s).unwrap();
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.7"));
+        assert_eq!(spec.cluster_ips, Some(vec!["10.96.0.7".to_string()]));
+        // Another Service's address is refused, naming the field and holder.
+        let mut s = svc(
+            "clash",
+            json!({"clusterIP": "10.96.0.3", "ports": [{"port": 80}]}),
+        );
+        let err = prepare(&e, &mut s).unwrap_err();
+        assert!(
+            err.contains("spec.clusterIP: Invalid value: \"10.96.0.3\"")
+                && err.contains("already allocated")
+                && err.contains("service/web"),
+            "{err}"
+        );
+        // An address outside the service CIDR (10.96.0.0/28 here) is refused.
+        for outside in ["10.96.0.16", "192.168.1.5"] {
+            let mut s = svc(
+                "far",
+                json!({"clusterIP": outside, "ports": [{"port": 80}]}),
+            );
+            let err = prepare(&e, &mut s).unwrap_err();
+            assert!(
+                err.contains(&format!("spec.clusterIP: Invalid value: \"{outside}\""))
+                    && err.contains("not in the valid range")
+                    && err.contains("10.96.0.0/28"),
+                "{err}"
+            );
+        }
+        // Not an address at all.
+        let mut s = svc("bad", json!({"clusterIP": "ten", "ports": [{"port": 80}]}));
+        let err = prepare(&e, &mut s).unwrap_err();
+        assert!(
+            err.contains("spec.clusterIP") && err.contains("valid IP"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn external_name_and_headless_get_no_address() {
         let e = env(vec![]);
         let mut s = svc(

@@ -92,6 +92,8 @@ pub enum NetError {
     Thread(#[source] io::Error),
     #[error("nftables: {op}: {reason}")]
     Nft { op: &'static str, reason: String },
+    #[error("iptables: {op}: {reason}")]
+    Iptables { op: &'static str, reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -520,8 +522,9 @@ impl PodNetwork {
     pub async fn set_service_nat(
         &self,
         routes: &[crate::api::routing::ServiceRoute],
+        node: &str,
     ) -> Result<(), NetError> {
-        let wanted = svcnat::ruleset(&self.config.bridge, routes);
+        let wanted = svcnat::ruleset(&self.config.bridge, routes, node);
         let udp = svcnat::udp_endpoints(routes);
         let mut installed = self.service_nat.lock().await;
         if installed.as_ref() == Some(&wanted) {
@@ -558,7 +561,7 @@ impl PodNetwork {
     pub async fn teardown_all(&self) -> Result<(), NetError> {
         self.set_node_routes(&Default::default()).await?;
         let _serial = self.lock.lock().await;
-        masq::remove(&self.config.bridge).await?;
+        masq::remove(&self.config.bridge, self.config.pod_cidr).await?;
         *self.masquerade.lock().await = None;
         svcnat::remove(&self.config.bridge).await?;
         *self.service_nat.lock().await = None;

@@ -40,8 +40,11 @@ pub fn table_name(bridge: &str) -> String {
 }
 
 /// The ruleset that replaces the table, or `None` when no route asks for the
-/// kernel path (then the table should not exist).
-pub fn ruleset(bridge: &str, routes: &[ServiceRoute]) -> Option<String> {
+/// kernel path (then the table should not exist). `node` is this node's name:
+/// a `Local` traffic policy (internal for the ClusterIP, external for the
+/// NodePort and LoadBalancer ports) keeps to the endpoints on it, as the
+/// proxy does.
+pub fn ruleset(bridge: &str, routes: &[ServiceRoute], node: &str) -> Option<String> {
     let mut dispatch = String::new();
     let mut chains = String::new();
     let mut any = false;
@@ -51,48 +54,53 @@ pub fn ruleset(bridge: &str, routes: &[ServiceRoute]) -> Option<String> {
         .enumerate()
     {
         for (j, port) in route.ports.iter().enumerate() {
-            if port.endpoints.is_empty() {
-                continue;
-            }
-            any = true;
             let proto = match port.protocol {
                 Protocol::Tcp => "tcp",
                 Protocol::Udp => "udp",
             };
-            let svc = format!("svc_{i}_{j}");
-            let _ = writeln!(
-                chains,
-                "\tchain {svc} {{\n\t\tmeta mark set meta mark or {MASQ_MARK:#x}"
-            );
-            let _ = write!(
-                chains,
-                "\t\tnumgen inc mod {} vmap {{ ",
-                port.endpoints.len()
-            );
-            for k in 0..port.endpoints.len() {
-                let sep = if k == 0 { "" } else { ", " };
-                let _ = write!(chains, "{sep}{k} : goto ep_{i}_{j}_{k}");
-            }
-            chains.push_str(" }\n\t}\n");
-            for (k, ep) in port.endpoints.iter().enumerate() {
-                let _ = writeln!(
-                    chains,
-                    "\tchain ep_{i}_{j}_{k} {{\n\t\tmeta l4proto {proto} dnat to {ep}\n\t}}"
-                );
-            }
             let comment = format!("{}/{}:{}", route.namespace, route.name, port.name);
-            if let Some(ip) = route.cluster_ip {
+            let local: Vec<SocketAddrV4> = port
+                .endpoints
+                .iter()
+                .filter(|e| route.on_node(e.ip(), node))
+                .copied()
+                .collect();
+            let pick = |only_local: bool| if only_local { &local } else { &port.endpoints };
+            let mut node_ports: Vec<u16> = port.node_port.into_iter().collect();
+            if route.load_balancer {
+                node_ports.push(port.port);
+            }
+            // (name, endpoints) per distinct endpoint set this port needs.
+            let mut sets: Vec<(String, &Vec<SocketAddrV4>)> = Vec::new();
+            let mut chain_for = |only_local: bool, chains: &mut String| -> Option<String> {
+                let eps = pick(only_local);
+                if eps.is_empty() {
+                    // Falls through to the proxy, which has no endpoint either
+                    // and refuses.
+                    return None;
+                }
+                let name = format!("svc_{i}_{j}{}", if only_local { "_local" } else { "" });
+                if !sets.iter().any(|(n, _)| *n == name) {
+                    write_service_chain(chains, &name, proto, eps);
+                    sets.push((name.clone(), eps));
+                }
+                Some(name)
+            };
+            if let Some(ip) = route.cluster_ip
+                && let Some(svc) = chain_for(route.internal_local, &mut chains)
+            {
+                any = true;
                 let _ = writeln!(
                     dispatch,
                     "\t\tip daddr {ip} {proto} dport {} counter goto {svc} comment \"{comment}\"",
                     port.port
                 );
             }
-            let mut node_ports: Vec<u16> = port.node_port.into_iter().collect();
-            if route.load_balancer {
-                node_ports.push(port.port);
-            }
             for p in node_ports {
+                let Some(svc) = chain_for(route.external_local, &mut chains) else {
+                    continue;
+                };
+                any = true;
                 // After every ClusterIP rule (the ClusterIPs are local
                 // addresses too), and not for loopback (see the module doc).
                 let _ = writeln!(
@@ -170,6 +178,27 @@ pub async fn forget_udp_flows(endpoint: SocketAddrV4) -> Result<(), NetError> {
     Err(fail(format!("{endpoint}: {}", stderr.trim())))
 }
 
+/// A chain that marks the packet for masquerade and DNATs it to the next of
+/// `endpoints`, each behind a chain of its own.
+fn write_service_chain(out: &mut String, name: &str, proto: &str, endpoints: &[SocketAddrV4]) {
+    let _ = writeln!(
+        out,
+        "\tchain {name} {{\n\t\tmeta mark set meta mark or {MASQ_MARK:#x}"
+    );
+    let _ = write!(out, "\t\tnumgen inc mod {} vmap {{ ", endpoints.len());
+    for k in 0..endpoints.len() {
+        let sep = if k == 0 { "" } else { ", " };
+        let _ = write!(out, "{sep}{k} : goto {name}_ep{k}");
+    }
+    out.push_str(" }\n\t}\n");
+    for (k, ep) in endpoints.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "\tchain {name}_ep{k} {{\n\t\tmeta l4proto {proto} dnat to {ep}\n\t}}"
+        );
+    }
+}
+
 /// Replaces the table with `script` (from [`ruleset`]).
 pub async fn install(bridge: &str, script: &str) -> Result<(), NetError> {
     super::masq::nft("install Service DNAT", script).await?;
@@ -220,12 +249,13 @@ mod tests {
         assert_eq!(
             ruleset(
                 "bramble0",
-                &[route("a", ProxyMode::Userspace, &["10.88.0.3:8080"])]
+                &[route("a", ProxyMode::Userspace, &["10.88.0.3:8080"])],
+                "n1"
             ),
             None
         );
         assert_eq!(
-            ruleset("bramble0", &[route("a", ProxyMode::Kernel, &[])]),
+            ruleset("bramble0", &[route("a", ProxyMode::Kernel, &[])], "n1"),
             None
         );
     }
@@ -239,6 +269,7 @@ mod tests {
                 ProxyMode::Kernel,
                 &["10.88.0.3:8080", "10.88.1.4:8080"],
             )],
+            "n1",
         )
         .unwrap();
         assert!(
@@ -248,9 +279,41 @@ mod tests {
         assert!(r.contains(
             "ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 30080 counter goto svc_0_0"
         ));
-        assert!(r.contains("numgen inc mod 2 vmap { 0 : goto ep_0_0_0, 1 : goto ep_0_0_1 }"));
+        assert!(r.contains("numgen inc mod 2 vmap { 0 : goto svc_0_0_ep0, 1 : goto svc_0_0_ep1 }"));
         assert!(r.contains("meta l4proto tcp dnat to 10.88.1.4:8080"));
         assert!(r.contains("meta mark and 0x100000 == 0x100000 masquerade"));
+    }
+
+    #[test]
+    fn local_traffic_policies_keep_to_this_node() {
+        let mut r = route(
+            "web",
+            ProxyMode::Kernel,
+            &["10.88.0.3:8080", "10.88.1.4:8080"],
+        );
+        r.endpoint_nodes = vec![
+            ("10.88.0.3".parse().unwrap(), "n1".into()),
+            ("10.88.1.4".parse().unwrap(), "n2".into()),
+        ];
+        r.internal_local = true;
+        let rules = ruleset("bramble0", std::slice::from_ref(&r), "n1").unwrap();
+        assert!(rules.contains("ip daddr 10.96.0.5 tcp dport 80 counter goto svc_0_0_local"));
+        assert!(rules.contains("dport 30080 counter goto svc_0_0 "));
+        assert!(
+            rules
+                .contains("chain svc_0_0_local_ep0 {\n\t\tmeta l4proto tcp dnat to 10.88.0.3:8080")
+        );
+        assert!(!rules.contains("svc_0_0_local_ep1"));
+        // No endpoint here: ClusterIP traffic is left to the proxy, which has
+        // none either and refuses; the NodePort still spreads.
+        let rules = ruleset("bramble0", std::slice::from_ref(&r), "n3").unwrap();
+        assert!(!rules.contains("ip daddr 10.96.0.5"));
+        assert!(rules.contains("dport 30080 counter goto svc_0_0 "));
+        r.internal_local = false;
+        r.external_local = true;
+        let rules = ruleset("bramble0", &[r], "n3").unwrap();
+        assert!(rules.contains("ip daddr 10.96.0.5 tcp dport 80 counter goto svc_0_0 "));
+        assert!(!rules.contains("dport 30080"));
     }
 
     /// The kernel's own parser has the last word: `nft --check` on a
@@ -266,7 +329,7 @@ mod tests {
         let mut udp = route("dns", ProxyMode::Kernel, &["10.88.0.5:53"]);
         udp.cluster_ip = Some("10.96.0.6".parse().unwrap());
         udp.ports[0].protocol = Protocol::Udp;
-        let script = ruleset("brtestnat0", &[lb, udp]).unwrap();
+        let script = ruleset("brtestnat0", &[lb, udp], "n1").unwrap();
         let mut child = std::process::Command::new("nft")
             .args(["--check", "-f", "-"])
             .stdin(std::process::Stdio::piped())
@@ -295,7 +358,7 @@ mod tests {
         let mut other = route("other", ProxyMode::Kernel, &["10.88.0.4:80"]);
         other.cluster_ip = Some("10.96.0.6".parse().unwrap());
         other.ports[0].node_port = None;
-        let r = ruleset("bramble0", &[lb, other]).unwrap();
+        let r = ruleset("bramble0", &[lb, other], "n1").unwrap();
         let first_node_rule = r.find("fib daddr").unwrap();
         let other_cluster_ip = r.find("ip daddr 10.96.0.6 tcp dport 80").unwrap();
         assert!(other_cluster_ip < first_node_rule);

@@ -203,6 +203,7 @@ mod tests {
             name: "web".into(),
             port: 80,
             udp: false,
+            local: false,
         }
     }
 

@@ -3,7 +3,8 @@
 //! LoadBalancer Services on every node address. Each connection (or UDP flow)
 //! goes to a ready endpoint chosen round-robin or by least connections, sticky
 //! per client IP with `sessionAffinity: ClientIP`, trying the next endpoint when
-//! one refuses. Same-node and cross-node endpoints go through the same path.
+//! one refuses; with a `Local` internal (ClusterIP) or external (NodePort,
+//! LoadBalancer) traffic policy only to endpoints on this node. Same-node and cross-node endpoints go through the same path.
 //!
 //! Owns: its listening sockets and the connections and flows it accepted.
 //! [`Proxy::apply`] reconciles the listeners to a full set of
@@ -61,6 +62,8 @@ pub struct ProxyConfig {
     pub node_port_addr: IpAddr,
     /// Where LoadBalancer Services' ports listen: the node's addresses.
     pub load_balancer_addrs: Vec<IpAddr>,
+    /// This node's name: `Local` traffic policies keep to its endpoints.
+    pub node_name: String,
 }
 
 struct Listener {
@@ -111,6 +114,7 @@ impl Proxy {
             routes,
             self.config.node_port_addr,
             &self.config.load_balancer_addrs,
+            &self.config.node_name,
         );
         let mut errors = plan.errors;
 

@@ -48,12 +48,20 @@ pub(crate) struct BackendId {
     /// The Service port number: unique per protocol within a Service.
     pub port: u16,
     pub udp: bool,
+    /// Only this node's endpoints (a `Local` traffic policy): the listeners
+    /// under that policy share this backend, the others the full one.
+    pub local: bool,
 }
 
 impl fmt::Display for BackendId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = if self.udp { "udp" } else { "tcp" };
-        write!(f, "{}/{}:{}/{proto}", self.namespace, self.name, self.port)
+        let local = if self.local { "/local" } else { "" };
+        write!(
+            f,
+            "{}/{}:{}/{proto}{local}",
+            self.namespace, self.name, self.port
+        )
     }
 }
 
@@ -68,8 +76,16 @@ pub(crate) struct Plan {
 
 /// Where each Service port listens: its ClusterIP, the NodePort on
 /// `node_port_addr`, and for LoadBalancer Services the port itself on every
-/// address of `lb_addrs`.
-pub(crate) fn plan(routes: &[ServiceRoute], node_port_addr: IpAddr, lb_addrs: &[IpAddr]) -> Plan {
+/// address of `lb_addrs`. A `Local` traffic policy (internal for the
+/// ClusterIP, external for the NodePort and LoadBalancer addresses) gives
+/// those listeners only the endpoints on `node`, none if it has none, as
+/// kube-proxy does.
+pub(crate) fn plan(
+    routes: &[ServiceRoute],
+    node_port_addr: IpAddr,
+    lb_addrs: &[IpAddr],
+    node: &str,
+) -> Plan {
     let mut out = Plan::default();
     for route in routes {
         let policy = Policy {
@@ -79,24 +95,33 @@ pub(crate) fn plan(routes: &[ServiceRoute], node_port_addr: IpAddr, lb_addrs: &[
                 .map(|s| Duration::from_secs(u64::from(s))),
         };
         for port in &route.ports {
-            let id = BackendId {
+            let id = |local: bool| BackendId {
                 namespace: route.namespace.clone(),
                 name: route.name.clone(),
                 port: port.port,
                 udp: port.protocol == Protocol::Udp,
+                local,
             };
+            // Each address with whether it serves only local endpoints.
             let mut addrs = Vec::with_capacity(2);
             if let Some(ip) = route.cluster_ip {
-                addrs.push(SocketAddr::new(ip.into(), port.port));
+                addrs.push((SocketAddr::new(ip.into(), port.port), route.internal_local));
             }
             if let Some(node_port) = port.node_port {
-                addrs.push(SocketAddr::new(node_port_addr, node_port));
+                addrs.push((
+                    SocketAddr::new(node_port_addr, node_port),
+                    route.external_local,
+                ));
             }
             if route.load_balancer && route.cluster_ip.is_some() {
-                addrs.extend(lb_addrs.iter().map(|ip| SocketAddr::new(*ip, port.port)));
+                addrs.extend(
+                    lb_addrs
+                        .iter()
+                        .map(|ip| (SocketAddr::new(*ip, port.port), route.external_local)),
+                );
             }
-            let mut wanted = false;
-            for addr in addrs {
+            for (addr, local) in addrs {
+                let id = id(local);
                 let key = ListenKey {
                     addr,
                     protocol: port.protocol,
@@ -109,12 +134,18 @@ pub(crate) fn plan(routes: &[ServiceRoute], node_port_addr: IpAddr, lb_addrs: &[
                     }),
                     None => {
                         out.listeners.insert(key, id.clone());
-                        wanted = true;
+                        let endpoints = if local {
+                            port.endpoints
+                                .iter()
+                                .filter(|e| route.on_node(e.ip(), node))
+                                .copied()
+                                .collect()
+                        } else {
+                            port.endpoints.clone()
+                        };
+                        out.backends.insert(id, (endpoints, policy));
                     }
                 }
-            }
-            if wanted {
-                out.backends.insert(id, (port.endpoints.clone(), policy));
             }
         }
     }
@@ -184,7 +215,7 @@ mod tests {
             Some([10, 96, 0, 10]),
             vec![port(80, Some(30080), &["10.88.0.2:8080", "10.88.0.3:8080"])],
         )];
-        let plan = plan(&routes, ANY, &[]);
+        let plan = plan(&routes, ANY, &[], "n1");
         assert!(plan.errors.is_empty());
         let keys: Vec<_> = plan.listeners.keys().copied().collect();
         assert_eq!(keys, vec![key("0.0.0.0:30080"), key("10.96.0.10:80")]);
@@ -201,7 +232,7 @@ mod tests {
             None,
             vec![port(5432, None, &["10.88.0.2:5432"])],
         )];
-        let plan = plan(&routes, ANY, &[]);
+        let plan = plan(&routes, ANY, &[], "n1");
         assert!(plan.listeners.is_empty() && plan.backends.is_empty() && plan.errors.is_empty());
     }
 
@@ -212,7 +243,7 @@ mod tests {
             route("b", Some([10, 96, 0, 10]), vec![port(80, None, &[])]),
             route("c", Some([10, 96, 0, 11]), vec![port(80, Some(30080), &[])]),
         ];
-        let plan = plan(&routes, ANY, &[]);
+        let plan = plan(&routes, ANY, &[], "n1");
         assert_eq!(plan.errors.len(), 2);
         assert!(
             matches!(&plan.errors[0], ProxyError::Conflict { service, other, .. }
@@ -234,7 +265,7 @@ mod tests {
             Some([10, 96, 0, 53]),
             vec![udp, port(53, None, &[])],
         )];
-        let plan = plan(&routes, ANY, &[]);
+        let plan = plan(&routes, ANY, &[], "n1");
         assert!(plan.errors.is_empty());
         assert_eq!(plan.listeners.len(), 2);
         assert_eq!(plan.backends.len(), 2);
@@ -255,7 +286,7 @@ mod tests {
             IpAddr::V4(Ipv4Addr::new(192, 168, 1, 9)),
             IpAddr::V4(Ipv4Addr::LOCALHOST),
         ];
-        let plan = plan(&[lb], ANY, &node_ips);
+        let plan = plan(&[lb], ANY, &node_ips, "n1");
         assert!(plan.errors.is_empty());
         let keys: Vec<_> = plan.listeners.keys().copied().collect();
         assert_eq!(
@@ -272,6 +303,62 @@ mod tests {
     }
 
     #[test]
+    fn local_traffic_policies_keep_traffic_on_the_node() {
+        let mut r = route(
+            "web",
+            Some([10, 96, 0, 10]),
+            vec![port(
+                80,
+                Some(30080),
+                &["10.88.0.2:8080", "10.88.1.2:8080", "10.88.2.2:8080"],
+            )],
+        );
+        r.load_balancer = true;
+        r.endpoint_nodes = vec![
+            (Ipv4Addr::new(10, 88, 0, 2), "n1".into()),
+            (Ipv4Addr::new(10, 88, 1, 2), "n2".into()),
+        ];
+        let lb_ip = [IpAddr::V4(Ipv4Addr::new(192, 168, 1, 9))];
+        let endpoints = |plan: &Plan, addr: &str| -> Vec<String> {
+            let id = &plan.listeners[&key(addr)];
+            plan.backends[id].0.iter().map(|e| e.to_string()).collect()
+        };
+        let all = ["10.88.0.2:8080", "10.88.1.2:8080", "10.88.2.2:8080"];
+        // Cluster (the default): every listener, every endpoint, one backend.
+        let p = plan(std::slice::from_ref(&r), ANY, &lb_ip, "n1");
+        assert_eq!(p.backends.len(), 1);
+        for addr in ["10.96.0.10:80", "0.0.0.0:30080", "192.168.1.9:80"] {
+            assert_eq!(endpoints(&p, addr), all, "{addr}");
+        }
+        // internalTrafficPolicy: Local: the ClusterIP only to n1's endpoint;
+        // NodePort and LoadBalancer still to all.
+        r.internal_local = true;
+        let p = plan(std::slice::from_ref(&r), ANY, &lb_ip, "n1");
+        assert!(p.errors.is_empty());
+        assert_eq!(endpoints(&p, "10.96.0.10:80"), ["10.88.0.2:8080"]);
+        assert_eq!(endpoints(&p, "0.0.0.0:30080"), all);
+        assert_eq!(endpoints(&p, "192.168.1.9:80"), all);
+        assert_eq!(
+            p.listeners[&key("10.96.0.10:80")].to_string(),
+            "default/web:80/tcp/local"
+        );
+        // On n2, n2's; on a node without endpoints, none (not the others').
+        let p = plan(std::slice::from_ref(&r), ANY, &lb_ip, "n2");
+        assert_eq!(endpoints(&p, "10.96.0.10:80"), ["10.88.1.2:8080"]);
+        let p = plan(std::slice::from_ref(&r), ANY, &lb_ip, "n3");
+        assert!(endpoints(&p, "10.96.0.10:80").is_empty());
+        // externalTrafficPolicy: Local: the other way round.
+        r.internal_local = false;
+        r.external_local = true;
+        let p = plan(std::slice::from_ref(&r), ANY, &lb_ip, "n2");
+        assert_eq!(endpoints(&p, "10.96.0.10:80"), all);
+        assert_eq!(endpoints(&p, "0.0.0.0:30080"), ["10.88.1.2:8080"]);
+        assert_eq!(endpoints(&p, "192.168.1.9:80"), ["10.88.1.2:8080"]);
+        // The NodePort and LoadBalancer listeners share one local backend.
+        assert_eq!(p.backends.len(), 2);
+    }
+
+    #[test]
     fn diff_keeps_same_backend_and_rebinds_changed_ones() {
         let before = plan(
             &[
@@ -284,6 +371,7 @@ mod tests {
             ],
             ANY,
             &[],
+            "n1",
         );
         let after = plan(
             &[
@@ -298,6 +386,7 @@ mod tests {
             ],
             ANY,
             &[],
+            "n1",
         );
         let (close, open) = diff(&before.listeners, &after.listeners);
         assert_eq!(close, vec![key("0.0.0.0:30080"), key("10.96.0.11:80")]);

@@ -433,6 +433,10 @@ pub struct NodeReport {
     /// What happened to pods since the last report (`describe` shows them).
     #[serde(default)]
     pub events: Vec<PodEvent>,
+    /// What went wrong with the node's share of Services and networking
+    /// (a port it cannot bind, the cluster DNS, egress) since the last report.
+    #[serde(default)]
+    pub object_events: Vec<ObjectEvent>,
     /// This run of the agent (random at start): a Last Will names the
     /// session it belongs to, so an old one cannot mark a live node offline.
     #[serde(default)]
@@ -493,6 +497,28 @@ pub struct PodEvent {
     /// `Normal` or `Warning`.
     pub type_: String,
     /// `Started`, `BackOff`, `Unhealthy`…
+    pub reason: String,
+    pub message: String,
+    /// Unix milliseconds, by the node's clock.
+    pub at: i64,
+}
+
+/// What an Event from a node is about, besides its pods.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EventSubject {
+    /// A Service whose port this node's proxy cannot serve.
+    Service { namespace: String, name: String },
+    /// The reporting node itself (its cluster DNS, its egress).
+    Node,
+}
+
+/// Something that happened on a node to a Service or to the node, for an
+/// Event object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEvent {
+    pub subject: EventSubject,
+    /// `Normal` or `Warning`.
+    pub type_: String,
     pub reason: String,
     pub message: String,
     /// Unix milliseconds, by the node's clock.

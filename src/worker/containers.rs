@@ -86,16 +86,21 @@ pub enum ConfigError {
     Mount { mount: String, reason: String },
 }
 
-/// The runtime's view of starting `container` of `pod` now.
+/// The runtime's view of starting `container` of `pod` now. `service_env`
+/// is the Service variables of the pod's namespace (empty with
+/// `enableServiceLinks: false`): the kubelet's base environment, so the
+/// container's own `env` overrides them and `$(VAR)` in env values, command
+/// and args sees them.
 pub fn container_config(
     pod: &Pod,
     rec: &PodRecord,
     container: &Container,
     place: Placement,
     node: &NodeContext,
+    service_env: &[(String, String)],
 ) -> Result<ContainerConfig, ConfigError> {
     let spec = pod.spec.clone().unwrap_or_default();
-    let env = environment(pod, rec, container, node)?;
+    let env = environment(pod, rec, container, node, service_env)?;
     let lookup: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let expand_all = |v: &Option<Vec<String>>| -> Vec<String> {
         v.iter()
@@ -256,16 +261,18 @@ fn valid_env_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'=')
 }
 
-/// The container's environment, in Kubernetes' order: `envFrom` sources in
-/// turn, then `env` entries, a later name replacing an earlier one in place.
+/// The container's environment, in Kubernetes' order: the Service
+/// variables, then `envFrom` sources in turn, then `env` entries, a later
+/// name replacing an earlier one in place.
 fn environment(
     pod: &Pod,
     rec: &PodRecord,
     container: &Container,
     node: &NodeContext,
+    service_env: &[(String, String)],
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = service_env.to_vec();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
         .iter_mut()
         .find(|(key, _)| *key == k)
@@ -704,6 +711,7 @@ mod tests {
                 ..Default::default()
             },
             node,
+            &[],
         )
     }
 
@@ -722,6 +730,58 @@ mod tests {
         assert_eq!(cfg.command, vec!["sh"]);
         assert_eq!(cfg.args, vec!["-c", "true"]);
         assert_eq!(cfg.env, vec![("A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn service_variables_are_the_base_of_env_and_expansion() {
+        let container = Container {
+            name: "web".into(),
+            image: Some("demo".into()),
+            command: Some(vec!["wget".into()]),
+            args: Some(vec![
+                "http://$(WEB_SERVICE_HOST):$(WEB_SERVICE_PORT)/".into(),
+                "$(URL)".into(),
+            ]),
+            env: Some(vec![
+                lit("URL", "http://$(WEB_SERVICE_HOST):$(WEB_SERVICE_PORT)"),
+                // The container's own value wins over the Service's.
+                lit("DB_SERVICE_PORT", "6543"),
+            ]),
+            ..Default::default()
+        };
+        let pod = pod_with(container.clone());
+        let mut rec = PodRecord::new(&pod, 0);
+        rec.ip = Some("10.88.0.7".parse().unwrap());
+        let service_env = [
+            ("DB_SERVICE_HOST".to_string(), "10.96.0.9".to_string()),
+            ("DB_SERVICE_PORT".to_string(), "5432".to_string()),
+            ("WEB_SERVICE_HOST".to_string(), "10.96.0.5".to_string()),
+            ("WEB_SERVICE_PORT".to_string(), "80".to_string()),
+        ];
+        let cfg = container_config(
+            &pod,
+            &rec,
+            &container,
+            Placement::default(),
+            &NodeContext::default(),
+            &service_env,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.args,
+            vec!["http://10.96.0.5:80/", "http://10.96.0.5:80"]
+        );
+        let env: BTreeMap<&str, &str> = cfg
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env.len(), cfg.env.len(), "one entry per name");
+        assert_eq!(env["URL"], "http://10.96.0.5:80");
+        assert_eq!(env["DB_SERVICE_PORT"], "6543");
+        assert_eq!(env["WEB_SERVICE_HOST"], "10.96.0.5");
+        // The Service variables come first, as the kubelet orders them.
+        assert_eq!(cfg.env[0].0, "DB_SERVICE_HOST");
     }
 
     #[test]

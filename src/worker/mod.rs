@@ -11,6 +11,7 @@
 
 pub mod containers;
 pub mod facts;
+pub mod faults;
 pub mod images;
 pub mod join;
 pub mod podsync;
@@ -33,14 +34,14 @@ use crate::api::routing::{Protocol, RoutePort, ServiceRoute};
 use crate::config::Layout;
 use crate::net::dns::DnsServer;
 use crate::net::{NetConfig, PodNetwork};
-use crate::proxy::{Proxy, ProxyConfig};
+use crate::proxy::{Proxy, ProxyConfig, ProxyError};
 use crate::runtime::log_times::LogClock;
 use crate::runtime::{ContainerState, Runtime, RuntimeError};
 use crate::store::{LocalOp, LocalStore, StoreError};
 use crate::transport::envelope::{self, Clock, DropLog, EnvelopeError, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
-    Assignment, ContainerUsage, NodeFacts, NodeReport, Online, PodEvent, PodReport, ServiceTable,
-    StreamMsg,
+    Assignment, ContainerUsage, EventSubject, NodeFacts, NodeReport, ObjectEvent, Online, PodEvent,
+    PodReport, ServiceTable, StreamMsg,
 };
 use crate::transport::seal;
 use crate::transport::stream::MqttLink;
@@ -176,6 +177,10 @@ struct Agent {
     applied_routes: Option<u64>,
     /// The hostPort forwards the proxy runs now.
     applied_host_ports: Vec<ServiceRoute>,
+    /// What failed when the routes were last applied, and when to retry.
+    route_faults: faults::Faults,
+    /// Events about Services and this node not yet sent to the master.
+    object_events: Vec<ObjectEvent>,
     last_report: Option<Vec<PodReport>>,
     /// Events not yet sent to the master.
     events: Vec<PodEvent>,
@@ -261,6 +266,7 @@ pub async fn run_with_clock(
         Arc::new(Proxy::new(ProxyConfig {
             node_port_addr: cfg.node_port_addr,
             load_balancer_addrs: load_balancer_addrs(cfg.node_port_addr, &facts),
+            node_name: cfg.node_name.clone(),
         }))
     });
     let mut runtime_events = cfg.runtime.events();
@@ -284,6 +290,8 @@ pub async fn run_with_clock(
         dns: None,
         applied_routes: None,
         applied_host_ports: Vec::new(),
+        route_faults: faults::Faults::default(),
+        object_events: Vec::new(),
         last_report: None,
         events: Vec::new(),
         tasks: task_tx,
@@ -371,6 +379,9 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// The namespace of the proxy routes that serve pods' hostPorts.
+const HOST_PORT_NAMESPACE: &str = "hostport";
+
 /// How often a stopping pod's drain looks at the proxy.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -457,11 +468,14 @@ impl Agent {
         let (Some(net), Some(proxy)) = (&self.net, &self.proxy) else {
             return;
         };
+        let now = tokio::time::Instant::now();
         if self.applied_routes == Some(self.services.generation)
             && self.applied_host_ports == host_ports
+            && !self.route_faults.due(now)
         {
             return;
         }
+        let mut found: Vec<(faults::Fault, String)> = Vec::new();
         let mut ips: BTreeSet<Ipv4Addr> = self
             .services
             .routes
@@ -477,9 +491,34 @@ impl Agent {
         routes.extend(host_ports.iter().cloned());
         for e in proxy.apply(&routes).await {
             tracing::warn!(error = %e, "proxy");
-        }
-        if let Err(e) = net.set_service_nat(&self.services.routes).await {
-            tracing::warn!(error = %e, "Services in kernel mode go through the proxy");
+            // A port the host holds may be released: retried. A conflict
+            // between Services only changes with the table.
+            if let ProxyError::Bind { service, addr, .. } = &e
+                && let Some((namespace, name)) = service
+                    .split_once('/')
+                    .and_then(|(ns, rest)| Some((ns, rest.split_once(':')?.0)))
+            {
+                // A pod's hostPort is the node's business, not a Service's.
+                let (subject, reason) = if namespace == HOST_PORT_NAMESPACE {
+                    (EventSubject::Node, "FailedBindHostPort")
+                } else {
+                    (
+                        EventSubject::Service {
+                            namespace: namespace.to_string(),
+                            name: name.to_string(),
+                        },
+                        "FailedBindPort",
+                    )
+                };
+                found.push((
+                    faults::Fault {
+                        subject,
+                        reason,
+                        part: addr.to_string(),
+                    },
+                    e.to_string(),
+                ));
+            }
         }
         // host-gw: the other nodes' pods are behind the other nodes.
         let own_pod_cidr = net.config().pod_cidr;
@@ -492,22 +531,74 @@ impl Agent {
             .filter(|n| !self.facts.addresses.contains(&n.address.to_string()))
             .map(|n| (n.pod_cidr, n.address))
             .collect();
+        let node_fault = |reason: &'static str, part: String, message: String| {
+            (
+                faults::Fault {
+                    subject: EventSubject::Node,
+                    reason,
+                    part,
+                },
+                message,
+            )
+        };
         if let Err(e) = net.set_node_routes(&node_routes).await {
             tracing::warn!(error = %e, "pods cannot reach other nodes' pods");
+            found.push(node_fault(
+                "FailedNodeRoutes",
+                String::new(),
+                format!("pods cannot reach other nodes' pods: {e}"),
+            ));
         }
         // Egress failing (no `nft`) must not keep Services and DNS down; it
-        // is tried again with the next table.
+        // is retried with back-off.
         if let Some(cidr) = self.services.network.cluster_cidr
             && let Err(e) = net.ensure_masquerade(cidr).await
         {
             tracing::warn!(error = %e, "pods have no egress to outside the cluster");
+            found.push(node_fault(
+                "FailedMasquerade",
+                cidr.to_string(),
+                format!("pods have no egress to outside the cluster: {e}"),
+            ));
         }
-        self.dns = crate::net::dns::serve(
+        if let Err(e) = net
+            .set_service_nat(&self.services.routes, &self.cfg.node_name)
+            .await
+        {
+            tracing::warn!(error = %e, "Services in kernel mode go through the proxy");
+            found.push(node_fault(
+                "FailedServiceNAT",
+                String::new(),
+                format!("Services in kernel mode go through the proxy: {e}"),
+            ));
+        }
+        let (dns, dns_error) = crate::net::dns::serve(
             self.dns.take(),
             &self.services.routes,
             &self.services.network,
             &self.cfg.resolv_conf,
         );
+        self.dns = dns;
+        if let Some(e) = dns_error {
+            found.push(node_fault(
+                "FailedClusterDNS",
+                String::new(),
+                format!("the cluster DNS is not running: {e}"),
+            ));
+        }
+        let at = now_ms();
+        for (fault, message) in self.route_faults.after_attempt(now, found) {
+            self.object_events.push(ObjectEvent {
+                subject: fault.subject,
+                type_: "Warning".into(),
+                reason: fault.reason.into(),
+                message,
+                at,
+            });
+        }
+        if !self.route_faults.any() {
+            tracing::debug!("Services and networking applied");
+        }
         self.applied_routes = Some(self.services.generation);
         self.applied_host_ports = host_ports;
     }
@@ -559,7 +650,7 @@ impl Agent {
             }
             if !ports.is_empty() {
                 out.push(ServiceRoute {
-                    namespace: "hostport".into(),
+                    namespace: HOST_PORT_NAMESPACE.into(),
                     name: format!(
                         "{}.{}",
                         pod.metadata.namespace.as_deref().unwrap_or(""),
@@ -1115,6 +1206,11 @@ impl Agent {
                 return;
             }
         };
+        let service_env = if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
+            crate::api::routing::service_env(&self.services.routes, &rec.namespace)
+        } else {
+            Vec::new()
+        };
         let config = containers::container_config(
             pod,
             rec,
@@ -1126,6 +1222,7 @@ impl Agent {
                 volumes: volume_paths.clone(),
             },
             &node,
+            &service_env,
         )
         .map_err(|e| e.to_string())
         .and_then(|mut c| {
@@ -1147,19 +1244,15 @@ impl Agent {
             return;
         }
         let mut config = config;
-        let node_resolv = crate::net::dns::resolv::parse_resolv_conf(
-            &std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default(),
+        let node_resolv = crate::net::dns::resolv::read_for_pods(
+            &self.cfg.resolv_conf,
+            crate::net::dns::resolv::fallback_for(&self.cfg.resolv_conf),
         );
         config.resolv_conf = Some(crate::net::dns::resolv::pod_resolv_conf(
             pod,
             &self.services.network,
             &node_resolv,
         ));
-        if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
-            let mut env = crate::api::routing::service_env(&self.services.routes, &rec.namespace);
-            env.append(&mut config.env);
-            config.env = env;
-        }
         if let Some(h) = pod.spec.as_ref().and_then(|s| s.hostname.clone()) {
             config.hostname = h;
         }
@@ -1505,7 +1598,11 @@ impl Agent {
                 }
             })
             .collect();
-        if !force && self.events.is_empty() && self.last_report.as_ref() == Some(&pods) {
+        if !force
+            && self.events.is_empty()
+            && self.object_events.is_empty()
+            && self.last_report.as_ref() == Some(&pods)
+        {
             return;
         }
         let mut sent = pods.clone();
@@ -1524,6 +1621,7 @@ impl Agent {
             },
             pods: sent,
             events: self.events.clone(),
+            object_events: self.object_events.clone(),
             session: self.session,
         };
         let topic = self.cfg.topics.status(&self.cfg.node_name);
@@ -1538,6 +1636,7 @@ impl Agent {
         if self.mqtt.try_publish(&topic, bytes, false).is_ok() {
             self.last_report = Some(pods);
             self.events.clear();
+            self.object_events.clear();
         }
     }
 }

@@ -2,7 +2,9 @@
 //! DNS address (a reserved ClusterIP on the bridge, so pods reach it through
 //! their default route like any ClusterIP) that answers names under the
 //! cluster domain from the node's own Service table ([`zone`]) and forwards
-//! everything else to the node's upstream resolvers (its resolv.conf). It keeps
+//! everything else to the node's upstream resolvers (its resolv.conf); an
+//! ExternalName's target outside the cluster is resolved through them too and
+//! its addresses appended to the CNAME, as CoreDNS does. It keeps
 //! answering without the master: the table is the one the worker persisted.
 //!
 //! Owns: its two sockets and the forwarding sockets it opens. Must not touch:
@@ -205,18 +207,22 @@ impl Drop for DnsServer {
 
 /// Keeps the node's DNS server in line with the Service table: started on the
 /// table's DNS address once it names one, updated in place, restarted if the
-/// address moves. A bind failure is logged and retried with the next table.
+/// address moves. A bind failure is logged and returned beside `None`; the
+/// worker retries it.
 pub fn serve(
     current: Option<DnsServer>,
     routes: &[ServiceRoute],
     network: &ClusterNetwork,
     resolv_conf: &std::path::Path,
-) -> Option<DnsServer> {
-    let addr = SocketAddr::new(network.dns_ip?.into(), 53);
+) -> (Option<DnsServer>, Option<DnsError>) {
+    let Some(dns_ip) = network.dns_ip else {
+        return (None, None);
+    };
+    let addr = SocketAddr::new(dns_ip.into(), 53);
     if let Some(server) = current {
         if server.addr() == addr {
             server.update(routes, network);
-            return Some(server);
+            return (Some(server), None);
         }
         drop(server);
     }
@@ -225,10 +231,10 @@ pub fn serve(
         resolv_conf: resolv_conf.to_path_buf(),
     };
     match DnsServer::start(config, routes, network) {
-        Ok(server) => Some(server),
+        Ok(server) => (Some(server), None),
         Err(e) => {
             warn!(error = %e, "cluster DNS is not running");
-            None
+            (None, Some(e))
         }
     }
 }
@@ -251,6 +257,21 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 let _ = socket.send_to(&reply, peer).await;
             }
             Handling::Drop => trace!(%peer, bytes = n, "DNS datagram dropped"),
+            Handling::Chase(partial) => {
+                let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
+                    send_servfail(&socket, &partial.query, peer).await;
+                    continue;
+                };
+                let (socket, shared) = (socket.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Handling::Respond(reply) =
+                        chase(partial, &shared.upstreams.current(), true).await
+                    {
+                        let _ = socket.send_to(&reply, peer).await;
+                    }
+                });
+            }
             Handling::Forward(query) => {
                 let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
                     send_servfail(&socket, &query, peer).await;
@@ -280,6 +301,24 @@ async fn send_servfail(socket: &UdpSocket, query: &Message, peer: SocketAddr) {
     if let Some(reply) = servfail(query) {
         let _ = socket.send_to(&reply, peer).await;
     }
+}
+
+/// Completes an ExternalName's answer with its target's addresses from the
+/// upstreams (over TCP when the UDP answer was truncated). Without an
+/// upstream answer the CNAME alone is sent, as before the chase.
+async fn chase(chase: Box<zone::Chase>, upstreams: &[SocketAddr], udp: bool) -> Handling {
+    let Ok(query) = chase.upstream_query(rand::random()).to_vec() else {
+        return chase.finish(None, udp);
+    };
+    let parse = |r: Vec<u8>| Message::from_vec(&r).ok();
+    let mut reply = forward_udp(&query, upstreams).await.and_then(parse);
+    if reply.as_ref().is_some_and(|r| r.metadata.truncation) {
+        reply = forward_tcp(&query, upstreams)
+            .await
+            .and_then(parse)
+            .or(reply);
+    }
+    chase.finish(reply.as_ref(), udp)
 }
 
 /// Asks each upstream in turn; the first reply with the query's ID wins.
@@ -375,6 +414,15 @@ async fn serve_tcp_client(mut stream: TcpStream, shared: &Shared) -> io::Result<
         let reply = match handle(&zone, &query, false) {
             Handling::Respond(r) => r,
             Handling::Drop => return Ok(()),
+            Handling::Chase(partial) => {
+                let Ok(_permit) = shared.forwards.try_acquire() else {
+                    return Ok(());
+                };
+                match chase(partial, &shared.upstreams.current(), false).await {
+                    Handling::Respond(r) => r,
+                    _ => return Ok(()),
+                }
+            }
             Handling::Forward(q) => {
                 let Ok(_permit) = shared.forwards.try_acquire() else {
                     return Ok(());

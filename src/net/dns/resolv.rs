@@ -1,7 +1,7 @@
 //! A pod's `/etc/resolv.conf`, built the way the kubelet builds it from
 //! `dnsPolicy` and `dnsConfig`, and the node's own resolv.conf read for it (and
 //! for the upstream servers the cluster DNS forwards to). Pure: the text comes
-//! in, the text goes out.
+//! in, the text goes out; only [`read_for_pods`] reads the node's files.
 
 use std::net::IpAddr;
 
@@ -43,6 +43,62 @@ pub fn parse_resolv_conf(text: &str) -> NodeResolv {
         }
     }
     out
+}
+
+/// Where systemd-resolved writes the real upstream servers, when the node's
+/// resolv.conf only names its stub on 127.0.0.53.
+pub const SYSTEMD_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
+
+/// Whether every nameserver `resolv` names is a loopback address (and it
+/// names one): from inside a pod, whose loopback is its own, none works.
+fn only_loopback(resolv: &NodeResolv) -> bool {
+    !resolv.nameservers.is_empty() && resolv.nameservers.iter().all(IpAddr::is_loopback)
+}
+
+/// The node's resolver settings as a pod can use them (`dnsPolicy: Default`,
+/// and the node's searches under ClusterFirst), like the kubelet and k3s:
+/// when `node` names only loopback servers (systemd-resolved's stub
+/// 127.0.0.53, a local dnsmasq) and `fallback` (systemd-resolved's own file)
+/// names real ones, that file is used instead. Otherwise `node` as it is.
+/// The cluster DNS keeps forwarding to the node's own file: it runs in the
+/// agent, on the host, where loopback servers answer.
+pub fn for_pods(node: NodeResolv, fallback: Option<&str>) -> NodeResolv {
+    if !only_loopback(&node) {
+        return node;
+    }
+    match fallback.map(parse_resolv_conf) {
+        Some(other) if !other.nameservers.is_empty() && !only_loopback(&other) => other,
+        _ => node,
+    }
+}
+
+/// The node's resolv.conf when none is named.
+pub const NODE_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The file to fall back on for `path`: systemd-resolved's when `path` is
+/// the default [`NODE_RESOLV_CONF`]; a file named with `--resolv-conf` is
+/// taken at its word, as k3s does.
+pub fn fallback_for(path: &std::path::Path) -> Option<&'static std::path::Path> {
+    (path == std::path::Path::new(NODE_RESOLV_CONF))
+        .then(|| std::path::Path::new(SYSTEMD_RESOLV_CONF))
+}
+
+/// [`for_pods`] over the files: the node's resolv.conf at `path`, and
+/// `fallback` read only when needed. A missing file reads as empty.
+pub fn read_for_pods(path: &std::path::Path, fallback: Option<&std::path::Path>) -> NodeResolv {
+    let node = parse_resolv_conf(&std::fs::read_to_string(path).unwrap_or_default());
+    if !only_loopback(&node) {
+        return node;
+    }
+    let other = fallback.and_then(|f| std::fs::read_to_string(f).ok());
+    let chosen = for_pods(node.clone(), other.as_deref());
+    if chosen == node {
+        tracing::warn!(
+            path = %path.display(),
+            "the node's resolv.conf names only loopback nameservers, which pods cannot reach"
+        );
+    }
+    chosen
 }
 
 /// The cluster side of a pod's DNS: where the cluster DNS is and the pod's
@@ -189,6 +245,63 @@ mod tests {
             domain: "cluster.local",
             namespace: "shop",
         }
+    }
+
+    #[test]
+    fn loopback_only_servers_give_way_to_systemd_resolved_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let stub = dir.path().join("resolv.conf");
+        let real = dir.path().join("systemd-resolv.conf");
+        let absent = dir.path().join("absent.conf");
+        std::fs::write(
+            &stub,
+            "# systemd-resolved stub\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch home.lan\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &real,
+            "nameserver 192.168.1.1\nnameserver 2001:db8::1\nsearch home.lan\n",
+        )
+        .unwrap();
+        let n = read_for_pods(&stub, Some(&real));
+        assert_eq!(
+            n.nameservers,
+            vec![
+                "192.168.1.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(n.searches, vec!["home.lan"]);
+        // dnsPolicy Default: the pod gets the real servers.
+        let text = resolv_conf(
+            PodDns {
+                policy: Some("Default"),
+                ..Default::default()
+            },
+            Some(cluster()),
+            &n,
+        );
+        assert!(text.starts_with("nameserver 192.168.1.1\n"), "{text}");
+        assert!(!text.contains("127.0.0.53"), "{text}");
+        // No systemd file: the node's as it is (nothing better to offer).
+        let n = read_for_pods(&stub, Some(&absent));
+        assert_eq!(n.nameservers, vec!["127.0.0.53".parse::<IpAddr>().unwrap()]);
+        // A fallback with only loopback servers is no better.
+        std::fs::write(&real, "nameserver 127.0.0.1\n").unwrap();
+        let n = read_for_pods(&stub, Some(&real));
+        assert_eq!(n.nameservers, vec!["127.0.0.53".parse::<IpAddr>().unwrap()]);
+        // Only the default file falls back.
+        assert_eq!(
+            fallback_for(std::path::Path::new("/etc/resolv.conf")),
+            Some(std::path::Path::new(SYSTEMD_RESOLV_CONF))
+        );
+        assert_eq!(fallback_for(&stub), None);
+        // A real server next to a loopback one: the node's file stands.
+        std::fs::write(&stub, "nameserver 127.0.0.53\nnameserver 10.0.0.1\n").unwrap();
+        std::fs::write(&real, "nameserver 192.168.1.1\n").unwrap();
+        let n = read_for_pods(&stub, Some(&real));
+        assert_eq!(n.nameservers.len(), 2);
+        assert_eq!(n.nameservers[1], "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

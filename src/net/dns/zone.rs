@@ -3,7 +3,9 @@
 //! Pure: a parsed query in, a response (or "forward it") out.
 //!
 //! - `<svc>.<ns>.svc.<domain>`: A with the ClusterIP; for a headless Service
-//!   the published endpoint addresses; for ExternalName a CNAME.
+//!   the published endpoint addresses; for ExternalName a CNAME, followed
+//!   for A/AAAA/ANY: inside the zone here, outside it by the server through
+//!   the upstreams ([`Reply::Chase`]).
 //! - `_<port>._<proto>.<svc>.<ns>.svc.<domain>`: SRV for a named port; for a
 //!   headless Service one per endpoint, named after its hostname (or its
 //!   dashed IP) under the Service.
@@ -32,6 +34,10 @@ pub const TTL: u32 = 5;
 /// day's recommendation).
 pub const EDNS_PAYLOAD: u16 = 1232;
 
+/// How many CNAMEs (ExternalName Services naming other cluster names) one
+/// answer follows inside the zone; a loop ends here.
+const MAX_CHASE: usize = 8;
+
 /// What to do with a query.
 #[derive(Debug)]
 pub enum Reply {
@@ -39,6 +45,62 @@ pub enum Reply {
     Local(Box<Message>),
     /// Not ours: ask the upstream resolvers.
     Forward,
+    /// An ExternalName's CNAME to a name outside the cluster: resolve the
+    /// target upstream and append its records (stub resolvers such as musl's
+    /// and busybox's do not chase a CNAME themselves).
+    Chase(Box<Chase>),
+}
+
+/// An answer ending in a CNAME whose target the upstream resolvers know.
+#[derive(Debug)]
+pub struct Chase {
+    /// The query as the client sent it.
+    pub query: Message,
+    /// The answer so far: the CNAME chain.
+    pub partial: Message,
+    /// Whose records to append, and of which type.
+    pub target: Name,
+    pub qtype: RecordType,
+}
+
+impl Chase {
+    /// The query to send upstream, under `id`.
+    pub fn upstream_query(&self, id: u16) -> Message {
+        let mut q = Message::query();
+        q.metadata.id = id;
+        q.metadata.recursion_desired = true;
+        q.add_query(hickory_proto::op::Query::query(
+            self.target.clone(),
+            self.qtype,
+        ));
+        q
+    }
+
+    /// The client's answer: the CNAME chain, then what the upstream said
+    /// about the target (`None`: no upstream answered; the chain alone is
+    /// still an answer).
+    pub fn finish(self, upstream: Option<&Message>, udp: bool) -> Handling {
+        let Chase {
+            query, mut partial, ..
+        } = self;
+        if let Some(reply) = upstream {
+            partial.metadata.authoritative = false;
+            partial.add_answers(reply.answers.iter().cloned());
+            if reply.metadata.response_code == ResponseCode::NXDomain {
+                partial.metadata.response_code = ResponseCode::NXDomain;
+            }
+        }
+        encode(&partial, &query, udp)
+    }
+}
+
+/// The type an ExternalName's target is resolved for: addresses only.
+fn chased_type(qtype: RecordType) -> Option<RecordType> {
+    match qtype {
+        RecordType::A | RecordType::ANY => Some(RecordType::A),
+        RecordType::AAAA => Some(RecordType::AAAA),
+        _ => None,
+    }
 }
 
 /// The names of one cluster, ready to answer from.
@@ -146,7 +208,22 @@ impl Zone {
         let qname = q.name().to_lowercase();
         let qtype = q.query_type();
         if self.domain.zone_of(&qname) {
-            return Reply::Local(Box::new(self.cluster_answer(query, &qname, qtype)));
+            let m = self.cluster_answer(query, &qname, qtype);
+            let outside = match m.answers.last().map(|r| &r.data) {
+                Some(RData::CNAME(CNAME(target))) if !self.domain.zone_of(target) => {
+                    Some(target.clone())
+                }
+                _ => None,
+            };
+            return match (outside, chased_type(qtype)) {
+                (Some(target), Some(qtype)) => Reply::Chase(Box::new(Chase {
+                    query: query.clone(),
+                    partial: m,
+                    target,
+                    qtype,
+                })),
+                _ => Reply::Local(Box::new(m)),
+            };
         }
         if let Ok(IpNet::V4(net)) = qname.parse_arpa_name()
             && net.prefix_len() == 32
@@ -171,17 +248,35 @@ impl Zone {
 
     fn cluster_answer(&self, query: &Message, qname: &Name, qtype: RecordType) -> Message {
         let mut m = response(query);
-        let asked = query.queries[0].name().clone();
-        let labels: Vec<&[u8]> = qname.iter().collect();
-        let rel_len = labels.len().saturating_sub(self.domain_labels);
-        let rel: Option<Vec<&str>> = labels[..rel_len]
-            .iter()
-            .map(|l| std::str::from_utf8(l).ok())
-            .collect();
-        let found = match rel.as_deref() {
-            Some(rel) => self.lookup(&mut m, &asked, rel, qtype),
-            None => false,
-        };
+        let mut asked = query.queries[0].name().clone();
+        let mut qname = qname.clone();
+        let mut found = false;
+        // An ExternalName naming another cluster name is followed here, as
+        // CoreDNS does, so the client gets the addresses with the CNAME.
+        for _ in 0..MAX_CHASE {
+            let labels: Vec<&[u8]> = qname.iter().collect();
+            let rel_len = labels.len().saturating_sub(self.domain_labels);
+            let rel: Option<Vec<&str>> = labels[..rel_len]
+                .iter()
+                .map(|l| std::str::from_utf8(l).ok())
+                .collect();
+            let answers = m.answers.len();
+            found = match rel.as_deref() {
+                Some(rel) => self.lookup(&mut m, &asked, rel, qtype),
+                None => false,
+            };
+            let next = match m.answers[answers..].last().map(|r| &r.data) {
+                Some(RData::CNAME(CNAME(target))) if self.domain.zone_of(target) => {
+                    target.to_lowercase()
+                }
+                _ => break,
+            };
+            if !found || chased_type(qtype).is_none() {
+                break;
+            }
+            asked = next.clone();
+            qname = next;
+        }
         if !found {
             m.metadata.response_code = ResponseCode::NXDomain;
         }
@@ -341,6 +436,8 @@ pub enum Handling {
     Respond(Vec<u8>),
     /// Not ours: the parsed query, for a SERVFAIL if no upstream answers.
     Forward(Box<Message>),
+    /// Ours up to a CNAME whose target the upstreams resolve.
+    Chase(Box<Chase>),
     Drop,
 }
 
@@ -365,6 +462,7 @@ pub fn handle(zone: &Zone, bytes: &[u8], udp: bool) -> Handling {
     match zone.answer(&query) {
         Reply::Local(m) => encode(&m, &query, udp),
         Reply::Forward => Handling::Forward(Box::new(query)),
+        Reply::Chase(chase) => Handling::Chase(chase),
     }
 }
 
@@ -472,6 +570,25 @@ mod tests {
                 external_name: Some("db.example.org".into()),
                 ..Default::default()
             },
+            // An ExternalName naming a cluster Service, and two naming each other.
+            ServiceRoute {
+                namespace: "default".into(),
+                name: "alias".into(),
+                external_name: Some("web.default.svc.cluster.local".into()),
+                ..Default::default()
+            },
+            ServiceRoute {
+                namespace: "default".into(),
+                name: "loop-a".into(),
+                external_name: Some("loop-b.default.svc.cluster.local".into()),
+                ..Default::default()
+            },
+            ServiceRoute {
+                namespace: "default".into(),
+                name: "loop-b".into(),
+                external_name: Some("loop-a.default.svc.cluster.local".into()),
+                ..Default::default()
+            },
         ];
         Zone::new(&routes, &network())
     }
@@ -516,7 +633,7 @@ mod tests {
         assert_eq!(ips(&m), vec!["10.88.0.3"]);
         let m = ask(&z, "10-88-0-4.db.default.svc.cluster.local.", RecordType::A);
         assert_eq!(ips(&m), vec!["10.88.0.4"]);
-        let m = ask(&z, "ext.default.svc.cluster.local.", RecordType::A);
+        let m = ask(&z, "ext.default.svc.cluster.local.", RecordType::CNAME);
         match &m.answers[0].data {
             RData::CNAME(c) => assert_eq!(c.0.to_ascii(), "db.example.org."),
             other => panic!("{other:?}"),
@@ -540,6 +657,88 @@ mod tests {
         }
         let m = ask(&z, "default.svc.cluster.local.", RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    }
+
+    fn chase(zone: &Zone, name: &str, t: RecordType) -> Box<Chase> {
+        let mut q = Message::query();
+        q.metadata.id = 77;
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        match handle(zone, &q.to_vec().unwrap(), true) {
+            Handling::Chase(c) => c,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn external_names_are_followed_for_addresses() {
+        let z = zone();
+        // Outside the cluster: the server asks the upstreams for the target.
+        for (t, upstream_type) in [
+            (RecordType::A, RecordType::A),
+            (RecordType::ANY, RecordType::A),
+            (RecordType::AAAA, RecordType::AAAA),
+        ] {
+            let c = chase(&z, "ext.default.svc.cluster.local.", t);
+            assert_eq!(c.target.to_ascii(), "db.example.org.");
+            assert_eq!(c.qtype, upstream_type);
+            let up = c.upstream_query(9);
+            assert_eq!(up.metadata.id, 9);
+            assert!(up.metadata.recursion_desired);
+            assert_eq!(up.queries[0].query_type(), upstream_type);
+        }
+        let c = chase(&z, "ext.default.svc.cluster.local.", RecordType::A);
+        let mut upstream = Message::response(9, OpCode::Query);
+        upstream.add_answer(Record::from_rdata(
+            Name::from_ascii("db.example.org.").unwrap(),
+            60,
+            RData::A(A("198.51.100.7".parse().unwrap())),
+        ));
+        let Handling::Respond(reply) = c.finish(Some(&upstream), true) else {
+            panic!()
+        };
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.metadata.id, 77);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(
+            matches!(&m.answers[0].data, RData::CNAME(c) if c.0.to_ascii() == "db.example.org.")
+        );
+        assert_eq!(ips(&m), vec!["198.51.100.7"]);
+        // No upstream answer: the CNAME alone, as before.
+        let c = chase(&z, "ext.default.svc.cluster.local.", RecordType::A);
+        let Handling::Respond(reply) = c.finish(None, true) else {
+            panic!()
+        };
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.answers.len(), 1);
+        // The upstream says the target does not exist.
+        let c = chase(&z, "ext.default.svc.cluster.local.", RecordType::A);
+        let mut nx = Message::response(9, OpCode::Query);
+        nx.metadata.response_code = ResponseCode::NXDomain;
+        let Handling::Respond(reply) = c.finish(Some(&nx), true) else {
+            panic!()
+        };
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().metadata.response_code,
+            ResponseCode::NXDomain
+        );
+        // Other types are answered with the CNAME, no chase.
+        let m = ask(&z, "ext.default.svc.cluster.local.", RecordType::TXT);
+        assert_eq!(m.answers.len(), 1);
+
+        // Inside the cluster: followed here, the ClusterIP after the CNAME.
+        let m = ask(&z, "alias.default.svc.cluster.local.", RecordType::A);
+        assert!(matches!(&m.answers[0].data,
+            RData::CNAME(c) if c.0.to_ascii() == "web.default.svc.cluster.local."));
+        assert_eq!(
+            m.answers[1].name.to_ascii(),
+            "web.default.svc.cluster.local."
+        );
+        assert_eq!(ips(&m), vec!["10.96.0.5"]);
+        // A loop ends, with an answer.
+        let m = ask(&z, "loop-a.default.svc.cluster.local.", RecordType::A);
+        assert!(ips(&m).is_empty());
+        assert!(m.answers.len() <= MAX_CHASE);
     }
 
     #[test]
