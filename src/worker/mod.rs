@@ -1131,6 +1131,13 @@ impl Agent {
         let log_path = self.log_path(rec, container, attempt);
         if let Some(dir) = log_path.parent() {
             let _ = std::fs::create_dir_all(dir);
+            // This attempt and the one before (`logs --previous`) stay, as
+            // the kubelet keeps them; older ones go.
+            if let Some(keep_from) = attempt.checked_sub(1)
+                && let Err(e) = crate::runtime::logs::remove_attempts_before(dir, keep_from)
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove old attempts' logs");
+            }
         }
         let node = self.node_context();
         let volume_paths = match volumes::prepare(&self.pods_root(), pod, rec, &node) {
