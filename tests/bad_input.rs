@@ -708,3 +708,66 @@ async fn messages_replayed_after_a_restart_are_dropped() {
     });
     drop(mqtt);
 }
+
+/// A crash-looping container does not fill the disk with logs: as the
+/// kubelet, the agent keeps the current attempt's log and the one before
+/// (what `logs --previous` shows), no more.
+#[test]
+fn a_crash_loop_keeps_two_attempts_of_logs() {
+    let c = Cluster::start(ClusterOptions {
+        demo: true,
+        broker: None,
+    });
+    let (ok, err) = apply_file(
+        &c,
+        "crashloop.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: crashloop\nspec:\n  containers:\n  - name: app\n    image: bramble.local/demo:v1\n    command: [sh, -c, 'echo attempt $(cat /proc/sys/kernel/random/uuid); exit 1']\n",
+    );
+    assert!(ok, "{err}");
+    let restarts = || {
+        c.json(&["get", "pod", "crashloop"])["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+    };
+    // Back-off 0, 10, 20 s: the fourth attempt starts about 30 s in.
+    c.wait_for("restartCount 3", Duration::from_secs(120), || {
+        restarts() >= 3
+    });
+    let uid = c.json(&["get", "pod", "crashloop"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = c
+        .layout()
+        .logs()
+        .join(format!("default_crashloop_{uid}"))
+        .join("app");
+    let attempt_logs = || -> Vec<String> {
+        let mut names: Vec<String> = common::entries(&dir)
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(String::from))
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        names.sort();
+        names
+    };
+    let logs = attempt_logs();
+    assert!(
+        !logs.is_empty() && logs.len() <= 2,
+        "at most the current and the previous attempt: {logs:?}"
+    );
+    assert!(
+        !logs.contains(&"0.log".to_string()),
+        "the first attempt's log is gone after 3 restarts: {logs:?}"
+    );
+    // `logs --previous` still shows the attempt before the current one.
+    let mut current = String::new();
+    let mut previous = String::new();
+    c.wait_for("both attempts' logs", Duration::from_secs(60), || {
+        current = c.ok(&["logs", "crashloop"]);
+        previous = c.ok(&["logs", "crashloop", "--previous"]);
+        current.starts_with("attempt ") && previous.starts_with("attempt ")
+    });
+    assert_ne!(current, previous, "--previous shows the older attempt");
+    assert!(attempt_logs().len() <= 2, "{:?}", attempt_logs());
+}

@@ -225,6 +225,10 @@ fn the_slice(c: &Cluster) {
         !bridge_ports(&c.bridge).is_empty(),
         "pods have veths while they run"
     );
+    assert!(
+        !mounts_under(&[&c.dir, &c.layout().run_dir]).is_empty(),
+        "pods have mounts (netns files at least) while they run"
+    );
     let out = c.ok(&["delete", "deployment", "demo"]);
     assert!(out.contains("deployment.apps \"demo\" deleted"), "{out}");
     c.wait_for("every pod gone", Duration::from_secs(60), || {
@@ -293,4 +297,35 @@ fn demo_slice_on_mosquitto() {
         broker: Some(format!("mqtt://127.0.0.1:{port}")),
     });
     the_slice(&c);
+}
+
+/// SIGTERM while `bramble up` is still starting (deploying the demo) is a
+/// clean stop too: the handler is in place before anything starts, so the
+/// agent exits with status 0 and removes its pid file instead of dying of
+/// the signal's default action.
+#[test]
+fn a_signal_during_startup_stops_cleanly() {
+    let mut c = Cluster::launch(
+        ClusterOptions {
+            demo: true,
+            broker: None,
+        },
+        &[],
+    );
+    let pid_file = c.layout().pid_file();
+    // Polled closely, so the signal lands while the demo is being deployed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pid file\n{}",
+            c.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Cluster::stop insists on exit status 0 and the pid file gone.
+    c.stop();
+    // And Ctrl-C once it runs.
+    c.restart();
+    c.stop_with(nix::sys::signal::Signal::SIGINT);
 }
