@@ -315,11 +315,14 @@ fn unsigned(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Messages a raw subscriber received: topic and payload.
+type Captured = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// Collects messages from a raw subscriber in the background.
 fn collect(
     rt: &tokio::runtime::Handle,
     mut events: tokio::sync::mpsc::Receiver<MqttEvent>,
-) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
+) -> Captured {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     rt.spawn(async move {

@@ -35,9 +35,8 @@ use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
 use crate::store::{Mode, Op, SeenId, Store, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
-    ApiError, Assignment, ClockEcho, Command, ErrorCode, JoinReply, JoinRequest, Joined, NodeReport,
-    Online, Reply,
-    ServiceTable, StreamMsg,
+    ApiError, Assignment, ClockEcho, Command, ErrorCode, JoinReply, JoinRequest, Joined,
+    NodeReport, Online, Reply, ServiceTable, StreamMsg,
 };
 use crate::transport::seal;
 use crate::transport::{
@@ -752,7 +751,9 @@ impl Master {
                     from: opened.from.clone(),
                     seq: opened.seq,
                 };
-                return self.drops.dropped(topic, &format!("{e} (seen before a restart)"));
+                return self
+                    .drops
+                    .dropped(topic, &format!("{e} (seen before a restart)"));
             }
             Err(e) => {
                 // Not recorded, so not run: answering keeps the client from waiting.

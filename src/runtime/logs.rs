@@ -42,7 +42,10 @@ pub fn remove_attempts_before(dir: &Path, keep_from: u32) -> io::Result<usize> {
         let name = entry.file_name();
         let Some(attempt) = name
             .to_str()
-            .and_then(|n| n.strip_suffix(".log").or_else(|| n.split_once(".log.").map(|(a, _)| a)))
+            .and_then(|n| {
+                n.strip_suffix(".log")
+                    .or_else(|| n.split_once(".log.").map(|(a, _)| a))
+            })
             .and_then(|a| a.parse::<u32>().ok())
         else {
             continue;

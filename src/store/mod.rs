@@ -383,10 +383,16 @@ impl Store {
     /// Records a command's envelope durably (table `seen_envelopes`, see
     /// [`seen`]), forgetting those stamped before `forget_before_ms`.
     /// `Ok(false)`: it was recorded before, by this run or an earlier one.
-    pub fn record_envelope(&self, id: &SeenId<'_>, forget_before_ms: i64) -> Result<bool, StoreError> {
+    pub fn record_envelope(
+        &self,
+        id: &SeenId<'_>,
+        forget_before_ms: i64,
+    ) -> Result<bool, StoreError> {
         let fresh = seen::record(&self.inner.db, &self.inner.path, id, forget_before_ms)?;
         if fresh {
-            self.inner.write_transactions.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .write_transactions
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(fresh)
     }
