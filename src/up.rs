@@ -54,6 +54,8 @@ pub enum UpError {
     AlreadyRunning { data_dir: PathBuf, pid: i32 },
     #[error("demo: {0}")]
     Demo(String),
+    #[error("cannot watch {0}")]
+    Signal(String),
     #[error("network cleanup: {0}")]
     Net(#[from] crate::net::NetError),
     #[error(transparent)]
@@ -457,6 +459,7 @@ async fn run_master(
             pid,
         });
     }
+    let mut stop_signal = StopSignal::install()?;
     let node_name = node.as_ref().map(check_node_args).transpose()?;
     let domain = args.cluster_domain.trim_end_matches('.');
     if !crate::api::validate::dns1123_subdomain_errors(domain).is_empty() {
@@ -608,15 +611,19 @@ async fn run_master(
 
     if let Some((port, busybox)) = &demo {
         let images = ImageStore::open(&layout.images())?;
-        match deploy_demo(*port, busybox, &images, &client_config).await {
-            Ok(()) => {
-                println!("Demo applied: curl http://127.0.0.1:{port}/   (bramble get pods -o wide)")
-            }
-            Err(e) => eprintln!("error: {e}"),
+        tokio::select! {
+            r = deploy_demo(*port, busybox, &images, &client_config) => match r {
+                Ok(()) => {
+                    println!("Demo applied: curl http://127.0.0.1:{port}/   (bramble get pods -o wide)")
+                }
+                Err(e) => eprintln!("error: {e}"),
+            },
+            // Stopped while the demo was being deployed: stop now, cleanly.
+            _ = stop_signal.wait() => {}
         }
     }
 
-    wait_for_stop().await?;
+    stop_signal.wait().await;
     tracing::info!("stopping the agent; pods keep running (`bramble down` removes them)");
     let _ = stop_tx.send(true);
     if let Ok(Err(e)) = master_task.await {
@@ -685,14 +692,36 @@ async fn start_registry_mirror(
     Ok(Some(advertised))
 }
 
-async fn wait_for_stop() -> Result<(), UpError> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| UpError::Demo(format!("cannot watch SIGTERM: {e}")))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Ctrl-C or SIGTERM, watched from the moment [`StopSignal::install`] is
+/// called: installed before anything starts, so a signal during startup (or
+/// the demo's deployment) still ends in a clean stop instead of the default
+/// action killing the process halfway.
+struct StopSignal(watch::Receiver<bool>);
+
+impl StopSignal {
+    fn install() -> Result<StopSignal, UpError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch_err = |name: &str, e: std::io::Error| UpError::Signal(format!("{name}: {e}"));
+        let mut term = signal(SignalKind::terminate()).map_err(|e| watch_err("SIGTERM", e))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| watch_err("SIGINT", e))?;
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        Ok(StopSignal(rx))
     }
-    Ok(())
+
+    /// Returns once a signal came (at once if one already did).
+    async fn wait(&mut self) {
+        // The sender lives as long as the runtime; an error means no signal can come.
+        if self.0.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// On a fresh cluster, a join token with no expiry, kept (0600) in the data
@@ -834,6 +863,7 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
             pid,
         });
     }
+    let mut stop_signal = StopSignal::install()?;
     std::fs::create_dir_all(&layout.run_dir).map_err(|source| ConfigError::Io {
         path: layout.run_dir.clone(),
         source,
@@ -846,7 +876,7 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
         (Some(m), _) if m.node_name == node_name => m,
         (_, Some(token)) => {
             tracing::info!(node = %node_name, broker = %broker_url, "joining");
-            worker::join::join(
+            let join = worker::join::join(
                 &broker,
                 &topics,
                 &node_name,
@@ -854,8 +884,12 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
                 token,
                 labels,
                 &layout.data_dir,
-            )
-            .await?
+            );
+            tokio::select! {
+                m = join => m?,
+                // Stopped while waiting for the master: nothing started yet.
+                _ = stop_signal.wait() => return Ok(ExitCode::SUCCESS),
+            }
         }
         (Some(m), None) => {
             return Err(UpError::Flag {
@@ -889,7 +923,7 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
         &layout, &args.node, &node_name, node_key, master_key, &topics, &broker, stop_rx,
     )?;
     tokio::select! {
-        r = wait_for_stop() => r?,
+        _ = stop_signal.wait() => {}
         // The agent ended by itself (its broker connection is gone for good).
         _ = async { while !task.is_finished() { tokio::time::sleep(Duration::from_millis(500)).await } } => {}
     }

@@ -33,11 +33,16 @@ fn container_pid(c: &Cluster, container_id: &str) -> i32 {
     v["pid"].as_i64().unwrap() as i32
 }
 
+/// The pods' cgroups: `<prefix>/<container>` in every hierarchy mounted,
+/// whether cgroup v1 (one per controller, this machine) or v2 (the unified
+/// one, a Pi with Raspberry Pi OS).
 fn cgroup_children(c: &Cluster) -> Vec<std::path::PathBuf> {
     let prefix = c.layout().cgroup_prefix();
+    let hierarchies = bramble::runtime::linux::cgroup_hierarchies();
+    assert!(!hierarchies.is_empty(), "no cgroup hierarchy mounted");
     let mut out = Vec::new();
-    for ctl in entries(Path::new("/sys/fs/cgroup")) {
-        let dir = ctl.join(&prefix);
+    for root in hierarchies {
+        let dir = root.join(&prefix);
         out.extend(entries(&dir).into_iter().filter(|p| p.is_dir()));
     }
     out
@@ -51,15 +56,29 @@ fn bridge_ports(bridge: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let canon = std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf());
-    std::fs::read_to_string("/proc/mounts")
+/// Mount points at or under any of `dirs`, from this process's mountinfo
+/// (which lists bind mounts, overlays, tmpfs volumes and netns files alike).
+fn mounts_under(dirs: &[&Path]) -> Vec<String> {
+    let roots: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            std::fs::canonicalize(d)
+                .unwrap_or(d.to_path_buf())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .filter(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|m| m.starts_with(&*canon.to_string_lossy()))
+            // `id parent maj:min root mount-point ...`, spaces escaped as \040.
+            l.split(' ').nth(4).is_some_and(|m| {
+                let m = m.replace("\\040", " ");
+                roots
+                    .iter()
+                    .any(|r| m == *r || m.starts_with(&format!("{r}/")))
+            })
         })
         .map(String::from)
         .collect()
@@ -206,6 +225,10 @@ fn the_slice(c: &Cluster) {
         !bridge_ports(&c.bridge).is_empty(),
         "pods have veths while they run"
     );
+    assert!(
+        !mounts_under(&[&c.dir, &c.layout().run_dir]).is_empty(),
+        "pods have mounts (netns files at least) while they run"
+    );
     let out = c.ok(&["delete", "deployment", "demo"]);
     assert!(out.contains("deployment.apps \"demo\" deleted"), "{out}");
     c.wait_for("every pod gone", Duration::from_secs(60), || {
@@ -218,7 +241,7 @@ fn the_slice(c: &Cluster) {
             entries(&c.layout().container_state()).is_empty()
                 && bridge_ports(&c.bridge).is_empty()
                 && entries(&c.layout().netns_dir()).is_empty()
-                && mounts_under(&c.layout().containers()).is_empty()
+                && mounts_under(&[&c.dir, &c.layout().run_dir]).is_empty()
                 && cgroup_children(c).is_empty()
         },
     );
@@ -274,4 +297,35 @@ fn demo_slice_on_mosquitto() {
         broker: Some(format!("mqtt://127.0.0.1:{port}")),
     });
     the_slice(&c);
+}
+
+/// SIGTERM while `bramble up` is still starting (deploying the demo) is a
+/// clean stop too: the handler is in place before anything starts, so the
+/// agent exits with status 0 and removes its pid file instead of dying of
+/// the signal's default action.
+#[test]
+fn a_signal_during_startup_stops_cleanly() {
+    let mut c = Cluster::launch(
+        ClusterOptions {
+            demo: true,
+            broker: None,
+        },
+        &[],
+    );
+    let pid_file = c.layout().pid_file();
+    // Polled closely, so the signal lands while the demo is being deployed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pid file\n{}",
+            c.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Cluster::stop insists on exit status 0 and the pid file gone.
+    c.stop();
+    // And Ctrl-C once it runs.
+    c.restart();
+    c.stop_with(nix::sys::signal::Signal::SIGINT);
 }

@@ -32,11 +32,11 @@ use tokio::time::Instant;
 
 use crate::api::routing::{ClusterNetwork, ServiceRoute};
 use crate::api::{Kind, NODE_KEY_ANNOTATION, Object, ObjectKey};
-use crate::store::{Mode, Op, Store, StoreError};
+use crate::store::{Mode, Op, SeenId, Store, StoreError};
 use crate::transport::envelope::{self, DropLog, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
-    Assignment, ClockEcho, Command, EventSubject, JoinReply, JoinRequest, Joined, NodeReport,
-    ObjectEvent, Online, Reply, ServiceTable, StreamMsg,
+    ApiError, Assignment, ClockEcho, Command, ErrorCode, EventSubject, JoinReply, JoinRequest,
+    Joined, NodeReport, ObjectEvent, Online, Reply, ServiceTable, StreamMsg,
 };
 use crate::transport::seal;
 use crate::transport::{
@@ -311,7 +311,11 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             // Level-triggered safety net, and what notices silent nodes.
-            _ = resync.tick() => m.dirty = true,
+            _ = resync.tick() => {
+                m.dirty = true;
+                // The count of drops the log kept quiet, once their minute is over.
+                m.drops.flush();
+            }
         }
     }
     let _ = m
@@ -726,6 +730,52 @@ impl Master {
             return self
                 .drops
                 .dropped(topic, &"command does not match its topic or reply topic");
+        }
+        // The verifier remembers what this run saw; the store remembers it
+        // across restarts, so a command captured off the broker and sent
+        // again after a restart (within the window) is not run twice. Reads
+        // are not recorded: replaying one changes nothing, and recording
+        // would cost a disk write per `get`.
+        let seen = SeenId {
+            from: &opened.from,
+            seq: opened.seq,
+            ts_ms: opened.ts,
+        };
+        let window_ms = self.cfg.clock_window.as_millis() as i64;
+        let recorded = if cmd.request.changes_state() {
+            self.cfg
+                .store
+                .record_envelope(&seen, envelope::now_ms() - 2 * window_ms)
+        } else {
+            Ok(true)
+        };
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => {
+                let e = envelope::EnvelopeError::Replay {
+                    from: opened.from.clone(),
+                    seq: opened.seq,
+                };
+                return self
+                    .drops
+                    .dropped(topic, &format!("{e} (seen before a restart)"));
+            }
+            Err(e) => {
+                // Not recorded, so not run: answering keeps the client from waiting.
+                tracing::warn!(error = %e, "could not record a command; refused");
+                let reply = Reply {
+                    id: cmd.id,
+                    result: Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("the master could not record the command: {e}"),
+                    )),
+                };
+                let bytes = self.sealer.seal(&cmd.reply_to, &cmd.reply_as, &reply);
+                if let Err(e) = self.mqtt.publish(&cmd.reply_to, bytes, false).await {
+                    tracing::warn!(error = %e, "could not send reply");
+                }
+                return;
+            }
         }
         let caller = Caller {
             id: opened.from.clone(),

@@ -25,6 +25,42 @@ pub fn rotated_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Removes the logs of a container's attempts before `keep_from` from `dir`
+/// (the container's log directory: `<attempt>.log`, its rotated `.1` and the
+/// `.times` beside each). The kubelet keeps the current attempt and the one
+/// before it; without this a crash-looping container would fill the disk.
+/// Returns how many files went; files not named for an attempt stay.
+pub fn remove_attempts_before(dir: &Path, keep_from: u32) -> io::Result<usize> {
+    let mut removed = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(attempt) = name
+            .to_str()
+            .and_then(|n| {
+                n.strip_suffix(".log")
+                    .or_else(|| n.split_once(".log.").map(|(a, _)| a))
+            })
+            .and_then(|a| a.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if attempt < keep_from {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// If `path` is larger than `max_bytes`, copies it to `<path>.1` (replacing
 /// the previous one) and truncates it. Returns whether it rotated.
 pub fn rotate_if_needed(path: &Path, max_bytes: u64) -> io::Result<bool> {
@@ -168,6 +204,34 @@ impl LogFollower {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_current_and_previous_attempts_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "0.log",
+            "0.log.times",
+            "1.log",
+            "1.log.1",
+            "1.log.1.times",
+            "2.log",
+            "2.log.times",
+            "3.log",
+            "notes.txt",
+        ];
+        for n in names {
+            std::fs::write(dir.path().join(n), n).unwrap();
+        }
+        assert_eq!(super::remove_attempts_before(dir.path(), 2).unwrap(), 5);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["2.log", "2.log.times", "3.log", "notes.txt"]);
+        let gone = dir.path().join("absent");
+        assert_eq!(super::remove_attempts_before(&gone, 9).unwrap(), 0);
+    }
+
     use std::io::Write;
 
     use super::*;

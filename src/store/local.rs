@@ -183,6 +183,21 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Records an envelope durably (see [`super::seen`]), forgetting those
+    /// stamped before `forget_before_ms`. `Ok(false)`: recorded before, by
+    /// this run or an earlier one (a replay).
+    pub fn record_envelope(
+        &self,
+        id: &super::SeenId<'_>,
+        forget_before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let fresh = super::seen::record(&self.db, &self.path, id, forget_before_ms)?;
+        if fresh {
+            self.write_transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(fresh)
+    }
+
     /// Write transactions committed since this handle was opened.
     pub fn write_transactions(&self) -> u64 {
         self.write_transactions.load(Ordering::Relaxed)

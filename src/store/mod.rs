@@ -10,8 +10,10 @@
 //! finished objects; the store only checks preconditions and fills system metadata.
 //!
 //! Layout on disk: table `objects` (`Kind/namespace/name` → CBOR [`Object`]) and table
-//! `meta` (`resourceVersion` → u64). The owner → dependents index is rebuilt in memory
-//! at open rather than stored, so it costs no writes.
+//! `meta` (`resourceVersion` → u64), and `seen_envelopes` ([`seen`]: the commands
+//! taken in the last minutes, so a replay is refused after a restart too). The
+//! owner → dependents index is rebuilt in memory at open rather than stored, so it
+//! costs no writes.
 //!
 //! Invariants:
 //! - A batch of ops is one durable redb transaction ([`Durability::Immediate`]); memory
@@ -25,6 +27,7 @@ mod error;
 pub mod local;
 mod plan;
 mod sealed;
+pub mod seen;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -39,6 +42,7 @@ use crate::api::{Kind, Object, ObjectKey};
 
 pub use error::StoreError;
 pub use local::{LocalOp, LocalStore};
+pub use seen::SeenId;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -374,6 +378,23 @@ impl Store {
         let state = self.read();
         let rx = self.inner.events.subscribe();
         (list_in(&state, kind, namespace), state.resource_version, rx)
+    }
+
+    /// Records a command's envelope durably (table `seen_envelopes`, see
+    /// [`seen`]), forgetting those stamped before `forget_before_ms`.
+    /// `Ok(false)`: it was recorded before, by this run or an earlier one.
+    pub fn record_envelope(
+        &self,
+        id: &SeenId<'_>,
+        forget_before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let fresh = seen::record(&self.inner.db, &self.inner.path, id, forget_before_ms)?;
+        if fresh {
+            self.inner
+                .write_transactions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(fresh)
     }
 
     /// The resourceVersion of the last commit that changed anything.

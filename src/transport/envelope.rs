@@ -431,40 +431,70 @@ pub fn peek<T: DeserializeOwned>(bytes: &[u8]) -> Result<(String, T), EnvelopeEr
 
 /// Logs dropped messages without letting a flood of forgeries flood the log:
 /// at most `burst` lines per minute, then one line counting what was suppressed.
+/// That count comes out from [`DropLog::flush`], which the master's and the
+/// worker's loops call on their periodic tick, so it is printed when the minute
+/// ends, not only when some later drop happens to arrive.
 pub struct DropLog {
     burst: u32,
-    window_start: Instant,
+    source: Arc<dyn TimeSource>,
+    /// Monotonic time the current minute began.
+    window_start: Duration,
     logged: u32,
     suppressed: u64,
 }
 
+const DROP_LOG_WINDOW: Duration = Duration::from_secs(60);
+
 impl DropLog {
     pub fn new(burst: u32) -> DropLog {
+        DropLog::with_source(burst, Arc::new(SystemTimeSource))
+    }
+
+    /// Counts minutes on `source`'s monotonic clock (tests inject theirs).
+    pub fn with_source(burst: u32, source: Arc<dyn TimeSource>) -> DropLog {
         DropLog {
             burst,
-            window_start: Instant::now(),
+            window_start: source.monotonic(),
+            source,
             logged: 0,
             suppressed: 0,
         }
     }
 
     pub fn dropped(&mut self, topic: &str, reason: &dyn std::fmt::Display) {
-        if self.window_start.elapsed() >= Duration::from_secs(60) {
-            if self.suppressed > 0 {
-                tracing::warn!(
-                    suppressed = self.suppressed,
-                    "more messages dropped in the last minute"
-                );
-            }
-            self.window_start = Instant::now();
-            self.logged = 0;
-            self.suppressed = 0;
+        self.flush();
+        if self.admit() {
+            tracing::warn!(%topic, %reason, "dropped message");
         }
+    }
+
+    /// Ends the minute if it is over, logging how many drops it kept quiet.
+    pub fn flush(&mut self) {
+        if let Some(suppressed) = self.roll() {
+            tracing::warn!(suppressed, "more messages dropped in the last minute");
+        }
+    }
+
+    /// Starts a new minute once the current one is over; returns the count
+    /// of drops suppressed in the one that ended, if any.
+    fn roll(&mut self) -> Option<u64> {
+        let now = self.source.monotonic();
+        if now.saturating_sub(self.window_start) < DROP_LOG_WINDOW {
+            return None;
+        }
+        self.window_start = now;
+        self.logged = 0;
+        Some(std::mem::take(&mut self.suppressed)).filter(|n| *n > 0)
+    }
+
+    /// Whether this drop gets a line of its own (otherwise it is counted).
+    fn admit(&mut self) -> bool {
         if self.logged < self.burst {
             self.logged += 1;
-            tracing::warn!(%topic, %reason, "dropped message");
+            true
         } else {
             self.suppressed += 1;
+            false
         }
     }
 }
@@ -595,6 +625,66 @@ mod tests {
     }
 
     const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn drop_log_admits_a_burst_a_minute_and_counts_the_rest() {
+        let src = Manual::at(0);
+        let mut log = DropLog::with_source(3, src.clone());
+        let admitted: Vec<bool> = (0..5).map(|_| log.admit()).collect();
+        assert_eq!(admitted, [true, true, true, false, false]);
+        src.pass(59_999);
+        assert_eq!(log.roll(), None, "the minute is not over");
+        assert!(!log.admit());
+        src.pass(1);
+        assert_eq!(log.roll(), Some(3));
+        assert_eq!(log.roll(), None, "counted once");
+        assert!(log.admit(), "a new minute, a new burst");
+        src.pass(60_000);
+        assert_eq!(log.roll(), None, "nothing was suppressed");
+    }
+
+    /// The summary comes from the periodic flush, with no later drop.
+    #[test]
+    fn drop_log_summary_needs_no_later_drop() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let src = Manual::at(0);
+        tracing::subscriber::with_default(subscriber, || {
+            let mut log = DropLog::with_source(10, src.clone());
+            for i in 0..12 {
+                log.dropped("t/cmd/apply", &format!("forgery {i}"));
+            }
+            log.flush();
+            src.pass(61_000);
+            log.flush();
+            log.flush();
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("dropped message").count(), 10, "{text}");
+        assert!(!text.contains("forgery 10"), "{text}");
+        assert_eq!(
+            text.matches("more messages dropped in the last minute")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("suppressed=2"), "{text}");
+    }
 
     #[test]
     fn a_synced_clock_keeps_the_masters_time_through_wall_steps() {

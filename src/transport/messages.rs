@@ -62,6 +62,17 @@ impl Request {
             Request::Token(_) => "token",
         }
     }
+
+    /// Whether running it twice could do something once more: everything but
+    /// the reads. Only these are recorded on disk against replays across a
+    /// restart, so a dashboard that polls `get` costs the SD card nothing.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Request::Get(_) | Request::Logs(_) | Request::ClusterInfo | Request::Top(_) => false,
+            Request::Apply(a) => !a.dry_run,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ use crate::net::{NetConfig, PodNetwork};
 use crate::proxy::{Proxy, ProxyConfig, ProxyError};
 use crate::runtime::log_times::LogClock;
 use crate::runtime::{ContainerState, Runtime, RuntimeError};
-use crate::store::{LocalOp, LocalStore, StoreError};
+use crate::store::{LocalOp, LocalStore, SeenId, StoreError};
 use crate::transport::envelope::{self, Clock, DropLog, EnvelopeError, MASTER_ID, TO_ANYONE};
 use crate::transport::messages::{
     Assignment, ContainerUsage, EventSubject, NodeFacts, NodeReport, ObjectEvent, Online, PodEvent,
@@ -360,7 +360,11 @@ pub async fn run_with_clock(
             // Unused images go when the disk fills up.
             _ = image_gc.tick() => agent.collect_images(),
             // Back-off timers and grace deadlines.
-            _ = tick.tick() => dirty = true,
+            _ = tick.tick() => {
+                dirty = true;
+                // The count of drops the log kept quiet, once their minute is over.
+                agent.drops.flush();
+            }
             // Liveness for the master, even when nothing changed.
             _ = heartbeat.tick() => agent.report(true).await,
             // Keep log files bounded.
@@ -826,6 +830,35 @@ impl Agent {
                 if self.streams.contains_key(id) {
                     return self.drops.dropped(topic, &"second open of a stream");
                 }
+                // The verifier remembers this run only: an open (an exec!)
+                // captured off the broker and sent again after the agent
+                // restarted is caught by the record in worker.redb.
+                let seen = SeenId {
+                    from: &opened.from,
+                    seq: opened.seq,
+                    ts_ms: opened.ts,
+                };
+                let window_ms = self.cfg.clock_window.as_millis() as i64;
+                match self
+                    .db
+                    .record_envelope(&seen, self.clock.now_ms() - 2 * window_ms)
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self.drops.dropped(
+                            topic,
+                            &format!(
+                                "replayed stream open {} from {:?} (seen before a restart)",
+                                opened.seq, opened.from
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        return self
+                            .drops
+                            .dropped(topic, &format!("stream open not recorded: {e}"));
+                    }
+                }
                 self.verifier.trust(open.client_id.clone(), key);
                 let rec = self.records.get(&open.pod_uid);
                 let log_dir = rec.map(|r| self.log_dir(r));
@@ -1191,6 +1224,13 @@ impl Agent {
         let log_path = self.log_path(rec, container, attempt);
         if let Some(dir) = log_path.parent() {
             let _ = std::fs::create_dir_all(dir);
+            // This attempt and the one before (`logs --previous`) stay, as
+            // the kubelet keeps them; older ones go.
+            if let Some(keep_from) = attempt.checked_sub(1)
+                && let Err(e) = crate::runtime::logs::remove_attempts_before(dir, keep_from)
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove old attempts' logs");
+            }
         }
         let node = self.node_context();
         let volume_paths = match volumes::prepare(&self.pods_root(), pod, rec, &node) {

@@ -173,6 +173,13 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with more `bramble up` arguments.
     pub fn start_with(opts: ClusterOptions, extra: &[String]) -> Cluster {
+        let c = Cluster::launch(opts, extra);
+        c.wait_ready();
+        c
+    }
+
+    /// Starts `bramble up` without waiting for it to be ready.
+    pub fn launch(opts: ClusterOptions, extra: &[String]) -> Cluster {
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let dir = std::env::temp_dir().join(format!("bramble-e2e-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -220,7 +227,7 @@ impl Cluster {
         }
         args.extend(extra.iter().cloned());
         c.args = args.clone();
-        c.spawn(&args);
+        c.launch_child(&args);
         c
     }
 
@@ -231,6 +238,11 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, args: &[String]) {
+        self.launch_child(args);
+        self.wait_ready();
+    }
+
+    fn launch_child(&mut self, args: &[String]) {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -246,6 +258,10 @@ impl Cluster {
             .spawn()
             .expect("bramble up starts");
         self.child = Some(child);
+    }
+
+    /// Waits until the CLI reaches the master.
+    pub fn wait_ready(&self) {
         self.wait_for("the CLI config", Duration::from_secs(30), || {
             self.config.exists() && self.bramble(&["get", "nodes"]).status.success()
         });
@@ -295,23 +311,48 @@ impl Cluster {
         bramble::config::Layout::new(&self.data_dir).unwrap()
     }
 
-    /// Stops the agent with SIGTERM and waits for it.
+    /// Stops the agent with SIGTERM and insists it stops cleanly: exit
+    /// status 0 within 20 s, its pid file removed.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        self.stop_with(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// [`Cluster::stop`] with another signal (SIGINT is Ctrl-C).
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) {
+        if let Err(e) = self.try_stop(signal) {
+            panic!("{e}\n{}", self.log_tail());
         }
+    }
+
+    /// Sends `signal` and waits; says what was not clean, after killing
+    /// the agent if it did not stop in time.
+    pub fn try_stop(&mut self, signal: nix::sys::signal::Signal) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() {
+                    return Err(format!("bramble up ended with {status} on {signal}"));
+                }
+                let pid_file = self.layout().pid_file();
+                if pid_file.exists() {
+                    return Err(format!(
+                        "bramble up stopped on {signal} but left {}",
+                        pid_file.display()
+                    ));
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!(
+            "bramble up did not stop within 20 s of {signal}; killed"
+        ))
     }
 
     pub fn kill9(&mut self) {
@@ -324,8 +365,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
+        // Every test's cluster must stop cleanly on SIGTERM; said after the
+        // cleanup below, which a panic here would skip.
+        let stopped = self.try_stop(nix::sys::signal::Signal::SIGTERM);
+        let stop_failure = stopped.err().map(|e| format!("{e}\n{}", self.log_tail()));
+        if std::thread::panicking() || stop_failure.is_some() {
             // The data dir goes below; the log of a failed test stays.
             let kept = std::env::temp_dir().join(format!(
                 "{}.log",
@@ -348,6 +392,11 @@ impl Drop for Cluster {
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(failure) = stop_failure
+            && !std::thread::panicking()
+        {
+            panic!("{failure}");
+        }
     }
 }
 

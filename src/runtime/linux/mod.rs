@@ -34,6 +34,11 @@ pub mod helper;
 mod rootfs;
 mod watcher;
 
+/// Mount points of every cgroup hierarchy: v1 controllers, named v1
+/// hierarchies, the v2 unified one. A container's cgroup is
+/// `<hierarchy>/<prefix>/<id>` in each.
+pub use cgroups::hierarchies as cgroup_hierarchies;
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
