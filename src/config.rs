@@ -177,6 +177,10 @@ pub struct WorkerFile {
     /// Registries (`HOST[:PORT]`) pulled from over plain HTTP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
+    /// A PEM file of CAs trusted for HTTPS registries besides the system's
+    /// (a home-lab registry's own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_ca: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_prefix: Option<String>,
 }

@@ -16,11 +16,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bramble::runtime::images::RegistryCa;
 use bramble::runtime::images::credentials::parse_docker_config;
 use bramble::runtime::images::gc::DiskUsage;
+use bramble::runtime::images::pull::is_insecure;
 use bramble::runtime::images::{GcPolicy, PullEvent, PullOptions};
 use bramble::runtime::{Credential, ImageStore, Platform, RegistryAuth, RuntimeError};
-use common::registry::{Env, Layout, Registry, busybox_layer, count, noise_layer};
+use common::mosquitto::Pki;
+use common::registry::{
+    Env, LanAddr, Layout, Registry, RegistryOptions, busybox_layer, count, noise_layer,
+};
 use common::{BIN, Cluster, ClusterOptions};
 
 /// `app:v1` (busybox + two noise layers) and `app2:v1` (busybox + one
@@ -309,6 +314,135 @@ async fn missing_tags_and_unreachable_registries() {
     );
     assert!(store.list().unwrap().is_empty());
     store.pull(&app, &[], &host, &quiet).await.unwrap();
+}
+
+/// A home-lab registry over HTTPS with a certificate from its own CA, on an
+/// address that is not loopback (so HTTPS really is spoken): refused with a
+/// TLS error naming the registry until that CA is given, by the library's
+/// options and by `bramble image pull --registry-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_registry_with_a_home_lab_ca() {
+    let env = Env::new("bramble-pull-");
+    let lan = LanAddr::take();
+    let pki = Pki::make(&env.path("pki"), &[lan.ip.into()]);
+    let reg = Registry::start_with(RegistryOptions {
+        ip: lan.ip.into(),
+        creds: None,
+        tls: Some((&pki.cert, &pki.key)),
+    });
+    assert!(
+        !is_insecure(&reg.addr(), &[]),
+        "{} is spoken to over HTTPS",
+        reg.addr()
+    );
+    let (app, _) = push_apps(&reg, &env);
+    let host = opts(&Platform::host().to_string());
+
+    let store = env.store("s");
+    let untrusted = |err: RuntimeError| match &err {
+        RuntimeError::RegistryConnection {
+            registry, cause, ..
+        } => {
+            assert_eq!(*registry, reg.addr());
+            assert!(
+                cause.contains("certificate") && cause.contains("--registry-ca"),
+                "{cause}"
+            );
+        }
+        e => panic!("expected a TLS failure, got {e}"),
+    };
+    untrusted(store.pull(&app, &[], &host, &quiet).await.unwrap_err());
+    // Another CA does not vouch for it either.
+    let other = PullOptions {
+        registry_ca: Some(RegistryCa::load(&pki.other_ca).unwrap()),
+        ..host.clone()
+    };
+    untrusted(store.pull(&app, &[], &other, &quiet).await.unwrap_err());
+    assert!(store.list().unwrap().is_empty());
+
+    let trusted = PullOptions {
+        registry_ca: Some(RegistryCa::load(&pki.ca).unwrap()),
+        ..host.clone()
+    };
+    let info = store.pull(&app, &[], &trusted, &quiet).await.unwrap();
+    assert_eq!(info.pulled.unwrap().layers_fetched, 3);
+    assert!(
+        store.resolve(&app).unwrap().layer_dirs[0]
+            .join("bin/busybox")
+            .is_file()
+    );
+
+    // The CLI: the same refusal, then the flag; a file that holds no
+    // certificate is a usage error naming it.
+    let data = env.path("cli-data");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["image", "pull", &app, "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .env("BRAMBLE_CONFIG", env.path("none.toml"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&reg.addr()) && stderr.contains("--registry-ca"),
+        "{stderr}"
+    );
+    let out = run(&["--registry-ca", pki.ca.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 layers"));
+    let not_a_ca = env.path("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "hello\n").unwrap();
+    let out = run(&["--registry-ca", not_a_ca.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not-a-ca.pem") && stderr.contains("no certificate"),
+        "{stderr}"
+    );
+}
+
+/// A plain-HTTP registry off loopback is spoken to over HTTPS (and fails,
+/// saying so) unless it is listed as insecure, by address or by host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_registry_needs_insecure_registry_off_loopback() {
+    let env = Env::new("bramble-pull-");
+    let lan = LanAddr::take();
+    let reg = Registry::start_with(RegistryOptions {
+        ip: lan.ip.into(),
+        creds: None,
+        tls: None,
+    });
+    let (app, _) = push_apps(&reg, &env);
+    let host = opts(&Platform::host().to_string());
+    let store = env.store("s");
+    let err = store.pull(&app, &[], &host, &quiet).await.unwrap_err();
+    match &err {
+        RuntimeError::RegistryConnection {
+            registry, cause, ..
+        } => {
+            assert_eq!(*registry, reg.addr());
+            assert!(cause.contains("--insecure-registry"), "{cause}");
+        }
+        e => panic!("expected a TLS failure, got {e}"),
+    }
+    assert!(store.list().unwrap().is_empty());
+    for insecure in [reg.addr(), lan.ip.to_string()] {
+        let store = env.store(&format!("s-{insecure}"));
+        let o = PullOptions {
+            insecure_registries: vec![insecure.clone()],
+            ..host.clone()
+        };
+        store.pull(&app, &[], &o, &quiet).await.unwrap();
+        assert!(store.resolve(&app).is_ok(), "{insecure}");
+    }
 }
 
 /// A "registry" that answers every request with HTTP 500, until dropped.
