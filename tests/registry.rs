@@ -885,6 +885,139 @@ fn cli_pull_ls_rm_with_plain_progress() {
     );
 }
 
+/// The screen a terminal `width` columns wide shows after `raw`: enough of
+/// a VT100 for indicatif (which pads lines to the width and relies on
+/// wrapping, moves up and down with CSI A/B and clears with CSI K).
+fn screen_lines(raw: &[u8], width: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut screen: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => col = 0,
+            '\n' => row += 1,
+            '\x1b' => {
+                if chars.next_if_eq(&'[').is_none() {
+                    chars.next();
+                    continue;
+                }
+                let mut params = String::new();
+                let mut fin = ' ';
+                for f in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&f) {
+                        fin = f;
+                        break;
+                    }
+                    params.push(f);
+                }
+                let n = params.parse::<usize>().unwrap_or(1);
+                match fin {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => row += n,
+                    'K' => {
+                        if let Some(line) = screen.get_mut(row) {
+                            line.clear();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            c => {
+                if col >= width {
+                    row += 1;
+                    col = 0;
+                }
+                if screen.len() <= row {
+                    screen.resize(row + 1, Vec::new());
+                }
+                let line = &mut screen[row];
+                if line.len() <= col {
+                    line.resize(col + 1, ' ');
+                }
+                line[col] = c;
+                col += 1;
+            }
+        }
+        if screen.len() <= row {
+            screen.resize(row + 1, Vec::new());
+        }
+    }
+    screen
+        .iter()
+        .map(|l| l.iter().collect::<String>().trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// `bramble image pull` on a terminal: a bar per layer with bytes and a
+/// rate, drawn on stdout, the terminal the choice looked at, even with
+/// stderr not a terminal; the summary line last.
+#[test]
+fn cli_pull_on_a_terminal_draws_bars() {
+    let env = Env::new("bramble-pull-");
+    let reg = Registry::start(None);
+    let (app, _) = push_apps(&reg, &env);
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["image", "pull", &app, "--data-dir"])
+        .arg(env.path("data"))
+        .env("BRAMBLE_CONFIG", env.path("none.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(pty.slave)
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The only other handle on the terminal's slave side: once the CLI
+    // exits, reading the master side ends (EIO).
+    drop(cmd);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen
+    });
+    let out = child.wait_with_output().unwrap();
+    let seen = reader.join().unwrap();
+    let lines = screen_lines(&seen, usize::from(size.ws_col));
+    let shown = lines.join("\n");
+    assert!(
+        out.status.success(),
+        "{}\n{shown}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bars, not the plain lines.
+    assert!(!shown.contains("pulling "), "{shown}");
+    for i in 1..=3 {
+        let bar = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with(&format!("layer {i}/3 ")))
+            .unwrap_or_else(|| panic!("no bar for layer {i}: {shown}"));
+        assert!(bar.contains("/s") && bar.ends_with("done"), "{bar}");
+    }
+    // After the bars, the summary (wrapped: it is wider than the terminal).
+    let after = lines.iter().rposition(|l| l.starts_with("layer ")).unwrap();
+    let summary = lines[after + 1..].concat();
+    assert!(
+        summary.starts_with("pulled ")
+            && summary.contains("3 layers, 3 fetched")
+            && summary.ends_with("0 already present"),
+        "{shown}"
+    );
+}
+
 fn describe(c: &Cluster, pod: &str) -> String {
     String::from_utf8_lossy(&c.bramble(&["describe", "pod", pod]).stdout).into_owned()
 }
