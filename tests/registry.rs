@@ -1030,15 +1030,54 @@ fn waiting_reason(c: &Cluster, pod: &str) -> String {
         .to_string()
 }
 
+/// An index with manifests only for platforms no test machine is (nor runs).
+fn push_foreign(reg: &Registry, env: &Env) -> String {
+    let layers = [busybox_layer()];
+    let mut l = Layout::default();
+    let ms = vec![
+        l.manifest("riscv64", None, &layers),
+        l.manifest("s390x", None, &layers),
+    ];
+    let idx = l.index(ms);
+    l.tag(idx, "v1");
+    l.write(&env.path("foreign-layout"));
+    reg.push(&env.path("foreign-layout"), "v1", "test/foreign");
+    format!("{}:v1", reg.image("test/foreign"))
+}
+
+fn waiting_message(c: &Cluster, pod: &str) -> String {
+    let v = c.json(&["get", "pod", pod]);
+    v["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A worker (`bramble up --registry-ca`) pulling from a home-lab registry
+/// over HTTPS with basic auth, through a pod's `imagePullSecrets`; and the
+/// bad cases through real pods: a missing tag, a reference that does not
+/// parse, no pull secret for a registry that wants one, no manifest for the
+/// node's platform, `Never` with the image absent. Each ends in its status
+/// and Event; the node stays Ready and a pod applied after them runs.
 #[test]
 fn worker_pulls_with_pull_secrets_and_backs_off_on_a_missing_tag() {
     let env = Env::new("bramble-pull-");
-    let reg = Registry::start(Some("pi:raspberry"));
-    let (app, _) = push_apps(&reg, &env);
-    let c = Cluster::start(ClusterOptions {
-        demo: false,
-        broker: None,
+    let lan = LanAddr::take();
+    let pki = Pki::make(&env.path("pki"), &[lan.ip.into()]);
+    let reg = Registry::start_with(RegistryOptions {
+        ip: lan.ip.into(),
+        creds: Some("pi:raspberry"),
+        tls: Some((&pki.cert, &pki.key)),
     });
+    let (app, app2) = push_apps(&reg, &env);
+    let foreign = push_foreign(&reg, &env);
+    let c = Cluster::start_with(
+        ClusterOptions {
+            demo: false,
+            broker: None,
+        },
+        &["--registry-ca".to_string(), pki.ca.display().to_string()],
+    );
     let config = format!(
         r#"{{"auths": {{"{}": {{"username": "pi", "password": "raspberry"}}}}}}"#,
         reg.addr()
@@ -1047,6 +1086,7 @@ fn worker_pulls_with_pull_secrets_and_backs_off_on_a_missing_tag() {
     let encoded = base64::engine::general_purpose::STANDARD.encode(config);
     let missing = format!("{}:missing", reg.image("test/app"));
     let badref = format!("{}:v1", reg.image("test/Bad_Name"));
+    let absent = format!("{}:v1", reg.image("test/never-pulled"));
     let manifest = format!(
         r#"apiVersion: v1
 kind: Secret
@@ -1082,6 +1122,34 @@ spec:
   containers:
   - name: main
     image: {badref}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nosecret}}
+spec:
+  containers:
+  - name: main
+    image: {app2}
+    command: ["/bin/busybox", "sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: foreign}}
+spec:
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - name: main
+    image: {foreign}
+    command: ["/bin/busybox", "sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: never}}
+spec:
+  containers:
+  - name: main
+    image: {absent}
+    imagePullPolicy: Never
 "#
     );
     let file = env.path("pods.yaml");
@@ -1113,14 +1181,78 @@ spec:
     let d = describe(&c, "badref");
     assert!(d.contains("is invalid"), "{d}");
 
-    // The agent keeps running: the other pod is fine, the node reports.
+    // No pull secret for a registry that wants one: the registry's 401.
+    c.wait_for("nosecret ImagePullBackOff", Duration::from_secs(60), || {
+        waiting_reason(&c, "nosecret") == "ImagePullBackOff"
+    });
+    let d = describe(&c, "nosecret");
+    assert!(
+        d.contains("ErrImagePull") && d.contains("Failed to pull image"),
+        "{d}"
+    );
+    assert!(d.contains("unauthorized") && d.contains("401"), "{d}");
+
+    // No manifest for the node's platform: the pod's status says so.
+    let node_platform = Platform::host().to_string();
+    let mut seen = String::new();
+    c.wait_for(
+        "foreign's no-platform error",
+        Duration::from_secs(60),
+        || {
+            let reason = waiting_reason(&c, "foreign");
+            seen = format!("{reason}: {}", waiting_message(&c, "foreign"));
+            reason == "ErrImagePull" && seen.contains("no manifest for platform")
+        },
+    );
+    assert!(
+        seen.contains(&node_platform) && seen.contains("linux/riscv64, linux/s390x"),
+        "{seen}"
+    );
+    let d = describe(&c, "foreign");
+    assert!(d.contains("no manifest for platform"), "{d}");
+
+    // `Never` with the image absent: never pulled, its own reason.
+    c.wait_for("ErrImageNeverPull", Duration::from_secs(30), || {
+        waiting_reason(&c, "never") == "ErrImageNeverPull"
+    });
+    let msg = waiting_message(&c, "never");
+    assert!(msg.contains("pull policy of Never"), "{msg}");
+    let d = describe(&c, "never");
+    assert!(
+        d.contains("ErrImageNeverPull") && !d.contains("Pulling"),
+        "{d}"
+    );
+
+    // The agent keeps running: the node reports Ready, the first pod still
+    // runs, and a pod applied now pulls (over HTTPS again) and runs.
     assert!(c.child.as_ref().is_some());
     let nodes = c.ok(&["get", "nodes"]);
-    assert!(nodes.contains("Ready"), "{nodes}");
+    assert!(
+        nodes.contains("Ready") && !nodes.contains("NotReady"),
+        "{nodes}"
+    );
     assert_eq!(
         c.json(&["get", "pod", "pulled"])["status"]["phase"],
         "Running"
     );
+    let late = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: late}}
+spec:
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - name: main
+    image: {app2}
+    command: ["/bin/busybox", "sleep", "3600"]
+"#
+    );
+    let file = env.path("late.yaml");
+    std::fs::write(&file, late).unwrap();
+    c.ok(&["apply", "-f", file.to_str().unwrap()]);
+    c.wait_for("the late pod Running", Duration::from_secs(60), || {
+        c.json(&["get", "pod", "late"])["status"]["phase"] == "Running"
+    });
     let ls = String::from_utf8(
         Command::new(BIN)
             .args(["image", "ls", "--data-dir"])
@@ -1130,5 +1262,9 @@ spec:
             .stdout,
     )
     .unwrap();
-    assert!(ls.contains("test/app:v1"), "{ls}");
+    assert!(
+        ls.contains("test/app:v1") && ls.contains("test/app2:v1"),
+        "{ls}"
+    );
+    assert!(!ls.contains("test/foreign"), "{ls}");
 }
