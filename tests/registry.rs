@@ -175,6 +175,33 @@ async fn multi_arch_index_picks_the_node_platform() {
     }
     assert!(store.list().unwrap().is_empty());
     assert_eq!(count(&store, "layers"), 0);
+
+    // Without a manifest of its own architecture, a node takes one it runs,
+    // by containerd's rules: arm64 a 32-bit arm one, amd64 a 386 one.
+    let mut l = Layout::default();
+    let layers = [busybox_layer()];
+    let ms = vec![
+        l.manifest("386", None, &layers),
+        l.manifest("arm", Some("v7"), &layers),
+    ];
+    let idx = l.index(ms);
+    l.tag(idx, "v1");
+    l.write(&env.path("compat-layout"));
+    reg.push(&env.path("compat-layout"), "v1", "test/compat");
+    let compat = format!("{}:v1", reg.image("test/compat"));
+    for (i, (node, arch, variant)) in [
+        ("linux/arm64", "arm", Some("v7")),
+        ("linux/amd64", "386", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let store = env.store(&format!("compat{i}"));
+        store.pull(&compat, &[], &opts(node), &quiet).await.unwrap();
+        let r = store.resolve(&compat).unwrap();
+        assert_eq!(r.config.architecture().to_string(), arch, "{node}");
+        assert_eq!(r.config.variant().as_deref(), variant, "{node}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
