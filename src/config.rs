@@ -177,6 +177,10 @@ pub struct WorkerFile {
     /// Registries (`HOST[:PORT]`) pulled from over plain HTTP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
+    /// A PEM file of CAs trusted for HTTPS registries besides the system's
+    /// (a home-lab registry's own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_ca: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_prefix: Option<String>,
 }
@@ -348,7 +352,7 @@ mod tests {
         let path = dir.join("worker.toml");
         fs::write(
             &path,
-            "broker = \"mqtts://192.168.1.10\"\nbroker_ca = \"/etc/bramble/ca.pem\"\nmqtt_version = 5\njoin_token = \"BRAMBLE1.x.y\"\n[labels]\nroom = \"attic\"\n",
+            "broker = \"mqtts://192.168.1.10\"\nbroker_ca = \"/etc/bramble/ca.pem\"\nmqtt_version = 5\njoin_token = \"BRAMBLE1.x.y\"\nregistry_ca = \"/etc/bramble/registry-ca.pem\"\n[labels]\nroom = \"attic\"\n",
         )
         .unwrap();
         let w: WorkerFile = load_toml(&path).unwrap();
@@ -358,6 +362,10 @@ mod tests {
             Some(Path::new("/etc/bramble/ca.pem"))
         );
         assert_eq!(w.mqtt_version, Some(MqttVersion::V5));
+        assert_eq!(
+            w.registry_ca.as_deref(),
+            Some(Path::new("/etc/bramble/registry-ca.pem"))
+        );
         assert_eq!(w.labels["room"], "attic");
         fs::write(&path, "broker = \"x\"\nbrokr = \"y\"\n").unwrap();
         let err = load_toml::<WorkerFile>(&path).unwrap_err().to_string();

@@ -23,7 +23,7 @@ use crate::config::{ClientConfig, ConfigError, Layout, client_config_path, write
 use crate::master::commands::Settings;
 use crate::master::{self, MasterConfig, MasterError};
 use crate::net::{NetConfig, PodNetwork};
-use crate::runtime::images::{GcPolicy, PullOptions};
+use crate::runtime::images::{GcPolicy, PullOptions, RegistryCa};
 use crate::runtime::{
     ImageSettings, ImageStore, LibcontainerRuntime, Runtime, RuntimeConfig, RuntimeError,
 };
@@ -201,6 +201,10 @@ pub struct NodeArgs {
     /// plain HTTP; repeatable. Loopback registries always are.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// A PEM file of CAs to trust for HTTPS registries, besides the
+    /// system's roots (a home-lab registry's own CA).
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
     /// Collect unused images when the image store's disk is this full (percent).
     #[arg(long, default_value_t = 85)]
     pub image_gc_high_threshold: u8,
@@ -847,6 +851,9 @@ pub async fn worker(mut args: WorkerRoleArgs) -> Result<ExitCode, UpError> {
         args.node
             .insecure_registries
             .extend(file.insecure_registries);
+        if args.node.registry_ca.is_none() {
+            args.node.registry_ca = file.registry_ca;
+        }
         file_labels = file.labels;
     }
     let broker_url = args.broker.clone().ok_or(UpError::Flag {
@@ -953,9 +960,17 @@ fn image_settings(args: &NodeArgs) -> Result<ImageSettings, UpError> {
             });
         }
     }
+    let registry_ca = match &args.registry_ca {
+        Some(path) => Some(RegistryCa::load(path).map_err(|e| UpError::Flag {
+            flag: "registry-ca",
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
     Ok(ImageSettings {
         pull: PullOptions {
             insecure_registries: args.insecure_registries.clone(),
+            registry_ca,
             ..PullOptions::default()
         },
         gc: GcPolicy {

@@ -16,11 +16,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bramble::runtime::images::RegistryCa;
 use bramble::runtime::images::credentials::parse_docker_config;
 use bramble::runtime::images::gc::DiskUsage;
+use bramble::runtime::images::pull::is_insecure;
 use bramble::runtime::images::{GcPolicy, PullEvent, PullOptions};
 use bramble::runtime::{Credential, ImageStore, Platform, RegistryAuth, RuntimeError};
-use common::registry::{Env, Layout, Registry, busybox_layer, count, noise_layer};
+use common::mosquitto::Pki;
+use common::registry::{
+    Env, LanAddr, Layout, Registry, RegistryOptions, busybox_layer, count, noise_layer,
+};
 use common::{BIN, Cluster, ClusterOptions};
 
 /// `app:v1` (busybox + two noise layers) and `app2:v1` (busybox + one
@@ -170,6 +175,33 @@ async fn multi_arch_index_picks_the_node_platform() {
     }
     assert!(store.list().unwrap().is_empty());
     assert_eq!(count(&store, "layers"), 0);
+
+    // Without a manifest of its own architecture, a node takes one it runs,
+    // by containerd's rules: arm64 a 32-bit arm one, amd64 a 386 one.
+    let mut l = Layout::default();
+    let layers = [busybox_layer()];
+    let ms = vec![
+        l.manifest("386", None, &layers),
+        l.manifest("arm", Some("v7"), &layers),
+    ];
+    let idx = l.index(ms);
+    l.tag(idx, "v1");
+    l.write(&env.path("compat-layout"));
+    reg.push(&env.path("compat-layout"), "v1", "test/compat");
+    let compat = format!("{}:v1", reg.image("test/compat"));
+    for (i, (node, arch, variant)) in [
+        ("linux/arm64", "arm", Some("v7")),
+        ("linux/amd64", "386", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let store = env.store(&format!("compat{i}"));
+        store.pull(&compat, &[], &opts(node), &quiet).await.unwrap();
+        let r = store.resolve(&compat).unwrap();
+        assert_eq!(r.config.architecture().to_string(), arch, "{node}");
+        assert_eq!(r.config.variant().as_deref(), variant, "{node}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,6 +341,135 @@ async fn missing_tags_and_unreachable_registries() {
     );
     assert!(store.list().unwrap().is_empty());
     store.pull(&app, &[], &host, &quiet).await.unwrap();
+}
+
+/// A home-lab registry over HTTPS with a certificate from its own CA, on an
+/// address that is not loopback (so HTTPS really is spoken): refused with a
+/// TLS error naming the registry until that CA is given, by the library's
+/// options and by `bramble image pull --registry-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_registry_with_a_home_lab_ca() {
+    let env = Env::new("bramble-pull-");
+    let lan = LanAddr::take();
+    let pki = Pki::make(&env.path("pki"), &[lan.ip.into()]);
+    let reg = Registry::start_with(RegistryOptions {
+        ip: lan.ip.into(),
+        creds: None,
+        tls: Some((&pki.cert, &pki.key)),
+    });
+    assert!(
+        !is_insecure(&reg.addr(), &[]),
+        "{} is spoken to over HTTPS",
+        reg.addr()
+    );
+    let (app, _) = push_apps(&reg, &env);
+    let host = opts(&Platform::host().to_string());
+
+    let store = env.store("s");
+    let untrusted = |err: RuntimeError| match &err {
+        RuntimeError::RegistryConnection {
+            registry, cause, ..
+        } => {
+            assert_eq!(*registry, reg.addr());
+            assert!(
+                cause.contains("certificate") && cause.contains("--registry-ca"),
+                "{cause}"
+            );
+        }
+        e => panic!("expected a TLS failure, got {e}"),
+    };
+    untrusted(store.pull(&app, &[], &host, &quiet).await.unwrap_err());
+    // Another CA does not vouch for it either.
+    let other = PullOptions {
+        registry_ca: Some(RegistryCa::load(&pki.other_ca).unwrap()),
+        ..host.clone()
+    };
+    untrusted(store.pull(&app, &[], &other, &quiet).await.unwrap_err());
+    assert!(store.list().unwrap().is_empty());
+
+    let trusted = PullOptions {
+        registry_ca: Some(RegistryCa::load(&pki.ca).unwrap()),
+        ..host.clone()
+    };
+    let info = store.pull(&app, &[], &trusted, &quiet).await.unwrap();
+    assert_eq!(info.pulled.unwrap().layers_fetched, 3);
+    assert!(
+        store.resolve(&app).unwrap().layer_dirs[0]
+            .join("bin/busybox")
+            .is_file()
+    );
+
+    // The CLI: the same refusal, then the flag; a file that holds no
+    // certificate is a usage error naming it.
+    let data = env.path("cli-data");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["image", "pull", &app, "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .env("BRAMBLE_CONFIG", env.path("none.toml"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&reg.addr()) && stderr.contains("--registry-ca"),
+        "{stderr}"
+    );
+    let out = run(&["--registry-ca", pki.ca.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 layers"));
+    let not_a_ca = env.path("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "hello\n").unwrap();
+    let out = run(&["--registry-ca", not_a_ca.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not-a-ca.pem") && stderr.contains("no certificate"),
+        "{stderr}"
+    );
+}
+
+/// A plain-HTTP registry off loopback is spoken to over HTTPS (and fails,
+/// saying so) unless it is listed as insecure, by address or by host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_registry_needs_insecure_registry_off_loopback() {
+    let env = Env::new("bramble-pull-");
+    let lan = LanAddr::take();
+    let reg = Registry::start_with(RegistryOptions {
+        ip: lan.ip.into(),
+        creds: None,
+        tls: None,
+    });
+    let (app, _) = push_apps(&reg, &env);
+    let host = opts(&Platform::host().to_string());
+    let store = env.store("s");
+    let err = store.pull(&app, &[], &host, &quiet).await.unwrap_err();
+    match &err {
+        RuntimeError::RegistryConnection {
+            registry, cause, ..
+        } => {
+            assert_eq!(*registry, reg.addr());
+            assert!(cause.contains("--insecure-registry"), "{cause}");
+        }
+        e => panic!("expected a TLS failure, got {e}"),
+    }
+    assert!(store.list().unwrap().is_empty());
+    for insecure in [reg.addr(), lan.ip.to_string()] {
+        let store = env.store(&format!("s-{insecure}"));
+        let o = PullOptions {
+            insecure_registries: vec![insecure.clone()],
+            ..host.clone()
+        };
+        store.pull(&app, &[], &o, &quiet).await.unwrap();
+        assert!(store.resolve(&app).is_ok(), "{insecure}");
+    }
 }
 
 /// A "registry" that answers every request with HTTP 500, until dropped.
@@ -751,6 +912,139 @@ fn cli_pull_ls_rm_with_plain_progress() {
     );
 }
 
+/// The screen a terminal `width` columns wide shows after `raw`: enough of
+/// a VT100 for indicatif (which pads lines to the width and relies on
+/// wrapping, moves up and down with CSI A/B and clears with CSI K).
+fn screen_lines(raw: &[u8], width: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut screen: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => col = 0,
+            '\n' => row += 1,
+            '\x1b' => {
+                if chars.next_if_eq(&'[').is_none() {
+                    chars.next();
+                    continue;
+                }
+                let mut params = String::new();
+                let mut fin = ' ';
+                for f in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&f) {
+                        fin = f;
+                        break;
+                    }
+                    params.push(f);
+                }
+                let n = params.parse::<usize>().unwrap_or(1);
+                match fin {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => row += n,
+                    'K' => {
+                        if let Some(line) = screen.get_mut(row) {
+                            line.clear();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            c => {
+                if col >= width {
+                    row += 1;
+                    col = 0;
+                }
+                if screen.len() <= row {
+                    screen.resize(row + 1, Vec::new());
+                }
+                let line = &mut screen[row];
+                if line.len() <= col {
+                    line.resize(col + 1, ' ');
+                }
+                line[col] = c;
+                col += 1;
+            }
+        }
+        if screen.len() <= row {
+            screen.resize(row + 1, Vec::new());
+        }
+    }
+    screen
+        .iter()
+        .map(|l| l.iter().collect::<String>().trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// `bramble image pull` on a terminal: a bar per layer with bytes and a
+/// rate, drawn on stdout, the terminal the choice looked at, even with
+/// stderr not a terminal; the summary line last.
+#[test]
+fn cli_pull_on_a_terminal_draws_bars() {
+    let env = Env::new("bramble-pull-");
+    let reg = Registry::start(None);
+    let (app, _) = push_apps(&reg, &env);
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["image", "pull", &app, "--data-dir"])
+        .arg(env.path("data"))
+        .env("BRAMBLE_CONFIG", env.path("none.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(pty.slave)
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The only other handle on the terminal's slave side: once the CLI
+    // exits, reading the master side ends (EIO).
+    drop(cmd);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen
+    });
+    let out = child.wait_with_output().unwrap();
+    let seen = reader.join().unwrap();
+    let lines = screen_lines(&seen, usize::from(size.ws_col));
+    let shown = lines.join("\n");
+    assert!(
+        out.status.success(),
+        "{}\n{shown}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bars, not the plain lines.
+    assert!(!shown.contains("pulling "), "{shown}");
+    for i in 1..=3 {
+        let bar = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with(&format!("layer {i}/3 ")))
+            .unwrap_or_else(|| panic!("no bar for layer {i}: {shown}"));
+        assert!(bar.contains("/s") && bar.ends_with("done"), "{bar}");
+    }
+    // After the bars, the summary (wrapped: it is wider than the terminal).
+    let after = lines.iter().rposition(|l| l.starts_with("layer ")).unwrap();
+    let summary = lines[after + 1..].concat();
+    assert!(
+        summary.starts_with("pulled ")
+            && summary.contains("3 layers, 3 fetched")
+            && summary.ends_with("0 already present"),
+        "{shown}"
+    );
+}
+
 fn describe(c: &Cluster, pod: &str) -> String {
     String::from_utf8_lossy(&c.bramble(&["describe", "pod", pod]).stdout).into_owned()
 }
@@ -763,15 +1057,54 @@ fn waiting_reason(c: &Cluster, pod: &str) -> String {
         .to_string()
 }
 
+/// An index with manifests only for platforms no test machine is (nor runs).
+fn push_foreign(reg: &Registry, env: &Env) -> String {
+    let layers = [busybox_layer()];
+    let mut l = Layout::default();
+    let ms = vec![
+        l.manifest("riscv64", None, &layers),
+        l.manifest("s390x", None, &layers),
+    ];
+    let idx = l.index(ms);
+    l.tag(idx, "v1");
+    l.write(&env.path("foreign-layout"));
+    reg.push(&env.path("foreign-layout"), "v1", "test/foreign");
+    format!("{}:v1", reg.image("test/foreign"))
+}
+
+fn waiting_message(c: &Cluster, pod: &str) -> String {
+    let v = c.json(&["get", "pod", pod]);
+    v["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A worker (`bramble up --registry-ca`) pulling from a home-lab registry
+/// over HTTPS with basic auth, through a pod's `imagePullSecrets`; and the
+/// bad cases through real pods: a missing tag, a reference that does not
+/// parse, no pull secret for a registry that wants one, no manifest for the
+/// node's platform, `Never` with the image absent. Each ends in its status
+/// and Event; the node stays Ready and a pod applied after them runs.
 #[test]
 fn worker_pulls_with_pull_secrets_and_backs_off_on_a_missing_tag() {
     let env = Env::new("bramble-pull-");
-    let reg = Registry::start(Some("pi:raspberry"));
-    let (app, _) = push_apps(&reg, &env);
-    let c = Cluster::start(ClusterOptions {
-        demo: false,
-        broker: None,
+    let lan = LanAddr::take();
+    let pki = Pki::make(&env.path("pki"), &[lan.ip.into()]);
+    let reg = Registry::start_with(RegistryOptions {
+        ip: lan.ip.into(),
+        creds: Some("pi:raspberry"),
+        tls: Some((&pki.cert, &pki.key)),
     });
+    let (app, app2) = push_apps(&reg, &env);
+    let foreign = push_foreign(&reg, &env);
+    let c = Cluster::start_with(
+        ClusterOptions {
+            demo: false,
+            broker: None,
+        },
+        &["--registry-ca".to_string(), pki.ca.display().to_string()],
+    );
     let config = format!(
         r#"{{"auths": {{"{}": {{"username": "pi", "password": "raspberry"}}}}}}"#,
         reg.addr()
@@ -780,6 +1113,7 @@ fn worker_pulls_with_pull_secrets_and_backs_off_on_a_missing_tag() {
     let encoded = base64::engine::general_purpose::STANDARD.encode(config);
     let missing = format!("{}:missing", reg.image("test/app"));
     let badref = format!("{}:v1", reg.image("test/Bad_Name"));
+    let absent = format!("{}:v1", reg.image("test/never-pulled"));
     let manifest = format!(
         r#"apiVersion: v1
 kind: Secret
@@ -815,6 +1149,34 @@ spec:
   containers:
   - name: main
     image: {badref}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nosecret}}
+spec:
+  containers:
+  - name: main
+    image: {app2}
+    command: ["/bin/busybox", "sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: foreign}}
+spec:
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - name: main
+    image: {foreign}
+    command: ["/bin/busybox", "sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: never}}
+spec:
+  containers:
+  - name: main
+    image: {absent}
+    imagePullPolicy: Never
 "#
     );
     let file = env.path("pods.yaml");
@@ -846,14 +1208,78 @@ spec:
     let d = describe(&c, "badref");
     assert!(d.contains("is invalid"), "{d}");
 
-    // The agent keeps running: the other pod is fine, the node reports.
+    // No pull secret for a registry that wants one: the registry's 401.
+    c.wait_for("nosecret ImagePullBackOff", Duration::from_secs(60), || {
+        waiting_reason(&c, "nosecret") == "ImagePullBackOff"
+    });
+    let d = describe(&c, "nosecret");
+    assert!(
+        d.contains("ErrImagePull") && d.contains("Failed to pull image"),
+        "{d}"
+    );
+    assert!(d.contains("unauthorized") && d.contains("401"), "{d}");
+
+    // No manifest for the node's platform: the pod's status says so.
+    let node_platform = Platform::host().to_string();
+    let mut seen = String::new();
+    c.wait_for(
+        "foreign's no-platform error",
+        Duration::from_secs(60),
+        || {
+            let reason = waiting_reason(&c, "foreign");
+            seen = format!("{reason}: {}", waiting_message(&c, "foreign"));
+            reason == "ErrImagePull" && seen.contains("no manifest for platform")
+        },
+    );
+    assert!(
+        seen.contains(&node_platform) && seen.contains("linux/riscv64, linux/s390x"),
+        "{seen}"
+    );
+    let d = describe(&c, "foreign");
+    assert!(d.contains("no manifest for platform"), "{d}");
+
+    // `Never` with the image absent: never pulled, its own reason.
+    c.wait_for("ErrImageNeverPull", Duration::from_secs(30), || {
+        waiting_reason(&c, "never") == "ErrImageNeverPull"
+    });
+    let msg = waiting_message(&c, "never");
+    assert!(msg.contains("pull policy of Never"), "{msg}");
+    let d = describe(&c, "never");
+    assert!(
+        d.contains("ErrImageNeverPull") && !d.contains("Pulling"),
+        "{d}"
+    );
+
+    // The agent keeps running: the node reports Ready, the first pod still
+    // runs, and a pod applied now pulls (over HTTPS again) and runs.
     assert!(c.child.as_ref().is_some());
     let nodes = c.ok(&["get", "nodes"]);
-    assert!(nodes.contains("Ready"), "{nodes}");
+    assert!(
+        nodes.contains("Ready") && !nodes.contains("NotReady"),
+        "{nodes}"
+    );
     assert_eq!(
         c.json(&["get", "pod", "pulled"])["status"]["phase"],
         "Running"
     );
+    let late = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: late}}
+spec:
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - name: main
+    image: {app2}
+    command: ["/bin/busybox", "sleep", "3600"]
+"#
+    );
+    let file = env.path("late.yaml");
+    std::fs::write(&file, late).unwrap();
+    c.ok(&["apply", "-f", file.to_str().unwrap()]);
+    c.wait_for("the late pod Running", Duration::from_secs(60), || {
+        c.json(&["get", "pod", "late"])["status"]["phase"] == "Running"
+    });
     let ls = String::from_utf8(
         Command::new(BIN)
             .args(["image", "ls", "--data-dir"])
@@ -863,5 +1289,9 @@ spec:
             .stdout,
     )
     .unwrap();
-    assert!(ls.contains("test/app:v1"), "{ls}");
+    assert!(
+        ls.contains("test/app:v1") && ls.contains("test/app2:v1"),
+        "{ls}"
+    );
+    assert!(!ls.contains("test/foreign"), "{ls}");
 }

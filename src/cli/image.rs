@@ -14,11 +14,11 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Layout;
 use crate::runtime::images::credentials::parse_docker_config;
-use crate::runtime::images::{ImageRef, PullEvent, PullOptions};
+use crate::runtime::images::{ImageRef, PullEvent, PullOptions, RegistryCa};
 use crate::runtime::{Credential, ImageStore, Platform, RegistryAuth};
 
 use super::CliError;
@@ -35,6 +35,10 @@ pub enum Cmd {
         /// Speak plain HTTP to this image's registry (loopback registries always are).
         #[arg(long)]
         insecure: bool,
+        /// A PEM file of CAs to trust for the registry's HTTPS, besides the
+        /// system's roots (a home-lab registry's own CA).
+        #[arg(long, value_name = "FILE")]
+        registry_ca: Option<PathBuf>,
         /// `USER:PASSWORD` for the image's registry.
         #[arg(long, value_name = "USER:PASSWORD")]
         creds: Option<String>,
@@ -86,12 +90,27 @@ pub async fn run(cmd: Cmd, config: Option<&Path>) -> Result<ExitCode, CliError> 
             reference,
             platform,
             insecure,
+            registry_ca,
             creds,
             auth_file,
             data_dir,
         } => {
             let images = store(data_dir, config)?;
-            pull(&images, &reference, platform, insecure, creds, auth_file).await?;
+            let mut options = PullOptions::default();
+            if let Some(p) = platform {
+                options.platform = Platform::parse(&p).ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--platform {p:?}: expected OS/ARCH[/VARIANT], like linux/arm64 or linux/arm/v7"
+                    ))
+                })?;
+            }
+            if let Some(path) = registry_ca {
+                options.registry_ca = Some(
+                    RegistryCa::load(&path)
+                        .map_err(|e| CliError::Usage(format!("--registry-ca: {e}")))?,
+                );
+            }
+            pull(&images, &reference, options, insecure, creds, auth_file).await?;
         }
         Cmd::Import { file, data_dir } => {
             let images = store(data_dir, config)?;
@@ -145,7 +164,7 @@ pub async fn run(cmd: Cmd, config: Option<&Path>) -> Result<ExitCode, CliError> 
 async fn pull(
     images: &ImageStore,
     reference: &str,
-    platform: Option<String>,
+    mut options: PullOptions,
     insecure: bool,
     creds: Option<String>,
     auth_file: Option<PathBuf>,
@@ -158,14 +177,6 @@ async fn pull(
             )));
         }
     };
-    let mut options = PullOptions::default();
-    if let Some(p) = platform {
-        options.platform = Platform::parse(&p).ok_or_else(|| {
-            CliError::Usage(format!(
-                "--platform {p:?}: expected OS/ARCH[/VARIANT], like linux/arm64 or linux/arm/v7"
-            ))
-        })?;
-    }
     if insecure {
         options.insecure_registries.push(registry.clone());
     }
@@ -192,6 +203,8 @@ async fn pull(
                 .map_err(|e| CliError::Usage(format!("--auth-file: {e}")))?,
         );
     }
+    // Bars and plain lines both go to stdout, where the summary goes: the
+    // choice and the drawing look at the same stream.
     let display = Progress::new(std::io::stdout().is_terminal());
     let info = images
         .pull(reference, &auth, &options, &|e| display.on(e))
@@ -248,18 +261,22 @@ impl Progress {
                 st.layers = layers.clone();
                 st.started = vec![false; layers.len()];
                 if self.tty {
-                    let multi = MultiProgress::new();
+                    // indicatif's default target is stderr, which hides
+                    // itself when stderr is not a terminal.
+                    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
                     let style = ProgressStyle::with_template(
                         "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
                     )
                     .expect("valid progress template")
                     .progress_chars("=> ");
+                    let n = layers.len();
                     st.bars = layers
                         .iter()
-                        .map(|(d, size)| {
+                        .enumerate()
+                        .map(|(i, (d, size))| {
                             let bar = multi.add(ProgressBar::new(*size));
                             bar.set_style(style.clone());
-                            bar.set_prefix(short(d));
+                            bar.set_prefix(format!("layer {}/{n} {}", i + 1, short(d)));
                             bar.enable_steady_tick(Duration::from_millis(200));
                             bar
                         })

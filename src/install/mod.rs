@@ -358,6 +358,7 @@ impl WorkerSettings {
             data_dir: Some(self.data_dir.clone().unwrap_or_else(|| DATA_DIR.into())),
             node_ip: self.node_ip,
             insecure_registries: self.insecure_registries.clone(),
+            registry_ca: None,
             topic_prefix: self.topic_prefix.clone(),
         })
     }

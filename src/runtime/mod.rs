@@ -278,6 +278,12 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// The file of CAs trusted for registries (`--registry-ca`).
+    #[error("registry CA file {}: {reason}", path.display())]
+    RegistryCa {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// A process to run in a running container (`kubectl exec`).

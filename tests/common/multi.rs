@@ -399,6 +399,7 @@ impl TestCluster {
             data_dir: Some(node.data_dir.clone()),
             node_ip: Some(node.ip),
             insecure_registries: Vec::new(),
+            registry_ca: None,
             topic_prefix: None,
         };
         let path = node.data_dir.with_file_name("worker.toml");

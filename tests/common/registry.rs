@@ -1,13 +1,15 @@
-//! A real registry for tests: Debian's `docker-registry` on a free loopback
-//! port with its own storage directory (and htpasswd auth when asked),
+//! A real registry for tests: Debian's `docker-registry` on a free port
+//! (loopback, or a [`LanAddr`] of its own) with its own storage directory
+//! (and htpasswd auth, or HTTPS, when asked),
 //! killed on drop; OCI image layouts built here and pushed to it with
 //! `skopeo copy --all`, including multi-arch indexes.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -50,8 +52,60 @@ pub fn hex_of(d: &str) -> &str {
     d.strip_prefix("sha256:").unwrap()
 }
 
+/// A non-loopback address of this machine, for registries that must not
+/// count as loopback (always plain HTTP): a /32 on one end of a veth pair
+/// of its own (in 198.18.0.0/15, by pid and a counter), deleted on drop.
+pub struct LanAddr {
+    pub ip: Ipv4Addr,
+    link: String,
+}
+
+impl LanAddr {
+    pub fn take() -> LanAddr {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 8;
+        let pid = std::process::id();
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (pid % 16384) * 8 + n);
+        let link = format!("btr{}x{n}", pid % 100_000);
+        let ip_cmd = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip runs");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["link", "del", &link]).output();
+        let peer = format!("{link}p");
+        ip_cmd(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+        let lan = LanAddr { ip, link };
+        ip_cmd(&["addr", "add", &format!("{ip}/32"), "dev", &lan.link]);
+        ip_cmd(&["link", "set", &lan.link, "up"]);
+        ip_cmd(&["link", "set", &peer, "up"]);
+        lan
+    }
+}
+
+impl Drop for LanAddr {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .output();
+    }
+}
+
+/// Where and how a [`Registry`] serves.
+pub struct RegistryOptions<'a> {
+    pub ip: IpAddr,
+    /// `user:password` for htpasswd auth.
+    pub creds: Option<&'a str>,
+    /// Certificate and key files: HTTPS instead of plain HTTP.
+    pub tls: Option<(&'a Path, &'a Path)>,
+}
+
 pub struct Registry {
     child: Child,
+    pub ip: IpAddr,
     pub port: u16,
     pub dir: tempfile::TempDir,
     /// `user:password` when the registry wants basic auth.
@@ -59,14 +113,27 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Starts a registry; with `creds` (`user:password`) it refuses
-    /// anonymous requests (htpasswd, bcrypt).
+    /// Starts a registry on loopback; with `creds` (`user:password`) it
+    /// refuses anonymous requests (htpasswd, bcrypt).
     pub fn start(creds: Option<&str>) -> Registry {
+        Registry::start_with(RegistryOptions {
+            ip: Ipv4Addr::LOCALHOST.into(),
+            creds,
+            tls: None,
+        })
+    }
+
+    pub fn start_with(opts: RegistryOptions) -> Registry {
+        let RegistryOptions { ip, creds, tls } = opts;
         let dir = tempfile::Builder::new()
             .prefix("bramble-registry-")
             .tempdir_in("/tmp")
             .unwrap();
-        let port = super::free_port();
+        let port = std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         let mut auth = String::new();
@@ -84,9 +151,18 @@ impl Registry {
                 file.display()
             );
         }
+        let tls = match tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-            storage.display()
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n{tls}{auth}",
+            storage.display(),
+            std::net::SocketAddr::new(ip, port)
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
@@ -101,6 +177,7 @@ impl Registry {
             .expect("docker-registry (Debian's docker-registry package) runs");
         let r = Registry {
             child,
+            ip,
             port,
             dir,
             creds: creds.map(str::to_string),
@@ -118,10 +195,10 @@ impl Registry {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
     }
 
-    /// `127.0.0.1:PORT/<repo>`.
+    /// `ADDR:PORT/<repo>`.
     pub fn image(&self, repo: &str) -> String {
         format!("{}/{repo}", self.addr())
     }

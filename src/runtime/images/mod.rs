@@ -56,7 +56,9 @@ use serde::{Deserialize, Serialize};
 pub use self::credentials::{Credential, RegistryAuth};
 pub use self::gc::GcPolicy;
 pub use self::platform::{Platform, select_platform};
-pub use self::pull::{ImageAction, MirrorSlot, PullEvent, PullOptions, PullPolicy, RegistryMirror};
+pub use self::pull::{
+    ImageAction, MirrorSlot, PullEvent, PullOptions, PullPolicy, RegistryCa, RegistryMirror,
+};
 pub use self::reference::{ImageRef, normalize};
 use crate::runtime::RuntimeError;
 

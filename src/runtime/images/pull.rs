@@ -34,13 +34,15 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nix::fcntl::{Flock, FlockArg};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth as OciAuth;
 use oci_client::{Client, Reference};
@@ -151,6 +153,54 @@ pub struct PullOptions {
     pub read_timeout: Duration,
     /// The master's mirror, asked first when set.
     pub mirror: MirrorSlot,
+    /// CAs trusted for HTTPS registries besides the system's roots (a
+    /// home-lab registry's own CA).
+    pub registry_ca: Option<RegistryCa>,
+}
+
+/// Certificates from a `--registry-ca` file, each checked to parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryCa {
+    pub path: PathBuf,
+    /// DER, in the file's order.
+    pub certificates: Vec<Vec<u8>>,
+}
+
+impl RegistryCa {
+    /// Every certificate in a PEM file (or one DER certificate).
+    pub fn load(path: &Path) -> Result<RegistryCa, RuntimeError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let bad = |reason: String| RuntimeError::RegistryCa {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let mut certificates: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&bytes)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("not a PEM file: {e}")))?;
+        if certificates.is_empty() && bytes.first() == Some(&0x30) {
+            certificates.push(bytes);
+        }
+        if certificates.is_empty() {
+            return Err(bad(
+                "no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        // Parsed as rustls will, so that a bad one is refused here, naming
+        // the file, rather than at the first pull.
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, c) in certificates.iter().enumerate() {
+            roots
+                .add(CertificateDer::from(c.as_slice()))
+                .map_err(|e| bad(format!("certificate {}: {e}", i + 1)))?;
+        }
+        Ok(RegistryCa {
+            path: path.to_path_buf(),
+            certificates,
+        })
+    }
 }
 
 impl Default for PullOptions {
@@ -161,6 +211,7 @@ impl Default for PullOptions {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             mirror: MirrorSlot::default(),
+            registry_ca: None,
         }
     }
 }
@@ -325,7 +376,11 @@ impl Target {
             E::DigestError(DigestError::VerificationError { expected, actual }) => {
                 self.mismatch(what, &expected, &actual)
             }
-            E::RequestError(e) => self.connection(format!("{what}: {}", chain(&e))),
+            E::RequestError(e) => {
+                let cause = chain(&e);
+                let hint = tls_hint(&cause);
+                self.connection(format!("{what}: {cause}{hint}"))
+            }
             E::IoError(e) => self.stream_error(e, what),
             other => self.protocol(format!("{what}: {other}")),
         }
@@ -360,6 +415,23 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     parts.join(": ")
+}
+
+/// What to do about a TLS failure, from its message: the registry's
+/// certificate is not trusted, or it speaks plain HTTP.
+fn tls_hint(cause: &str) -> &'static str {
+    let lower = cause.to_lowercase();
+    if lower.contains("certificate") {
+        " (TLS: the registry's certificate is not trusted; give its CA with --registry-ca)"
+    } else if lower.contains("corrupt message")
+        || lower.contains("invalidcontenttype")
+        || lower.contains("wrong version number")
+        || lower.contains("http request to an https server")
+    {
+        " (TLS: the registry does not speak HTTPS; a plain-HTTP registry needs --insecure-registry)"
+    } else {
+        ""
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -573,6 +645,15 @@ impl ImageStore {
         if plain_http {
             insecure.push(target.registry.clone());
         }
+        let extra_root_certificates = options
+            .registry_ca
+            .iter()
+            .flat_map(|ca| &ca.certificates)
+            .map(|der| Certificate {
+                encoding: CertificateEncoding::Der,
+                data: der.clone(),
+            })
+            .collect();
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
             // We pick the platform ourselves, with containerd's variant rules.
@@ -580,9 +661,18 @@ impl ImageStore {
             connect_timeout: Some(options.connect_timeout),
             read_timeout: Some(options.read_timeout),
             user_agent: concat!("bramble/", env!("CARGO_PKG_VERSION")),
+            extra_root_certificates,
             ..ClientConfig::default()
         };
-        Ok(Client::new(config))
+        // Not `Client::new`, which falls back to a default client (without
+        // the CA) on an error.
+        Client::try_from(config).map_err(|e| match &options.registry_ca {
+            Some(ca) => RuntimeError::RegistryCa {
+                path: ca.path.clone(),
+                reason: e.to_string(),
+            },
+            None => target.protocol(format!("cannot make an HTTP client: {e}")),
+        })
     }
 
     async fn pull_with(
