@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bramble::bench::wrk::Wrk;
 use common::{Cluster, ClusterOptions, free_node_port};
-use netkit::{IMAGE, cluster_ip, curl, must_apply, pod_ip};
+use netkit::{IMAGE, cluster_ip, curl, must_apply, node_ip, pod_ip};
 
 struct Settings {
     seconds: u64,
@@ -208,16 +208,6 @@ fn udp_load(to: SocketAddr, s: &Settings) -> (f64, u64) {
         let _ = t.join();
     }
     (count as f64 / elapsed, lost.load(Ordering::Relaxed))
-}
-
-fn node_ip(c: &Cluster) -> std::net::Ipv4Addr {
-    let node = c.json(&["get", "node", &c.node]);
-    node["status"]["addresses"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
-        .and_then(|a| a["address"].as_str())
-        .and_then(|a| a.parse().ok())
-        .expect("the node's InternalIP")
 }
 
 fn main() {

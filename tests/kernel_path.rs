@@ -11,12 +11,12 @@ mod common;
 mod netkit;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
 use common::{Cluster, ClusterOptions, free_node_port};
-use netkit::{IMAGE, cluster_ip, curl, import_image, must_apply, wait_log};
+use netkit::{IMAGE, cluster_ip, curl, import_image, must_apply, node_ip, wait_log};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -106,19 +106,6 @@ fn pod_ips(c: &Cluster) -> Vec<String> {
         .iter()
         .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
         .collect()
-}
-
-fn node_ip(c: &Cluster) -> Ipv4Addr {
-    let node = c.json(&["get", "node", &c.node]);
-    node["status"]["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str())
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// Which pods answered `n` fresh connections to `url`.

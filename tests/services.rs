@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use common::{Cluster, ClusterOptions, free_node_port, free_port};
 use netkit::{
-    IMAGE, Upstream, cluster_ip, curl, dig_short, dig_status, import_image, must_apply, pod_ip,
-    ready_ips, wait_log,
+    IMAGE, Upstream, cluster_ip, curl, dig_short, dig_status, import_image, must_apply, node_ip,
+    pod_ip, ready_ips, wait_log,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -64,19 +64,6 @@ spec:
               containerPort: 8080
 "#
     )
-}
-
-fn node_ip(c: &Cluster) -> Ipv4Addr {
-    let node = c.json(&["get", "node", &c.node]);
-    node["status"]["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str())
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// The cluster DNS address: the tenth of the test's service CIDR.

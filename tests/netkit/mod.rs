@@ -168,6 +168,17 @@ pub fn must_apply(c: &Cluster, name: &str, yaml: &str) {
 }
 
 /// A pod's JSON by name.
+/// The node's InternalIP as it reports it.
+pub fn node_ip(c: &Cluster) -> Ipv4Addr {
+    let node = c.json(&["get", "node", &c.node]);
+    node["status"]["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+        .and_then(|a| a["address"].as_str())
+        .and_then(|a| a.parse().ok())
+        .expect("the node's InternalIP")
+}
+
 pub fn pod(c: &Cluster, name: &str) -> serde_json::Value {
     c.json(&["get", "pod", name])
 }
